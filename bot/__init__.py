@@ -1,0 +1,1 @@
+"""The personabot process: configuration, the persona and its generation, adapters (terminal, Discord)."""

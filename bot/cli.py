@@ -1,0 +1,3 @@
+"""The `personabot` command."""
+def main() -> int:
+    raise SystemExit("not yet")

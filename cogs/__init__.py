@@ -1,0 +1,1 @@
+"""discord.py extensions, one feature each (loaded by the bot's setup_hook)."""

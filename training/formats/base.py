@@ -1,0 +1,263 @@
+"""What every importer shares: the input it reads, what it returns, how it reports bad input.
+
+An importer is a class with a `name`, a `sniff` that scores how sure it is that an input is its format,
+and a `parse` that turns the input into threads of messages plus counts of what it skipped and why.
+Register it with `@register` (see `training.formats`); the loader does the rest (merging parts of one chat
+read from several files, ordering, splitting into conversations at long silences and scene breaks).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+from training.conversation import Message, SceneBreak
+from training.errors import DataError
+
+
+class Skip:
+    """Reasons a message is not training text. Importers may add their own short kebab-case reasons."""
+
+    SYSTEM = "system"                   # joins, pins, calls, "X added Y", group renames...
+    BOT = "bot"                         # authored by a bot (flagged by the format or named in options)
+    ATTACHMENT_ONLY = "attachment-only"  # a file, photo or sticker with no text
+    MEDIA = "media-placeholder"         # "<Media omitted>", "image omitted" and friends
+    EMPTY = "empty"                     # no text at all
+    DELETED = "deleted"                 # "This message was deleted"
+    RETWEET = "retweet"                 # someone else's words
+    FORWARDED = "forwarded"             # someone else's words
+    UNSUPPORTED = "unsupported"         # records the exporter itself could not read
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOptions:
+    """Settings that change what an importer keeps."""
+
+    # Author names or ids (compared case-insensitively) to treat as bots, for formats that do not flag them.
+    bot_names: frozenset[str] = frozenset()
+    # A silence longer than this starts a new conversation.
+    conversation_gap: timedelta = timedelta(hours=3)
+    # Twitter t.co links: "expand" to the real address, or "remove".
+    twitter_links: str = "remove"
+
+    def is_bot_name(self, *names: str | None) -> bool:
+        """True when any of the given names or ids is one the user listed as a bot."""
+        return any(n is not None and n.casefold() in self.bot_names for n in names)
+
+
+@dataclass(slots=True)
+class Thread:
+    """Messages of one chat (channel, group, DM thread, play) in the order they were said.
+
+    `key` identifies the chat across files: the parts of a partitioned Discord export or the
+    `message_N.json` files of one Messenger thread carry the same key and are merged by the loader.
+    Items may include `SceneBreak` markers where a conversation must end regardless of timestamps.
+    """
+
+    key: str
+    title: str = ""
+    items: list[Message | SceneBreak] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ParseResult:
+    """What one importer read from one input."""
+
+    threads: list[Thread] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def skip(self, reason: str, count: int = 1) -> None:
+        self.skipped[reason] += count
+
+    @property
+    def kept(self) -> int:
+        return sum(isinstance(item, Message) for t in self.threads for item in t.items)
+
+
+class Source:
+    """One input: a file, a folder, or a .zip, with helpers that turn read failures into `DataError`."""
+
+    HEAD_BYTES = 64 * 1024
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._head: bytes | None = None
+        self._zip_names: list[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"Source({str(self.path)!r})"
+
+    @property
+    def is_dir(self) -> bool:
+        return self.path.is_dir()
+
+    @property
+    def is_zip(self) -> bool:
+        return self.path.is_file() and self.path.suffix.lower() == ".zip"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # --- files ---------------------------------------------------------------------------------------------
+    def head(self) -> bytes:
+        """The first 64 KiB of a file (empty for folders), for sniffing."""
+        if self._head is None:
+            if self.is_dir:
+                self._head = b""
+            else:
+                try:
+                    with self.path.open("rb") as f:
+                        self._head = f.read(self.HEAD_BYTES)
+                except OSError as e:
+                    raise DataError(self.path, f"cannot read the file: {e.strerror or e}") from e
+        return self._head
+
+    def head_text(self) -> str:
+        """The head decoded leniently (BOM removed), for sniffing only."""
+        return _strip_bom(self.head().decode("utf-8", errors="replace"))
+
+    def read_bytes(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError as e:
+            raise DataError(self.path, f"cannot read the file: {e.strerror or e}") from e
+
+    def read_text(self) -> str:
+        """The whole file as UTF-8 text (a BOM is dropped); invalid UTF-8 is an error naming the line."""
+        return decode_utf8(self.read_bytes(), self.path)
+
+    def read_json(self) -> Any:
+        """The file parsed as JSON; a syntax error names line and column."""
+        return parse_json(self.read_text(), self.path)
+
+    # --- folders and zips ----------------------------------------------------------------------------------
+    def member_names(self) -> list[str]:
+        """Relative POSIX paths of the files inside a folder or zip, sorted."""
+        if self.is_dir:
+            return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+        if self.is_zip:
+            if self._zip_names is None:
+                try:
+                    with zipfile.ZipFile(self.path) as z:
+                        self._zip_names = sorted(n for n in z.namelist() if not n.endswith("/"))
+                except (zipfile.BadZipFile, OSError) as e:
+                    raise DataError(self.path, f"not a readable zip file ({e})",
+                                    hint="download the export again; the zip may be truncated") from e
+            return self._zip_names
+        return []
+
+    def read_member_bytes(self, name: str) -> bytes:
+        if self.is_dir:
+            try:
+                return (self.path / name).read_bytes()
+            except OSError as e:
+                raise DataError(self.path / name, f"cannot read the file: {e.strerror or e}") from e
+        try:
+            with zipfile.ZipFile(self.path) as z:
+                return z.read(name)
+        except (zipfile.BadZipFile, KeyError, OSError) as e:
+            raise DataError(self.path, f"cannot read {name} from the zip ({e})",
+                            hint="download the export again; the zip may be truncated") from e
+
+    def member_label(self, name: str) -> str:
+        """How to name a member in messages: a real path for folders, `archive.zip!inner/path` for zips."""
+        if self.is_dir:
+            return str(self.path / PurePosixPath(name))
+        return f"{self.path}!{name}"
+
+    def read_member_json(self, name: str) -> Any:
+        label = self.member_label(name)
+        return parse_json(decode_utf8(self.read_member_bytes(name), label), label)
+
+
+# --- helpers for importers ----------------------------------------------------------------------------------
+def _strip_bom(text: str) -> str:
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def decode_utf8(data: bytes, label: str | Path) -> str:
+    """UTF-8 text with a BOM dropped; on invalid bytes a `DataError` naming the line."""
+    try:
+        return _strip_bom(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(label, "is not UTF-8 text (invalid byte "
+                        f"0x{data[e.start]:02x})", where=f"line {line}",
+                        hint="export the chat again as UTF-8, or convert the file to UTF-8") from e
+
+
+def parse_json(text: str, label: str | Path) -> Any:
+    """JSON with syntax errors reported as line and column (truncated downloads are the usual cause)."""
+    if not text.strip():
+        raise DataError(label, "the file is empty", hint="export the chat again")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        truncated = e.pos >= len(text.rstrip()) - 1
+        raise DataError(label, f"is not valid JSON: {e.msg}", where=f"line {e.lineno}, column {e.colno}",
+                        hint=("the file looks cut off; download or export it again" if truncated
+                              else "the file was changed or damaged; export it again")) from e
+
+
+def json_at(value: Any, expected: type | tuple[type, ...], label: str | Path, where: str,
+            what: str | None = None) -> Any:
+    """`value` if it has the expected JSON type, else a `DataError` at the JSON path `where`."""
+    if isinstance(value, expected) and not (isinstance(value, bool) and bool not in _as_tuple(expected)):
+        return value
+    want = what or " or ".join(_JSON_NAMES.get(t, t.__name__) for t in _as_tuple(expected))
+    raise DataError(label, f"expected {want}, found {_json_name(value)}", where=where,
+                    hint="this does not look like an untouched export; export the chat again")
+
+
+def json_field(obj: dict[str, Any], key: str, expected: type | tuple[type, ...], label: str | Path,
+               where: str, *, required: bool = True, default: Any = None) -> Any:
+    """`obj[key]` checked with `json_at`; a missing required key is a `DataError` naming the path."""
+    if key not in obj or (obj[key] is None and type(None) not in _as_tuple(expected)):
+        if required:
+            raise DataError(label, f'missing field "{key}"', where=where,
+                            hint="this does not look like an untouched export; export the chat again")
+        return default
+    return json_at(obj[key], expected, label, f"{where}.{key}")
+
+
+def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _json_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def squash(lines: Iterable[str]) -> str:
+    """Join lines into message text: trailing spaces dropped, outer blank lines removed."""
+    return "\n".join(line.rstrip() for line in lines).strip("\n").strip()
+
+
+class Importer:
+    """Base class of all importers. Subclasses set `name` and `description` and implement both methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    # Whether this importer reads folders or zip archives as a whole (Slack exports).
+    reads_archives: ClassVar[bool] = False
+
+    def sniff(self, source: Source) -> float:
+        """How sure this importer is that `source` is its format: 0 (no) to 1 (certain). Must not raise
+        for inputs of other formats; it sees only `source.head()` / `head_text()` (or member names)."""
+        raise NotImplementedError
+
+    def parse(self, source: Source, options: ImportOptions) -> ParseResult:
+        """Read the whole input. Raise `DataError` (with `where`) for malformed input; count every message
+        that is not training text in `ParseResult.skipped`; never drop one silently."""
+        raise NotImplementedError

@@ -1,0 +1,190 @@
+"""Read what the user named (files, folders, zips) into one corpus of conversations, with a report per file.
+
+Parts of one chat spread over several files (a partitioned Discord export, Messenger's `message_N.json`)
+are merged by their thread key, put in time order, de-duplicated by message id, then split into
+conversations at scene breaks and at silences longer than the configured gap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from training import formats
+from training.conversation import Conversation, Message, SceneBreak, sort_key
+from training.errors import DataError
+from training.formats.base import ImportOptions, Source, Thread
+
+# In a folder the user named, files with these endings are tried as exports; others are listed as ignored.
+EXPORT_SUFFIXES = {".json", ".csv", ".txt", ".js", ".md", ".jsonl", ".zip", ".tsv"}
+
+
+@dataclass(slots=True)
+class FileReport:
+    """What one input contributed: its format, messages kept, messages skipped by reason."""
+
+    path: str
+    format: str
+    messages: int
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "format": self.format, "messages": self.messages,
+                "skipped": dict(sorted(self.skipped.items()))}
+
+
+@dataclass(slots=True)
+class Corpus:
+    """Every conversation read from the inputs, and how each input was read."""
+
+    conversations: list[Conversation]
+    files: list[FileReport]
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why) for files in named folders
+
+    def messages(self) -> list[Message]:
+        return [m for c in self.conversations for m in c.messages]
+
+    def speakers(self) -> Counter[str]:
+        """Messages per speaker, most active first."""
+        return Counter(m.speaker for c in self.conversations for m in c.messages)
+
+    def date_range(self) -> tuple[datetime, datetime] | None:
+        stamps = [m.timestamp for c in self.conversations for m in c.messages if m.timestamp is not None]
+        if not stamps:
+            return None
+        return min(stamps, key=sort_key), max(stamps, key=sort_key)
+
+
+def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
+                options: ImportOptions | None = None) -> Corpus:
+    """Read every input into one corpus. Raises `DataError` for anything the user must fix."""
+    options = options or ImportOptions()
+    if not paths:
+        raise DataError(None, "no input files given", hint="name one or more chat exports")
+    forced = formats.get(format) if format else None
+    reports: list[FileReport] = []
+    ignored: list[tuple[str, str]] = []
+    threads: dict[str, Thread] = {}
+    thread_file: dict[str, list[FileReport]] = {}
+
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise DataError(path, "no such file or folder", hint="check the path")
+        for source, importer in _sources(path, forced, ignored):
+            result = importer.parse(source, options)
+            report = FileReport(str(source.path), importer.name, result.kept, Counter(result.skipped))
+            reports.append(report)
+            for thread in result.threads:
+                if thread.key in threads:
+                    threads[thread.key].items.extend(thread.items)
+                else:
+                    threads[thread.key] = Thread(thread.key, thread.title, list(thread.items))
+                thread_file.setdefault(thread.key, []).append(report)
+
+    conversations: list[Conversation] = []
+    for key, thread in threads.items():
+        items = _dedupe(thread.items, thread_file[key])
+        conversations.extend(_split(thread, items, options))
+
+    for report in reports:
+        named_directly = any(Path(p) == Path(report.path) for p in paths)
+        if report.messages == 0 and named_directly:
+            skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()) or "nothing at all"
+            raise DataError(report.path, f"no chat messages to learn from (skipped: {skipped})",
+                            hint="check that this is the export you meant; an empty chat cannot train a model")
+    if not any(c.messages for c in conversations):
+        raise DataError(None, "no chat messages found in " + ", ".join(str(p) for p in paths),
+                        hint="run `personabot data inspect` on the files to see what was skipped")
+    return Corpus(conversations, reports, ignored)
+
+
+def _sources(path: Path, forced: formats.Importer | None, ignored: list[tuple[str, str]]):
+    """(source, importer) pairs for one named path; folders that are not an archive format are walked."""
+    source = Source(path)
+    if source.is_dir or source.is_zip:
+        importer = forced if forced is not None and forced.reads_archives else formats.detect(source)
+        if importer is not None:
+            yield source, importer
+            return
+        if source.is_zip:
+            raise DataError(path, "this zip is not an export personabot can read as a whole",
+                            hint="unzip it and name the files or the folder instead")
+        found = False
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            rel = child.relative_to(path)
+            if any(part.startswith(".") for part in rel.parts):
+                ignored.append((str(child), "hidden file"))
+                continue
+            if child.suffix.lower() not in EXPORT_SUFFIXES:
+                ignored.append((str(child), "not a chat export file type"))
+                continue
+            child_source = Source(child)
+            importer = forced or formats.detect(child_source)
+            if importer is None:
+                ignored.append((str(child), "format not recognised"))
+                continue
+            found = True
+            yield child_source, importer
+        if not found:
+            raise DataError(path, "no chat export found in this folder",
+                            hint="name the export files directly, with --format if needed")
+        return
+    importer = forced or formats.detect(source)
+    if importer is None:
+        known = ", ".join(i.name for i in formats.all_importers())
+        raise DataError(path, "cannot tell which export format this is",
+                        hint=f"pass --format NAME (one of: {known})")
+    yield source, importer
+
+
+def _dedupe(items: list[Message | SceneBreak], reports: list[FileReport]) -> list[Message | SceneBreak]:
+    """Time-order merged parts and drop messages seen twice (the same id in two overlapping exports)."""
+    messages = [i for i in items if isinstance(i, Message)]
+    if len(reports) > 1 and messages and all(m.timestamp is not None for m in messages) \
+            and not any(isinstance(i, SceneBreak) for i in items):
+        items = sorted(items, key=lambda m: sort_key(m.timestamp))  # stable: equal times keep file order
+    seen: set[str] = set()
+    out: list[Message | SceneBreak] = []
+    duplicates = 0
+    for item in items:
+        if isinstance(item, Message) and item.id is not None:
+            if item.id in seen:
+                duplicates += 1
+                continue
+            seen.add(item.id)
+        out.append(item)
+    if duplicates:
+        # Charge the duplicates to the last file that brought this thread: it repeated earlier ones.
+        reports[-1].messages -= duplicates
+        reports[-1].skipped["duplicate"] += duplicates
+    return out
+
+
+def _split(thread: Thread, items: list[Message | SceneBreak], options: ImportOptions) -> list[Conversation]:
+    conversations: list[Conversation] = []
+    current: list[Message] = []
+    gap = options.conversation_gap.total_seconds()
+
+    def close() -> None:
+        if current:
+            conversations.append(Conversation(f"{thread.key}#{len(conversations) + 1}", list(current),
+                                              thread.title))
+            current.clear()
+
+    last: Message | None = None
+    for item in items:
+        if isinstance(item, SceneBreak):
+            close()
+            last = None
+            continue
+        if (last is not None and last.timestamp is not None and item.timestamp is not None
+                and sort_key(item.timestamp) - sort_key(last.timestamp) > gap):
+            close()
+        current.append(item)
+        last = item
+    close()
+    return conversations

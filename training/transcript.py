@@ -1,0 +1,113 @@
+"""The prompt format, in one place: a transcript of named turns.
+
+    Alice: are you coming tonight?
+    Bob: depends, who's cooking
+    Persona: <response><end marker>
+
+Training and inference both build token ids through `encode_context` and `encode_response`, piece by
+piece, so the ids the model learns from are exactly the ids it is prompted with. The end marker is the
+tokenizer's end-of-text token; every turn ends with a newline. Loss falls on the persona's response and its
+end marker only (see `training.dataset`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+FORMAT_VERSION = 1
+TURN_END = "\n"
+
+_NAME_UNSAFE = re.compile(r"[:\n\r\t]+")
+_SPACES = re.compile(r"[ \u00a0\u202f\u2009]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+class TokenizerLike(Protocol):
+    eos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+def speaker_label(name: str) -> str:
+    """A name as it appears before the colon: no colons or line breaks, which would break the format."""
+    label = _SPACES.sub(" ", _NAME_UNSAFE.sub(" ", name)).strip()
+    return label or "Someone"
+
+
+def clean_text(text: str) -> str:
+    """Message text as the model sees it: Unix newlines, no runs of blank lines, no outer whitespace."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def turn_text(speaker: str, text: str) -> str:
+    """One context turn: `Name: text` and the turn end."""
+    return f"{speaker_label(speaker)}: {clean_text(text)}{TURN_END}"
+
+
+def encode_turn(tokenizer: TokenizerLike, speaker: str, text: str) -> list[int]:
+    return tokenizer.encode(turn_text(speaker, text), add_special_tokens=False)
+
+
+def encode_prefix(tokenizer: TokenizerLike, persona: str) -> list[int]:
+    """`Persona:`, the cue after which the model writes the persona's turn."""
+    return tokenizer.encode(f"{speaker_label(persona)}:", add_special_tokens=False)
+
+
+def encode_response(tokenizer: TokenizerLike, text: str) -> list[int]:
+    """The persona's words (with the space after the colon) and the end marker."""
+    return tokenizer.encode(" " + clean_text(text), add_special_tokens=False) + [end_marker_id(tokenizer)]
+
+
+def encode_persona_turn(tokenizer: TokenizerLike, persona: str, text: str) -> list[int]:
+    """A finished persona turn inside a context: prefix, response, end marker, turn end."""
+    return (encode_prefix(tokenizer, persona) + encode_response(tokenizer, text)
+            + tokenizer.encode(TURN_END, add_special_tokens=False))
+
+
+def end_marker_id(tokenizer: TokenizerLike) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-text token; personabot needs one as its end marker")
+    return int(tokenizer.eos_token_id)
+
+
+def encode_context(tokenizer: TokenizerLike, turns: Sequence[tuple[str, str]], persona: str,
+                   budget: int) -> list[int]:
+    """The newest turns that fit in `budget` tokens (oldest dropped first, whole turns only), oldest first.
+
+    A turn by the persona itself is encoded as it was trained: with its end marker.
+    """
+    pieces: list[list[int]] = []
+    used = 0
+    for speaker, text in reversed(turns):
+        ids = (encode_persona_turn(tokenizer, persona, text) if same_speaker(speaker, persona)
+               else encode_turn(tokenizer, speaker, text))
+        if used + len(ids) > budget:
+            break
+        pieces.append(ids)
+        used += len(ids)
+    return [t for piece in reversed(pieces) for t in piece]
+
+
+def build_prompt(tokenizer: TokenizerLike, turns: Sequence[tuple[str, str]], persona: str,
+                 budget: int) -> list[int]:
+    """Context within `budget` tokens, then the persona's cue: what the model continues."""
+    prefix = encode_prefix(tokenizer, persona)
+    return encode_context(tokenizer, turns, persona, max(0, budget - len(prefix))) + prefix
+
+
+def same_speaker(a: str, b: str) -> bool:
+    return speaker_label(a).casefold() == speaker_label(b).casefold()
+
+
+# A line that starts another speaker's turn: a newline, a short name, a colon, a space.
+_NEW_TURN = re.compile(r"\n[^\s:][^:\n]{0,39}: ")
+
+
+def find_new_turn(text: str) -> int | None:
+    """Where generated text starts another speaker's turn (the index of its newline), or None."""
+    match = _NEW_TURN.search(text)
+    return match.start() if match else None
