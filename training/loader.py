@@ -92,7 +92,8 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
 
     for report in reports:
         named_directly = any(Path(p) == Path(report.path) for p in paths)
-        if report.messages == 0 and named_directly:
+        # A file whose messages were all seen already (named twice, overlapping exports) is not empty.
+        if report.messages + report.skipped.get("duplicate", 0) == 0 and named_directly:
             skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.most_common()) or "nothing at all"
             raise DataError(report.path, f"no chat messages to learn from (skipped: {skipped})",
                             hint="check that this is the export you meant; an empty chat cannot train a model")

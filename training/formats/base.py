@@ -200,7 +200,8 @@ def parse_json(text: str, label: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        truncated = e.pos >= len(text.rstrip()) - 1
+        # A string cut off by the end of the file is reported where the string began, not at the end.
+        truncated = e.pos >= len(text.rstrip()) - 1 or e.msg.startswith("Unterminated string")
         raise DataError(label, f"is not valid JSON: {e.msg}", where=f"line {e.lineno}, column {e.colno}",
                         hint=("the file looks cut off; download or export it again" if truncated
                               else "the file was changed or damaged; export it again")) from e
