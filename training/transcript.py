@@ -74,7 +74,22 @@ def end_marker_id(tokenizer: TokenizerLike) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def encode_context(tokenizer: TokenizerLike, turns: Sequence[tuple[str, str]], persona: str,
+def merge_turns(messages: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Consecutive messages of one speaker as one turn (lines joined), empty messages dropped: a turn is
+    what one person said before someone else spoke, in training and at inference alike."""
+    turns: list[tuple[str, str]] = []
+    for speaker, text in messages:
+        text = clean_text(text)
+        if not text:
+            continue
+        if turns and same_speaker(turns[-1][0], speaker):
+            turns[-1] = (turns[-1][0], turns[-1][1] + "\n" + text)
+        else:
+            turns.append((speaker, text))
+    return turns
+
+
+def encode_context(tokenizer: TokenizerLike, messages: Sequence[tuple[str, str]], persona: str,
                    budget: int) -> list[int]:
     """The newest turns that fit in `budget` tokens (oldest dropped first, whole turns only), oldest first.
 
@@ -82,7 +97,7 @@ def encode_context(tokenizer: TokenizerLike, turns: Sequence[tuple[str, str]], p
     """
     pieces: list[list[int]] = []
     used = 0
-    for speaker, text in reversed(turns):
+    for speaker, text in reversed(merge_turns(messages)):
         ids = (encode_persona_turn(tokenizer, persona, text) if same_speaker(speaker, persona)
                else encode_turn(tokenizer, speaker, text))
         if used + len(ids) > budget:
@@ -92,19 +107,20 @@ def encode_context(tokenizer: TokenizerLike, turns: Sequence[tuple[str, str]], p
     return [t for piece in reversed(pieces) for t in piece]
 
 
-def build_prompt(tokenizer: TokenizerLike, turns: Sequence[tuple[str, str]], persona: str,
+def build_prompt(tokenizer: TokenizerLike, messages: Sequence[tuple[str, str]], persona: str,
                  budget: int) -> list[int]:
     """Context within `budget` tokens, then the persona's cue: what the model continues."""
     prefix = encode_prefix(tokenizer, persona)
-    return encode_context(tokenizer, turns, persona, max(0, budget - len(prefix))) + prefix
+    return encode_context(tokenizer, messages, persona, max(0, budget - len(prefix))) + prefix
 
 
 def same_speaker(a: str, b: str) -> bool:
     return speaker_label(a).casefold() == speaker_label(b).casefold()
 
 
-# A line that starts another speaker's turn: a newline, a short name, a colon, a space.
-_NEW_TURN = re.compile(r"\n[^\s:][^:\n]{0,39}: ")
+# A line that starts another speaker's turn: a newline, a short name (no sentence punctuation, so that
+# "Hal, I say: hear me" inside a speech is not taken for a name), a colon, a space.
+_NEW_TURN = re.compile(r"\n[^\s:,;!?][^:\n,;!?]{0,39}: ")
 
 
 def find_new_turn(text: str) -> int | None:

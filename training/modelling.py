@@ -1,0 +1,154 @@
+"""Where models come from: a base (hub id or local directory, one `from_pretrained` path) or a fresh GPT-2
+of a preset size with a byte-level BPE tokenizer trained on the corpus. Also the device and thread choice."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training.errors import TrainingError
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A GPT-2 shape for training from scratch."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_positions: int
+    vocab_size: int
+    lr: float
+
+    def describe(self) -> str:
+        return (f"{self.n_layer} layers, {self.n_head} heads, {self.n_embd} wide, {self.n_positions} positions, "
+                f"{self.vocab_size}-token vocabulary")
+
+
+PRESETS: dict[str, Preset] = {
+    # For tests: trains in seconds, learns little.
+    "tiny": Preset(n_layer=2, n_head=2, n_embd=64, n_positions=256, vocab_size=1024, lr=2e-3),
+    # The demo persona: a few minutes on two CPU cores.
+    "mini": Preset(n_layer=4, n_head=4, n_embd=256, n_positions=256, vocab_size=4096, lr=1e-3),
+    "small": Preset(n_layer=6, n_head=6, n_embd=384, n_positions=512, vocab_size=8192, lr=6e-4),
+    # The GPT-2 small architecture (124M with GPT-2's own vocabulary): wants a GPU.
+    "gpt2": Preset(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=16384, lr=3e-4),
+}
+
+
+def pick_device() -> torch.device:
+    """A CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Threads for torch on the CPU: what was asked, else the cores this process may run on."""
+    if requested:
+        return max(1, requested)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the GPU supports it; full precision on the CPU (bf16 is slower there)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def load_base(name_or_dir: str):
+    """Model and tokenizer from a hub id (`gpt2`, `microsoft/DialoGPT-small`) or a local directory.
+
+    Both go through the same `from_pretrained` call; a missing directory or an unreachable hub is a
+    `TrainingError` that says which it was."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name_or_dir).expanduser()
+    # Hub ids are `name` or `org/name`; anything else that is not on disk is a mistyped path.
+    looks_local = name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1
+    if looks_local and not local.exists():
+        raise TrainingError(f"base model directory {name_or_dir} does not exist")
+    source = str(local) if local.exists() else name_or_dir
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source)
+    except OSError as e:
+        where = "directory" if local.exists() else "model id"
+        raise TrainingError(
+            f"cannot load the base model from {where} {name_or_dir!r}: {first_line(e)}\n"
+            "  hint: a hub id needs network access the first time (or HF_HUB_OFFLINE unset); "
+            "a directory must hold a model saved with save_pretrained; or use --from-scratch SIZE") from e
+    if tokenizer.eos_token_id is None:
+        raise TrainingError(f"the tokenizer of {name_or_dir} has no end-of-text token, which personabot "
+                            "uses as its end marker")
+    return model, tokenizer
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2's kind) trained on `texts`, with GPT-2's end-of-text token."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=END_OF_TEXT,
+                                   bos_token=END_OF_TEXT, unk_token=END_OF_TEXT, model_max_length=1 << 20)
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise TrainingError(f"unknown size {name!r} for --from-scratch; choose one of: {', '.join(PRESETS)}") from None
+
+
+def scratch_model(preset_name: str, tokenizer, seed: int = 0):
+    """A freshly initialised GPT-2 of a preset size for `tokenizer` (seeded: the same every time)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    preset = get_preset(preset_name)
+    eos = tokenizer.eos_token_id
+    # No pad_token_id: nothing is padded in training (packed blocks) and generation passes it explicitly.
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=preset.n_positions, n_embd=preset.n_embd,
+                        n_layer=preset.n_layer, n_head=preset.n_head, bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def new_model(preset_name: str, texts: Iterable[str], seed: int = 0):
+    """A fresh GPT-2 of a preset size and a byte-level BPE tokenizer trained on `texts`."""
+    tokenizer = train_tokenizer(texts, get_preset(preset_name).vocab_size)
+    return scratch_model(preset_name, tokenizer, seed), tokenizer
+
+
+def max_positions(model) -> int:
+    """Longest sequence the model accepts."""
+    config = model.config
+    for attr in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1024
+
+
+def quiet_library_output() -> None:
+    """Silence transformers' per-file progress bars and advice aimed at library users; personabot reports
+    its own progress and errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
