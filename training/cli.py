@@ -1,0 +1,274 @@
+"""Command-line front of the training side: `data inspect|dump|formats`, `train`, `eval`.
+
+`personabot` mounts these subcommands; `python -m training` runs `train` alone (for child processes).
+Exit codes: 0 done, 2 bad input or settings (a message says what to fix), 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from training.errors import DataError, TrainingError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", metavar="NAME", help="the export format (default: detected from the content; "
+                        "`personabot data formats` lists them)")
+    parser.add_argument("--bots", metavar="NAMES", default="",
+                        help="comma-separated author names or ids to treat as bots (skipped)")
+    parser.add_argument("--conversation-gap", metavar="MINUTES", type=float, default=180.0,
+                        help="a silence longer than this starts a new conversation (default 180)")
+
+
+def import_options(args: argparse.Namespace):
+    from datetime import timedelta
+
+    from training.formats.base import ImportOptions
+
+    if args.conversation_gap <= 0:
+        raise DataError(None, "--conversation-gap must be above 0 minutes")
+    return ImportOptions(bot_names=frozenset(split_names(args.bots)),
+                         conversation_gap=timedelta(minutes=args.conversation_gap))
+
+
+def split_names(text: str) -> list[str]:
+    return [n.strip().casefold() for n in text.split(",") if n.strip()]
+
+
+# --- data ------------------------------------------------------------------------------------------------
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from training.loader import load_corpus
+
+    corpus = load_corpus(args.paths, format=args.format, options=import_options(args))
+    speakers = corpus.speakers()
+    if args.json:
+        report = {"files": [f.to_json() for f in corpus.files], "speakers": dict(speakers.most_common()),
+                  "conversations": len(corpus.conversations)}
+        span = corpus.date_range()
+        report["date_range"] = [span[0].isoformat(), span[1].isoformat()] if span else None
+        report["ignored"] = [{"path": p, "reason": why} for p, why in corpus.ignored]
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return 0
+    width = max(len(f.path) for f in corpus.files)
+    for f in corpus.files:
+        skipped = ", ".join(f"{n} {why}" for why, n in f.skipped.most_common()) or "none"
+        print(f"{f.path:<{width}}  {f.format:<16} {f.messages:>7,} messages kept; skipped: {skipped}")
+    if corpus.ignored:
+        reasons = Counter(why for _, why in corpus.ignored)
+        print(f"ignored {len(corpus.ignored)} other files in the folders named: "
+              + ", ".join(f"{n} {why}" for why, n in reasons.most_common()))
+        for path, why in corpus.ignored[:10]:
+            print(f"  {path} ({why})")
+        if len(corpus.ignored) > 10:
+            print(f"  ... and {len(corpus.ignored) - 10} more (--json lists them all)")
+    total = sum(speakers.values())
+    print(f"\n{total:,} messages in {len(corpus.conversations):,} conversations")
+    span = corpus.date_range()
+    print("dates: " + (f"{span[0].isoformat()} to {span[1].isoformat()}" if span else "none in these exports"))
+    limit = None if args.all else 20
+    print("\nspeakers by messages:")
+    for name, count in speakers.most_common(limit):
+        print(f"  {count:>7,}  {name}")
+    if limit and len(speakers) > limit:
+        print(f"  ... {len(speakers) - limit} more (--all lists them)")
+    return 0
+
+
+def cmd_data_dump(args: argparse.Namespace) -> int:
+    from training.conversation import iso
+    from training.loader import load_corpus
+
+    corpus = load_corpus(args.paths, format=args.format, options=import_options(args))
+    out = sys.stdout
+    for conversation in corpus.conversations:
+        for m in conversation.messages:
+            out.write(json.dumps({"conversation": conversation.id, "speaker": m.speaker, "text": m.text,
+                                  "timestamp": iso(m.timestamp)}, ensure_ascii=False) + "\n")
+    out.flush()
+    return 0
+
+
+def cmd_data_formats(args: argparse.Namespace) -> int:
+    from training import formats
+
+    for importer in formats.all_importers():
+        print(f"{importer.name:<18} {importer.description}")
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.modelling import PRESETS
+    from training.progress import MODES
+
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                      help="chat exports: files, folders or zips (several allowed)")
+    what.add_argument("--speaker", required=True, help="whose voice to learn (name, username or id; any case)")
+    what.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write the artifact")
+    base = what.add_mutually_exclusive_group()
+    base.add_argument("--base", default="gpt2", metavar="HUB_ID_OR_DIR",
+                      help="pretrained model to fine-tune: a hub id or a local directory (default gpt2)")
+    base.add_argument("--from-scratch", choices=list(PRESETS), metavar="SIZE",
+                      help=f"train a new GPT-2 and tokenizer instead: {', '.join(PRESETS)}")
+    what.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the artifact)")
+    what.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    add_data_options(what)
+
+    how = parser.add_argument_group("how long and how")
+    how.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default 3)")
+    how.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    how.add_argument("--time-budget", type=float, metavar="SECONDS",
+                     help="fit the training loop into this many seconds (the schedule adapts)")
+    how.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5, LoRA 2e-4, from scratch by size)")
+    how.add_argument("--batch-size", type=int, default=8, help="blocks per micro-batch (default 8)")
+    how.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default 1)")
+    how.add_argument("--warmup", type=float, default=0.05, help="share of steps spent warming up (default 0.05)")
+    how.add_argument("--eval-every", type=int, help="steps between evaluations (default: about 8 per run)")
+    how.add_argument("--patience", type=int, default=3,
+                     help="stop after this many evaluations without improvement (default 3)")
+    how.add_argument("--block-size", type=int, help="packed sequence length (default: min(model, 512))")
+    how.add_argument("--context-tokens", type=int, help="context budget per response (default: half a block)")
+    how.add_argument("--val-fraction", type=float, default=0.1, help="share held out (default 0.1)")
+    how.add_argument("--standalone-share", type=float, default=0.1,
+                     help="share of turns also trained with no context (default 0.1)")
+    how.add_argument("--min-responses", type=int, default=20,
+                     help="refuse to train on fewer turns of the speaker (default 20)")
+    how.add_argument("--context-loss-weight", type=float,
+                     help="loss weight on the other speakers' turns (default 0; 0.5 from scratch)")
+    how.add_argument("--seed", type=int, default=0, help="seed for the split, shuffling and sampling")
+    how.add_argument("--samples", type=int, default=5, help="sample lines stored in persona.json (default 5)")
+
+    run = parser.add_argument_group("running")
+    run.add_argument("--threads", type=int, help="CPU threads (default: the cores available)")
+    run.add_argument("--progress", choices=MODES, default="auto",
+                     help="auto (a bar on a terminal), bar, json (JSON lines on stdout), log, none")
+    run.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+                     help="save a resumable checkpoint this often (default 120; also on Ctrl-C/SIGTERM)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out")
+    run.add_argument("--restart", action="store_true", help="discard an interrupted run instead of resuming it")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.progress import Progress
+    from training.trainer import TrainConfig, TrainingInterrupted, train
+
+    cfg = TrainConfig(
+        data=[str(p) for p in args.data], speaker=args.speaker, out=args.out, base=args.base,
+        from_scratch=args.from_scratch, format=args.format, epochs=args.epochs, max_steps=args.max_steps,
+        time_budget_s=args.time_budget, lora=args.lora, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+        lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
+        eval_every=args.eval_every, patience=args.patience, block_size=args.block_size,
+        context_tokens=args.context_tokens, val_fraction=args.val_fraction,
+        standalone_share=args.standalone_share, min_responses=args.min_responses,
+        context_loss_weight=args.context_loss_weight, seed=args.seed, bots=split_names(args.bots),
+        conversation_gap_minutes=args.conversation_gap, samples=args.samples, threads=args.threads,
+        overwrite=args.overwrite, restart=args.restart, checkpoint_every_s=args.checkpoint_every)
+    progress = Progress(args.progress)
+    try:
+        result = train(cfg, progress)
+    except TrainingInterrupted as e:
+        print(f"personabot: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if progress.mode != "json":
+        base, trained = result.metrics["base"], result.metrics["trained"]
+        print(f"wrote {result.out}\n"
+              f"  validation loss {base['val_loss']:.3f} -> {trained['val_loss']:.3f} "
+              f"(perplexity {base['val_perplexity']:.1f} -> {trained['val_perplexity']:.1f}) "
+              f"on {trained['val_tokens']:,} held-out response tokens\n"
+              f"  {result.steps} steps, stopped: {result.stopped}", file=sys.stderr)
+    return 0
+
+
+# --- eval ------------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_artifact
+
+    report = evaluate_artifact(args.dir, args.data, fmt=args.format, options=import_options(args),
+                               speaker=args.speaker, threads=args.threads)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(f"{report['artifact']}: {report['speaker']} on {report['responses']:,} turns "
+              f"({report['response_tokens']:,} tokens) from {', '.join(args.data)}")
+        print(f"  loss {report['loss']:.4f}  perplexity {report['perplexity']:.2f}")
+        stored = report.get("artifact_val_loss")
+        if stored is not None and math.isfinite(stored):
+            print(f"  (its own held-out loss when trained: {stored:.4f})")
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, help="persona artifact directory")
+    parser.add_argument("--data", nargs="+", required=True, metavar="PATH", help="exports to evaluate on")
+    parser.add_argument("--speaker", help="whose turns to score (default: the artifact's speaker)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores available)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_data_options(parser)
+
+
+# --- wiring ----------------------------------------------------------------------------------------------
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="look at chat exports the way training will read them")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{inspect,dump,formats}")
+    inspect = data_sub.add_parser("inspect", help="formats, messages kept and skipped, speakers, dates")
+    inspect.add_argument("paths", nargs="+", metavar="PATH")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.add_argument("--all", action="store_true", help="list every speaker")
+    add_data_options(inspect)
+    inspect.set_defaults(func=cmd_data_inspect)
+    dump = data_sub.add_parser("dump", help="the normalised messages as JSON Lines")
+    dump.add_argument("paths", nargs="+", metavar="PATH")
+    add_data_options(dump)
+    dump.set_defaults(func=cmd_data_dump)
+    fmts = data_sub.add_parser("formats", help="list the export formats personabot reads")
+    fmts.set_defaults(func=cmd_data_formats)
+
+    train = sub.add_parser("train", help="train a persona on one speaker's messages")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="loss and perplexity of a persona on exports")
+    add_eval_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand, turning the errors a user can fix into one message and exit code 2."""
+    from training.artifact import ArtifactError
+    from training.modelling import quiet_library_output
+
+    quiet_library_output()
+    try:
+        return func(args)
+    except (DataError, TrainingError, ArtifactError) as e:
+        print(f"personabot: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("personabot: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error. Point stdout at /dev/null so that Python's final
+        # flush does not complain (the recipe in the `signal` module's documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m training`: the train command alone, for child processes."""
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train a persona (same options "
+                                     "as `personabot train`).")
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_command(cmd_train, args)

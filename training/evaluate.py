@@ -1,0 +1,51 @@
+"""`personabot eval`: how well a trained persona predicts a speaker's turns in given exports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.artifact import ArtifactError, read_persona
+from training.dataset import DatasetConfig, make_blocks, match_speaker, split_units
+from training.errors import DataError
+from training.formats.base import ImportOptions
+from training.loader import load_corpus
+from training.modelling import autocast_dtype, cpu_threads, pick_device
+from training.trainer import evaluate, perplexity
+
+
+def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | None = None,
+                      options: ImportOptions | None = None, speaker: str | None = None,
+                      threads: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+    """Loss and perplexity of the artifact on every turn of its speaker (or `speaker`) in `data`,
+    each with its preceding context as the artifact was trained to see it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = read_persona(directory)
+    corpus = load_corpus(data, format=fmt, options=options)
+    torch.set_num_threads(cpu_threads(threads))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(info.path)
+        model = AutoModelForCausalLM.from_pretrained(info.path)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot load the model in {info.path}: {e}") from e
+    stored = info.data.get("dataset", {})
+    config = DatasetConfig(context_tokens=int(stored.get("context_tokens", info.generation.context_tokens)),
+                           block_size=int(stored.get("block_size", 512)), min_responses=1)
+    query = speaker or info.speaker
+    match = match_speaker(corpus.conversations, query)
+    units = split_units(corpus.conversations, match, config.unit_responses)
+    if not units:
+        raise DataError(None, f"no turns of {match.name} in {', '.join(data)}")
+    # The persona answers under its own name, whatever the speaker is called in these exports.
+    blocks, stats = make_blocks(units, tokenizer, info.speaker, config)
+    device = pick_device()
+    model.to(device)
+    loss, tokens = evaluate(model, blocks, batch_size, device, autocast_dtype(device))
+    trained = info.metrics.get("trained", {})
+    return {"artifact": str(info.path), "speaker": info.speaker, "data_speaker": match.name,
+            "responses": stats["responses"], "response_tokens": tokens, "loss": loss,
+            "perplexity": perplexity(loss), "artifact_val_loss": trained.get("val_loss")}

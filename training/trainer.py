@@ -1,0 +1,599 @@
+"""Fine-tune a base model (or train one from scratch) on one speaker's turns and write the artifact.
+
+A training loop that fits in your head (after nanoGPT): packed blocks, loss on responses, AdamW with
+warm-up and cosine decay, gradient accumulation and clipping, evaluation on held-out conversations, the
+best weights kept, early stop. Work in progress lives in a `.NAME.partial` folder beside the output; an
+interrupted run (Ctrl-C, SIGTERM, a crash, a kill) continues from its last checkpoint when the same command
+is run again. The artifact appears at the output path only when it is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training import artifact
+from training.dataset import (CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaDataset, attention_mask,
+                              build_dataset, fingerprint)
+from training.errors import DataError, TrainingError
+from training.formats.base import ImportOptions
+from training.generation import GenerationSettings, sample_lines
+from training.loader import Corpus, load_corpus
+from training.modelling import (PRESETS, autocast_dtype, cpu_threads, load_base, max_positions, new_model,
+                                pick_device, scratch_model)
+from training.progress import Progress
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+RUN_FILE = "run.json"
+
+
+@dataclass(slots=True)
+class TrainConfig:
+    """Everything a training run depends on. Fields that change the result are part of the resume key."""
+
+    data: list[str]
+    speaker: str
+    out: Path
+    base: str = "gpt2"
+    from_scratch: str | None = None
+    format: str | None = None
+    epochs: float = 3.0
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lr: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup: float = 0.05
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    eval_every: int | None = None
+    patience: int = 3
+    block_size: int | None = None
+    context_tokens: int | None = None
+    val_fraction: float = 0.1
+    standalone_share: float = 0.1
+    min_responses: int = 20
+    context_loss_weight: float | None = None
+    seed: int = 0
+    bots: list[str] = field(default_factory=list)
+    conversation_gap_minutes: float = 180.0
+    samples: int = 5
+    # Settings that do not change the result:
+    threads: int | None = None
+    overwrite: bool = False
+    restart: bool = False
+    checkpoint_every_s: float = 120.0
+
+    def check(self) -> list[str]:
+        """Problems with the settings, one line each."""
+        problems = []
+        if self.from_scratch is not None and self.from_scratch not in PRESETS:
+            problems.append(f"--from-scratch must be one of: {', '.join(PRESETS)}")
+        if self.from_scratch and self.lora:
+            problems.append("--lora adapts a pretrained base; it makes no sense with --from-scratch")
+        if not self.epochs > 0:
+            problems.append("--epochs must be above 0")
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "block_size"):
+            value = getattr(self, name, None)
+            if value is not None and value < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            problems.append("--lr must be above 0")
+        if not 0 < self.val_fraction < 1:
+            problems.append("--val-fraction must be between 0 and 1")
+        if not 0 <= self.standalone_share < 1:
+            problems.append("--standalone-share must be at least 0 and below 1")
+        if not 0 <= self.warmup < 1:
+            problems.append("--warmup must be a share of the steps, at least 0 and below 1")
+        if self.context_loss_weight is not None and not 0 <= self.context_loss_weight <= 1:
+            problems.append("--context-loss-weight must be between 0 and 1")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            problems.append("--time-budget must be above 0")
+        if self.patience < 1:
+            problems.append("--patience must be at least 1")
+        if self.conversation_gap_minutes <= 0:
+            problems.append("--conversation-gap must be above 0")
+        if self.samples < 0:
+            problems.append("--samples must be 0 or more")
+        return problems
+
+    def effective_context_weight(self) -> float:
+        """Loss weight of the other speakers' turns: none when fine-tuning a model that knows the language
+        already; some from scratch, where the responses alone are too little text to learn it from."""
+        if self.context_loss_weight is not None:
+            return self.context_loss_weight
+        return 0.5 if self.from_scratch else 0.0
+
+    def resume_key(self, data_fingerprint: str) -> str:
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in ("threads", "overwrite", "restart", "checkpoint_every_s", "out", "data")}
+        keep["data_fingerprint"] = data_fingerprint
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class TrainResult:
+    out: Path
+    steps: int
+    stopped: str
+    metrics: dict[str, Any]
+    persona: dict[str, Any]
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
+
+    def __init__(self, step: int, work: Path) -> None:
+        super().__init__(f"training interrupted at step {step}; progress is saved in {work}. "
+                         "Run the same command again to continue.")
+        self.step = step
+
+
+# --- loss -----------------------------------------------------------------------------------------------------
+def _core(model):
+    """The causal LM under a PEFT wrapper (LoRA layers are injected in place, so they still run)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def block_loss(model, blocks: Blocks, context_weight: float, device: torch.device,
+               dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Loss of a batch of packed blocks.
+
+    Returns (weighted CE sum, weight sum, CE sum over response tokens, response token count). Logits are
+    computed only where a loss falls, which on chat data is a fraction of the positions."""
+    ids = blocks.input_ids.to(device)
+    segments = blocks.segments.to(device)
+    kinds = blocks.kinds.to(device)[:, 1:]
+    core = _core(model)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        hidden = core.base_model(input_ids=ids, attention_mask=attention_mask(segments),
+                                 position_ids=blocks.positions.to(device)).last_hidden_state
+    # A token is predicted from the one before it, never across the border of two packed windows.
+    same_window = segments[:, 1:] == segments[:, :-1]
+    is_response = (kinds == RESPONSE) & same_window
+    weights = torch.where(is_response, 1.0, 0.0)
+    if context_weight > 0:
+        weights = weights + torch.where((kinds == CONTEXT) & same_window, context_weight, 0.0)
+    selected = weights > 0
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits = core.get_output_embeddings()(hidden[:, :-1][selected])
+    ce = F.cross_entropy(logits.float(), ids[:, 1:][selected], reduction="none")
+    w = weights[selected]
+    response = is_response[selected]
+    return (ce * w).sum(), w.sum(), ce[response].sum(), int(response.sum())
+
+
+@torch.no_grad()
+def evaluate(model, blocks: Blocks, batch_size: int, device: torch.device,
+             dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """Mean cross-entropy on the response tokens of `blocks` (the held-out responses), and their count."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        _, _, ce, n = block_loss(model, blocks.subset(slice(start, start + batch_size)), 0.0, device, dtype)
+        total += float(ce)
+        count += n
+    model.train(was_training)
+    return (total / count if count else float("nan")), count
+
+
+def perplexity(loss: float) -> float:
+    return float(math.exp(loss)) if loss < 50 else float("inf")
+
+
+def lr_at(step: int, total: int, peak: float, warmup_steps: int, floor: float = 0.1) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `floor * peak` at `total`."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+class _StopFlag:
+    """Ctrl-C and SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Run (or resume) a training run and write the artifact at `cfg.out`.
+
+    Raises `DataError` for bad input, `TrainingError` for impossible settings, `TrainingInterrupted` when
+    stopped by a signal (a checkpoint is saved first)."""
+    progress = progress or Progress("none")
+    problems = cfg.check()
+    if problems:
+        raise TrainingError("; ".join(problems))
+    out = Path(cfg.out).expanduser().absolute()
+    if out.exists() and not cfg.overwrite:
+        raise TrainingError(f"{out} already exists; pass --overwrite to replace it (it is replaced only "
+                            "when the new artifact is complete)")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out} is a file; the output must be a directory path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cpu_threads(cfg.threads))
+    device = pick_device()
+    dtype = autocast_dtype(device)
+
+    progress.phase("reading exports", ", ".join(cfg.data))
+    options = ImportOptions(bot_names=frozenset(b.casefold() for b in cfg.bots),
+                            conversation_gap=_minutes(cfg.conversation_gap_minutes))
+    corpus = load_corpus(cfg.data, format=cfg.format, options=options)
+    data_fp = fingerprint(corpus.conversations)
+    key = cfg.resume_key(data_fp)
+
+    work = out.parent / f".{out.name}.partial"
+    state = _open_work_dir(work, key, cfg)
+
+    if cfg.from_scratch:
+        if state is not None and (work / "tokenizer").is_dir():
+            from transformers import AutoTokenizer
+
+            progress.phase("loading tokenizer", "from the interrupted run")
+            tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
+            model = scratch_model(cfg.from_scratch, tokenizer, cfg.seed)
+        else:
+            progress.phase("training tokenizer", f"{PRESETS[cfg.from_scratch].vocab_size} tokens, "
+                           f"{cfg.from_scratch} model ({PRESETS[cfg.from_scratch].describe()})")
+            model, tokenizer = new_model(cfg.from_scratch, _corpus_texts(corpus), seed=cfg.seed)
+        base_label = f"from scratch ({cfg.from_scratch})"
+    else:
+        progress.phase("loading base model", cfg.base)
+        model, tokenizer = load_base(cfg.base)
+        base_label = cfg.base
+
+    positions = max_positions(model)
+    block = cfg.block_size or min(positions, 512)
+    if block > positions:
+        raise TrainingError(f"--block-size {block} is longer than the model's {positions} positions")
+    context_tokens = cfg.context_tokens if cfg.context_tokens is not None else block // 2
+    if context_tokens >= block:
+        raise TrainingError(f"--context-tokens ({context_tokens}) must be smaller than the block size ({block})")
+    context_weight = cfg.effective_context_weight()
+    dataset_config = DatasetConfig(context_tokens=context_tokens, block_size=block,
+                                   val_fraction=cfg.val_fraction, standalone_share=cfg.standalone_share,
+                                   min_responses=cfg.min_responses, seed=cfg.seed)
+    progress.phase("building examples", f"speaker {cfg.speaker!r}")
+    dataset = build_dataset(corpus.conversations, cfg.speaker, tokenizer, dataset_config,
+                            context_weighted=context_weight > 0)
+    progress.phase("examples ready", _describe(dataset), **dataset.stats)
+
+    model.to(device)
+    if state is None:
+        progress.phase("measuring the base model", "validation loss before training")
+        base_loss, val_tokens = evaluate(model, dataset.val, cfg.batch_size, device, dtype)
+        base_metrics = {"val_loss": base_loss, "val_perplexity": perplexity(base_loss), "val_tokens": val_tokens}
+    else:
+        base_metrics = state["base_metrics"]
+
+    if cfg.lora:
+        model = _wrap_lora(model, cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    peak_lr = cfg.lr or (PRESETS[cfg.from_scratch].lr if cfg.from_scratch else (2e-4 if cfg.lora else 5e-5))
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=peak_lr,
+                                  betas=(0.9, 0.95))
+
+    micro_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    run = _RunState(total=total)
+    if state is not None:
+        run = _RunState(**state["run"])
+        _load_trainable(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        progress.phase("resuming", f"from step {run.step} of {run.total}")
+    else:
+        # The work folder appears only now that the data and settings are known to be good.
+        work.mkdir(parents=True)
+        _write_json(work / RUN_FILE, {"key": key, "out": str(out), "started": _now()})
+        if cfg.from_scratch:
+            tokenizer.save_pretrained(work / "tokenizer")  # a resumed run must use the very same tokenizer
+
+    model.train()
+    eval_every = cfg.eval_every or max(1, min(500, run.total // 8))
+    last_checkpoint = time.monotonic()
+    loop_start = time.monotonic()
+    elapsed_before = run.elapsed
+    first_step = run.step
+    train_loss = run.train_history[-1][1] if run.train_history else float("nan")
+    progress.start(run.total, run.step)
+
+    with _StopFlag() as stop:
+        while run.step < run.total and run.stopped is None:
+            step_lr = lr_at(run.step, run.total, peak_lr, max(1, int(cfg.warmup * run.total)))
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
+            optimizer.zero_grad(set_to_none=True)
+            resp_sum, resp_count = 0.0, 0
+            for micro in range(cfg.grad_accum):
+                batch = _micro_batch(dataset.train, run.step * cfg.grad_accum + micro, cfg.batch_size,
+                                     micro_per_epoch, cfg.seed)
+                weighted, weight, ce, n = block_loss(model, batch, context_weight, device, dtype)
+                if float(weight) > 0:
+                    (weighted / weight / cfg.grad_accum).backward()
+                resp_sum += float(ce.detach())
+                resp_count += n
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
+            optimizer.step()
+            run.step += 1
+            run.elapsed = elapsed_before + (time.monotonic() - loop_start)
+            if resp_count:  # a batch of other speakers' text only (from scratch) has no response loss
+                train_loss = resp_sum / resp_count
+                run.train_history.append((run.step, train_loss))
+
+            if cfg.time_budget_s is not None and (run.step == first_step + 5 or run.step % eval_every == 0):
+                # A time budget sets the run's length from the measured speed (evaluations included), so
+                # that warm-up and cosine decay fit the time available; re-measured at every evaluation.
+                per_step = (time.monotonic() - loop_start) / (run.step - first_step)
+                fits = run.step + int((cfg.time_budget_s - run.elapsed) / per_step)
+                planned = min(fits, cfg.max_steps or fits,
+                              math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+                run.total = max(run.step + 1, planned)
+                eval_every = cfg.eval_every or max(1, min(500, run.total // 8))
+                progress.set_total(run.total)
+            progress.step(run.step, train_loss, step_lr)
+
+            if run.step % eval_every == 0 or run.step >= run.total:
+                _evaluate_step(model, dataset, cfg, device, dtype, run, work, progress)
+                if run.bad_evals >= cfg.patience:
+                    run.stopped = "early-stop"
+            if cfg.time_budget_s is not None and run.elapsed >= cfg.time_budget_s and run.step < run.total:
+                _evaluate_step(model, dataset, cfg, device, dtype, run, work, progress)
+                run.stopped = "time-budget"
+            if stop.requested:
+                _save_checkpoint(work, model, optimizer, run, base_metrics)
+                progress.close()
+                raise TrainingInterrupted(run.step, work)
+            if time.monotonic() - last_checkpoint >= cfg.checkpoint_every_s and run.step < run.total:
+                _save_checkpoint(work, model, optimizer, run, base_metrics)
+                last_checkpoint = time.monotonic()
+    if run.stopped is None:
+        run.stopped = "max-steps" if cfg.max_steps and run.step >= cfg.max_steps else "completed"
+    # The final state is saved too: if writing the artifact fails, the same command finishes quickly.
+    _save_checkpoint(work, model, optimizer, run, base_metrics)
+    progress.close()
+
+    if (work / BEST).exists():
+        _load_trainable(model, torch.load(work / BEST, map_location="cpu", weights_only=True))
+    if cfg.lora:
+        model = model.merge_and_unload()
+    model.eval()
+    trained = {"val_loss": run.best_val, "val_perplexity": perplexity(run.best_val),
+               "val_tokens": base_metrics["val_tokens"]}
+    metrics = {"base": base_metrics, "trained": trained, "best_step": run.best_step}
+
+    progress.phase("writing artifact", str(out))
+    generation = GenerationSettings(context_tokens=context_tokens)
+    staged = artifact.staging_dir(out)
+    try:
+        samples = sample_lines(model, tokenizer, dataset.speaker.name, cfg.samples, generation,
+                               seed=cfg.seed) if cfg.samples else []
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        index_size = artifact.write_training_text(staged, dataset.responses(), dataset.context_texts())
+        artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.train_history), run.val_history,
+                             f"{dataset.speaker.name} ({base_label})")
+        persona = _persona_json(cfg, corpus, dataset, data_fp, base_label, metrics, run, generation, samples,
+                                device, peak_lr, index_size)
+        artifact.write_persona_json(staged, persona)
+        artifact.commit(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    progress.done(artifact=str(out), steps=run.step, stopped=run.stopped, metrics=metrics)
+    return TrainResult(out, run.step, run.stopped, metrics, persona)
+
+
+@dataclass(slots=True)
+class _RunState:
+    total: int
+    step: int = 0
+    elapsed: float = 0.0
+    best_val: float = float("inf")
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped: str | None = None
+    train_history: list = field(default_factory=list)
+    val_history: list = field(default_factory=list)
+
+
+def _evaluate_step(model, dataset: PersonaDataset, cfg: TrainConfig, device, dtype, run: _RunState,
+                   work: Path, progress: Progress) -> None:
+    if run.val_history and run.val_history[-1][0] == run.step:
+        return
+    val_loss, _ = evaluate(model, dataset.val, cfg.batch_size, device, dtype)
+    run.val_history.append((run.step, val_loss))
+    best = val_loss < run.best_val
+    if best:
+        run.best_val, run.best_step, run.bad_evals = val_loss, run.step, 0
+        _atomic_save(_trainable_state(model), work / BEST)
+    else:
+        run.bad_evals += 1
+    progress.evaluation(run.step, val_loss, best)
+
+
+def _micro_batch(blocks: Blocks, index: int, batch_size: int, per_epoch: int, seed: int) -> Blocks:
+    """The `index`-th micro-batch of an endless, per-epoch shuffled stream (same order after a resume)."""
+    epoch, i = divmod(index, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(blocks), generator=generator)
+    return blocks.subset(order[i * batch_size:(i + 1) * batch_size])
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    """The weights training changes (all of them, or only the LoRA adapters), on the CPU."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in names}
+
+
+def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    missing = set(state) - set(model.state_dict())
+    if missing:
+        raise TrainingError(f"the checkpoint does not fit this model ({len(missing)} unknown weights); "
+                            "run again with --restart")
+    model.load_state_dict(state, strict=False)
+
+
+def _save_checkpoint(work: Path, model, optimizer, run: _RunState, base_metrics: dict) -> None:
+    _atomic_save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                  "rng": torch.get_rng_state(), "run": asdict(run), "base_metrics": base_metrics},
+                 work / CHECKPOINT)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _open_work_dir(work: Path, key: str, cfg: TrainConfig) -> dict | None:
+    """The checkpoint to resume from (None for a fresh start, with any leftover folder removed); refuses
+    to mix two different runs."""
+    if work.exists():
+        try:
+            previous = json.loads((work / RUN_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        checkpoint = work / CHECKPOINT
+        if cfg.restart or previous is None or not checkpoint.exists():
+            shutil.rmtree(work)
+        elif previous.get("key") != key:
+            raise TrainingError(f"an interrupted training run with other data or settings is saved in {work}; "
+                                "run the same command as before to continue it, or add --restart to discard it")
+        else:
+            try:
+                return torch.load(checkpoint, map_location="cpu", weights_only=False)
+            except Exception as e:  # a checkpoint cut short by a kill during the write cannot be trusted
+                raise TrainingError(f"the checkpoint in {work} is damaged ({e}); add --restart to start over") from e
+    return None
+
+
+def _wrap_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise TrainingError(f"cannot add LoRA adapters to this base model: {e}") from e
+
+
+def _corpus_texts(corpus: Corpus):
+    for conversation in corpus.conversations:
+        for message in conversation.messages:
+            yield f"{message.speaker}: {message.text}\n"
+
+
+def _describe(dataset: PersonaDataset) -> str:
+    s = dataset.stats
+    return (f"{s['speaker']}: {s['train']['responses']} training and {s['val']['responses']} validation turns "
+            f"from {s['conversations']} conversations; {s['train']['blocks']} blocks of "
+            f"{dataset.config.block_size} tokens, {s['train']['packing_efficiency']:.0%} filled")
+
+
+def _persona_json(cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset, data_fp: str, base_label: str,
+                  metrics: dict, run: _RunState, generation: GenerationSettings, samples: list[str],
+                  device: torch.device, peak_lr: float, index_size: int) -> dict[str, Any]:
+    speaker = dataset.speaker
+    return {
+        "speaker": speaker.name,
+        "speaker_names": sorted(speaker.names),
+        "speaker_ids": sorted(speaker.ids),
+        "base": cfg.base if not cfg.from_scratch else None,
+        "from_scratch": cfg.from_scratch,
+        "base_label": base_label,
+        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "merged": True} if cfg.lora else None,
+        "created_at": _now(),
+        "data": {
+            "fingerprint": data_fp,
+            "files": [f.to_json() for f in corpus.files],
+            "conversations": len(corpus.conversations),
+            "messages": sum(len(c.messages) for c in corpus.conversations),
+            "speaker_messages": speaker.messages,
+            "train": dataset.stats["train"],
+            "val": dataset.stats["val"],
+            "training_text_entries": index_size,
+        },
+        "dataset": dataset.config.to_json(),
+        "training": {
+            "steps": run.step, "planned_steps": run.total, "stopped": run.stopped, "best_step": run.best_step,
+            "epochs": cfg.epochs, "max_steps": cfg.max_steps, "time_budget_s": cfg.time_budget_s,
+            "lr": peak_lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "warmup": cfg.warmup,
+            "weight_decay": cfg.weight_decay, "clip": cfg.clip, "patience": cfg.patience, "seed": cfg.seed,
+            "context_loss_weight": cfg.effective_context_weight(),
+            "device": device.type, "seconds": round(run.elapsed, 1),
+        },
+        "metrics": metrics,
+        "history": {"train": _thin(run.train_history), "val": run.val_history},
+        "generation": generation.to_json(),
+        "samples": samples,
+    }
+
+
+def _thin(points: list, keep: int = 400) -> list:
+    """At most `keep` points, evenly spaced, last one included."""
+    if len(points) <= keep:
+        return [list(p) for p in points]
+    stride = len(points) / keep
+    picked = [points[int(i * stride)] for i in range(keep - 1)] + [points[-1]]
+    return [list(p) for p in picked]
+
+
+def _minutes(value: float):
+    from datetime import timedelta
+
+    return timedelta(minutes=value)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "train", "evaluate", "block_loss", "DataError"]
