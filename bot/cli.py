@@ -1,3 +1,111 @@
-"""The `personabot` command."""
-def main() -> int:
-    raise SystemExit("not yet")
+"""The `personabot` command: data tools and training (from `training.cli`), sampling, chat, and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.cli import EXIT_BAD_INPUT, add_commands, run_command
+
+
+def _generation_overrides(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "max_new_tokens": args.max_new_tokens}
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (defaults from the artifact's persona.json)")
+    group.add_argument("--temperature", type=float)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--max-new-tokens", type=int)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from bot.persona import Persona
+
+    if args.n < 1:
+        print("personabot: error: -n must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    persona = Persona.load(args.dir, **_generation_overrides(args))
+    lines = persona.sample(args.n, start=args.start or "", seed=args.seed)
+    if args.json:
+        print(json.dumps({"speaker": persona.name, "samples": lines}, ensure_ascii=False))
+    else:
+        for line in lines:
+            print(f"{persona.name}: {line}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from bot.console import chat
+    from bot.persona import Persona
+
+    persona = Persona.load(args.dir, **_generation_overrides(args))
+    return chat(persona, user=args.name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot.config import ConfigError, load_settings
+    from bot.console import chat
+    from bot.persona import Persona
+
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        print(f"personabot: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    model_dir = settings.model_dir
+    if settings.persona_model is None and not model_dir.exists():
+        from training.demo import DEMO_SPEAKER, build_demo
+        from training.progress import Progress
+
+        print(f"personabot: no persona yet (PERSONA_MODEL is not set), so building the demo persona: "
+              f"{DEMO_SPEAKER}, trained from scratch on Shakespeare in about "
+              f"{settings.demo_time_budget_s / 60:.0f} minutes, into {model_dir}", file=sys.stderr)
+        build_demo(model_dir, time_budget_s=settings.demo_time_budget_s, progress=Progress("auto"),
+                   threads=settings.torch_threads)
+    persona = Persona.load(model_dir, **settings.generation)
+    if settings.torch_threads:
+        persona.set_threads(settings.torch_threads)
+    if settings.discord_token:
+        print("personabot: DISCORD_TOKEN is set, but this build has no Discord adapter yet; "
+              "chatting in the terminal instead", file=sys.stderr)
+    return chat(persona, user=settings.chat_user_name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="personabot", description="A chat bot that talks like a character.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(sub)
+
+    sample = sub.add_parser("sample", help="sample stand-alone lines from a persona")
+    sample.add_argument("dir", type=Path, help="persona artifact directory")
+    sample.add_argument("-n", type=int, default=5, help="how many lines (default 5)")
+    sample.add_argument("--start", help="text every line starts with, e.g. 'my deepest, darkest secret is'")
+    sample.add_argument("--seed", type=int, help="seed for repeatable samples")
+    sample.add_argument("--json", action="store_true", help='print {"speaker": ..., "samples": [...]}')
+    _add_generation_options(sample)
+    sample.set_defaults(func=cmd_sample)
+
+    chat = sub.add_parser("chat", help="talk to a persona in the terminal")
+    chat.add_argument("dir", type=Path, help="persona artifact directory")
+    chat.add_argument("--name", default="You", help="your name in the conversation (default You)")
+    _add_generation_options(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    run = sub.add_parser("run", help="start the bot (builds the demo persona when there is no model yet)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

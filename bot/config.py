@@ -1,0 +1,98 @@
+"""Settings from the environment and `.env`, checked at start with one clear message per problem."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DEMO_DIR = Path("models/demo")
+
+
+class ConfigError(Exception):
+    """One or more settings are wrong; the message lists each problem on its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("configuration problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    persona_model: Path | None          # PERSONA_MODEL: artifact directory; unset means the demo persona
+    demo_dir: Path                      # DEMO_DIR: where the demo persona is built when needed
+    demo_time_budget_s: float           # DEMO_TIME_BUDGET: seconds of training for the demo persona
+    discord_token: str | None = field(repr=False)  # DISCORD_TOKEN: never printed
+    chat_user_name: str = "You"         # CHAT_USER_NAME: your name in the terminal chat
+    torch_threads: int | None = None    # TORCH_THREADS: CPU threads for generation (default: all cores)
+    generation: dict[str, Any] = field(default_factory=dict)  # GEN_*: overrides of persona.json defaults
+
+    @property
+    def model_dir(self) -> Path:
+        return self.persona_model or self.demo_dir
+
+
+_GENERATION_VARS = {
+    "GEN_TEMPERATURE": ("temperature", float), "GEN_TOP_K": ("top_k", int), "GEN_TOP_P": ("top_p", float),
+    "GEN_REPETITION_PENALTY": ("repetition_penalty", float),
+    "GEN_NO_REPEAT_NGRAM_SIZE": ("no_repeat_ngram_size", int), "GEN_MAX_NEW_TOKENS": ("max_new_tokens", int),
+    "CONTEXT_TOKENS": ("context_tokens", int),
+}
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:
+    """Settings from `env` (default: the process environment after reading `.env`, which never overrides
+    variables already set). Raises `ConfigError` listing every problem."""
+    if env is None:
+        if dotenv_path is not None and Path(dotenv_path).is_file():
+            from dotenv import load_dotenv
+
+            load_dotenv(dotenv_path, override=False)
+        env = os.environ
+    problems: list[str] = []
+
+    def number(name: str, kind: type, default: Any, minimum: float | None = None) -> Any:
+        raw = env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            problems.append(f"{name}={raw!r} is not {'a whole number' if kind is int else 'a number'}")
+            return default
+        if minimum is not None and value < minimum:
+            problems.append(f"{name}={raw} must be at least {minimum}")
+            return default
+        return value
+
+    model = env.get("PERSONA_MODEL", "").strip()
+    persona_model = Path(model).expanduser() if model else None
+    if persona_model is not None and persona_model.exists() and not persona_model.is_dir():
+        problems.append(f"PERSONA_MODEL={model} is a file; it must name an artifact directory")
+    demo_dir = Path(env.get("DEMO_DIR", "").strip() or DEFAULT_DEMO_DIR).expanduser()
+    budget = number("DEMO_TIME_BUDGET", float, 200.0, minimum=10)
+    threads = number("TORCH_THREADS", int, None, minimum=1)
+    token = env.get("DISCORD_TOKEN", "").strip() or None
+    user = env.get("CHAT_USER_NAME", "").strip() or "You"
+    generation = {}
+    for var, (key, kind) in _GENERATION_VARS.items():
+        value = number(var, kind, None)
+        if value is not None:
+            generation[key] = value
+    if generation:
+        from training.generation import GenerationSettings
+
+        problems.extend(f"{_var_for(p)}: {p}" for p in GenerationSettings().with_overrides(**generation).check())
+    if problems:
+        raise ConfigError(problems)
+    return Settings(persona_model, demo_dir, budget, token, user, threads, generation)
+
+
+def _var_for(problem: str) -> str:
+    key = problem.split()[0]
+    for var, (name, _) in _GENERATION_VARS.items():
+        if name == key:
+            return var
+    return "generation"

@@ -1,0 +1,213 @@
+"""Real training runs on tiny models: the artifact, resuming after an interruption, the safety of --out."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--from-scratch", "tiny", "--batch-size", "4", "--epochs", "200", "--threads", "1", "--samples", "2"]
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--speaker", "alice", "--out", str(out), *extra]
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_train_from_scratch_writes_a_whole_artifact_that_samples_and_evaluates(make_chat, tmp_path, cli):
+    chat = make_chat()
+    out = tmp_path / "alice"
+    done = cli(*train_args(chat, out, *TINY, "--max-steps", "40", "--progress", "json"), module="training")
+    assert done.returncode == 0, done.stderr
+    log = events(done.stdout)  # --progress json: stdout is JSON lines only
+    kinds = [e["event"] for e in log]
+    assert kinds[0] == "phase" and "start" in kinds and "eval" in kinds and kinds[-1] == "done"
+    steps = [e for e in log if e["event"] == "step"]
+    assert steps[-1]["step"] == 40 and all("loss" in e and "eta_s" in e for e in steps)
+
+    files = {p.name for p in out.iterdir()}
+    assert {"persona.json", "config.json", "model.safetensors", "tokenizer.json", "loss.png",
+            "training_text.jsonl.gz"} <= files
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    persona = json.loads((out / "persona.json").read_text())
+    assert persona["speaker"] == "Alice" and persona["from_scratch"] == "tiny"
+    base, trained = persona["metrics"]["base"], persona["metrics"]["trained"]
+    assert trained["val_loss"] < base["val_loss"] - 0.5  # training taught it something
+    assert trained["val_perplexity"] < base["val_perplexity"]
+    assert persona["data"]["train"]["responses"] > 50 and persona["data"]["val"]["responses"] > 5
+    assert persona["data"]["files"][0]["format"] == "whatsapp"
+    assert len(persona["samples"]) == 2
+    with gzip.open(out / "training_text.jsonl.gz", "rt") as f:
+        index = [json.loads(line) for line in f]
+    assert any(e["response"] and "classic" in e["text"] for e in index)
+    assert not (tmp_path / ".alice.partial").exists()  # the work folder is gone once the artifact is whole
+
+    sample = cli("sample", str(out), "-n", "3", "--json", "--seed", "1")
+    assert sample.returncode == 0, sample.stderr
+    lines = json.loads(sample.stdout)["samples"]
+    assert len(lines) == 3 and all(line.strip() for line in lines)
+
+    ev = cli("eval", str(out), "--data", str(chat), "--json")
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads(ev.stdout)
+    assert report["speaker"] == "Alice" and report["responses"] > 60
+    assert report["loss"] < base["val_loss"]
+
+
+def test_fine_tune_a_local_base_in_full_and_with_lora(make_chat, tmp_path, tiny_base):
+    from bot.persona import Persona
+    from training.trainer import TrainConfig, train
+
+    chat = make_chat()
+    results = {}
+    for mode in ("full", "lora"):
+        cfg = TrainConfig(data=[str(chat)], speaker="Alice", out=tmp_path / mode, base=str(tiny_base),
+                          max_steps=25, epochs=100, batch_size=4, lora=mode == "lora", lr=3e-3, threads=1, samples=1)
+        results[mode] = train(cfg)
+        persona = Persona.load(tmp_path / mode)
+        assert persona.info.data["base"] == str(tiny_base)
+        assert persona.reply([("Bob", "pizza tonight")], seed=1).strip()
+    for mode, result in results.items():
+        assert result.metrics["trained"]["val_loss"] < result.metrics["base"]["val_loss"], mode
+    # LoRA adapters are merged: the artifact is a plain model of the base's shape.
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "lora" / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if "lora" in k]
+    assert json.loads((tmp_path / "lora" / "persona.json").read_text())["lora"]["merged"] is True
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def _wait_for_step(proc: subprocess.Popen, step: int) -> None:
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "step" and event["step"] >= step:
+            return
+    raise AssertionError("training ended before step %d: %s" % (step, proc.stderr.read()))
+
+
+def test_interrupted_run_resumes_with_the_same_command_and_ends_where_an_uninterrupted_one_does(
+        make_chat, tmp_path, cli):
+    chat = make_chat()
+    common = [*TINY, "--max-steps", "120", "--eval-every", "30", "--progress", "json", "--samples", "0"]
+    straight = cli(*train_args(chat, tmp_path / "straight", *common), module="training")
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "resumed"
+    args = train_args(chat, out, *common)
+    proc = _start(args)
+    _wait_for_step(proc, 45)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Run the same command again to continue" in err
+    assert not out.exists()  # nothing half-written at the output path
+    assert (tmp_path / ".resumed.partial" / "checkpoint.pt").is_file()
+
+    again = cli(*args, module="training")
+    assert again.returncode == 0, again.stderr
+    log = events(again.stdout)
+    resumed = [e for e in log if e["event"] == "phase" and e["phase"] == "resuming"]
+    assert resumed and "from step 4" in resumed[0]["detail"]  # step 45 or a little later
+    first_step = next(e["step"] for e in log if e["event"] == "step")
+    assert first_step > 45
+    a = json.loads((tmp_path / "straight" / "persona.json").read_text())
+    b = json.loads((out / "persona.json").read_text())
+    # Same data order, optimiser state and random state: the resumed run ends exactly where the other did.
+    assert b["training"]["steps"] == a["training"]["steps"] == 120
+    assert [s for s, _ in b["history"]["val"]] == [s for s, _ in a["history"]["val"]]
+    assert [v for _, v in b["history"]["val"]] == pytest.approx([v for _, v in a["history"]["val"]], rel=1e-5)
+    assert b["metrics"]["trained"]["val_loss"] == pytest.approx(a["metrics"]["trained"]["val_loss"], rel=1e-5)
+
+
+def test_a_killed_run_continues_from_its_last_checkpoint(make_chat, tmp_path, cli):
+    chat = make_chat()
+    out = tmp_path / "killed"
+    args = train_args(chat, out, *TINY, "--max-steps", "400", "--patience", "1000", "--progress", "json",
+                      "--checkpoint-every", "0.2", "--samples", "0")
+    proc = _start(args)
+    _wait_for_step(proc, 30)
+    checkpoint = tmp_path / ".killed.partial" / "checkpoint.pt"
+    deadline = time.monotonic() + 30
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no chance to save anything more
+    proc.communicate(timeout=60)
+    assert checkpoint.exists() and not out.exists()
+
+    # Another command must not silently reuse (or destroy) that run...
+    other = cli(*train_args(chat, out, *TINY, "--max-steps", "50", "--progress", "none"), module="training")
+    assert other.returncode == 2 and "--restart" in other.stderr and checkpoint.exists()
+    # ...the same command picks it up.
+    again = cli(*args, module="training")
+    assert again.returncode == 0, again.stderr
+    first = next(e for e in events(again.stdout) if e["event"] == "step")
+    assert first["step"] > 1
+    assert json.loads((out / "persona.json").read_text())["training"]["steps"] == 400
+
+
+def test_output_path_is_never_half_written_or_silently_replaced(make_chat, tmp_path, cli):
+    chat = make_chat()
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    refused = cli(*train_args(chat, out, *TINY, "--max-steps", "5", "--progress", "none"), module="training")
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+    bad_speaker = cli("--data", str(chat), "--speaker", "alise", "--out", str(tmp_path / "q"), *TINY,
+                      module="training")
+    assert bad_speaker.returncode == 2
+    assert "no messages by a speaker called 'alise'" in bad_speaker.stderr and "Alice" in bad_speaker.stderr
+    assert not (tmp_path / "q").exists() and not (tmp_path / ".q.partial").exists()
+
+    replaced = cli(*train_args(chat, out, *TINY, "--max-steps", "5", "--progress", "none", "--overwrite"),
+                   module="training")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (out / "keep.txt").exists() and (out / "persona.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary leftovers
+
+
+def test_a_damaged_artifact_names_what_is_missing(make_chat, tmp_path, cli):
+    from training.artifact import ArtifactError, read_persona
+    from training.trainer import TrainConfig, train
+
+    out = tmp_path / "p"
+    train(TrainConfig(data=[str(make_chat())], speaker="alice", out=out, from_scratch="tiny", max_steps=3,
+                      batch_size=4, threads=1, samples=0))
+    read_persona(out)
+    (out / "model.safetensors").unlink()
+    (out / "training_text.jsonl.gz").unlink()
+    with pytest.raises(ArtifactError, match=r"missing: model weights \(model.safetensors\), training_text"):
+        read_persona(out)
+    result = cli("sample", str(out), "-n", "1")
+    assert result.returncode == 2 and "not a whole persona artifact" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    damaged = tmp_path / "d"
+    train(TrainConfig(data=[str(make_chat())], speaker="alice", out=damaged, from_scratch="tiny", max_steps=3,
+                      batch_size=4, threads=1, samples=0))
+    (damaged / "persona.json").write_text('{"personabot_artifact": 1, "prompt')
+    result = cli("chat", str(damaged))
+    assert result.returncode == 2 and "persona.json is damaged" in result.stderr
+    assert cli("sample", str(tmp_path / "nowhere")).returncode == 2
