@@ -52,11 +52,11 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300,
-            module: str = "bot") -> subprocess.CompletedProcess:
-    """Run `python -m bot ARGS` (the personabot command) in a real subprocess."""
+            module: str = "bot", input: str = "") -> subprocess.CompletedProcess:
+    """Run `python -m bot ARGS` (the personabot command) in a real subprocess, `input` on its stdin."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input)
 
 
 @pytest.fixture

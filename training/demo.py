@@ -42,6 +42,6 @@ def build_demo(out: Path, *, time_budget_s: float = 200.0, progress: Progress | 
                threads: int | None = None) -> TrainResult:
     """Train the demo persona into `out` within about `time_budget_s` seconds of training."""
     cfg = TrainConfig(data=[str(p) for p in demo_plays()], speaker=DEMO_SPEAKER, out=out, format="script-play",
-                      from_scratch=DEMO_SIZE, epochs=100, time_budget_s=time_budget_s, batch_size=8,
+                      from_scratch=DEMO_SIZE, epochs=100, time_budget_s=time_budget_s, batch_size=4,
                       patience=100, threads=threads)
     return train(cfg, progress)

@@ -69,12 +69,17 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
     ignored: list[tuple[str, str]] = []
     threads: dict[str, Thread] = {}
     thread_file: dict[str, list[FileReport]] = {}
+    read: set[Path] = set()
 
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise DataError(path, "no such file or folder", hint="check the path")
         for source, importer in _sources(path, forced, ignored):
+            resolved = source.path.resolve()
+            if resolved in read:
+                continue  # the same file named twice (or inside a folder also named): read it once
+            read.add(resolved)
             result = importer.parse(source, options)
             report = FileReport(str(source.path), importer.name, result.kept, Counter(result.skipped))
             reports.append(report)

@@ -261,22 +261,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     work = out.parent / f".{out.name}.partial"
     state = _open_work_dir(work, key, cfg)
 
-    if cfg.from_scratch:
-        if state is not None and (work / "tokenizer").is_dir():
-            from transformers import AutoTokenizer
-
-            progress.phase("loading tokenizer", "from the interrupted run")
-            tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
-            model = scratch_model(cfg.from_scratch, tokenizer, cfg.seed)
-        else:
-            progress.phase("training tokenizer", f"{PRESETS[cfg.from_scratch].vocab_size} tokens, "
-                           f"{cfg.from_scratch} model ({PRESETS[cfg.from_scratch].describe()})")
-            model, tokenizer = new_model(cfg.from_scratch, _corpus_texts(corpus), seed=cfg.seed)
-        base_label = f"from scratch ({cfg.from_scratch})"
-    else:
-        progress.phase("loading base model", cfg.base)
-        model, tokenizer = load_base(cfg.base)
-        base_label = cfg.base
+    model, tokenizer, base_label = _load_model(cfg, corpus, work, state is not None, progress)
 
     positions = max_positions(model)
     block = cfg.block_size or min(positions, 512)
@@ -313,10 +298,9 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
                                   betas=(0.9, 0.95))
 
     micro_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    run = _RunState(total=total)
+    epoch_steps = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+    step_limit = min(epoch_steps, cfg.max_steps or epoch_steps)
+    run = _RunState(total=step_limit)
     if state is not None:
         run = _RunState(**state["run"])
         _load_trainable(model, state["model"])
@@ -368,9 +352,8 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 # that warm-up and cosine decay fit the time available; re-measured at every evaluation.
                 per_step = (time.monotonic() - loop_start) / (run.step - first_step)
                 fits = run.step + int((cfg.time_budget_s - run.elapsed) / per_step)
-                planned = min(fits, cfg.max_steps or fits,
-                              math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
-                run.total = max(run.step + 1, planned)
+                run.total = max(run.step + 1, min(fits, step_limit))
+                run.budget_limited = fits < step_limit
                 eval_every = cfg.eval_every or max(1, min(500, run.total // 8))
                 progress.set_total(run.total)
             progress.step(run.step, train_loss, step_lr)
@@ -390,7 +373,10 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 _save_checkpoint(work, model, optimizer, run, base_metrics)
                 last_checkpoint = time.monotonic()
     if run.stopped is None:
-        run.stopped = "max-steps" if cfg.max_steps and run.step >= cfg.max_steps else "completed"
+        if run.budget_limited:
+            run.stopped = "time-budget"
+        else:
+            run.stopped = "max-steps" if cfg.max_steps and run.step >= cfg.max_steps else "completed"
     # The final state is saved too: if writing the artifact fails, the same command finishes quickly.
     _save_checkpoint(work, model, optimizer, run, base_metrics)
     progress.close()
@@ -405,7 +391,31 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     metrics = {"base": base_metrics, "trained": trained, "best_step": run.best_step}
 
     progress.phase("writing artifact", str(out))
-    generation = GenerationSettings(context_tokens=context_tokens)
+    persona = _write_artifact(out, model, tokenizer, cfg, corpus, dataset, data_fp, base_label, metrics, run,
+                              GenerationSettings(context_tokens=context_tokens), device, peak_lr)
+    shutil.rmtree(work, ignore_errors=True)
+    progress.done(artifact=str(out), steps=run.step, stopped=run.stopped, metrics=metrics)
+    return TrainResult(out, run.step, run.stopped, metrics, persona)
+
+
+@dataclass(slots=True)
+class _RunState:
+    total: int
+    step: int = 0
+    elapsed: float = 0.0
+    best_val: float = float("inf")
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped: str | None = None
+    budget_limited: bool = False  # the time budget, not the epochs or --max-steps, set the run's length
+    train_history: list = field(default_factory=list)
+    val_history: list = field(default_factory=list)
+
+
+def _write_artifact(out: Path, model, tokenizer, cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset,
+                    data_fp: str, base_label: str, metrics: dict, run: "_RunState",
+                    generation: GenerationSettings, device: torch.device, peak_lr: float) -> dict[str, Any]:
+    """Build the artifact in a temporary sibling and rename it into place; returns persona.json's content."""
     staged = artifact.staging_dir(out)
     try:
         samples = sample_lines(model, tokenizer, dataset.speaker.name, cfg.samples, generation,
@@ -422,22 +432,28 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    shutil.rmtree(work, ignore_errors=True)
-    progress.done(artifact=str(out), steps=run.step, stopped=run.stopped, metrics=metrics)
-    return TrainResult(out, run.step, run.stopped, metrics, persona)
+    return persona
 
 
-@dataclass(slots=True)
-class _RunState:
-    total: int
-    step: int = 0
-    elapsed: float = 0.0
-    best_val: float = float("inf")
-    best_step: int = 0
-    bad_evals: int = 0
-    stopped: str | None = None
-    train_history: list = field(default_factory=list)
-    val_history: list = field(default_factory=list)
+def _load_model(cfg: TrainConfig, corpus: Corpus, work: Path, resuming: bool, progress: Progress):
+    """(model, tokenizer, label of the base): a pretrained base, or a fresh model from scratch whose tokenizer
+    is trained on the corpus (or reloaded from the interrupted run, so that the token ids stay the same)."""
+    if not cfg.from_scratch:
+        progress.phase("loading base model", cfg.base)
+        model, tokenizer = load_base(cfg.base)
+        return model, tokenizer, cfg.base
+    if resuming and (work / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+
+        progress.phase("loading tokenizer", "from the interrupted run")
+        tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
+        model = scratch_model(cfg.from_scratch, tokenizer, cfg.seed)
+    else:
+        preset = PRESETS[cfg.from_scratch]
+        progress.phase("training tokenizer", f"{preset.vocab_size} tokens, {cfg.from_scratch} model "
+                       f"({preset.describe()})")
+        model, tokenizer = new_model(cfg.from_scratch, _corpus_texts(corpus), seed=cfg.seed)
+    return model, tokenizer, f"from scratch ({cfg.from_scratch})"
 
 
 def _evaluate_step(model, dataset: PersonaDataset, cfg: TrainConfig, device, dtype, run: _RunState,

@@ -1,0 +1,168 @@
+"""The personabot command as users run it: real subprocesses, real files, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FIX = Path(__file__).parent / "fixtures"
+TELEGRAM = FIX / "telegram" / "result.json"
+WHATSAPP = FIX / "whatsapp" / "WhatsApp Chat with Hiking Crew.txt"
+
+
+def test_inspect_json_follows_the_contract(cli):
+    result = cli("data", "inspect", str(TELEGRAM), str(WHATSAPP), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"files", "speakers", "conversations"} <= set(report)
+    assert [f["path"] for f in report["files"]] == [str(TELEGRAM), str(WHATSAPP)]
+    assert [f["format"] for f in report["files"]] == ["telegram", "whatsapp"]
+    for f in report["files"]:
+        assert set(f) == {"path", "format", "messages", "skipped"}
+        assert isinstance(f["messages"], int) and f["messages"] > 0
+        assert all(isinstance(n, int) and n > 0 for n in f["skipped"].values())
+    assert report["files"][0]["skipped"].get("system", 0) > 0  # Telegram service messages are counted
+    counts = list(report["speakers"].values())
+    assert counts == sorted(counts, reverse=True)  # ranked by message count
+    assert sum(counts) == sum(f["messages"] for f in report["files"])
+    assert report["conversations"] >= 2
+
+
+def test_inspect_for_people_lists_files_speakers_and_dates(cli):
+    result = cli("data", "inspect", str(WHATSAPP))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "whatsapp" in out and "messages kept; skipped:" in out
+    assert "speakers by messages:" in out and "conversations" in out and "dates: 20" in out
+
+
+def test_dump_writes_one_json_object_per_message(cli):
+    result = cli("data", "dump", str(WHATSAPP), str(TELEGRAM))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    inspect = json.loads(cli("data", "inspect", str(WHATSAPP), str(TELEGRAM), "--json").stdout)
+    assert len(rows) == sum(f["messages"] for f in inspect["files"])
+    for row in rows:
+        assert set(row) == {"conversation", "speaker", "text", "timestamp"}
+        assert row["text"] and row["speaker"]
+        assert row["timestamp"] is None or row["timestamp"][:2] == "20"
+    assert len({r["conversation"] for r in rows}) == inspect["conversations"]
+
+
+def test_dump_of_a_folder_reads_its_exports_and_lists_what_it_ignored(cli, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "notes.txt").write_text("just some notes, not a chat\n")
+    (tmp_path / "chat.txt").write_bytes(WHATSAPP.read_bytes())
+    result = cli("data", "inspect", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [Path(f["path"]).name for f in report["files"]] == ["chat.txt"]
+    ignored = {Path(i["path"]).name: i["reason"] for i in report["ignored"]}
+    assert ignored == {"cat.jpg": "not a chat export file type", "notes.txt": "format not recognised"}
+
+
+@pytest.mark.parametrize("make,message,where", [
+    (lambda d: d / "missing.json", "no such file or folder", None),
+    (lambda d: _write(d / "x.txt", "hello there\nnothing to see\n"), "cannot tell which export format", None),
+    (lambda d: _write(d / "empty.json", ""), "cannot tell which export format", None),
+    (lambda d: _write(d / "cut.json", TELEGRAM.read_text()[:1500]), "is not valid JSON", "line "),
+])
+def test_bad_inputs_get_one_clear_message_and_exit_code_2(cli, tmp_path, make, message, where):
+    path = make(tmp_path)
+    result = cli("data", "inspect", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("personabot: error: ")
+    assert str(path) in result.stderr and message in result.stderr
+    if where:
+        assert f"({where}" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_truncated_download_says_so_and_a_forced_format_names_the_problem(cli, tmp_path):
+    cut = _write(tmp_path / "result.json", TELEGRAM.read_text()[:1500])
+    forced = cli("data", "inspect", str(cut), "--format", "telegram")
+    assert forced.returncode == 2 and "looks cut off" in forced.stderr
+    unknown = cli("data", "inspect", str(TELEGRAM), "--format", "telegramm")
+    assert unknown.returncode == 2 and "unknown format 'telegramm'" in unknown.stderr
+    assert "telegram" in unknown.stderr.split("known formats:")[1]
+
+
+def test_formats_lists_every_importer(cli):
+    result = cli("data", "formats")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert len(names) == 13 and "whatsapp" in names and "script-play" in names
+
+
+def test_training_on_too_little_data_fails_cleanly(cli, tmp_path):
+    out = tmp_path / "p"
+    result = cli("train", "--data", str(WHATSAPP), "--speaker", "marco reyes", "--out", str(out),
+                 "--from-scratch", "tiny", "--progress", "none")
+    assert result.returncode == 2
+    assert "too little data for Marco Reyes: 4 turns (4 messages)" in result.stderr and "hint:" in result.stderr
+    assert not out.exists() and not (tmp_path / ".p.partial").exists()
+
+
+@pytest.fixture(scope="module")
+def persona_dir(tmp_path_factory) -> Path:
+    """A tiny trained persona, shared by the chat and run tests."""
+    from chatgen import chat_conversations, write_whatsapp
+    from training.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("persona")
+    chat = write_whatsapp(root / "chat.txt", chat_conversations())
+    train(TrainConfig(data=[str(chat)], speaker="alice", out=root / "alice", from_scratch="tiny", max_steps=20,
+                      epochs=100, batch_size=4, threads=1, samples=0))
+    return root / "alice"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_chat_answers_each_line_in_character_until_quit(cli, persona_dir):
+    result = cli("chat", str(persona_dir), "--name", "Bob", input="pizza tonight\n/reset\nrain again\n/quit\nnever\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("chatting with Alice")
+    assert sum(line.startswith("Alice> ") for line in lines) == 2  # two messages, /quit before the third
+    assert "(conversation forgotten)" in result.stdout
+
+
+def test_run_uses_the_configured_persona_and_validates_settings(cli, persona_dir, tmp_path):
+    ok = cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(persona_dir), "DISCORD_TOKEN": "secret-token-123"},
+             input="hello\n")
+    assert ok.returncode == 0, ok.stderr
+    assert "Alice> " in ok.stdout and "no Discord adapter yet" in ok.stderr
+    assert "secret-token-123" not in ok.stderr + ok.stdout
+
+    missing = cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(tmp_path / "nowhere")}, input="")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+    (tmp_path / ".env").write_text("GEN_TEMPERATURE=hot\nGEN_TOP_P=2\nTORCH_THREADS=0\n")
+    bad = cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(persona_dir)}, input="")
+    assert bad.returncode == 2
+    problems = [line for line in bad.stderr.splitlines() if line.strip().startswith("- ")]
+    assert len(problems) == 3
+    assert "GEN_TEMPERATURE='hot' is not a number" in bad.stderr and "GEN_TOP_P" in bad.stderr
+    assert "TORCH_THREADS=0 must be at least 1" in bad.stderr
+
+
+def test_run_builds_the_demo_persona_from_the_bundled_plays_then_chats(cli, tmp_path):
+    result = cli("run", cwd=tmp_path, env={"DEMO_TIME_BUDGET": "10", "PERSONA_MODEL": ""},
+                 input="What say you, Jack?\n", timeout=300)
+    assert result.returncode == 0, result.stderr
+    demo = tmp_path / "models" / "demo"
+    persona = json.loads((demo / "persona.json").read_text())
+    assert persona["speaker"] == "FALSTAFF" and persona["from_scratch"] == "mini"
+    assert persona["training"]["stopped"] == "time-budget"
+    assert persona["metrics"]["trained"]["val_loss"] < persona["metrics"]["base"]["val_loss"]
+    assert "building the demo persona" in result.stderr
+    assert "FALSTAFF> " in result.stdout
+    # A second start finds the persona and goes straight to the chat.
+    again = cli("run", cwd=tmp_path, env={"DEMO_TIME_BUDGET": "10", "PERSONA_MODEL": ""}, input="")
+    assert again.returncode == 0 and "building" not in again.stderr
