@@ -108,7 +108,7 @@ def cmd_data_formats(args: argparse.Namespace) -> int:
 
 # --- train -----------------------------------------------------------------------------------------------
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.modelling import PRESETS
+    from training.modelling import PRECISIONS, PRESETS
     from training.progress import MODES
 
     what = parser.add_argument_group("what to train")
@@ -151,6 +151,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     run = parser.add_argument_group("running")
     run.add_argument("--threads", type=int, help="CPU threads (default: the cores available)")
+    run.add_argument("--precision", choices=PRECISIONS, default="auto",
+                     help="auto: bf16 where the GPU or CPU computes it natively, else fp32")
     run.add_argument("--progress", choices=MODES, default="auto",
                      help="auto (a bar on a terminal), bar, json (JSON lines on stdout), log, none")
     run.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
@@ -173,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         standalone_share=args.standalone_share, min_responses=args.min_responses,
         context_loss_weight=args.context_loss_weight, seed=args.seed, bots=split_names(args.bots),
         conversation_gap_minutes=args.conversation_gap, samples=args.samples, threads=args.threads,
+        precision=args.precision,
         overwrite=args.overwrite, restart=args.restart, checkpoint_every_s=args.checkpoint_every)
     progress = Progress(args.progress)
     try:

@@ -7,9 +7,10 @@ on the other turns too, so that it can learn the language at all).
 
 Responses of one conversation that follow each other share their context: instead of repeating the
 context for every response, a *window* lays a stretch of conversation out once and every response in it
-carries loss. Windows are packed into fixed-length blocks (first-fit decreasing); a block-diagonal
-attention mask and per-window positions keep windows from seeing each other, so a packed block computes
-exactly what the windows would compute alone, without the compute that padding wastes.
+carries loss. Windows are placed into fixed-length blocks as they are made (`Packer`); short stand-alone
+windows fill the blocks' tails. A block-diagonal attention mask and per-window positions keep windows from
+seeing each other, so a packed block computes exactly what the windows would compute alone, without the
+compute that padding wastes.
 
 The train/validation split is by conversation (long conversations are cut into units first), seeded and
 deterministic, so no validation response or its context is ever trained on.
@@ -17,6 +18,7 @@ deterministic, so no validation response or its context is ever trained on.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import hashlib
 import random
@@ -42,6 +44,7 @@ class DatasetConfig:
     block_size: int = 512            # packed sequence length (<= the model's n_positions)
     val_fraction: float = 0.1        # share of responses held out, whole conversations at a time
     standalone_share: float = 0.1    # share of responses also trained with no context (stand-alone lines)
+    min_context_share: float = 0.125  # a window trimmed to fill a block keeps at least this share of the budget
     unit_responses: int = 32         # long conversations are cut into split units of this many responses
     min_responses: int = 20          # fewer responses than this: too little data to train on
     seed: int = 0
@@ -266,18 +269,92 @@ def encode_units(units: Sequence[SplitUnit], tokenizer, persona: str, standalone
     return encoded, alone
 
 
-def unit_windows(enc: Encoded, block_size: int, context_tokens: int) -> tuple[list[Window], int, set[int]]:
-    """Cut one encoded unit into windows of at most `block_size` tokens.
+class Packer:
+    """Places windows into blocks of `block_size` tokens as they are made, so that blocks fill up.
+
+    Windows of a conversation go into the open block one after the other. When a block cannot take the
+    next window, its tail is filled with the largest *fillers* that fit (stand-alone responses, text
+    windows) before a new block opens; fillers left at the end go first-fit into any block with room."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.blocks: list[list[Window]] = []
+        self.rooms: list[int] = []
+        self._fillers: list[Window] = []     # kept sorted by length
+        self._filler_sizes: list[int] = []
+
+    @property
+    def room(self) -> int:
+        """Tokens still free in the open block."""
+        return self.rooms[-1] if self.rooms else 0
+
+    def add_fillers(self, windows: Sequence[Window]) -> None:
+        for w in windows:
+            k = bisect.bisect_right(self._filler_sizes, len(w))
+            self._filler_sizes.insert(k, len(w))
+            self._fillers.insert(k, w)
+
+    def place(self, window: Window) -> None:
+        """Put a window in the open block, opening a new one when it does not fit."""
+        if len(window) > self.room:
+            self.new_block()
+        self._put(len(self.blocks) - 1, window)
+
+    def new_block(self) -> None:
+        if self.blocks:
+            self._fill_tail()
+        self.blocks.append([])
+        self.rooms.append(self.block_size)
+
+    def finish(self) -> list[list[Window]]:
+        if self.blocks:
+            self._fill_tail()
+        for w in reversed(self._fillers):  # longest first, into the first block with room
+            b = next((b for b, free in enumerate(self.rooms) if free >= len(w)), None)
+            if b is None:
+                self.blocks.append([])
+                self.rooms.append(self.block_size)
+                b = len(self.blocks) - 1
+            self._put(b, w)
+        self._fillers, self._filler_sizes = [], []
+        return self.blocks
+
+    def _fill_tail(self) -> None:
+        while self._fillers:
+            k = bisect.bisect_right(self._filler_sizes, self.room) - 1
+            if k < 0:
+                return
+            self._filler_sizes.pop(k)
+            self._put(len(self.blocks) - 1, self._fillers.pop(k))
+
+    def _put(self, b: int, window: Window) -> None:
+        self.blocks[b].append(window)
+        self.rooms[b] -= len(window)
+
+
+def _context_start(enc: Encoded, j: int, budget: int) -> tuple[int, int]:
+    """(first turn, tokens) of the newest whole turns before turn `j` that fit in `budget` tokens."""
+    s, used = j, 0
+    while s > 0 and used + len(enc.pieces[s - 1]) <= budget:
+        s -= 1
+        used += len(enc.pieces[s])
+    return s, used
+
+
+def place_unit(enc: Encoded, packer: Packer, context_tokens: int, min_context: int) -> tuple[int, set[int]]:
+    """Cut one encoded unit into windows and place them with `packer`.
 
     A window opens with the context of its first response (whole turns, newest first, within
-    `context_tokens`) and grows through following turns while it fits, so later responses reuse the
-    context already laid out. Returns the windows, how many responses had to be truncated, and the
+    `context_tokens`) and grows through the following turns while the block has room, so later responses
+    reuse the context already laid out. Where the open block has too little room for the full context, the
+    window takes the newest turns that do fit, if that is at least `min_context` tokens (or all there is);
+    otherwise a new block opens. Returns how many responses were truncated (longer than a block) and the
     indices of the turns the windows cover."""
-    windows: list[Window] = []
+    block_size = packer.block_size
     covered: set[int] = set()
     truncated = 0
-    start = end = first = None  # current window covers pieces[start:end]; its first response is at `first`
-    size = 0
+    start = end = first = None  # the open window covers pieces[start:end]; its first response is at `first`
+    size = limit = 0
 
     def close() -> None:
         if start is not None:
@@ -287,35 +364,35 @@ def unit_windows(enc: Encoded, block_size: int, context_tokens: int) -> tuple[li
             # there was trained in its own window already and carries no response loss here.
             kinds = [enc.context_kind if k == RESPONSE else k for p in enc.kinds[start:first] for k in p]
             kinds += [k for p in enc.kinds[first:end] for k in p]
-            windows.append(Window(ids, kinds))
+            packer.place(Window(ids, kinds))
 
     for j, is_target in enumerate(enc.target):
         if not is_target:
             continue
         if start is not None:
             extra = sum(len(p) for p in enc.pieces[end:j + 1])
-            if size + extra <= block_size:
+            if size + extra <= limit:
                 end, size = j + 1, size + extra
                 continue
             close()
+            start = None
         own = len(enc.pieces[j])
         if own > block_size:
             # A response longer than a block: keep its beginning; it loses its end marker.
-            cut = Window(enc.pieces[j][:block_size], enc.kinds[j][:block_size])
-            windows.append(cut)
+            packer.place(Window(enc.pieces[j][:block_size], enc.kinds[j][:block_size]))
             covered.add(j)
             truncated += 1
-            start = end = None
-            size = 0
             continue
-        budget = min(context_tokens, block_size - own)
-        s, used = j, 0
-        while s > 0 and used + len(enc.pieces[s - 1]) <= budget:
-            s -= 1
-            used += len(enc.pieces[s])
-        start, end, first, size = s, j + 1, j, used + own
+        s, used = _context_start(enc, j, min(context_tokens, block_size - own))
+        if own + used > packer.room:
+            s_fit, used_fit = _context_start(enc, j, packer.room - own) if packer.room >= own else (j, -1)
+            if used_fit >= min(used, min_context):
+                s, used = s_fit, used_fit
+            else:
+                packer.new_block()
+        start, end, first, size, limit = s, j + 1, j, used + own, packer.room
     close()
-    return windows, truncated, covered
+    return truncated, covered
 
 
 def text_windows(enc: Encoded, covered: set[int], block_size: int) -> list[Window]:
@@ -343,21 +420,8 @@ def text_windows(enc: Encoded, covered: set[int], block_size: int) -> list[Windo
     return windows
 
 
-def pack(windows: Sequence[Window], block_size: int, pad_id: int) -> Blocks:
-    """First-fit-decreasing packing of windows into blocks of `block_size` tokens."""
-    order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        n = len(windows[i])
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
-        else:
-            bins.append([i])
-            room.append(block_size - n)
+def to_blocks(bins: Sequence[Sequence[Window]], block_size: int, pad_id: int) -> Blocks:
+    """Tensors of packed blocks: windows side by side, each with its own positions and window number."""
     count = len(bins)
     input_ids = torch.full((count, block_size), pad_id, dtype=torch.long)
     kinds = torch.zeros((count, block_size), dtype=torch.uint8)
@@ -365,8 +429,7 @@ def pack(windows: Sequence[Window], block_size: int, pad_id: int) -> Blocks:
     segments = torch.full((count, block_size), -1, dtype=torch.int16)
     for b, members in enumerate(bins):
         offset = 0
-        for seg, i in enumerate(members):
-            w = windows[i]
+        for seg, w in enumerate(members):
             n = len(w)
             input_ids[b, offset:offset + n] = torch.tensor(w.ids, dtype=torch.long)
             kinds[b, offset:offset + n] = torch.tensor(w.kinds, dtype=torch.uint8)
@@ -384,17 +447,19 @@ def make_blocks(units: Sequence[SplitUnit], tokenizer, persona: str, config: Dat
     With `all_text` (and `context_weighted`), turns outside every response window get windows of their own,
     so that a model learning the language from scratch sees all of the text."""
     encoded, alone = encode_units(units, tokenizer, persona, set(standalone), context_weighted)
+    packer = Packer(config.block_size)
     # A stand-alone response longer than a block keeps its beginning (and loses its end marker).
-    windows = [Window(w.ids[:config.block_size], w.kinds[:config.block_size]) for w in alone]
+    packer.add_fillers([Window(w.ids[:config.block_size], w.kinds[:config.block_size]) for w in alone])
     truncated = sum(len(w) > config.block_size for w in alone)
+    min_context = int(config.context_tokens * config.min_context_share)
     for enc in encoded:
-        w, t, covered = unit_windows(enc, config.block_size, config.context_tokens)
-        windows.extend(w)
+        t, covered = place_unit(enc, packer, config.context_tokens, min_context)
         truncated += t
         if all_text and context_weighted:
-            windows.extend(text_windows(enc, covered, config.block_size))
-    blocks = pack(windows, config.block_size, transcript.end_marker_id(tokenizer))
-    info = {"responses": sum(u.responses for u in units), "windows": len(windows),
+            packer.add_fillers(text_windows(enc, covered, config.block_size))
+    bins = packer.finish()
+    blocks = to_blocks(bins, config.block_size, transcript.end_marker_id(tokenizer))
+    info = {"responses": sum(u.responses for u in units), "windows": sum(len(b) for b in bins),
             "blocks": len(blocks), "tokens": blocks.tokens(), "response_tokens": blocks.tokens(RESPONSE),
             "truncated_responses": truncated,
             "packing_efficiency": round(blocks.tokens() / max(1, len(blocks) * config.block_size), 4)}

@@ -57,11 +57,26 @@ def cpu_threads(requested: int | None = None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the GPU supports it; full precision on the CPU (bf16 is slower there)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slow."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast type for training and evaluation: bf16 where the hardware has it (a bf16-capable GPU,
+    a CPU with AVX512-BF16 or AMX: about 1.5-1.8x faster there), full precision otherwise. Weights and
+    optimiser state stay in fp32 either way; only matrix products run in bf16."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
         return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def load_base(name_or_dir: str):

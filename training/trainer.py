@@ -32,8 +32,8 @@ from training.errors import DataError, TrainingError
 from training.formats.base import ImportOptions
 from training.generation import GenerationSettings, sample_lines
 from training.loader import Corpus, load_corpus
-from training.modelling import (PRESETS, autocast_dtype, cpu_threads, load_base, max_positions, new_model,
-                                pick_device, scratch_model)
+from training.modelling import (PRECISIONS, PRESETS, autocast_dtype, cpu_threads, load_base, max_positions,
+                                new_model, pick_device, scratch_model)
 from training.progress import Progress
 
 CHECKPOINT = "checkpoint.pt"
@@ -76,6 +76,7 @@ class TrainConfig:
     conversation_gap_minutes: float = 180.0
     samples: int = 5
     # Settings that do not change the result:
+    precision: str = "auto"
     threads: int | None = None
     overwrite: bool = False
     restart: bool = False
@@ -112,6 +113,8 @@ class TrainConfig:
             problems.append("--conversation-gap must be above 0")
         if self.samples < 0:
             problems.append("--samples must be 0 or more")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of: {', '.join(PRECISIONS)}")
         return problems
 
     def effective_context_weight(self) -> float:
@@ -249,7 +252,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cpu_threads(cfg.threads))
     device = pick_device()
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, cfg.precision)
 
     progress.phase("reading exports", ", ".join(cfg.data))
     options = ImportOptions(bot_names=frozenset(b.casefold() for b in cfg.bots),
@@ -392,7 +395,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
     progress.phase("writing artifact", str(out))
     persona = _write_artifact(out, model, tokenizer, cfg, corpus, dataset, data_fp, base_label, metrics, run,
-                              GenerationSettings(context_tokens=context_tokens), device, peak_lr)
+                              GenerationSettings(context_tokens=context_tokens), device, dtype, peak_lr)
     shutil.rmtree(work, ignore_errors=True)
     progress.done(artifact=str(out), steps=run.step, stopped=run.stopped, metrics=metrics)
     return TrainResult(out, run.step, run.stopped, metrics, persona)
@@ -414,7 +417,8 @@ class _RunState:
 
 def _write_artifact(out: Path, model, tokenizer, cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset,
                     data_fp: str, base_label: str, metrics: dict, run: "_RunState",
-                    generation: GenerationSettings, device: torch.device, peak_lr: float) -> dict[str, Any]:
+                    generation: GenerationSettings, device: torch.device, dtype: torch.dtype | None,
+                    peak_lr: float) -> dict[str, Any]:
     """Build the artifact in a temporary sibling and rename it into place; returns persona.json's content."""
     staged = artifact.staging_dir(out)
     try:
@@ -426,7 +430,7 @@ def _write_artifact(out: Path, model, tokenizer, cfg: TrainConfig, corpus: Corpu
         artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.train_history), run.val_history,
                              f"{dataset.speaker.name} ({base_label})")
         persona = _persona_json(cfg, corpus, dataset, data_fp, base_label, metrics, run, generation, samples,
-                                device, peak_lr, index_size)
+                                device, dtype, peak_lr, index_size)
         artifact.write_persona_json(staged, persona)
         artifact.commit(staged, out)
     except BaseException:
@@ -552,7 +556,8 @@ def _describe(dataset: PersonaDataset) -> str:
 
 def _persona_json(cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset, data_fp: str, base_label: str,
                   metrics: dict, run: _RunState, generation: GenerationSettings, samples: list[str],
-                  device: torch.device, peak_lr: float, index_size: int) -> dict[str, Any]:
+                  device: torch.device, dtype: torch.dtype | None, peak_lr: float,
+                  index_size: int) -> dict[str, Any]:
     speaker = dataset.speaker
     return {
         "speaker": speaker.name,
@@ -580,7 +585,8 @@ def _persona_json(cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset, dat
             "lr": peak_lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "warmup": cfg.warmup,
             "weight_decay": cfg.weight_decay, "clip": cfg.clip, "patience": cfg.patience, "seed": cfg.seed,
             "context_loss_weight": cfg.effective_context_weight(),
-            "device": device.type, "seconds": round(run.elapsed, 1),
+            "device": device.type, "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+            "seconds": round(run.elapsed, 1),
         },
         "metrics": metrics,
         "history": {"train": _thin(run.train_history), "val": run.val_history},
