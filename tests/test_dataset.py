@@ -123,7 +123,7 @@ def test_context_of_a_window_is_the_newest_whole_turns_within_the_budget(tokeniz
         response = tokenizer.decode(runs(ids, kinds, RESPONSE)[0][:-1]).strip()
         assert len(context) <= budget
 
-        def fits(before):
+        def fits(before, context=context):
             # What inference builds: the newest whole turns within a budget (the full one, or the room a
             # block had left, but then at least the floor).
             full = transcript.encode_context(tokenizer, before, "Alice", budget)

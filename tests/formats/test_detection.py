@@ -13,15 +13,21 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def fixture_inputs() -> list[tuple[str, Path]]:
-    """(format, path) for every file directly in a format's fixture folder, and for folders that an
-    archive format claims as a whole (a Slack export, a Twitter archive)."""
+    """(format, path) for every fixture file of a format (at any depth, outside bad/), and for every folder
+    directly in the fixtures of an archive format (a Slack export, a Twitter archive), which is read as a
+    whole: the files inside such a folder are its members, not exports of their own."""
     found = []
     for folder in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):
+        archive = formats.get(folder.name).reads_archives
         for entry in sorted(folder.iterdir()):
             if entry.name == "bad":
                 continue
-            if entry.is_file() or formats.get(folder.name).reads_archives:
+            if entry.is_file():
                 found.append((folder.name, entry))
+            elif archive:
+                found.append((folder.name, entry))
+            else:
+                found.extend((folder.name, p) for p in sorted(entry.rglob("*")) if p.is_file())
     return found
 
 
@@ -29,14 +35,15 @@ def test_every_format_has_fixtures():
     names = {i.name for i in formats.all_importers()}
     assert names == {p.name for p in FIXTURES.iterdir() if p.is_dir()}
     assert len(names) == 13
+    assert {fmt for fmt, _ in fixture_inputs()} == names
 
 
 @pytest.mark.parametrize("fmt,path", fixture_inputs(), ids=lambda v: v if isinstance(v, str) else v.name)
-def test_fixture_is_detected_as_its_own_format(fmt, path):
+def test_fixture_is_detected_as_its_own_format_and_by_no_other(fmt, path):
     source = Source(path)
     detected = formats.detect(source)
     assert detected is not None and detected.name == fmt
-    mine = formats.get(fmt).sniff(source)
     for importer in formats.all_importers():
         if importer.name != fmt and (importer.reads_archives or not (source.is_dir or source.is_zip)):
-            assert importer.sniff(source) < mine, importer.name
+            # Not merely lower: below the detection threshold, so no other importer could ever claim it.
+            assert importer.sniff(source) < formats.MIN_CONFIDENCE, importer.name

@@ -11,7 +11,7 @@ import pytest
 
 from training.conversation import Message
 from training.errors import DataError
-from training.formats import all_importers, detect, get
+from training.formats import get
 from training.formats.base import ImportOptions, Source
 from training.loader import load_corpus
 
@@ -73,18 +73,6 @@ def edited_json(tmp_path: Path, edit, source: Path = GENERAL_JSON, name: str = "
 
 
 # --- detection -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", sorted(JSON_DIR.glob("*.json")) + sorted(CSV_DIR.glob("*.csv")),
-                         ids=lambda p: p.name)
-def test_every_fixture_is_detected_as_its_format_and_no_other_scores_higher(path: Path):
-    expected = path.parent.name
-    source = Source(path)
-    importer = detect(source)
-    assert importer is not None and importer.name == expected
-    mine = importer.sniff(source)
-    others = {i.name: i.sniff(source) for i in all_importers() if i.name != expected and not i.reads_archives}
-    assert all(score < mine for score in others.values()), others
-
-
 def test_sniffers_do_not_claim_each_other_or_lookalikes(tmp_path: Path):
     json_importer, csv_importer = get("discord-json"), get("discord-csv")
     assert json_importer.sniff(Source(GENERAL_CSV)) == 0.0

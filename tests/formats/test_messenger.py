@@ -91,16 +91,6 @@ def test_fixture_files_are_pure_ascii_with_mojibake_escapes(fb_dir: Path, thread
 
 
 # --- detection ------------------------------------------------------------------------------------------------
-def test_every_fixture_file_is_detected_as_messenger_and_scores_highest(fb_dir: Path, thread_dir: Path) -> None:
-    files = [p for p in fb_dir.iterdir() if p.is_file()] + sorted(thread_dir.iterdir())
-    assert [p.name for p in files] == ["message_1.json", "message_1.json", "message_2.json"]
-    for path in files:
-        source = Source(path)
-        assert formats.detect(source).name == "messenger", path
-        others = {i.name: i.sniff(source) for i in formats.all_importers() if i.name != "messenger"}
-        assert all(score < 0.9 for score in others.values()), (path, others)
-
-
 def test_a_thread_folder_is_read_file_by_file(thread_dir: Path) -> None:
     # Not an archive format: a named folder is walked and each message_N.json detected on its own.
     assert formats.detect(Source(thread_dir)) is None

@@ -39,27 +39,6 @@ def break_labels(thread: Thread) -> list[str]:
 
 
 # --- detection ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("format_name", SCRIPT_FORMATS)
-def test_every_fixture_is_detected_as_its_format(fixtures_dir: Path, format_name: str) -> None:
-    files = sorted(p for p in (fixtures_dir / format_name).iterdir() if p.is_file())
-    assert files, f"no fixtures for {format_name}"
-    for path in files:
-        source = Source(path)
-        detected = formats.detect(source)
-        assert detected is not None and detected.name == format_name, path
-        own = formats.get(format_name).sniff(source)
-        others = {i.name: i.sniff(source) for i in formats.all_importers() if i.name != format_name}
-        assert all(score < own for score in others.values()), (path, own, others)
-
-
-def test_script_sniffers_do_not_claim_other_formats_fixtures(fixtures_dir: Path) -> None:
-    others = [p for folder in sorted(fixtures_dir.iterdir()) if folder.is_dir() and folder.name not in
-              SCRIPT_FORMATS for p in sorted(folder.iterdir()) if p.is_file()]
-    for path in others:
-        for name in SCRIPT_FORMATS:
-            assert formats.get(name).sniff(Source(path)) < formats.MIN_CONFIDENCE, (name, path)
-
-
 # --- script-table -------------------------------------------------------------------------------------------
 def test_table_json_in_the_star_wars_layout_keeps_names_and_typos_as_written(fixtures_dir: Path) -> None:
     path = fixtures_dir / "script-table" / "dust-runners.json"

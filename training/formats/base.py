@@ -33,6 +33,11 @@ class Skip:
     RETWEET = "retweet"                 # someone else's words
     FORWARDED = "forwarded"             # someone else's words
     UNSUPPORTED = "unsupported"         # records the exporter itself could not read
+    UNKNOWN_TYPE = "unknown-type"       # a record type newer than the importer: counted, not guessed at
+    NO_SPEAKER = "no-speaker"           # text nobody is named as saying (a prologue, text before a marker)
+    STAGE_DIRECTION = "stage-direction"  # "_Exit_", "_Enter ROMEO_": a script's instructions, not speech
+    NO_MARKER = "no-marker"             # a chat-tokens line with no <|USER|>/<|ASSISTANT|>/<|SYSTEM|> marker
+    SUPERSEDED_EDIT = "superseded-edit"  # an earlier version of a tweet its owner edited later
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,7 +149,7 @@ class DiscordJsonImporter(Importer):
             result.skip(Skip.BOT)
             return None
         if kind not in _USER_KINDS:
-            result.skip("unknown-type")  # a type name newer than this importer: not guessed at
+            result.skip(Skip.UNKNOWN_TYPE)  # a type name newer than this importer: not guessed at
             return None
         if (reference is not None and reference.get("type") == "Forward") \
                 or record.get("forwardedMessage") is not None:

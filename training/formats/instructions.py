@@ -21,8 +21,6 @@ ASSISTANT = "Assistant"
 SYSTEM = "System"
 
 # Skip reasons this module adds to the shared `Skip` ones.
-NO_MARKER = "no-marker"    # a chat-tokens line with no <|USER|>/<|ASSISTANT|>/<|SYSTEM|> marker at all
-NO_SPEAKER = "no-speaker"  # text before the first marker of a line: nobody is named as saying it
 
 
 def _add(result: ParseResult, items: list[Message | SceneBreak], options: ImportOptions, speaker: str,
@@ -156,12 +154,12 @@ class ChatTokensImporter(Importer):
             if not roles:
                 # One stray line (a header, a note) should not sink a million-line file: it is counted.
                 # A file where no line has a marker is not this format: an error below.
-                result.skip(NO_MARKER)
+                result.skip(Skip.NO_MARKER)
                 first_unmarked = first_unmarked or number
                 continue
             marked += 1
             if _END.sub(" ", line[:roles[0].start()]).strip():
-                result.skip(NO_SPEAKER)
+                result.skip(Skip.NO_SPEAKER)
             items: list[Message | SceneBreak] = []
             for turn, (marker, following) in enumerate(zip(roles, roles[1:] + [None]), start=1):
                 end = following.start() if following is not None else len(line)

@@ -33,7 +33,6 @@ from training.formats.base import (Importer, ImportOptions, ParseResult, Skip, S
 
 # Facebook's own name for an account that no longer exists (its name is exported empty).
 UNKNOWN_SENDER = "Facebook User"
-SKIP_UNKNOWN_TYPE = "unknown-type"
 
 _SYSTEM_TYPES = {"Call", "Subscribe", "Unsubscribe"}
 _TEXT_TYPES = {"Generic", "Share"}
@@ -119,7 +118,7 @@ def _read_message(msg: dict[str, Any], label: Path, where: str, options: ImportO
         result.skip(Skip.SYSTEM)
         return None
     if kind not in _TEXT_TYPES:
-        result.skip(SKIP_UNKNOWN_TYPE)
+        result.skip(Skip.UNKNOWN_TYPE)
         return None
     if msg.get("is_unsent") is True:
         result.skip(Skip.DELETED)

@@ -35,8 +35,6 @@ _COLUMN_HINT = ("name the columns Character and Line (also accepted: Speaker or 
                 "Text or Dialogue for the line)")
 
 # Skip reasons this module adds to the shared `Skip` ones.
-STAGE_DIRECTION = "stage-direction"  # "_Exit_", "_Enter ROMEO_": the script's instructions, not speech
-NO_SPEAKER = "no-speaker"            # text nobody is named as saying (a prologue without a speaker line)
 
 
 # --- shared helpers ---------------------------------------------------------------------------------------
@@ -63,7 +61,7 @@ def _add_line(result: ParseResult, items: list[Message | SceneBreak], options: I
               speaker: str, text: str, msg_id: str) -> None:
     """Append one script line, or count why it is not training text."""
     if not speaker:
-        result.skip(NO_SPEAKER)
+        result.skip(Skip.NO_SPEAKER)
     elif not text:
         result.skip(Skip.EMPTY)
     elif options.is_bot_name(speaker):
@@ -428,7 +426,7 @@ class ScriptBlocksImporter(Importer):
             speaker = _block_name(block[0])
             if speaker is None:
                 # A paragraph with no "Name:" line before it: nobody is named as saying it.
-                result.skip(NO_SPEAKER)
+                result.skip(Skip.NO_SPEAKER)
                 continue
             named += 1
             _add_line(result, items, options, speaker, squash(block[1:]), str(number))
@@ -533,18 +531,18 @@ class ScriptPlayImporter(Importer):
             direction_end = _direction_closer(line)
             if direction_end is not None:
                 # Not speech, inside a speech or between speeches; a speech goes on after "_Exit X_".
-                result.skip(STAGE_DIRECTION)
+                result.skip(Skip.STAGE_DIRECTION)
                 if len(line) == 1 or not line.endswith(direction_end):
                     closer = direction_end
                 continue
             if speaker is None:
                 if not in_orphan:
-                    result.skip(NO_SPEAKER)
+                    result.skip(Skip.NO_SPEAKER)
                     in_orphan = True
                 continue
             verse, inline = _INLINE_DIRECTION.subn("", line)
             if inline:
-                result.skip(STAGE_DIRECTION, inline)
+                result.skip(Skip.STAGE_DIRECTION, inline)
             verse = _markdown_plain(verse).strip()
             if verse:
                 speech.append(verse)

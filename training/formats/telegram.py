@@ -35,7 +35,6 @@ from training.formats.base import (Importer, ImportOptions, ParseResult, Skip, S
 # `from: null` is how the exporter writes an account that was deleted; Telegram's apps show this name.
 DELETED_ACCOUNT = "Deleted Account"
 # A record `type` this importer does not know (newer exporters may add some).
-SKIP_UNKNOWN_TYPE = "unknown-type"
 
 CHAT_TYPES = ("personal_chat", "bot_chat", "private_group", "private_supergroup", "public_supergroup",
               "private_channel", "public_channel", "saved_messages", "replies")
@@ -136,7 +135,7 @@ def _read_message(msg: dict[str, Any], label: Path, where: str, chat_id: int, ch
         result.skip(Skip.SYSTEM)
         return None
     if kind != "message":
-        result.skip(SKIP_UNKNOWN_TYPE)
+        result.skip(Skip.UNKNOWN_TYPE)
         return None
 
     msg_id = json_field(msg, "id", int, label, where)

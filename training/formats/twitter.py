@@ -57,7 +57,6 @@ _MONTHS = {m: i for i, m in enumerate(
 _CREATED_AT = re.compile(r"^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?P<mon>[A-Z][a-z]{2}) (?P<day>\d{2}) "
                          r"(?P<h>\d{2}):(?P<m>\d{2}):(?P<s>\d{2}) (?P<off>[+-]\d{4}) (?P<year>\d{4})$")
 
-SUPERSEDED_EDIT = "superseded-edit"  # an earlier version of a tweet the owner edited later
 _ARCHIVE_HINT = "name data/tweets.js (and any tweets-partN.js), or the whole archive folder or zip"
 
 
@@ -268,7 +267,7 @@ def _emit(parts: list[_Part], known: list[_Part], account: _Account, options: Im
     threads: dict[str, Thread] = {}
     for tweet in (t for p in parts for t in p.tweets):
         if latest.get(tweet.id, tweet.id) != tweet.id:
-            result.skip(SUPERSEDED_EDIT)
+            result.skip(Skip.SUPERSEDED_EDIT)
             continue
         message = _message(tweet, account, options, result)
         if message is None:
