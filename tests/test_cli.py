@@ -166,3 +166,22 @@ def test_run_builds_the_demo_persona_from_the_bundled_plays_then_chats(cli, tmp_
     # A second start finds the persona and goes straight to the chat.
     again = cli("run", cwd=tmp_path, env={"DEMO_TIME_BUDGET": "10", "PERSONA_MODEL": ""}, input="")
     assert again.returncode == 0 and "building" not in again.stderr
+
+
+def test_a_base_model_that_cannot_be_loaded_is_a_clear_error(cli, tmp_path, make_chat):
+    chat = make_chat()
+    # Tests run with HF_HUB_OFFLINE=1: a hub id goes through from_pretrained and fails without a download.
+    hub = cli("train", "--data", str(chat), "--speaker", "alice", "--out", str(tmp_path / "a"), "--base",
+              "gpt2-medium", "--progress", "none")
+    assert hub.returncode == 2
+    assert "cannot load the base model from model id 'gpt2-medium'" in hub.stderr
+    assert "--from-scratch" in hub.stderr and "Traceback" not in hub.stderr
+    local = cli("train", "--data", str(chat), "--speaker", "alice", "--out", str(tmp_path / "b"), "--base",
+                str(tmp_path / "no-such-model"), "--progress", "none")
+    assert local.returncode == 2 and "does not exist" in local.stderr
+    not_a_model = tmp_path / "empty-dir"
+    not_a_model.mkdir()
+    empty = cli("train", "--data", str(chat), "--speaker", "alice", "--out", str(tmp_path / "c"), "--base",
+                str(not_a_model), "--progress", "none")
+    assert empty.returncode == 2 and "cannot load the base model from directory" in empty.stderr
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

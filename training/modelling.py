@@ -95,7 +95,7 @@ def load_base(name_or_dir: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # no such model / no network / not a saved model (ValueError)
         where = "directory" if local.exists() else "model id"
         raise TrainingError(
             f"cannot load the base model from {where} {name_or_dir!r}: {first_line(e)}\n"
