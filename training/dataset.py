@@ -255,16 +255,14 @@ def encode_units(units: Sequence[SplitUnit], tokenizer, persona: str, standalone
                 continue
             response = piece + [eos]
             full = prefix + response + turn_end
-            if (unit.id, i) in standalone:
-                alone.append(Window(prefix + response + turn_end,
-                                    [NO_LOSS] * len(prefix) + [RESPONSE] * len(response) + [NO_LOSS] * len(turn_end)))
-                enc.pieces.append(full)
-                enc.kinds.append([NO_LOSS] * len(prefix) + [other_kind] * len(response) + [NO_LOSS] * len(turn_end))
-                enc.target.append(False)
-            else:
-                enc.pieces.append(full)
-                enc.kinds.append([NO_LOSS] * len(prefix) + [RESPONSE] * len(response) + [NO_LOSS] * len(turn_end))
-                enc.target.append(True)
+            # Loss kinds of a persona turn: none on its name and turn end; `kind` on the response.
+            layout = ([NO_LOSS] * len(prefix), len(response), [NO_LOSS] * len(turn_end))
+            is_alone = (unit.id, i) in standalone
+            if is_alone:
+                alone.append(Window(full, layout[0] + [RESPONSE] * layout[1] + layout[2]))
+            enc.pieces.append(full)
+            enc.kinds.append(layout[0] + [other_kind if is_alone else RESPONSE] * layout[1] + layout[2])
+            enc.target.append(not is_alone)
         encoded.append(enc)
     return encoded, alone
 
