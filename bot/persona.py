@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from training import transcript
-from training.artifact import ArtifactError, PersonaInfo, read_persona
+from training.artifact import ArtifactError, PersonaInfo, load_model, read_persona
 from training.generation import GenerationSettings, generate, sample_lines
 
 # What the persona says when every retry produced nothing.
@@ -31,15 +31,8 @@ class Persona:
     @classmethod
     def load(cls, directory: str | Path, **overrides) -> "Persona":
         """Load and check an artifact; `overrides` replace generation defaults (None keeps the default)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         info = read_persona(directory)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(info.path)
-            model = AutoModelForCausalLM.from_pretrained(info.path)
-        except (OSError, ValueError) as e:
-            raise ArtifactError(f"cannot load the model in {info.path}: {e}") from e
-        model.eval()
+        model, tokenizer = load_model(info)
         settings = info.generation.with_overrides(**overrides)
         problems = settings.check()
         if problems:

@@ -94,6 +94,19 @@ def read_persona(directory: str | Path) -> PersonaInfo:
     return PersonaInfo(path, str(data["speaker"]), generation, data)
 
 
+def load_model(info: PersonaInfo):
+    """The artifact's (model, tokenizer), in evaluation mode; a load failure is an `ArtifactError`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(info.path)
+        model = AutoModelForCausalLM.from_pretrained(info.path)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot load the model in {info.path}: {e}") from e
+    model.eval()
+    return model, tokenizer
+
+
 def write_training_text(directory: Path, responses: Iterable[str], context: Iterable[str]) -> int:
     """The leak guard's index: every distinct text the model was trained on (responses and context)."""
     seen: set[str] = set()

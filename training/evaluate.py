@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from training.artifact import ArtifactError, read_persona
+from training.artifact import load_model, read_persona
 from training.dataset import DatasetConfig, make_blocks, match_speaker, split_units
 from training.errors import DataError
 from training.formats.base import ImportOptions
@@ -22,16 +22,10 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
                       threads: int | None = None, batch_size: int = 8) -> dict[str, Any]:
     """Loss and perplexity of the artifact on every turn of its speaker (or `speaker`) in `data`,
     each with its preceding context as the artifact was trained to see it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     info = read_persona(directory)
     corpus = load_corpus(data, format=fmt, options=options)
     torch.set_num_threads(cpu_threads(threads))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(info.path)
-        model = AutoModelForCausalLM.from_pretrained(info.path)
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"cannot load the model in {info.path}: {e}") from e
+    model, tokenizer = load_model(info)
     stored = info.data.get("dataset", {})
     config = DatasetConfig(context_tokens=int(stored.get("context_tokens", info.generation.context_tokens)),
                            block_size=int(stored.get("block_size", 512)), min_responses=1)
