@@ -76,23 +76,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
     threads = number("TORCH_THREADS", int, None, minimum=1)
     token = env.get("DISCORD_TOKEN", "").strip() or None
     user = env.get("CHAT_USER_NAME", "").strip() or "You"
+    from training.generation import GenerationSettings
+
     generation = {}
     for var, (key, kind) in _GENERATION_VARS.items():
         value = number(var, kind, None)
-        if value is not None:
+        if value is None:
+            continue
+        # Checked alone, so that each problem is reported under the variable that causes it.
+        wrong = GenerationSettings().with_overrides(**{key: value}).check()
+        problems.extend(f"{var}: {p}" for p in wrong)
+        if not wrong:
             generation[key] = value
-    if generation:
-        from training.generation import GenerationSettings
-
-        problems.extend(f"{_var_for(p)}: {p}" for p in GenerationSettings().with_overrides(**generation).check())
     if problems:
         raise ConfigError(problems)
     return Settings(persona_model, demo_dir, budget, token, user, threads, generation)
 
-
-def _var_for(problem: str) -> str:
-    key = problem.split()[0]
-    for var, (name, _) in _GENERATION_VARS.items():
-        if name == key:
-            return var
-    return "generation"
