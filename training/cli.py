@@ -31,18 +31,11 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def import_options(args: argparse.Namespace):
-    from datetime import timedelta
-
     from training.formats.base import ImportOptions
 
     if args.conversation_gap <= 0:
         raise DataError(None, "--conversation-gap must be above 0 minutes")
-    return ImportOptions(bot_names=frozenset(split_names(args.bots)),
-                         conversation_gap=timedelta(minutes=args.conversation_gap))
-
-
-def split_names(text: str) -> list[str]:
-    return [n.strip().casefold() for n in text.split(",") if n.strip()]
+    return ImportOptions.from_user(args.bots.split(","), args.conversation_gap)
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -173,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, patience=args.patience, block_size=args.block_size,
         context_tokens=args.context_tokens, val_fraction=args.val_fraction,
         standalone_share=args.standalone_share, min_responses=args.min_responses,
-        context_loss_weight=args.context_loss_weight, seed=args.seed, bots=split_names(args.bots),
+        context_loss_weight=args.context_loss_weight, seed=args.seed, bots=[b.strip() for b in args.bots.split(",") if b.strip()],
         conversation_gap_minutes=args.conversation_gap, samples=args.samples, threads=args.threads,
         precision=args.precision,
         overwrite=args.overwrite, restart=args.restart, checkpoint_every_s=args.checkpoint_every)

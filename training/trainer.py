@@ -255,8 +255,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     dtype = autocast_dtype(device, cfg.precision)
 
     progress.phase("reading exports", ", ".join(cfg.data))
-    options = ImportOptions(bot_names=frozenset(b.casefold() for b in cfg.bots),
-                            conversation_gap=_minutes(cfg.conversation_gap_minutes))
+    options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes)
     corpus = load_corpus(cfg.data, format=cfg.format, options=options)
     data_fp = fingerprint(corpus.conversations)
     key = cfg.resume_key(data_fp)
@@ -602,12 +601,6 @@ def _thin(points: list, keep: int = 400) -> list:
     stride = len(points) / keep
     picked = [points[int(i * stride)] for i in range(keep - 1)] + [points[-1]]
     return [list(p) for p in picked]
-
-
-def _minutes(value: float):
-    from datetime import timedelta
-
-    return timedelta(minutes=value)
 
 
 def _write_json(path: Path, data: dict) -> None:

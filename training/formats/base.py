@@ -51,6 +51,12 @@ class ImportOptions:
     # Twitter t.co links: "expand" to the real address, or "remove".
     twitter_links: str = "remove"
 
+    @classmethod
+    def from_user(cls, bots: Iterable[str] = (), gap_minutes: float = 180.0) -> "ImportOptions":
+        """Options as a user gives them: bot names or ids (any case), the conversation gap in minutes."""
+        return cls(bot_names=frozenset(b.strip().casefold() for b in bots if b.strip()),
+                   conversation_gap=timedelta(minutes=gap_minutes))
+
     def is_bot_name(self, *names: str | None) -> bool:
         """True when any of the given names or ids is one the user listed as a bot."""
         return any(n is not None and n.casefold() in self.bot_names for n in names)
