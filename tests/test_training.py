@@ -80,7 +80,8 @@ def test_fine_tune_a_local_base_in_full_and_with_lora(make_chat, tmp_path, tiny_
         results[mode] = train(cfg)
         persona = Persona.load(tmp_path / mode)
         assert persona.info.data["base"] == str(tiny_base)
-        assert persona.reply([("Bob", "pizza tonight")], seed=1).strip()
+        ids = persona.generate([persona.prompt([("Bob", "pizza tonight")])], [persona.settings], [1])[0]
+        assert persona.text(ids)
     for mode, result in results.items():
         assert result.metrics["trained"]["val_loss"] < result.metrics["base"]["val_loss"], mode
     # LoRA adapters are merged: the artifact is a plain model of the base's shape.

@@ -197,7 +197,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{report['artifact']}: {report['speaker']} on {report['responses']:,} turns "
               f"({report['response_tokens']:,} tokens) from {', '.join(args.data)}")
-        print(f"  loss {report['loss']:.4f}  perplexity {report['perplexity']:.2f}")
+        print(f"  loss {report['loss']:.4f}  perplexity {report['perplexity']:.2f}  (float32)")
+        if "int8" in report:
+            q = report["int8"]
+            print(f"  loss {q['loss']:.4f}  perplexity {q['perplexity']:.2f}  (int8, the CPU backend: "
+                  f"{q['perplexity_change_pct']:+.1f}% perplexity)")
         stored = report.get("artifact_val_loss")
         if stored is not None and math.isfinite(stored):
             print(f"  (its own held-out loss when trained: {stored:.4f})")

@@ -13,15 +13,16 @@ from training.dataset import DatasetConfig, make_blocks, match_speaker, split_un
 from training.errors import DataError
 from training.formats.base import ImportOptions
 from training.loader import load_corpus
-from training.modelling import autocast_dtype, cpu_threads, pick_device
+from training.modelling import cpu_threads, pick_device, quantize_int8
 from training.trainer import evaluate, perplexity
 
 
 def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | None = None,
                       options: ImportOptions | None = None, speaker: str | None = None,
-                      threads: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+                      threads: int | None = None, batch_size: int = 8, int8: bool = True) -> dict[str, Any]:
     """Loss and perplexity of the artifact on every turn of its speaker (or `speaker`) in `data`,
-    each with its preceding context as the artifact was trained to see it."""
+    each with its preceding context as the artifact was trained to see it; with `int8`, also through the
+    int8-quantised model that the bot serves on a CPU by default."""
     info = read_persona(directory)
     corpus = load_corpus(data, format=fmt, options=options)
     torch.set_num_threads(cpu_threads(threads))
@@ -38,8 +39,17 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
     blocks, stats = make_blocks(units, tokenizer, info.speaker, config)
     device = pick_device()
     model.to(device)
-    loss, tokens = evaluate(model, blocks, batch_size, device, autocast_dtype(device))
+    # float32 throughout (no autocast): this is the reference the int8 figures are compared with.
+    loss, tokens = evaluate(model, blocks, batch_size, device, None)
     trained = info.metrics.get("trained", {})
-    return {"artifact": str(info.path), "speaker": info.speaker, "data_speaker": match.name,
-            "responses": stats["responses"], "response_tokens": tokens, "loss": loss,
-            "perplexity": perplexity(loss), "artifact_val_loss": trained.get("val_loss")}
+    report = {"artifact": str(info.path), "speaker": info.speaker, "data_speaker": match.name,
+              "responses": stats["responses"], "response_tokens": tokens, "loss": loss,
+              "perplexity": perplexity(loss), "artifact_val_loss": trained.get("val_loss")}
+    if int8:
+        # The quality cost of the CPU's fast backend: the same responses through the int8 model, in float32
+        # arithmetic elsewhere (no autocast), against the float32 model's figures above.
+        quantized = quantize_int8(model.to("cpu"))
+        loss8, _ = evaluate(quantized, blocks, batch_size, torch.device("cpu"), None)
+        report["int8"] = {"loss": loss8, "perplexity": perplexity(loss8),
+                          "perplexity_change_pct": 100 * (perplexity(loss8) / perplexity(loss) - 1)}
+    return report

@@ -4,13 +4,14 @@ turn). Shared by the trainer (samples in persona.json) and the bot's Persona."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
 
 from training import transcript
+from training.modelling import max_positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,49 +75,141 @@ def cut_reply(ids: Sequence[int], tokenizer) -> tuple[list[int], bool]:
     return ids, True
 
 
-class _StopAtNewTurn:
-    """Stops a row once it has produced the end marker or started another speaker's turn."""
+def _repetition_penalty(scores: torch.Tensor, row_tokens: torch.Tensor, penalty: float, eos: int) -> None:
+    """CTRL's penalty (as in transformers) on the tokens a row has seen, in place. The end marker is exempt:
+    a context holds one after each of the persona's turns, and penalising it would make replies run on."""
+    seen = torch.unique(row_tokens)
+    seen = seen[seen != eos]
+    picked = scores[seen]
+    scores[seen] = torch.where(picked < 0, picked * penalty, picked / penalty)
 
-    def __init__(self, tokenizer, prompt_len: int) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = []
-        for row in input_ids:
-            text = self.tokenizer.decode(row[self.prompt_len:])
-            done.append(transcript.find_new_turn(text) is not None)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+def _sample(scores: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> int:
+    """One token from a row's scores: temperature, then top-k, then top-p, as transformers' warpers do.
+
+    Written out rather than using the warpers because they sort the whole vocabulary for top-p at every
+    step of every row; here top-p works on the top-k candidates only (50 instead of 50,257 for GPT-2),
+    which is most of the sampling time on a CPU."""
+    scores = scores / settings.temperature
+    if settings.top_k:
+        values, ids = scores.topk(min(settings.top_k, scores.shape[-1]))
+    else:
+        values, ids = scores.sort(descending=True)
+    if settings.top_p < 1:
+        probs = torch.softmax(values, dim=-1)
+        # The smallest set of most likely tokens whose probabilities add up to top_p (at least one).
+        keep = int(((probs.cumsum(-1) - probs) < settings.top_p).sum().clamp(min=1))
+        values, ids = values[:keep], ids[:keep]
+    choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)
+    return int(ids[choice])
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: GenerationSettings,
-             *, seed: int | None = None) -> list[list[int]]:
-    """Sample one continuation per prompt (token ids) in one left-padded batch; returns the reply ids."""
-    from transformers import StoppingCriteriaList
+def decode(model, tokenizer, prompts: Sequence[Sequence[int]],
+           settings: GenerationSettings | Sequence[GenerationSettings], *,
+           seeds: Sequence[int | None] | int | None = None,
+           cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
+    """Sample a persona's turn after each prompt, all rows in one left-padded batch with a key-value cache.
 
-    if not prompts:
+    Each row has its own sampling settings, seed and stop: the end marker, the start of another speaker's
+    turn, its own `max_new_tokens`, or `cancelled(row)` turning true. Finished rows leave the batch, so one
+    long reply does not make the others pay for its length. Returns each row's reply ids, already cut.
+    """
+    n = len(prompts)
+    if n == 0:
         return []
+    per_row = list(settings) if isinstance(settings, Sequence) else [settings] * n
+    if isinstance(seeds, int) or seeds is None:
+        seeds = [None if seeds is None else seeds + i for i in range(n)]
+    if len(per_row) != n or len(seeds) != n:
+        raise ValueError("decode: one settings and one seed per prompt")
     eos = transcript.end_marker_id(tokenizer)
     device = next(model.parameters()).device
-    longest = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), longest), eos, dtype=torch.long)
-    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            input_ids[i, longest - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, longest - len(p):] = 1
-    if seed is not None:
-        torch.manual_seed(seed)
-    out = model.generate(
-        input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
-        temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p,
-        repetition_penalty=settings.repetition_penalty,
-        no_repeat_ngram_size=settings.no_repeat_ngram_size or None,
-        max_new_tokens=settings.max_new_tokens, eos_token_id=eos, pad_token_id=eos,
-        stopping_criteria=StoppingCriteriaList([_StopAtNewTurn(tokenizer, longest)]),
-    )
-    return [cut_reply(row[longest:].tolist(), tokenizer)[0] for row in out]
+    limit = max_positions(model)
+    # Prompt and reply must fit the model's positions together; the oldest prompt tokens give way.
+    rows = [list(p)[max(0, len(p) - max(1, limit - s.max_new_tokens)):] for p, s in zip(prompts, per_row)]
+    longest = max(len(r) for r in rows)
+    input_ids = torch.full((n, max(longest, 1)), eos, dtype=torch.long)
+    mask = torch.zeros((n, max(longest, 1)), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            input_ids[i, input_ids.shape[1] - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, input_ids.shape[1] - len(r):] = 1
+        else:  # an empty prompt still needs one token to condition on: the end marker starts a text
+            input_ids[i, -1] = eos
+            mask[i, -1] = 1
+            rows[i] = [eos]
+    generators = []
+    for seed in seeds:
+        gen = None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(int(seed))
+        generators.append(gen)
+    no_repeat = {}
+    for s in per_row:
+        if s.no_repeat_ngram_size and s.no_repeat_ngram_size not in no_repeat:
+            from transformers import NoRepeatNGramLogitsProcessor
+
+            no_repeat[s.no_repeat_ngram_size] = NoRepeatNGramLogitsProcessor(s.no_repeat_ngram_size)
+    newline: dict[int, bool] = {}   # token id -> whether its text holds a line break
+    multiline = [False] * n         # rows whose reply holds one: only these can have started a new turn
+
+    generated: list[list[int]] = [[] for _ in range(n)]
+    caps = [max(1, min(s.max_new_tokens, limit - len(r))) for s, r in zip(per_row, rows)]
+    active = list(range(n))                       # original row index of each batch position
+    seen = [torch.tensor(r, dtype=torch.long) for r in rows]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step_ids, step_pos, past = input_ids, positions, None
+    attention = mask
+    while active:
+        out = model(input_ids=step_ids.to(device), attention_mask=attention.to(device),
+                    position_ids=step_pos.to(device), past_key_values=past, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        logits = out.logits[:, -1, :].float().cpu()
+        chosen = torch.empty(len(active), dtype=torch.long)
+        for b, row in enumerate(active):
+            s = per_row[row]
+            scores = logits[b]
+            if s.repetition_penalty != 1:
+                _repetition_penalty(scores, seen[row], s.repetition_penalty, eos)
+            if s.no_repeat_ngram_size:
+                scores = no_repeat[s.no_repeat_ngram_size](seen[row][None], scores[None])[0]
+            chosen[b] = _sample(scores, s, generators[row])
+        keep = []
+        for b, row in enumerate(active):
+            token = int(chosen[b])
+            if token != eos:
+                generated[row].append(token)
+                seen[row] = torch.cat([seen[row], chosen[b:b + 1]])
+            done = token == eos or len(generated[row]) >= caps[row]
+            if token not in newline:
+                newline[token] = "\n" in tokenizer.decode([token])
+            multiline[row] = multiline[row] or newline[token]
+            if not done and multiline[row] and transcript.find_new_turn(tokenizer.decode(generated[row])) is not None:
+                done = True
+            if not done and cancelled is not None and cancelled(row):
+                done = True
+            if not done:
+                keep.append(b)
+        if len(keep) < len(active):
+            if not keep:
+                break
+            index = torch.tensor(keep, dtype=torch.long)
+            past.batch_select_indices(index.to(device))
+            attention = attention[index]
+            chosen = chosen[index]
+            step_pos = step_pos[index]
+            active = [active[b] for b in keep]
+        attention = torch.cat([attention, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+        step_ids = chosen[:, None]
+        step_pos = step_pos[:, -1:] + 1
+    return [cut_reply(ids, tokenizer)[0] for ids in generated]
+
+
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: GenerationSettings,
+             *, seed: int | None = None) -> list[list[int]]:
+    """Sample one continuation per prompt (token ids) in one batch; returns the reply ids."""
+    return decode(model, tokenizer, prompts, settings, seeds=seed)
 
 
 def sample_lines(model, tokenizer, persona: str, n: int, settings: GenerationSettings, *,

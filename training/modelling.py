@@ -167,3 +167,40 @@ def quiet_library_output() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def conv1d_to_linear(model) -> None:
+    """Replace GPT-2's `Conv1D` projections by equivalent `nn.Linear` layers, in place."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = torch.nn.Linear(n_in, n_out, bias=child.bias is not None)
+                linear.weight = torch.nn.Parameter(child.weight.detach().t().contiguous(), requires_grad=False)
+                if child.bias is not None:
+                    linear.bias = torch.nn.Parameter(child.bias.detach().clone(), requires_grad=False)
+                setattr(module, name, linear)
+
+
+def fuse_gelu(model) -> None:
+    """Swap transformers' Python tanh-GELU for torch's fused kernel of the same formula, in place."""
+    from transformers.activations import NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
+
+
+def quantize_int8(model):
+    """The model with its linear layers (including GPT-2's converted `Conv1D`s) dynamically quantised."""
+    import warnings
+
+    conv1d_to_linear(model)
+    fuse_gelu(model)
+    with warnings.catch_warnings():
+        # torch.ao's eager quantisation is marked for migration to torchao; it is what ships with torch.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
