@@ -1,0 +1,404 @@
+"""Output filters: the leak guard, mention neutralising, the blocklist, tweet length and cutting."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from bot.filters import (
+    DISCORD,
+    DISCORD_LIMIT,
+    TERMINAL,
+    TWEET_LIMIT,
+    TWITTER,
+    Blocklist,
+    FilterConfigError,
+    LeakGuard,
+    OutputFilter,
+    cut_to_length,
+    has_link,
+    neutralise_mentions,
+    tweet_length,
+)
+from training.artifact import write_training_text
+
+ZWSP = "\u200b"
+FAMILY = "👨\u200d👩\u200d👧\u200d👦"
+FLAG = "🇫🇷"
+LONG_CONTEXT = ("we should really take the night bus back home after the concert because the trains stop "
+                "running at midnight on sundays")
+LONG_WORDS = LONG_CONTEXT.split()
+
+
+# --- leak guard ---------------------------------------------------------------------------------------------
+
+def guard(**kwargs) -> LeakGuard:
+    texts = [
+        ("Honestly the pizza was terrible", True),
+        ("ok lol", True),
+        ("see you soon", False),
+        (LONG_CONTEXT, False),
+    ]
+    return LeakGuard(texts, **kwargs)
+
+
+def test_verbatim_response_is_rejected_whatever_its_case_and_punctuation():
+    g = guard()
+    assert g.check("honestly, the PIZZA was terrible!!") == "repeats a training response verbatim"
+    assert g.check("“Honestly” — the pizza was… terrible") == "repeats a training response verbatim"
+    assert g.check("ｈｏｎｅｓｔｌｙ the pizza was terrible") == "repeats a training response verbatim"  # NFKC
+
+
+def test_short_response_may_be_repeated_unless_configured_otherwise():
+    assert guard().check("OK lol!") is None
+    assert guard(min_verbatim_words=2).check("OK lol!") == "repeats a training response verbatim"
+
+
+def test_verbatim_check_covers_responses_only():
+    assert guard().check("See you soon!") is None
+    assert LeakGuard([("see you soon", True)]).check("See you soon!") is not None
+
+
+def test_novel_line_is_accepted():
+    g = guard()
+    assert g.check("the pizza was great honestly") is None
+    assert g.check("honestly the pizza was terrible again") is None  # a longer line is not verbatim
+    assert g.check("") is None
+
+
+@pytest.mark.parametrize("start", [0, 5, len(LONG_WORDS) - 8])
+def test_eight_words_from_a_context_message_are_rejected(start):
+    shared = " ".join(LONG_WORDS[start:start + 8])
+    reply = f"Well, {shared.upper()}, or so I heard"
+    assert guard().check(reply) == "shares 8 consecutive words with the training text"
+
+
+def test_seven_shared_words_are_accepted_and_the_threshold_is_configurable():
+    seven = " ".join(LONG_WORDS[3:10])
+    reply = f"Well, {seven}, or so I heard"
+    assert guard().check(reply) is None
+    assert guard(ngram_words=5).check(reply) == "shares 5 consecutive words with the training text"
+
+
+def test_shared_words_must_be_consecutive():
+    reply = " ".join(LONG_WORDS[0:4] + ["actually"] + LONG_WORDS[4:8])
+    assert guard().check(reply) is None
+
+
+def test_windows_do_not_span_two_training_texts():
+    first, second = "one two three four", "five six seven eight nine"
+    reply = "one two three four five six seven eight"
+    apart = LeakGuard([(first, False), (second, False)])
+    together = LeakGuard([(f"{first} {second}", False)])
+    assert apart.check(reply) is None
+    assert together.check(reply) == "shares 8 consecutive words with the training text"
+
+
+def test_reply_shorter_than_the_window_only_gets_the_verbatim_check():
+    reply = " ".join(LONG_WORDS[2:7])
+    assert guard().check(reply) is None
+    assert LeakGuard([(reply, True)]).check(reply) is not None
+
+
+def test_index_size_and_settings_are_checked():
+    assert len(guard()) == len(LONG_WORDS) - 8 + 1
+    assert len(LeakGuard([])) == 0
+    with pytest.raises(ValueError, match="ngram_words"):
+        LeakGuard([], ngram_words=1)
+    with pytest.raises(ValueError, match="min_verbatim_words"):
+        LeakGuard([], min_verbatim_words=0)
+
+
+def test_from_artifact_reads_the_training_text_index(tmp_path):
+    count = write_training_text(tmp_path, ["Honestly the pizza was terrible", "ok lol"], [LONG_CONTEXT])
+    assert count == 3
+    g = LeakGuard.from_artifact(tmp_path)
+    assert len(g) == len(LONG_WORDS) - 8 + 1
+    assert g.check("HONESTLY the pizza was terrible.") == "repeats a training response verbatim"
+    assert g.check(" ".join(LONG_WORDS[4:12])) is not None
+    assert g.check("ok lol") is None
+    assert g.check("something nobody said before") is None
+    five = LeakGuard.from_artifact(str(tmp_path), ngram_words=5)
+    assert five.check(" ".join(LONG_WORDS[4:9])) == "shares 5 consecutive words with the training text"
+
+
+# --- mentions -----------------------------------------------------------------------------------------------
+
+NAMES = {("user", "123"): "Alice", ("role", "5"): "mods"}
+
+
+def lookup(kind: str, ident: str) -> str | None:
+    return NAMES.get((kind, ident))
+
+
+@pytest.mark.parametrize(("text", "plain", "named"), [
+    ("hi @everyone", f"hi @{ZWSP}everyone", f"hi @{ZWSP}everyone"),
+    ("@HERE look", f"@{ZWSP}HERE look", f"@{ZWSP}HERE look"),
+    ("hey <@123>!", f"hey @{ZWSP}user!", f"hey @{ZWSP}Alice!"),
+    ("hey <@!123>", f"hey @{ZWSP}user", f"hey @{ZWSP}Alice"),
+    ("ask <@&5>", f"ask @{ZWSP}role", f"ask @{ZWSP}mods"),
+    ("<@999> and <@&6>", f"@{ZWSP}user and @{ZWSP}role", f"@{ZWSP}user and @{ZWSP}role"),
+])
+def test_mentions_are_neutralised(text, plain, named):
+    assert neutralise_mentions(text) == plain
+    assert neutralise_mentions(text, names=lookup) == named
+
+
+def test_names_callback_gets_kind_and_id():
+    calls = []
+    neutralise_mentions("<@!42> <@&7> <@8>", names=lambda kind, ident: calls.append((kind, ident)) or None)
+    assert calls == [("user", "42"), ("role", "7"), ("user", "8")]
+
+
+@pytest.mark.parametrize("name", ["everyone", "@here", "<@1>", "<@&2>"])
+def test_a_name_that_looks_like_a_mention_cannot_ping(name):
+    out = neutralise_mentions("<@123> said hi", names=lambda kind, ident: name)
+    assert not re.search(r"<@[!&]?\d+>|@(everyone|here)", out)
+    assert neutralise_mentions(out, names=lambda kind, ident: name) == out
+
+
+def test_neutralising_is_idempotent():
+    for text in ["@everyone <@1> <@!2> <@&3> @here", "@@everyone", "<@<@1>>", "@\u200beveryone"]:
+        once = neutralise_mentions(text, names=lookup)
+        assert neutralise_mentions(once, names=lookup) == once
+        assert not re.search(r"<@[!&]?\d+>|@(everyone|here)", once, re.IGNORECASE)
+
+
+@pytest.mark.parametrize("text", ["nothing to see", "mail me at bob@example.com", "see <#42>", "<@abc> < @1 >", ""])
+def test_text_without_mentions_is_unchanged(text):
+    assert neutralise_mentions(text, names=lookup) == text
+
+
+# --- blocklist ----------------------------------------------------------------------------------------------
+
+def test_words_match_whole_words_only():
+    blocklist = Blocklist(["ass"])
+    assert blocklist.check("a class act, passing by") is None
+    assert blocklist.check("what an ASS.") == 'contains a blocked word ("ASS")'
+    assert blocklist.check("ass") is not None
+
+
+def test_phrases_match_any_whitespace_between_words():
+    blocklist = Blocklist(["bad words"])
+    assert blocklist.check("so many BAD\n   words here") == 'contains a blocked phrase ("BAD\n   words")'
+    assert blocklist.check("badwords") is None
+    assert blocklist.check("bad wordsmith") is None
+
+
+def test_entries_with_symbols_and_disguised_text():
+    blocklist = Blocklist(["c++", "foo"])
+    assert blocklist.check("i like c++ a lot") is not None
+    assert blocklist.check("i like c+ a lot") is None
+    assert blocklist.check("ｆｏｏ") is not None  # fullwidth letters
+    assert blocklist.check(f"f{ZWSP}oo") is not None  # an invisible character inside
+
+
+def test_regex_entries_are_case_insensitive_and_keep_their_groups():
+    blocklist = Blocklist(["re:fo+bar", r"re:(ab)\1", "re:(?s)x.y"], source="list.txt")
+    assert blocklist.check("FOOOOBAR!") == "matches a blocked pattern (list.txt line 1)"
+    assert blocklist.check("abab") == "matches a blocked pattern (list.txt line 2)"
+    assert blocklist.check("abba") is None
+    assert blocklist.check("x\ny") == "matches a blocked pattern (list.txt line 3)"
+    assert blocklist.check("fobaz") is None
+
+
+def test_file_comments_and_blank_lines_are_ignored(tmp_path):
+    path = tmp_path / "blocklist.txt"
+    path.write_text("# ass is fine here\n\n   \nfoo\n  # indented comment\nre:ba+r\n", encoding="utf-8")
+    blocklist = Blocklist.from_file(path)
+    assert len(blocklist) == 2
+    assert blocklist.check("ass # comment") is None
+    assert blocklist.check("a foo") == 'contains a blocked word ("foo")'
+    assert blocklist.check("baaar") == f"matches a blocked pattern ({path} line 6)"
+
+
+def test_bad_regex_names_file_and_line(tmp_path):
+    path = tmp_path / "blocklist.txt"
+    path.write_text("foo\n# comment\n\nre:a(\n", encoding="utf-8")
+    with pytest.raises(FilterConfigError) as info:
+        Blocklist.from_file(path)
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert (error.path, error.line) == (str(path), 4)
+    assert str(error).startswith(f"{path} line 4: bad pattern 'a(': missing ), unterminated subpattern")
+    assert str(error).endswith("; fix or remove the line")
+
+
+def test_pattern_matching_everything_is_refused():
+    with pytest.raises(FilterConfigError, match="line 2: pattern 'x\\*' matches empty text"):
+        Blocklist(["foo", "re:x*"])
+
+
+def test_non_utf8_and_missing_files_are_config_errors(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("foo\ncaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(FilterConfigError, match=r"latin1\.txt line 2: not UTF-8") as info:
+        Blocklist.from_file(path)
+    assert info.value.line == 2
+    with pytest.raises(FilterConfigError, match="cannot read") as info:
+        Blocklist.from_file(tmp_path / "missing.txt")
+    assert info.value.line is None
+
+
+def test_empty_blocklist_blocks_nothing():
+    assert Blocklist().check("anything at all") is None
+    assert len(Blocklist(["", "# only a comment"])) == 0
+
+
+# --- links --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["see https://example.com", "http://x.org/a?b=c", "go to www.example.org now",
+                                  "example.com/abc", "join discord.gg/abcdef", "news.bbc.co.uk", "(example.com)"])
+def test_links_are_found(text):
+    assert has_link(text)
+
+
+@pytest.mark.parametrize("text", ["hello world", "I use node.js daily", "e.g. this", "pi is 3.14159",
+                                  "the end.The start", "mail bob@example.com", "https:// nothing", "a...b"])
+def test_non_links_are_not(text):
+    assert not has_link(text)
+
+
+# --- tweet length -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", 0),
+    ("hello world, how are you?", 25),
+    ("see https://example.com/" + "a" * 100 + " now", 4 + 23 + 4),
+    ("https://x.co", 23),
+    ("visit example.com/abc.", 6 + 23 + 1),
+    ("你好世界", 8),
+    ("こんにちは", 10),
+    ("😀", 2),
+    (FAMILY, 2),
+    (FLAG, 2),
+    ("👍🏽", 2),
+    ("❤️", 2),
+    ("1\ufe0f\u20e3", 2),
+    ("🏳️\u200d🌈", 2),
+    ("e\u0301", 1),  # NFC makes one character of it
+    ("\u201cquoted\u201d \u2014 yes", 14),
+    ("hi 😀 你 " + FLAG + " https://example.com", 3 + 2 + 1 + 2 + 1 + 2 + 1 + 23),
+])
+def test_tweet_length(text, expected):
+    assert tweet_length(text) == expected
+
+
+def test_plain_ascii_counts_like_len():
+    rng = random.Random(3)
+    for _ in range(50):
+        text = "".join(rng.choice("abc XYZ,!?'-\n") for _ in range(rng.randint(0, 300)))
+        assert tweet_length(text) == len(text)
+
+
+# --- cutting ------------------------------------------------------------------------------------------------
+
+def test_text_that_fits_is_unchanged():
+    text = "short and sweet " + FAMILY
+    assert cut_to_length(text, 100) == text
+    assert cut_to_length(text, len(text)) == text
+    assert cut_to_length("你" * 140, TWEET_LIMIT, length=tweet_length) == "你" * 140
+
+
+def test_cut_at_a_word_boundary_with_an_ellipsis():
+    assert cut_to_length("the quick brown fox jumps", 12) == "the quick…"
+    assert cut_to_length("one, two, three, four", 12) == "one, two…"  # no dangling comma
+    assert cut_to_length("the quick brown fox jumps", 12, ellipsis="...") == "the quick..."
+    # No space in the last 30% of the room: a hard cut rather than losing most of it.
+    assert cut_to_length("the quick brown fox jumps", 11, ellipsis="...") == "the quic..."
+    assert cut_to_length("ab\u200d.cdefgh", 5) == "ab…"  # nor a dangling joiner
+    assert cut_to_length("hello", 0) == ""
+    assert cut_to_length("hello", 1) == "…"
+
+
+def test_cut_respects_weighted_length_for_tweets():
+    text = "你好 " * 100
+    out = cut_to_length(text, TWEET_LIMIT, length=tweet_length)
+    assert tweet_length(out) <= TWEET_LIMIT
+    assert tweet_length(out) >= TWEET_LIMIT - 6
+    assert len(out) < 200  # "你好 " weighs 5 for 3 characters
+    assert out.endswith("你好…")
+
+
+def test_hard_cut_of_an_unbroken_string():
+    assert cut_to_length("a" * 5000, DISCORD_LIMIT) == "a" * (DISCORD_LIMIT - 1) + "…"
+    families = cut_to_length(FAMILY * 100, 50)
+    assert families.endswith("…") and len(families) <= 50
+    assert families[:-1] == FAMILY * (len(families[:-1]) // len(FAMILY))
+
+
+def test_ellipsis_is_not_glued_to_a_link():
+    text = "see https://example.com/abcdef and more words"
+    assert cut_to_length(text, 32) == "see https://example.com/abcdef …"
+
+
+JOINING = ("\ufe0f", "\u0301", "🏽")
+PIECES = ["a", "b", "x", " ", " ", "\n", ".", ",", "你", "é", "e\u0301", "😀", "👍🏽", FLAG, FAMILY, "❤️",
+          " https://example.com/path ", "example.com", "\u200d", "\U0001F1EB"]
+
+
+def test_cut_result_always_fits_and_is_a_clean_prefix():
+    rng = random.Random(12345)
+    for _ in range(600):
+        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 60)))
+        length = rng.choice([len, tweet_length])
+        limit = rng.randint(0, 80)
+        out = cut_to_length(text, limit, length=length)
+        assert length(out) <= limit, (text, limit, out)
+        if length(text) <= limit:
+            assert out == text
+            continue
+        body = out.removesuffix("…").rstrip()
+        assert text.startswith(body), (text, limit, out)
+        rest = text[len(body):]
+        if not body:
+            continue
+        # No mark, selector or skin tone torn from its character (a dangling joiner may be dropped).
+        assert not rest.lstrip("\u200d").startswith(JOINING), (text, limit, out)
+        if rest.startswith("\U0001F1EB") or rest.startswith("🇷"):
+            run = len(body) - len(body.rstrip("".join(chr(c) for c in range(0x1F1E6, 0x1F200))))
+            assert run % 2 == 0, (text, limit, out)  # never half a flag
+
+
+# --- output filter ------------------------------------------------------------------------------------------
+
+def test_reject_asks_the_leak_guard_first_then_the_blocklist():
+    leak = LeakGuard([("Honestly the pizza was terrible", True)])
+    blocklist = Blocklist(["pizza"])
+    both = OutputFilter(leak, blocklist)
+    assert both.reject("honestly the pizza was terrible") == "repeats a training response verbatim"
+    assert both.reject("pizza again?") == 'contains a blocked word ("pizza")'
+    assert both.reject("pasta again?") is None
+    assert OutputFilter(blocklist=blocklist).reject("honestly the pizza was terrible") == \
+        'contains a blocked word ("pizza")'
+    assert OutputFilter().reject("honestly the pizza was terrible") is None
+
+
+def test_finish_for_discord_neutralises_mentions_then_cuts():
+    text = "<@123> @everyone " + "blah " * 600
+    out = OutputFilter().finish(text, names=lookup)
+    assert out.startswith(f"@{ZWSP}Alice @{ZWSP}everyone blah")
+    assert len(out) <= DISCORD_LIMIT and out.endswith("blah…")
+    assert OutputFilter().finish("<@1> hi", DISCORD) == f"@{ZWSP}user hi"
+
+
+def test_finish_for_twitter_uses_the_weighted_length():
+    text = "@here " + "你好 " * 200 + "https://example.com"
+    out = OutputFilter().finish(text, TWITTER)
+    assert out.startswith(f"@{ZWSP}here 你好")
+    assert tweet_length(out) <= TWEET_LIMIT < len(out) * 2
+    assert out.endswith("…")
+
+
+def test_finish_for_the_terminal_does_not_cut():
+    text = "<@&5> " + "word " * 1000
+    out = OutputFilter().finish(text, TERMINAL, names=lookup)
+    assert out == f"@{ZWSP}mods " + "word " * 1000
+
+
+def test_leak_guard_sees_through_zero_width_characters():
+    guard = LeakGuard([("meet me at the old mill after dark tonight", True)])
+    assert guard.check("meet\u200b me at the old mill after dark tonight") is not None
+    assert guard.check("@\u200beveryone meet me at the old mill after dark tonight ok") is not None
