@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bot.config import BACKENDS
 from training.cli import EXIT_BAD_INPUT, add_commands, run_command
 
 
@@ -22,36 +23,69 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int)
     group.add_argument("--top-p", type=float)
     group.add_argument("--max-new-tokens", type=int)
+    group.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="auto (default: the fastest here), torch (float32), torch-int8, ctranslate2")
+    group.add_argument("--threads", type=int, help="CPU threads for generation (default: half the cores)")
+
+
+def _engine(args: argparse.Namespace):
+    from bot.engine import Engine
+
+    return Engine.load(args.dir, backend=args.backend, threads=args.threads,
+                       generation=_generation_overrides(args))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from bot.persona import Persona
-
     if args.n < 1:
         print("personabot: error: -n must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    persona = Persona.load(args.dir, **_generation_overrides(args))
-    lines = persona.sample(args.n, start=args.start or "", seed=args.seed)
+    import asyncio
+
+    from bot.filters import TERMINAL
+
+    engine = _engine(args)
+    lines, rejected = asyncio.run(_sample(engine, args.n, args.start or "", args.seed, TERMINAL))
+    name = engine.persona.name
+    if rejected:
+        print(f"personabot: {rejected} sampled line(s) failed the output filters and were drawn again",
+              file=sys.stderr)
+    if len(lines) < args.n:
+        print(f"personabot: only {len(lines)} of {args.n} lines passed the output filters", file=sys.stderr)
     if args.json:
-        print(json.dumps({"speaker": persona.name, "samples": lines}, ensure_ascii=False))
+        print(json.dumps({"speaker": name, "samples": lines}, ensure_ascii=False))
     else:
         for line in lines:
-            print(f"{persona.name}: {line}")
+            print(f"{name}: {line}")
     return 0
+
+
+async def _sample(engine, n: int, start: str, seed: int | None, target) -> tuple[list[str], int]:
+    """`n` lines that pass the filters, drawing again for rejected ones (bounded): (lines, rejections)."""
+    lines: list[str] = []
+    rejected = 0
+    async with engine:
+        for attempt in range(engine.max_tries):
+            todo = n - len(lines)
+            if todo <= 0:
+                break
+            batch = await engine.lines(todo, start=start, target=target,
+                                       seed=None if seed is None else seed + attempt * n)
+            lines += [line.text for line in batch if line.rejected is None]
+            rejected += sum(line.rejected is not None for line in batch)
+    return lines, rejected
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from bot.console import chat
-    from bot.persona import Persona
 
-    persona = Persona.load(args.dir, **_generation_overrides(args))
-    return chat(persona, user=args.name)
+    return chat(_engine(args), user=args.name)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bot.config import ConfigError, load_settings
     from bot.console import chat
-    from bot.persona import Persona
+    from bot.engine import Engine
+    from bot.filters import Blocklist
 
     try:
         settings = load_settings()
@@ -68,13 +102,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{settings.demo_time_budget_s / 60:.0f} minutes, into {model_dir}", file=sys.stderr)
         build_demo(model_dir, time_budget_s=settings.demo_time_budget_s, progress=Progress("auto"),
                    threads=settings.torch_threads)
-    persona = Persona.load(model_dir, **settings.generation)
-    if settings.torch_threads:
-        persona.set_threads(settings.torch_threads)
+    blocklist = Blocklist.from_file(settings.blocklist_file) if settings.blocklist_file else None
+    engine = Engine.load(model_dir, backend=settings.backend, threads=settings.torch_threads, blocklist=blocklist,
+                         leak_ngram_words=settings.leak_ngram_words, max_batch=settings.max_batch,
+                         generation=settings.generation)
     if settings.discord_token:
         print("personabot: DISCORD_TOKEN is set, but this build has no Discord adapter yet; "
               "chatting in the terminal instead", file=sys.stderr)
-    return chat(persona, user=settings.chat_user_name)
+    return chat(engine, user=settings.chat_user_name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DEMO_DIR = Path("models/demo")
+# Generation backends (bot.backends); "auto" picks the fastest on this machine.
+BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2")
 
 
 class ConfigError(Exception):
@@ -26,8 +28,12 @@ class Settings:
     demo_time_budget_s: float           # DEMO_TIME_BUDGET: seconds of training for the demo persona
     discord_token: str | None = field(repr=False)  # DISCORD_TOKEN: never printed
     chat_user_name: str = "You"         # CHAT_USER_NAME: your name in the terminal chat
-    torch_threads: int | None = None    # TORCH_THREADS: CPU threads for generation (default: all cores)
+    torch_threads: int | None = None    # TORCH_THREADS: CPU threads for generation (default: half the cores)
     generation: dict[str, Any] = field(default_factory=dict)  # GEN_*: overrides of persona.json defaults
+    backend: str = "auto"               # BACKEND: auto, torch, torch-int8 or ctranslate2
+    blocklist_file: Path | None = None  # BLOCKLIST_FILE: words or re:patterns the bot must never send
+    leak_ngram_words: int = 8           # LEAK_NGRAM_WORDS: a run this long shared with training text is a leak
+    max_batch: int = 8                  # MAX_BATCH: requests generated together at most
 
     @property
     def model_dir(self) -> Path:
@@ -88,7 +94,24 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
         problems.extend(f"{var}: {p}" for p in wrong)
         if not wrong:
             generation[key] = value
+    backend = env.get("BACKEND", "").strip() or "auto"
+    if backend not in BACKENDS:
+        problems.append(f"BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+    blocklist = env.get("BLOCKLIST_FILE", "").strip()
+    blocklist_file = Path(blocklist).expanduser() if blocklist else None
+    if blocklist_file is not None and not blocklist_file.is_file():
+        problems.append(f"BLOCKLIST_FILE={blocklist} does not exist (or is not a file)")
+    elif blocklist_file is not None:
+        from bot.filters import Blocklist
+
+        try:
+            Blocklist.from_file(blocklist_file)
+        except ValueError as e:
+            problems.append(f"BLOCKLIST_FILE: {e}")
+    leak_words = number("LEAK_NGRAM_WORDS", int, 8, minimum=2)
+    max_batch = number("MAX_BATCH", int, 8, minimum=1)
     if problems:
         raise ConfigError(problems)
-    return Settings(persona_model, demo_dir, budget, token, user, threads, generation)
+    return Settings(persona_model, demo_dir, budget, token, user, threads, generation, backend,
+                    blocklist_file, leak_words, max_batch)
 

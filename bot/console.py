@@ -1,58 +1,78 @@
-"""The terminal adapter: talk to a persona in a shell, with a running context window."""
+"""The terminal adapter: talk to a persona in a shell, through the same engine, filters and context window
+as the Discord bot."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections import deque
+import threading
 from typing import TextIO
 
-from bot.persona import Persona
+from bot.context import ContextWindow
+from bot.engine import Engine
+from bot.filters import TERMINAL
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does Ctrl-D)"
-# Turns kept in memory; the prompt itself holds only what fits the persona's context budget.
-MAX_TURNS = 200
 
 
-def chat(persona: Persona, *, user: str = "You", stdin: TextIO | None = None,
-         stdout: TextIO | None = None) -> int:
+def _read_lines(stdin: TextIO, loop: asyncio.AbstractEventLoop, lines: asyncio.Queue) -> None:
+    """Feed stdin into `lines` from a daemon thread: a blocked read must never keep the process alive."""
+    while True:
+        try:
+            line = stdin.readline()
+        except (OSError, ValueError):
+            line = ""
+        loop.call_soon_threadsafe(lines.put_nowait, line or None)
+        if not line:
+            return
+
+
+async def chat_async(engine: Engine, *, user: str = "You", stdin: TextIO | None = None,
+                     stdout: TextIO | None = None) -> int:
     """Read lines, answer each in the persona's voice, until /quit or end of input. Returns an exit code."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
-    turns: deque[tuple[str, str]] = deque(maxlen=MAX_TURNS)
-    stdout.write(f"chatting with {persona.name} ({persona.info.path}). {HELP}\n")
+    persona = engine.persona
+    window = ContextWindow(persona.settings.context_tokens, engine.count_tokens)
+    lines: asyncio.Queue = asyncio.Queue()
+    threading.Thread(target=_read_lines, args=(stdin, asyncio.get_running_loop(), lines),
+                     name="personabot-stdin", daemon=True).start()
+    stdout.write(f"chatting with {persona.name} ({persona.path}, {persona.backend.name}). {HELP}\n")
     stdout.flush()
-    while True:
-        if interactive:
-            stdout.write(f"{user}> ")
-            stdout.flush()
-        try:
-            line = stdin.readline()
-        except KeyboardInterrupt:
-            stdout.write("\n")
-            return 0
-        if not line:
+    async with engine:
+        while True:
             if interactive:
-                stdout.write("\n")
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/quit", "/exit"):
-            return 0
-        if text == "/reset":
-            turns.clear()
-            stdout.write("(conversation forgotten)\n")
-            continue
-        if text == "/help":
-            stdout.write(HELP + "\n")
-            continue
-        turns.append((user, text))
-        try:
-            reply = persona.reply(list(turns))
-        except KeyboardInterrupt:
-            stdout.write("\n(interrupted)\n")
-            continue
-        turns.append((persona.name, reply))
-        stdout.write(f"{persona.name}> {reply}\n")
-        stdout.flush()
+                stdout.write(f"{user}> ")
+                stdout.flush()
+            line = await lines.get()
+            if line is None:
+                if interactive:
+                    stdout.write("\n")
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                return 0
+            if text == "/reset":
+                window.clear()
+                stdout.write("(conversation forgotten)\n")
+                continue
+            if text == "/help":
+                stdout.write(HELP + "\n")
+                continue
+            window.add(user, text)
+            reply = await engine.reply(window.turns(), target=TERMINAL)
+            window.add(reply.persona, reply.text)
+            stdout.write(f"{reply.persona}> {reply.text}\n")
+            stdout.flush()
+
+
+def chat(engine: Engine, *, user: str = "You", stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """`chat_async` in its own event loop; Ctrl-C leaves quietly."""
+    try:
+        return asyncio.run(chat_async(engine, user=user, stdin=stdin, stdout=stdout))
+    except KeyboardInterrupt:
+        (stdout or sys.stdout).write("\n")
+        return 0

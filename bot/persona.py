@@ -1,67 +1,87 @@
-"""A `Persona`: a trained artifact plus how to prompt it and how to cut its output.
+"""A `Persona`: a trained artifact plus how to prompt it, how to run it and what it must not say.
 
 Prompts are built in the one transcript format (`training.transcript`) from a conversation's recent turns;
-replies are cut from the generated token ids at the end marker or where the model starts another speaker's
-turn. An empty reply is sampled again a bounded number of times, then a fallback line is returned.
+replies come back from the backend already cut at the end marker or where the model starts another
+speaker's turn (by token ids, never by string length). The artifact's training text feeds the leak guard.
+Generation itself is scheduled by `bot.engine.Engine`; a Persona only knows how to do one batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from bot.backends import Backend, load_backend
+from bot.filters import Blocklist, LeakGuard, OutputFilter
 from training import transcript
-from training.artifact import ArtifactError, PersonaInfo, load_model, read_persona
-from training.generation import GenerationSettings, generate, sample_lines
+from training.artifact import ArtifactError, PersonaInfo, read_persona
+from training.generation import GenerationSettings
 
-# What the persona says when every retry produced nothing.
+# What the persona says when every try produced nothing usable.
 FALLBACK_REPLY = "..."
 
 
 @dataclass(slots=True)
 class Persona:
     info: PersonaInfo
-    model: object
     tokenizer: object
+    backend: Backend
     settings: GenerationSettings
+    output_filter: OutputFilter
+    max_positions: int | None = None
 
     @classmethod
-    def load(cls, directory: str | Path, **overrides) -> "Persona":
-        """Load and check an artifact; `overrides` replace generation defaults (None keeps the default)."""
+    def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
+             blocklist: Blocklist | None = None, leak_ngram_words: int = 8, **overrides) -> "Persona":
+        """Load and check an artifact. `overrides` replace persona.json's generation defaults (None keeps
+        the default); `backend` is one of `bot.backends.BACKENDS`."""
         info = read_persona(directory)
-        model, tokenizer = load_model(info)
         settings = info.generation.with_overrides(**overrides)
         problems = settings.check()
         if problems:
             raise ArtifactError("bad generation settings: " + "; ".join(problems))
-        return cls(info, model, tokenizer, settings)
+        try:
+            guard = LeakGuard.from_artifact(info.path, ngram_words=leak_ngram_words)
+        except (OSError, EOFError, ValueError) as e:
+            raise ArtifactError(f"cannot read the training-text index in {info.path}: {e}") from e
+        engine, tokenizer = load_backend(info, backend, threads=threads)
+        config = json.loads((info.path / "config.json").read_text(encoding="utf-8"))
+        positions = config.get("n_positions") or config.get("max_position_embeddings")
+        return cls(info, tokenizer, engine, settings, OutputFilter(guard, blocklist), positions)
 
     @property
     def name(self) -> str:
         return self.info.speaker
 
-    def prompt(self, turns: Sequence[tuple[str, str]]) -> list[int]:
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    def prompt(self, turns: Sequence[tuple[str, str]], settings: GenerationSettings | None = None) -> list[int]:
         """Token ids of the prompt for a reply to `turns` ((speaker, text), oldest first)."""
-        return transcript.build_prompt(self.tokenizer, turns, self.name, self.settings.context_tokens)
+        settings = settings or self.settings
+        budget = settings.context_tokens
+        if self.max_positions:  # the prompt and the reply must fit the model's positions together
+            budget = min(budget, self.max_positions - settings.max_new_tokens)
+        return transcript.build_prompt(self.tokenizer, turns, self.name, max(0, budget))
 
-    def reply(self, turns: Sequence[tuple[str, str]], *, max_tries: int = 3, seed: int | None = None) -> str:
-        """The persona's next turn in a conversation; never empty (falls back after `max_tries`)."""
-        prompt = self.prompt(turns)
-        for attempt in range(max_tries):
-            ids = generate(self.model, self.tokenizer, [prompt], self.settings,
-                           seed=None if seed is None else seed + attempt)[0]
-            text = self.tokenizer.decode(ids).strip()
-            if text:
-                return text
-        return FALLBACK_REPLY
+    def line_prompt(self, start: str = "") -> list[int]:
+        """The prompt for a stand-alone line (no context), which starts with `start` when given."""
+        ids = transcript.encode_prefix(self.tokenizer, self.name)
+        if start.strip():
+            ids = ids + self.tokenizer.encode(" " + start.strip(), add_special_tokens=False)
+        return ids
 
-    def sample(self, n: int, *, start: str = "", seed: int | None = None) -> list[str]:
-        """`n` stand-alone lines (no context), each starting with `start` when given."""
-        lines = sample_lines(self.model, self.tokenizer, self.name, n, self.settings, start=start, seed=seed)
-        return [line or FALLBACK_REPLY for line in lines]
+    def generate(self, prompts: Sequence[Sequence[int]], settings: Sequence[GenerationSettings],
+                 seeds: Sequence[int | None], cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
+        """One batch through the backend: reply ids per prompt (blocking; call from the engine's worker)."""
+        return self.backend.generate(prompts, settings, seeds, cancelled)
 
-    def set_threads(self, threads: int) -> None:
-        torch.set_num_threads(max(1, threads))
+    def text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids)).strip()
+
+    def count_tokens(self, speaker: str, text: str) -> int:
+        """Tokens a message takes in a prompt."""
+        return len(transcript.encode_turn(self.tokenizer, speaker, text))

@@ -62,3 +62,32 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cli() -> Callable[..., subprocess.CompletedProcess]:
     return run_cli
+
+
+def _train_persona(out: Path, speaker: str, steps: int, chat: Path) -> Path:
+    from training.trainer import TrainConfig, train
+
+    train(TrainConfig(data=[str(chat)], speaker=speaker, out=out, from_scratch="tiny", max_steps=steps,
+                      epochs=200, batch_size=4, threads=1, samples=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def persona_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test chats, with Alice opening every message with @everyone (so her persona says it too)."""
+    conversations = [[(s, f"@everyone {t}" if s == "Alice" else t) for s, t in conv]
+                     for conv in chat_conversations(24, seed=7)]
+    return write_whatsapp(tmp_path_factory.mktemp("persona-chat") / "chat.txt", conversations)
+
+
+@pytest.fixture(scope="session")
+def alice_artifact(tmp_path_factory: pytest.TempPathFactory, persona_chat: Path) -> Path:
+    """A tiny persona of Alice, trained until it has learnt her template line (300 steps, about 15 s): it
+    repeats her training lines, mentions included, which the filters must catch."""
+    return _train_persona(tmp_path_factory.mktemp("artifacts") / "alice", "alice", 300, persona_chat)
+
+
+@pytest.fixture(scope="session")
+def bob_artifact(tmp_path_factory: pytest.TempPathFactory, persona_chat: Path) -> Path:
+    """A second tiny persona (Bob), to swap in for Alice."""
+    return _train_persona(tmp_path_factory.mktemp("artifacts") / "bob", "bob", 20, persona_chat)

@@ -185,3 +185,43 @@ def test_a_base_model_that_cannot_be_loaded_is_a_clear_error(cli, tmp_path, make
                 str(not_a_model), "--progress", "none")
     assert empty.returncode == 2 and "cannot load the base model from directory" in empty.stderr
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_sample_prints_lines_that_passed_the_filters(cli, persona_dir):
+    from bot.filters import LeakGuard
+
+    result = cli("sample", str(persona_dir), "-n", "4", "--json", "--seed", "3", "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["speaker"] == "Alice" and 0 < len(out["samples"]) <= 4
+    guard = LeakGuard.from_artifact(persona_dir)
+    assert all(line and guard.check(line) is None for line in out["samples"])
+
+
+def test_eval_reports_the_quality_cost_of_int8(cli, persona_dir, tmp_path):
+    from chatgen import chat_conversations, write_whatsapp
+
+    data = write_whatsapp(tmp_path / "other.txt", chat_conversations(6, seed=99))
+    result = cli("eval", str(persona_dir), "--data", str(data), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    int8 = report["int8"]
+    assert int8["perplexity"] > 1 and abs(int8["loss"] - report["loss"]) < 0.1
+    assert int8["perplexity_change_pct"] == pytest.approx(100 * (int8["perplexity"] / report["perplexity"] - 1))
+    text = cli("eval", str(persona_dir), "--data", str(data))
+    assert "(float32)" in text.stdout and "(int8, the CPU backend:" in text.stdout
+
+
+def test_run_checks_the_reply_settings(cli, persona_dir, tmp_path):
+    blocklist = _write(tmp_path / "blocked.txt", "# words the bot must never say\nbadword\nre:a(b\n")
+    bad = cli("run", cwd=tmp_path, input="", env={"PERSONA_MODEL": str(persona_dir), "BACKEND": "gpu-magic",
+                                                  "BLOCKLIST_FILE": str(blocklist), "LEAK_NGRAM_WORDS": "1"})
+    assert bad.returncode == 2
+    assert "BACKEND='gpu-magic' is not one of auto, torch, torch-int8, ctranslate2" in bad.stderr
+    assert f"{blocklist} line 3" in bad.stderr
+    assert "LEAK_NGRAM_WORDS=1 must be at least 2" in bad.stderr
+    _write(blocklist, "badword\n")
+    ok = cli("run", cwd=tmp_path, input="hello\n", env={"PERSONA_MODEL": str(persona_dir), "BACKEND": "torch",
+                                                        "BLOCKLIST_FILE": str(blocklist)})
+    assert ok.returncode == 0, ok.stderr
+    assert "(" + str(persona_dir) + ", torch)" in ok.stdout and "Alice> " in ok.stdout

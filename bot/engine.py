@@ -1,0 +1,293 @@
+"""The generation engine: one worker thread off the event loop, a request queue, micro-batching, hot swap.
+
+Callers `await engine.reply(turns)` (or `lines(...)`). Requests that arrive together (within
+`batch_window_s` of the first, up to `max_batch`) are generated in one left-padded batch, each with its own
+sampling settings, seed and stops. A caller that is cancelled frees its row: a queued request is dropped,
+a running one leaves the batch at the next token.
+
+The worker builds each request's prompt itself, with the persona it is about to run, so a request queued
+before a swap is prompted with the tokenizer of the model that answers it. `swap()` loads a new artifact
+beside the old one (in another thread), checks that it generates, and replaces it between batches; a
+failed load leaves the old one serving. Every reply passes the persona's output filter: candidates the
+leak guard or the blocklist reject are sampled again, a bounded number of times.
+
+The engine knows nothing of Discord: targets (`bot.filters.Target`) only say how long a text may be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bot.backends import generation_threads
+from bot.filters import DISCORD, Target
+from bot.persona import FALLBACK_REPLY, Persona
+from training.generation import GenerationSettings
+
+log = logging.getLogger("personabot.engine")
+
+_STOP = object()
+
+
+class EngineClosed(Exception):
+    """The engine was closed before the request could be answered."""
+
+
+class SwapError(Exception):
+    """A new artifact could not be loaded or did not generate; the previous one keeps serving."""
+
+
+@dataclass(slots=True)
+class Reply:
+    text: str                       # filtered, ready for the target
+    persona: str                    # who answered
+    artifact: Path                  # which artifact answered
+    tries: int                      # samples drawn
+    tokens: int = 0                 # tokens generated for the reply that was used
+    rejected: list[str] = field(default_factory=list)  # why earlier samples were not used
+    fallback: bool = False          # every try failed; `text` is the fallback line
+
+
+@dataclass(slots=True)
+class Line:
+    """A stand-alone candidate line and, when it failed a filter, why."""
+
+    text: str
+    rejected: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    turns: Sequence[tuple[str, str]] | None     # a reply to these turns, or
+    start: str                                  # a stand-alone line starting with this
+    overrides: dict[str, Any]
+    seed: int | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    queued: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    """Serves one persona at a time to any number of concurrent callers."""
+
+    def __init__(self, persona: Persona, *, loader: Callable[[Path], Persona] | None = None,
+                 max_batch: int = 8, batch_window_s: float = 0.01, threads: int | None = None,
+                 max_tries: int = 3) -> None:
+        if max_batch < 1 or max_tries < 1:
+            raise ValueError("max_batch and max_tries must be at least 1")
+        self._persona = persona
+        self._loader = loader or Persona.load
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
+        self.threads = threads
+        self.max_tries = max_tries
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._swap_lock: asyncio.Lock | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.batches = 0            # batches generated so far
+        self.largest_batch = 0
+        self.busy = False           # a batch is running now
+
+    @classmethod
+    def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
+             blocklist=None, leak_ngram_words: int = 8, max_batch: int = 8, batch_window_s: float = 0.01,
+             max_tries: int = 3, generation: dict[str, Any] | None = None) -> "Engine":
+        """An engine serving the artifact in `directory`; swaps load new artifacts with the same options."""
+        from functools import partial
+
+        loader = partial(Persona.load, backend=backend, threads=threads, blocklist=blocklist,
+                         leak_ngram_words=leak_ngram_words, **(generation or {}))
+        return cls(loader(directory), loader=loader, max_batch=max_batch, batch_window_s=batch_window_s,
+                   threads=threads, max_tries=max_tries)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="personabot-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    async def close(self) -> None:
+        """Stop the worker after the batch it is running; queued requests fail with `EngineClosed`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                self._resolve(job, error=EngineClosed("the engine is shutting down"))
+
+    async def __aenter__(self) -> "Engine":
+        return self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- what callers use ---------------------------------------------------------------------------
+    @property
+    def persona(self) -> Persona:
+        with self._lock:
+            return self._persona
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch."""
+        return self._queue.qsize()
+
+    def count_tokens(self, speaker: str, text: str) -> int:
+        """Tokens a message takes in a prompt of the persona serving now (for context windows)."""
+        return self.persona.count_tokens(speaker, text)
+
+    async def reply(self, turns: Sequence[tuple[str, str]], *, target: Target = DISCORD,
+                    overrides: dict[str, Any] | None = None, seed: int | None = None,
+                    names: Callable[[str, str], str | None] | None = None) -> Reply:
+        """The persona's next turn after `turns` ((speaker, text), oldest first), filtered for `target`.
+
+        Empty or rejected samples are drawn again up to `max_tries` times; then the fallback line is used."""
+        rejected: list[str] = []
+        persona = self.persona
+        for attempt in range(self.max_tries):
+            persona, ids = await self._submit(list(turns), "", overrides,
+                                              None if seed is None else seed + attempt)
+            text = persona.text(ids)
+            reason = "empty" if not text else persona.output_filter.reject(text)
+            if reason is None:
+                return Reply(persona.output_filter.finish(text, target, names=names), persona.name, persona.path,
+                             attempt + 1, len(ids), rejected)
+            rejected.append(reason)
+            log.info("sample %d for a reply rejected: %s", attempt + 1, reason)
+        return Reply(FALLBACK_REPLY, persona.name, persona.path, self.max_tries, 0, rejected, fallback=True)
+
+    async def lines(self, n: int, *, start: str = "", target: Target = DISCORD,
+                    overrides: dict[str, Any] | None = None, seed: int | None = None) -> list[Line]:
+        """`n` stand-alone candidate lines (one batch), each checked by the filters: a rejected line keeps
+        its reason and is never to be sent. Accepted lines are finished for `target`."""
+        jobs = [self._submit(None, start, overrides, None if seed is None else seed + i) for i in range(n)]
+        out = []
+        for persona, ids in await asyncio.gather(*jobs):
+            text = persona.text(ids)
+            if start.strip():
+                text = f"{start.strip()} {text}".strip()
+            reason = "empty" if not persona.text(ids) else persona.output_filter.reject(text)
+            out.append(Line(text if reason else persona.output_filter.finish(text, target), reason))
+        return out
+
+    async def swap(self, directory: str | Path) -> Persona:
+        """Load the artifact in `directory` beside the serving one and switch to it between batches.
+
+        Returns the persona it replaced. Raises `SwapError` (and keeps serving the old one) when the new
+        artifact does not load or does not generate."""
+        if self._swap_lock is None:
+            self._swap_lock = asyncio.Lock()
+        async with self._swap_lock:
+            try:
+                new = await asyncio.to_thread(self._load_checked, Path(directory))
+            except Exception as e:  # any failure to load is reported; the old persona keeps serving
+                log.warning("swap to %s failed, %s keeps serving: %s", directory, self.persona.path, e)
+                raise SwapError(f"could not load {directory}: {e}") from e
+            with self._lock:
+                old, self._persona = self._persona, new
+            log.info("now serving %s (%s) with %s", new.name, new.path, new.backend.name)
+            return old
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _load_checked(self, directory: Path) -> Persona:
+        persona = self._loader(directory)
+        quick = persona.settings.with_overrides(max_new_tokens=2)
+        persona.generate([persona.line_prompt()], [quick], [0])
+        return persona
+
+    async def _submit(self, turns, start: str, overrides, seed) -> tuple[Persona, list[int]]:
+        if self._closed:
+            raise EngineClosed("the engine is shut down")
+        problems = self.persona.settings.with_overrides(**(overrides or {})).check()
+        if problems:  # refused here, so that one caller's bad settings never fail a shared batch
+            raise ValueError("bad generation settings: " + "; ".join(problems))
+        self.start()
+        loop = asyncio.get_running_loop()
+        job = _Job(turns, start, dict(overrides or {}), seed, loop.create_future(), loop)
+        self._queue.put(job)
+        return await job.future
+
+    def _resolve(self, job: _Job, result=None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if job.future.done():   # cancelled by its caller meanwhile
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # that event loop is closed: nobody is waiting any more
+            pass
+
+    def _next_batch(self) -> list[_Job] | None:
+        first = self._queue.get()
+        if first is _STOP:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.batch_window_s
+        while len(batch) < self.max_batch:
+            timeout = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=max(0.0, timeout)) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                self._queue.put(_STOP)   # finish this batch, then stop
+                break
+            batch.append(job)
+        return [job for job in batch if not job.future.cancelled()]
+
+    def _work(self) -> None:
+        # Set in this thread: torch's CPU thread count is per calling thread.
+        torch.set_num_threads(generation_threads(self.threads))
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            with self._lock:
+                persona = self._persona
+            self.busy = True
+            try:
+                settings = [self._settings(persona, job) for job in batch]
+                prompts = [persona.prompt(job.turns, s) if job.turns is not None else persona.line_prompt(job.start)
+                           for job, s in zip(batch, settings)]
+                replies = persona.generate(prompts, settings, [job.seed for job in batch],
+                                           cancelled=lambda row, batch=batch: batch[row].future.cancelled())
+            except Exception as e:  # a failed batch fails its callers, never the worker
+                log.exception("generation failed")
+                for job in batch:
+                    self._resolve(job, error=e)
+                continue
+            finally:
+                self.busy = False
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            for job, ids in zip(batch, replies):
+                self._resolve(job, (persona, ids))
+
+    @staticmethod
+    def _settings(persona: Persona, job: _Job) -> GenerationSettings:
+        return persona.settings.with_overrides(**job.overrides)
