@@ -212,3 +212,14 @@ def test_a_damaged_artifact_names_what_is_missing(make_chat, tmp_path, cli):
     result = cli("chat", str(damaged))
     assert result.returncode == 2 and "persona.json is damaged" in result.stderr
     assert cli("sample", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_excluded_people_are_left_out_of_the_data_by_any_of_their_names(make_chat, cli):
+    chat = make_chat()
+    plain = cli("data", "inspect", str(chat), "--json")
+    left_out = cli("data", "inspect", str(chat), "--json", "--exclude", "CAROL, nobody")
+    assert plain.returncode == 0 and left_out.returncode == 0, left_out.stderr
+    before, after = json.loads(plain.stdout), json.loads(left_out.stdout)
+    carol = before["speakers"]["Carol"]
+    assert carol > 0 and "Carol" not in after["speakers"] and after["speakers"]["Bob"] == before["speakers"]["Bob"]
+    assert after["files"][0]["skipped"]["excluded"] == carol

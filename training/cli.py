@@ -26,6 +26,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         "`personabot data formats` lists them)")
     parser.add_argument("--bots", metavar="NAMES", default="",
                         help="comma-separated author names or ids to treat as bots (skipped)")
+    parser.add_argument("--exclude", metavar="NAMES", default="",
+                        help="comma-separated names or ids of people whose messages must not be used at all")
     parser.add_argument("--conversation-gap", metavar="MINUTES", type=float, default=180.0,
                         help="a silence longer than this starts a new conversation (default 180)")
 
@@ -35,7 +37,7 @@ def import_options(args: argparse.Namespace):
 
     if args.conversation_gap <= 0:
         raise DataError(None, "--conversation-gap must be above 0 minutes")
-    return ImportOptions.from_user(args.bots.split(","), args.conversation_gap)
+    return ImportOptions.from_user(args.bots.split(","), args.conversation_gap, args.exclude.split(","))
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -167,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         context_tokens=args.context_tokens, val_fraction=args.val_fraction,
         standalone_share=args.standalone_share, min_responses=args.min_responses,
         context_loss_weight=args.context_loss_weight, seed=args.seed, bots=[b.strip() for b in args.bots.split(",") if b.strip()],
+        exclude=[e.strip() for e in args.exclude.split(",") if e.strip()],
         conversation_gap_minutes=args.conversation_gap, samples=args.samples, threads=args.threads,
         precision=args.precision,
         overwrite=args.overwrite, restart=args.restart, checkpoint_every_s=args.checkpoint_every)

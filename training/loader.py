@@ -16,7 +16,7 @@ from pathlib import Path
 from training import formats
 from training.conversation import Conversation, Message, SceneBreak, sort_key
 from training.errors import DataError
-from training.formats.base import ImportOptions, Source, Thread
+from training.formats.base import ImportOptions, Skip, Source, Thread
 
 # In a folder the user named, files with these endings are tried as exports; others are listed as ignored.
 EXPORT_SUFFIXES = {".json", ".csv", ".txt", ".js", ".md", ".jsonl", ".zip", ".tsv"}
@@ -83,6 +83,8 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
             result = importer.parse(source, options)
             report = FileReport(str(source.path), importer.name, result.kept, Counter(result.skipped))
             reports.append(report)
+            if options.excluded_names:
+                _exclude(result.threads, report, options)
             for thread in result.threads:
                 if thread.key in threads:
                     threads[thread.key].items.extend(thread.items)
@@ -145,6 +147,20 @@ def _sources(path: Path, forced: formats.Importer | None, ignored: list[tuple[st
         raise DataError(path, "cannot tell which export format this is",
                         hint=f"pass --format NAME (one of: {known})")
     yield source, importer
+
+
+def _exclude(threads: list[Thread], report: FileReport, options: ImportOptions) -> None:
+    """Drop every message of the people left out, whichever of their names or ids the export uses: their
+    words are neither learnt as responses nor shown as context."""
+    for thread in threads:
+        kept = []
+        for item in thread.items:
+            if isinstance(item, Message) and options.is_excluded(*item.names(), item.speaker_id):
+                report.messages -= 1
+                report.skipped[Skip.EXCLUDED] += 1
+                continue
+            kept.append(item)
+        thread.items = kept
 
 
 def _dedupe(items: list[Message | SceneBreak], reports: list[FileReport]) -> list[Message | SceneBreak]:

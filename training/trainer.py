@@ -73,6 +73,7 @@ class TrainConfig:
     context_loss_weight: float | None = None
     seed: int = 0
     bots: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
     conversation_gap_minutes: float = 180.0
     samples: int = 5
     # Settings that do not change the result:
@@ -255,7 +256,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     dtype = autocast_dtype(device, cfg.precision)
 
     progress.phase("reading exports", ", ".join(cfg.data))
-    options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes)
+    options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes, cfg.exclude)
     corpus = load_corpus(cfg.data, format=cfg.format, options=options)
     data_fp = fingerprint(corpus.conversations)
     key = cfg.resume_key(data_fp)

@@ -38,6 +38,7 @@ class Skip:
     STAGE_DIRECTION = "stage-direction"  # "_Exit_", "_Enter ROMEO_": a script's instructions, not speech
     NO_MARKER = "no-marker"             # a chat-tokens line with no <|USER|>/<|ASSISTANT|>/<|SYSTEM|> marker
     SUPERSEDED_EDIT = "superseded-edit"  # an earlier version of a tweet its owner edited later
+    EXCLUDED = "excluded"                # by a person who asked to be left out (--exclude, /forget-me)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +51,21 @@ class ImportOptions:
     conversation_gap: timedelta = timedelta(hours=3)
     # Twitter t.co links: "expand" to the real address, or "remove".
     twitter_links: str = "remove"
+    # Names or ids (compared case-insensitively) of people whose messages must not be used at all.
+    excluded_names: frozenset[str] = frozenset()
 
     @classmethod
-    def from_user(cls, bots: Iterable[str] = (), gap_minutes: float = 180.0) -> "ImportOptions":
-        """Options as a user gives them: bot names or ids (any case), the conversation gap in minutes."""
+    def from_user(cls, bots: Iterable[str] = (), gap_minutes: float = 180.0,
+                  exclude: Iterable[str] = ()) -> "ImportOptions":
+        """Options as a user gives them: bot names or ids (any case), the conversation gap in minutes, the
+        names or ids of people to leave out."""
         return cls(bot_names=frozenset(b.strip().casefold() for b in bots if b.strip()),
-                   conversation_gap=timedelta(minutes=gap_minutes))
+                   conversation_gap=timedelta(minutes=gap_minutes),
+                   excluded_names=frozenset(e.strip().casefold() for e in exclude if e.strip()))
+
+    def is_excluded(self, *names: str | None) -> bool:
+        """True when any of the given names or ids belongs to someone left out."""
+        return any(n is not None and n.casefold() in self.excluded_names for n in names)
 
     def is_bot_name(self, *names: str | None) -> bool:
         """True when any of the given names or ids is one the user listed as a bot."""
