@@ -1,0 +1,236 @@
+"""The store: one SQLite file (aiosqlite, WAL mode) for what the bot remembers between restarts.
+
+Schema changes are numbered SQL files in `bot/migrations/`, applied in order at start; the schema version
+is SQLite's `user_version`. Every write goes through one lock (one writer path), so a burst of messages
+and a /forget-me never interleave half-way. A file that is not a readable database, or that was written by
+a newer personabot, is an error naming the file; it is never replaced or "repaired".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    channel_id: int
+    author_id: int
+    author_name: str
+    content: str
+    is_bot: bool
+    created_at: str
+
+
+def migrations() -> list[tuple[int, Path]]:
+    """(version, file) of every migration, in order; numbering must be 1, 2, 3, ... without gaps."""
+    found = []
+    for path in MIGRATIONS.glob("*.sql"):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise StoreError(f"{path}: migration files are named NNNN_what_it_does.sql")
+        found.append((int(match[1]), path))
+    found.sort()
+    if [v for v, _ in found] != list(range(1, len(found) + 1)):
+        raise StoreError(f"{MIGRATIONS}: migrations must be numbered 0001, 0002, ... without gaps")
+    return found
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """Open with `await Store.open(path)`; close with `await store.close()` (or `async with`)."""
+
+    def __init__(self, path: Path, db: aiosqlite.Connection, version: int) -> None:
+        self.path = path
+        self._db = db
+        self.version = version
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path, *, upto: int | None = None) -> "Store":
+        """Open (creating if absent) and migrate the database at `path`. `upto` stops at that schema version
+        (for tests of migrations)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = migrations()
+        target = len(known) if upto is None else upto
+        try:
+            db = await aiosqlite.connect(path, timeout=5.0)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the database {path}: {e}") from e
+        try:
+            # Read before anything is written: a damaged file must stay exactly as it is.
+            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            await (await db.execute("SELECT count(*) FROM sqlite_master")).fetchone()
+        except sqlite3.DatabaseError as e:
+            await db.close()
+            raise StoreError(f"{path} is not a readable SQLite database ({e}). personabot will not replace it: "
+                             "restore it from a backup, or move it away to start with an empty one.") from e
+        if version > len(known):
+            await db.close()
+            raise StoreError(f"{path} has schema version {version}, newer than this personabot knows "
+                             f"({len(known)}); run the newer personabot, or restore an older backup.")
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            for number, file in known:
+                if version < number <= target:
+                    await cls._migrate(db, number, file)
+                    version = number
+        except sqlite3.OperationalError as e:
+            await db.close()
+            raise StoreError(_operational(path, e)) from e
+        db.row_factory = sqlite3.Row
+        return cls(path, db, version)
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection, number: int, file: Path) -> None:
+        script = file.read_text(encoding="utf-8")
+        try:
+            await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        except sqlite3.Error as e:
+            await db.rollback()
+            raise StoreError(f"migration {file.name} failed ({e}); the database was left at version "
+                             f"{number - 1}") from e
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- the one writer path ---------------------------------------------------------------------------
+    async def _execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+        async with self._write:
+            try:
+                cursor = await self._db.execute(sql, tuple(params))
+                await self._db.commit()
+            except sqlite3.OperationalError as e:
+                await self._db.rollback()
+                raise StoreError(_operational(self.path, e)) from e
+            return cursor
+
+    async def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return list(await (await self._db.execute(sql, tuple(params))).fetchall())
+        except sqlite3.OperationalError as e:
+            raise StoreError(_operational(self.path, e)) from e
+
+    # -- channel messages ------------------------------------------------------------------------------
+    async def add_message(self, *, channel_id: int, author_id: int, author_name: str, content: str,
+                          is_bot: bool = False, guild_id: int | None = None, message_id: int | None = None,
+                          created_at: str | None = None) -> bool:
+        """Remember a channel message; False (nothing stored) when its author opted out."""
+        # One statement: an opt-out that lands between a check and an insert cannot let a row through.
+        cursor = await self._execute(
+            "INSERT OR IGNORE INTO channel_messages (guild_id, channel_id, message_id, author_id, author_name, "
+            "is_bot, content, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? "
+            "WHERE NOT EXISTS (SELECT 1 FROM opt_outs WHERE user_id = ?)",
+            (guild_id, channel_id, message_id, author_id, author_name, int(is_bot), content, created_at or now(),
+             author_id))
+        return cursor.rowcount > 0
+
+    async def recent_messages(self, channel_id: int, limit: int = 200) -> list[StoredMessage]:
+        """The channel's newest `limit` messages, oldest first."""
+        rows = await self._query(
+            "SELECT channel_id, author_id, author_name, content, is_bot, created_at FROM channel_messages "
+            "WHERE channel_id = ? ORDER BY id DESC LIMIT ?", (channel_id, limit))
+        return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in reversed(rows)]
+
+    async def all_messages(self) -> list[StoredMessage]:
+        """Every stored message of people who did not opt out, by channel and time (for retraining)."""
+        rows = await self._query(
+            "SELECT channel_id, author_id, author_name, content, is_bot, created_at FROM channel_messages "
+            "WHERE author_id NOT IN (SELECT user_id FROM opt_outs) ORDER BY channel_id, id")
+        return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+    async def prune_messages(self, older_than_days: float) -> int:
+        """Delete messages older than the retention period; returns how many."""
+        cutoff = datetime.now(timezone.utc).timestamp() - older_than_days * 86400
+        stamp = datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="seconds")
+        cursor = await self._execute("DELETE FROM channel_messages WHERE created_at < ?", (stamp,))
+        return cursor.rowcount
+
+    # -- privacy ---------------------------------------------------------------------------------------
+    async def forget_user(self, user_id: int, *names: str) -> int:
+        """Delete the user's stored messages and opt them out of storage and, under each of `names`, of
+        training; returns the rows deleted. One transaction: all of it happens or none."""
+        async with self._write:
+            try:
+                cursor = await self._db.execute("DELETE FROM channel_messages WHERE author_id = ?", (user_id,))
+                await self._db.executemany(
+                    "INSERT OR IGNORE INTO opt_outs (user_id, user_name, created_at) VALUES (?, ?, ?)",
+                    [(user_id, name, now()) for name in dict.fromkeys(names)])
+                await self._db.commit()
+            except sqlite3.OperationalError as e:
+                await self._db.rollback()
+                raise StoreError(_operational(self.path, e)) from e
+            return cursor.rowcount
+
+    async def is_opted_out(self, user_id: int) -> bool:
+        return bool(await self._query("SELECT 1 FROM opt_outs WHERE user_id = ?", (user_id,)))
+
+    async def opted_out_names(self) -> list[str]:
+        """Names of everyone who opted out: their turns are dropped from exports at training time too."""
+        return [r[0] for r in await self._query("SELECT DISTINCT user_name FROM opt_outs ORDER BY user_name")]
+
+    # -- settings --------------------------------------------------------------------------------------
+    async def get_setting(self, key: str, default: Any = None) -> Any:
+        rows = await self._query("SELECT value FROM settings WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        await self._execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+
+    # -- training runs ---------------------------------------------------------------------------------
+    async def start_run(self, *, requested_by: int | None, speaker: str | None, epochs: float | None) -> int:
+        cursor = await self._execute(
+            "INSERT INTO training_runs (requested_by, speaker, epochs, status, started_at) "
+            "VALUES (?, ?, ?, 'running', ?)", (requested_by, speaker, epochs, now()))
+        return int(cursor.lastrowid)
+
+    async def finish_run(self, run_id: int, status: str, *, artifact_path: str | None = None,
+                         metrics: dict | None = None, error: str | None = None) -> None:
+        await self._execute(
+            "UPDATE training_runs SET status = ?, artifact_path = ?, metrics = ?, error = ?, finished_at = ? "
+            "WHERE id = ?", (status, artifact_path, json.dumps(metrics) if metrics else None, error, now(), run_id))
+
+    async def runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        rows = await self._query("SELECT * FROM training_runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(row) for row in rows]
+
+    async def fail_interrupted_runs(self) -> int:
+        """Runs still marked running belong to a process that is gone: mark them failed."""
+        cursor = await self._execute("UPDATE training_runs SET status = 'failed', error = 'the bot stopped "
+                                     "during training', finished_at = ? WHERE status = 'running'", (now(),))
+        return cursor.rowcount
+
+
+def _operational(path: Path, error: sqlite3.OperationalError) -> str:
+    if "locked" in str(error) or "busy" in str(error):
+        return (f"the database {path} is locked by another process (is a second bot running on it?); "
+                "try again when it is free")
+    return f"database error in {path}: {error}"

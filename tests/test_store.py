@@ -1,0 +1,141 @@
+"""The store on real SQLite files: migrations, a damaged or newer database, privacy, one writer path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from bot.store import Store, StoreError, migrations
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_new_database_gets_every_migration_in_wal_mode(tmp_path):
+    path = tmp_path / "data" / "bot.sqlite3"
+
+    async def main():
+        async with await Store.open(path) as store:
+            return store.version
+
+    assert run(main()) == len(migrations()) >= 2
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"channel_messages", "opt_outs", "training_runs", "settings", "schedules", "posts"} <= tables
+
+
+def test_an_older_database_migrates_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+
+    async def main():
+        async with await Store.open(path, upto=1) as old:
+            assert old.version == 1
+            await old.add_message(channel_id=1, author_id=7, author_name="Bob", content="kept across versions")
+        async with await Store.open(path) as new:
+            return new.version, await new.recent_messages(1)
+
+    version, messages = run(main())
+    assert version == len(migrations())
+    assert [m.content for m in messages] == ["kept across versions"]
+
+
+def test_a_damaged_database_is_an_error_and_is_left_untouched(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    garbage = b"this is not a database, it is a shopping list\n" * 200
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError, match=r"bot.sqlite3 is not a readable SQLite database.*will not replace it"):
+        run(Store.open(path))
+    assert path.read_bytes() == garbage
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bot.sqlite3"]
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99, newer"):
+        run(Store.open(path))
+
+
+def test_forget_me_deletes_rows_and_keeps_the_person_out(tmp_path):
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+            for i in range(3):
+                await store.add_message(channel_id=1, author_id=7, author_name="Bob", content=f"bob {i}")
+                await store.add_message(channel_id=1, author_id=8, author_name="Carol", content=f"carol {i}")
+            deleted = await store.forget_user(7, "Bob")
+            stored_again = await store.add_message(channel_id=1, author_id=7, author_name="Bob", content="new")
+            return deleted, stored_again, await store.recent_messages(1), await store.all_messages(), \
+                await store.opted_out_names()
+
+    deleted, stored_again, recent, every, names = run(main())
+    assert deleted == 3 and stored_again is False
+    assert [m.author_name for m in recent] == ["Carol"] * 3 and len(every) == 3
+    assert names == ["Bob"]
+
+
+def test_recent_messages_are_per_channel_newest_last(tmp_path):
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+            for i in range(10):
+                await store.add_message(channel_id=i % 2, author_id=1, author_name="A", content=f"m{i}")
+            return await store.recent_messages(0, limit=3), await store.recent_messages(1, limit=2)
+
+    even, odd = run(main())
+    assert [m.content for m in even] == ["m4", "m6", "m8"] and [m.content for m in odd] == ["m7", "m9"]
+
+
+def test_concurrent_writers_in_one_process_never_lose_a_row(tmp_path):
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+            await asyncio.gather(*(store.add_message(channel_id=1, author_id=i, author_name=f"u{i}", content="x")
+                                   for i in range(50)), store.forget_user(3, "u3"))
+            return await store.recent_messages(1, limit=100)
+
+    rows = run(main())
+    # Bob (3) is forgotten: his row is gone whether it was written before or after the deletion ran.
+    assert sorted(m.author_id for m in rows) == [i for i in range(50) if i != 3]
+
+
+def test_a_locked_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+
+    async def create():
+        await (await Store.open(path)).close()
+
+    run(create())
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        async def main():
+            store = await Store.open(path)
+            try:
+                await store.set_setting("x", 1)
+            finally:
+                await store.close()
+
+        with pytest.raises(StoreError, match="locked by another process"):
+            run(main())
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_settings_and_training_runs_round_trip(tmp_path):
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+            await store.set_setting("disabled_channels", [1, 2])
+            run_id = await store.start_run(requested_by=5, speaker="alice", epochs=2.0)
+            await store.finish_run(run_id, "done", artifact_path="/m/a", metrics={"val_loss": 1.5})
+            other = await store.start_run(requested_by=5, speaker=None, epochs=None)
+            interrupted = await store.fail_interrupted_runs()
+            return await store.get_setting("disabled_channels"), await store.runs(), interrupted, other
+
+    setting, runs, interrupted, other = run(main())
+    assert setting == [1, 2] and interrupted == 1
+    assert runs[0]["id"] == other and runs[0]["status"] == "failed"
+    assert runs[1]["status"] == "done" and runs[1]["metrics"] == '{"val_loss": 1.5}'
