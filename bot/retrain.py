@@ -1,0 +1,244 @@
+"""Retraining while the bot serves: a child process (`python -m training train ... --progress json`) at low
+priority, its progress as JSON lines, then a check of the new artifact and a hot swap. The previous artifact
+is kept for /rollback. One retrain at a time; a cancelled, crashed or rejected one leaves the current model
+serving and says why. Knows nothing of Discord: the admin cog shows what `progress` reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bot.engine import Engine, SwapError
+from bot.store import Store, StoreError
+from training.artifact import ArtifactError, read_persona
+
+log = logging.getLogger("personabot.retrain")
+
+CURRENT, PREVIOUS = "current_artifact", "previous_artifact"
+# How the child is niced: training must never starve the replies.
+CHILD_NICENESS = 10
+
+
+class RetrainError(Exception):
+    """A retrain that could not start or whose result was not used; the message says why."""
+
+
+@dataclass
+class Progress:
+    """What the training child reported last."""
+
+    phase: str = "starting"
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    eta_s: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RetrainResult:
+    artifact: Path
+    metrics: dict[str, Any]
+    previous: Path
+    loss_plot: Path | None
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.casefold()).strip("-") or "persona"
+
+
+class Retrainer:
+    def __init__(self, engine: Engine, store: Store, *, data_dir: Path, models_dir: Path,
+                 loss_margin: float = 0.05, python: str = sys.executable,
+                 extra_args: Sequence[str] = ()) -> None:
+        self.engine = engine
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.models_dir = Path(models_dir)
+        self.loss_margin = loss_margin
+        self.python = python
+        self.extra_args = list(extra_args)   # e.g. ["--time-budget", "600"] from the settings
+        self.progress: Progress | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._cancelled = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def data_files(self) -> list[Path]:
+        if not self.data_dir.is_dir():
+            return []
+        return sorted(p for p in self.data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    async def run(self, *, speaker: str | None = None, epochs: float | None = None, force: bool = False,
+                  requested_by: int | None = None,
+                  on_progress: Callable[[Progress], Awaitable[None]] | None = None) -> RetrainResult:
+        """Train, check and swap in a new artifact. Raises `RetrainError` with the reason when the current
+        model stays."""
+        if self._lock.locked():
+            raise RetrainError("a retrain is already running; wait for it, or cancel it first")
+        async with self._lock:
+            self._cancelled = False
+            self.progress = Progress()
+            current = self.engine.persona
+            speaker = speaker or current.name
+            files = self.data_files()
+            if not files:
+                raise RetrainError(f"there are no exports in {self.data_dir} to train on; add one (an attachment "
+                                   "to /retrain start, or a file in TRAIN_DATA_DIR)")
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            out = (self.models_dir / f"{slug(speaker)}-{stamp}").absolute()
+            try:
+                run_id = await self.store.start_run(requested_by=requested_by, speaker=speaker, epochs=epochs)
+            except StoreError as e:
+                raise RetrainError(f"cannot record the run: {e}") from e
+            try:
+                result = await self._train_check_swap(current, speaker, epochs, force, files, out, on_progress)
+            except RetrainError as e:
+                status = "cancelled" if self._cancelled else "failed"
+                await self._finish(run_id, status, error=str(e))
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
+                raise
+            await self._finish(run_id, "done", artifact_path=str(out), metrics=result.metrics)
+            return result
+
+    async def _finish(self, run_id: int, status: str, **fields) -> None:
+        try:
+            await self.store.finish_run(run_id, status, **fields)
+        except StoreError as e:
+            log.warning("training run %s not recorded as %s: %s", run_id, status, e)
+
+    async def _train_check_swap(self, current, speaker: str, epochs: float | None, force: bool,
+                                files: list[Path], out: Path, on_progress) -> RetrainResult:
+        excluded = await self.store.opted_out_names()
+        base = current.info.data.get("from_scratch")
+        args = [self.python, "-m", "training", "--data", *map(str, files), "--speaker", speaker,
+                "--out", str(out), "--progress", "json"]
+        args += ["--from-scratch", base] if base else ["--base", str(current.info.data.get("base") or "gpt2")]
+        if epochs is not None:
+            args += ["--epochs", str(epochs)]
+        if excluded:
+            args += ["--exclude", ",".join(excluded)]
+        args += self.extra_args
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        log.info("retraining %s on %d file(s) into %s", speaker, len(files), out)
+        self._proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: os.nice(CHILD_NICENESS))
+        errors = asyncio.ensure_future(self._proc.stderr.read())
+        async for raw in self._proc.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            self._update(event)
+            if on_progress is not None:
+                try:
+                    await on_progress(self.progress)
+                except Exception:  # showing progress must never stop the training
+                    log.exception("progress report failed")
+        code = await self._proc.wait()
+        stderr = (await errors).decode("utf-8", "replace")
+        self._proc = None
+        if self._cancelled:
+            raise RetrainError("cancelled; the current model keeps serving")
+        if code != 0:
+            reason = _last_error(stderr) or f"the training process exited with code {code}"
+            raise RetrainError(f"training failed: {reason}")
+        try:
+            info = read_persona(out)
+        except ArtifactError as e:
+            raise RetrainError(f"the new model is not usable: {e}") from e
+        new_loss = info.metrics.get("trained", {}).get("val_loss")
+        old_loss = current.info.metrics.get("trained", {}).get("val_loss")
+        if not force and _finite(new_loss) and _finite(old_loss) and new_loss > old_loss + self.loss_margin:
+            raise RetrainError(f"the new model's validation loss {new_loss:.3f} is worse than the current "
+                               f"{old_loss:.3f} by more than {self.loss_margin}; kept the current one (use "
+                               "force to swap anyway)")
+        self.progress.phase = "loading the new model"
+        try:
+            previous = await self.engine.swap(out)
+        except SwapError as e:
+            raise RetrainError(f"the new model did not load: {e}") from e
+        await self._remember_swap(out, previous.path)
+        plot = out / "loss.png"
+        return RetrainResult(out, info.metrics, previous.path, plot if plot.is_file() else None)
+
+    async def _remember_swap(self, current: Path, previous: Path) -> None:
+        try:
+            await self.store.set_setting(CURRENT, str(current))
+            await self.store.set_setting(PREVIOUS, str(previous))
+        except StoreError as e:
+            log.warning("the swap to %s is not recorded (a restart will load the earlier model): %s", current, e)
+
+    def _update(self, event: dict[str, Any]) -> None:
+        p = self.progress
+        kind = event.get("event")
+        if kind == "phase":
+            p.phase = str(event.get("phase", p.phase))
+        elif kind == "start":
+            p.phase = "training"
+            p.total_steps = event.get("total_steps", p.total_steps)
+        elif kind == "step":
+            p.phase = "training"
+            p.step = int(event.get("step", p.step))
+            p.total_steps = event.get("total_steps", p.total_steps)
+            p.loss = event.get("loss", p.loss)
+            p.eta_s = event.get("eta_s", p.eta_s)
+        elif kind == "eval":
+            p.val_loss = event.get("val_loss", p.val_loss)
+        elif kind == "done":
+            p.phase = "checking the new model"
+
+    async def cancel(self) -> bool:
+        """Stop a running retrain (the child saves nothing we keep). False when none is running."""
+        if self._proc is None or self._proc.returncode is not None:
+            return False
+        self._cancelled = True
+        self._proc.terminate()
+        return True
+
+    async def rollback(self) -> tuple[Path, Path]:
+        """Swap back to the previous artifact; returns (now serving, set aside)."""
+        if self._lock.locked():
+            raise RetrainError("a retrain is running; cancel it or wait before rolling back")
+        previous = await self.store.get_setting(PREVIOUS)
+        if not previous:
+            raise RetrainError("there is no previous model to roll back to")
+        if not Path(previous).is_dir():
+            raise RetrainError(f"the previous model {previous} is gone; nothing was changed")
+        try:
+            replaced = await self.engine.swap(previous)
+        except SwapError as e:
+            raise RetrainError(f"the previous model did not load: {e}") from e
+        await self._remember_swap(Path(previous), replaced.path)
+        return Path(previous), replaced.path
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _last_error(stderr: str) -> str | None:
+    """The child's own error line (`personabot: error: ...`), or its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
+    return lines[-1][-300:] if lines else None
