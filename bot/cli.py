@@ -82,10 +82,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
     from bot.config import ConfigError, load_settings
-    from bot.console import chat
-    from bot.engine import Engine
-    from bot.filters import Blocklist
+    from bot.runner import StartError, serve
+    from bot.store import StoreError
 
     try:
         settings = load_settings()
@@ -102,14 +104,15 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{settings.demo_time_budget_s / 60:.0f} minutes, into {model_dir}", file=sys.stderr)
         build_demo(model_dir, time_budget_s=settings.demo_time_budget_s, progress=Progress("auto"),
                    threads=settings.torch_threads)
-    blocklist = Blocklist.from_file(settings.blocklist_file) if settings.blocklist_file else None
-    engine = Engine.load(model_dir, backend=settings.backend, threads=settings.torch_threads, blocklist=blocklist,
-                         leak_ngram_words=settings.leak_ngram_words, max_batch=settings.max_batch,
-                         generation=settings.generation)
-    if settings.discord_token:
-        print("personabot: DISCORD_TOKEN is set, but this build has no Discord adapter yet; "
-              "chatting in the terminal instead", file=sys.stderr)
-    return chat(engine, user=settings.chat_user_name)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # discord.py logs at INFO by itself; the token never appears in its logs or in ours.
+    try:
+        return asyncio.run(serve(settings))
+    except (StartError, StoreError) as e:
+        print(f"personabot: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

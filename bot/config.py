@@ -34,6 +34,18 @@ class Settings:
     blocklist_file: Path | None = None  # BLOCKLIST_FILE: words or re:patterns the bot must never send
     leak_ngram_words: int = 8           # LEAK_NGRAM_WORDS: a run this long shared with training text is a leak
     max_batch: int = 8                  # MAX_BATCH: requests generated together at most
+    # --- the Discord bot ---
+    database_path: Path = Path("data/personabot.sqlite3")  # DATABASE_PATH: the SQLite store
+    train_data_dir: Path = Path("data/exports")  # TRAIN_DATA_DIR: exports that /retrain trains on
+    models_dir: Path = Path("models")   # MODELS_DIR: where /retrain writes new artifacts
+    admin_user_ids: frozenset[int] = frozenset()  # ADMIN_USER_IDS: may use admin commands anywhere
+    admin_role_ids: frozenset[int] = frozenset()  # ADMIN_ROLE_IDS: members with one of these roles too
+    message_content: bool = True        # MESSAGE_CONTENT: read channel messages for context (privileged intent)
+    reply_in_dms: bool = False          # REPLY_IN_DMS: answer direct messages
+    user_cooldown_s: float = 10.0       # USER_COOLDOWN: seconds between two replies to one person
+    channel_cooldown_s: float = 3.0     # CHANNEL_COOLDOWN: seconds between two replies in one channel
+    retention_days: float = 30.0        # MESSAGE_RETENTION_DAYS: stored channel messages are deleted after
+    retrain_loss_margin: float = 0.05   # RETRAIN_LOSS_MARGIN: how much worse a retrained model may validate
 
     @property
     def model_dir(self) -> Path:
@@ -110,8 +122,42 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
             problems.append(f"BLOCKLIST_FILE: {e}")
     leak_words = number("LEAK_NGRAM_WORDS", int, 8, minimum=2)
     max_batch = number("MAX_BATCH", int, 8, minimum=1)
+
+    def path(name: str, default: str) -> Path:
+        return Path(env.get(name, "").strip() or default).expanduser()
+
+    def ids(name: str) -> frozenset[int]:
+        raw = [part.strip() for part in env.get(name, "").replace(" ", ",").split(",") if part.strip()]
+        bad = [part for part in raw if not part.isdigit()]
+        if bad:
+            problems.append(f"{name}: {', '.join(bad)} not a Discord id (ids are numbers; enable Developer Mode "
+                            "in Discord, then right-click a user or role and Copy ID)")
+        return frozenset(int(part) for part in raw if part.isdigit())
+
+    def flag(name: str, default: bool) -> bool:
+        raw = env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        problems.append(f"{name}={raw!r} must be true or false")
+        return default
+
+    database = path("DATABASE_PATH", "data/personabot.sqlite3")
+    if database.is_dir():
+        problems.append(f"DATABASE_PATH={database} is a directory; it must name a file")
+    bot_settings = dict(
+        database_path=database, train_data_dir=path("TRAIN_DATA_DIR", "data/exports"),
+        models_dir=path("MODELS_DIR", "models"), admin_user_ids=ids("ADMIN_USER_IDS"),
+        admin_role_ids=ids("ADMIN_ROLE_IDS"), message_content=flag("MESSAGE_CONTENT", True),
+        reply_in_dms=flag("REPLY_IN_DMS", False), user_cooldown_s=number("USER_COOLDOWN", float, 10.0, minimum=0),
+        channel_cooldown_s=number("CHANNEL_COOLDOWN", float, 3.0, minimum=0),
+        retention_days=number("MESSAGE_RETENTION_DAYS", float, 30.0, minimum=0),
+        retrain_loss_margin=number("RETRAIN_LOSS_MARGIN", float, 0.05, minimum=0))
     if problems:
         raise ConfigError(problems)
     return Settings(persona_model, demo_dir, budget, token, user, threads, generation, backend,
-                    blocklist_file, leak_words, max_batch)
+                    blocklist_file, leak_words, max_batch, **bot_settings)
 

@@ -134,11 +134,17 @@ def test_chat_answers_each_line_in_character_until_quit(cli, persona_dir):
 
 
 def test_run_uses_the_configured_persona_and_validates_settings(cli, persona_dir, tmp_path):
-    ok = cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(persona_dir), "DISCORD_TOKEN": "secret-token-123"},
-             input="hello\n")
+    ok = cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(persona_dir)}, input="hello\n")
     assert ok.returncode == 0, ok.stderr
-    assert "Alice> " in ok.stdout and "no Discord adapter yet" in ok.stderr
-    assert "secret-token-123" not in ok.stderr + ok.stdout
+    assert "Alice> " in ok.stdout and "no DISCORD_TOKEN set, so chatting in the terminal" in ok.stderr
+    assert (tmp_path / "data" / "personabot.sqlite3").is_file()   # the store opened at its default place
+
+    # With a token but no way to reach Discord (no network here): a clear error, and the token never shown.
+    offline = cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(persona_dir), "DISCORD_TOKEN": "secret-token-123"},
+                  input="", timeout=120)
+    assert offline.returncode == 2, offline.stderr
+    assert "cannot reach Discord" in offline.stderr or "refused" in offline.stderr
+    assert "secret-token-123" not in offline.stderr + offline.stdout
 
     missing = cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(tmp_path / "nowhere")}, input="")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
@@ -225,3 +231,28 @@ def test_run_checks_the_reply_settings(cli, persona_dir, tmp_path):
                                                         "BLOCKLIST_FILE": str(blocklist)})
     assert ok.returncode == 0, ok.stderr
     assert "(" + str(persona_dir) + ", torch)" in ok.stdout and "Alice> " in ok.stdout
+
+
+def test_sigterm_stops_the_bot_cleanly_and_closes_the_store(persona_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PERSONA_MODEL": str(persona_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("chatting with Alice")   # up, and waiting for input
+        database = tmp_path / "data" / "personabot.sqlite3"
+        assert database.is_file() and (tmp_path / "data" / "personabot.sqlite3-wal").exists()  # open in WAL
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - started < 30
+    finally:
+        proc.kill()
+    assert not (tmp_path / "data" / "personabot.sqlite3-wal").exists()   # closed: the WAL was checkpointed

@@ -1,0 +1,105 @@
+"""`personabot run`: open the store, load the persona into the engine, then serve Discord when a token is set,
+else the terminal chat. Shuts down cleanly on SIGTERM and Ctrl-C: the running retrain is cancelled, the engine
+finishes its batch, the store is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from bot.config import Settings
+from bot.engine import Engine
+from bot.filters import Blocklist
+from bot.retrain import CURRENT
+from bot.store import Store
+
+log = logging.getLogger("personabot")
+
+
+class StartError(Exception):
+    """The bot cannot start; the message says what to fix (and never holds a token)."""
+
+
+async def current_artifact(store: Store, settings: Settings) -> Path:
+    """The artifact a retrain or rollback last swapped in, if it is still there; else the configured one."""
+    recorded = await store.get_setting(CURRENT)
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    if recorded:
+        log.warning("the last swapped-in model %s is gone; starting with %s", recorded, settings.model_dir)
+    return settings.model_dir
+
+
+async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
+    store = await Store.open(settings.database_path)
+    try:
+        await store.fail_interrupted_runs()
+        if settings.retention_days:
+            removed = await store.prune_messages(settings.retention_days)
+            if removed:
+                log.info("deleted %d stored messages older than %g days", removed, settings.retention_days)
+        model_dir = await current_artifact(store, settings)
+        blocklist = Blocklist.from_file(settings.blocklist_file) if settings.blocklist_file else None
+        engine = await asyncio.to_thread(
+            Engine.load, model_dir, backend=settings.backend, threads=settings.torch_threads, blocklist=blocklist,
+            leak_ngram_words=settings.leak_ngram_words, max_batch=settings.max_batch,
+            generation=settings.generation)
+        if not settings.discord_token:
+            from bot.console import chat_async
+
+            print("personabot: no DISCORD_TOKEN set, so chatting in the terminal", file=sys.stderr)
+            chat = asyncio.ensure_future(chat_async(engine, user=settings.chat_user_name, stdin=stdin,
+                                                    stdout=stdout))
+            _on_signals(chat.cancel)
+            try:
+                return await chat
+            except asyncio.CancelledError:   # SIGTERM or Ctrl-C: the engine and the store still close
+                log.info("stopped by a signal")
+                return 0
+        async with engine:
+            return await _discord(settings, engine, store)
+    finally:
+        await store.close()
+
+
+def _on_signals(handler) -> None:
+    """Run `handler` on SIGTERM (a process manager stopping us) and Ctrl-C."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
+            pass
+
+
+async def _discord(settings: Settings, engine: Engine, store: Store) -> int:
+    import discord
+
+    from bot.discord_bot import PersonaBot
+
+    bot = PersonaBot(settings, engine, store)
+
+    def stop() -> None:
+        log.info("stopping (signal)")
+        asyncio.ensure_future(bot.close())
+
+    _on_signals(stop)
+    try:
+        async with bot:
+            await bot.start(settings.discord_token)
+    except discord.LoginFailure:
+        raise StartError("Discord refused DISCORD_TOKEN; copy the bot token again from the developer portal "
+                         "(Bot > Reset Token)") from None
+    except (OSError, discord.GatewayNotFound, discord.ConnectionClosed) as e:
+        raise StartError(f"cannot reach Discord ({type(e).__name__}: {e}); check the network and try again") from None
+    except discord.HTTPException as e:
+        raise StartError(f"Discord answered {e.status} at login; try again later") from None
+    except discord.PrivilegedIntentsRequired:
+        raise StartError("Discord refused the Message Content intent: enable it for the bot in the developer "
+                         "portal (Bot > Privileged Gateway Intents), or set MESSAGE_CONTENT=false") from None
+    finally:
+        await bot.retrainer.cancel()
+    return 0

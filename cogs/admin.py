@@ -1,0 +1,175 @@
+"""Admin commands: /retrain start|cancel, /rollback, /status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord_bot import PersonaBot, admin_only
+from bot.retrain import Progress, Retrainer, RetrainError
+from cogs.chat import refuse
+from training.errors import DataError
+from training.progress import format_duration
+
+log = logging.getLogger("personabot.admin")
+
+# Discord allows about five edits per five seconds per message; progress is shown at most this often.
+EDIT_EVERY_S = 2.0
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+
+
+def progress_text(p: Progress) -> str:
+    """A progress bar with step, loss and ETA."""
+    if not p.total_steps:
+        return f"Retraining: {p.phase}..."
+    done = min(1.0, p.step / p.total_steps)
+    bar = "█" * round(done * 20) + "░" * (20 - round(done * 20))
+    parts = [f"`{bar}` {done:.0%}", f"step {p.step}/{p.total_steps}"]
+    if p.loss is not None:
+        parts.append(f"loss {p.loss:.3f}")
+    if p.val_loss is not None:
+        parts.append(f"validation {p.val_loss:.3f}")
+    if p.eta_s is not None:
+        parts.append(f"ETA {format_duration(p.eta_s)}")
+    return f"Retraining ({p.phase}): " + " · ".join(parts)
+
+
+class Admin(commands.Cog):
+    """Rebuild, roll back and inspect the persona."""
+
+    def __init__(self, bot: PersonaBot) -> None:
+        self.bot = bot
+        self.retrainer: Retrainer = bot.retrainer
+
+    retrain = app_commands.Group(name="retrain", description="Rebuild the persona from the exports",
+                                 guild_only=True)
+
+    @retrain.command(name="start")
+    @app_commands.describe(speaker="whose voice to learn (default: the current persona's)",
+                           epochs="passes over the data (default: the trainer's)",
+                           export="a chat export to add to the training data first",
+                           force="swap in the new model even if its validation loss is worse")
+    @admin_only()
+    async def retrain_start(self, interaction: discord.Interaction, speaker: str | None = None,
+                            epochs: app_commands.Range[float, 0.1, 100.0] | None = None,
+                            export: discord.Attachment | None = None, force: bool = False) -> None:
+        """Retrain the persona from the exports in TRAIN_DATA_DIR (admins only)."""
+        if self.retrainer.running:
+            await interaction.response.send_message("A retrain is already running; `/retrain cancel` stops it.",
+                                                    ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        if export is not None:
+            problem = await self._store_export(export)
+            if problem:
+                await interaction.edit_original_response(content=problem)
+                return
+        last_edit = 0.0
+
+        async def show(progress: Progress) -> None:
+            nonlocal last_edit
+            # Wall-clock time: Discord's rate limit is in real seconds.
+            if time.time() - last_edit >= EDIT_EVERY_S:
+                last_edit = time.time()
+                await interaction.edit_original_response(content=progress_text(progress))
+
+        try:
+            result = await self.retrainer.run(speaker=speaker, epochs=epochs, force=force,
+                                              requested_by=interaction.user.id, on_progress=show)
+        except RetrainError as e:
+            log.warning("retrain by %s ended without a swap: %s", interaction.user.id, e)
+            await interaction.edit_original_response(content=f"Retrain stopped: {e}. The current model keeps "
+                                                             "serving.")
+            return
+        trained = result.metrics.get("trained", {})
+        base = result.metrics.get("base", {})
+        summary = (f"Retrained and swapped in: **{self.bot.engine.persona.name}** from `{result.artifact.name}`. "
+                   f"Validation loss {_num(base.get('val_loss'))} → {_num(trained.get('val_loss'))} "
+                   f"(perplexity {_num(trained.get('val_perplexity'))}). `/rollback` restores the previous one.")
+        await interaction.edit_original_response(content=summary)
+        if result.loss_plot is not None:
+            await interaction.followup.send(file=discord.File(result.loss_plot, filename="loss.png"))
+
+    async def _store_export(self, export: discord.Attachment) -> str | None:
+        """Save an attached export into TRAIN_DATA_DIR after checking it; the problem, or None."""
+        from training.loader import load_corpus
+
+        if export.size > MAX_UPLOAD_BYTES:
+            return (f"`{export.filename}` is {export.size / 1e6:.1f} MB; the limit is "
+                    f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB. Put big exports in TRAIN_DATA_DIR on the server instead.")
+        name = Path(export.filename).name.lstrip(".") or "export"
+        data_dir = self.retrainer.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        staged = data_dir / f".upload-{stamp}-{name}"
+        try:
+            await export.save(staged)
+            try:
+                load_corpus([str(staged)])
+            except DataError as e:
+                return (f"`{export.filename}` is not a chat export personabot can read: {e}. "
+                        "`personabot data formats` lists the formats.")
+            staged.rename(data_dir / f"{stamp}-{name}")
+        except (OSError, discord.HTTPException) as e:
+            return f"Could not store `{export.filename}`: {e}"
+        finally:
+            staged.unlink(missing_ok=True)
+        return None
+
+    @retrain.command(name="cancel")
+    @admin_only()
+    async def retrain_cancel(self, interaction: discord.Interaction) -> None:
+        """Stop the running retrain; the current model keeps serving."""
+        stopped = await self.retrainer.cancel()
+        await interaction.response.send_message("Cancelling the retrain." if stopped else "No retrain is running.",
+                                                ephemeral=True)
+
+    @app_commands.command(name="rollback")
+    @app_commands.guild_only()
+    @admin_only()
+    async def rollback(self, interaction: discord.Interaction) -> None:
+        """Go back to the model that served before the last swap (admins only)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            now, aside = await self.retrainer.rollback()
+        except RetrainError as e:
+            await interaction.edit_original_response(content=f"Rollback not done: {e}.")
+            return
+        await interaction.edit_original_response(content=f"Rolled back: now serving `{now.name}` "
+                                                         f"(`{aside.name}` is kept as the previous one).")
+
+    @app_commands.command(name="status")
+    async def status(self, interaction: discord.Interaction) -> None:
+        """The persona, its model and metrics, uptime, latency, queue and training state."""
+        persona = self.bot.engine.persona
+        trained = persona.info.metrics.get("trained", {})
+        p = self.retrainer.progress
+        training = progress_text(p) if self.retrainer.running and p else "no retrain running"
+        latency = self.bot.latency
+        lines = [
+            f"**{persona.name}** · model `{persona.path.name}` ({persona.backend.name})",
+            f"validation loss {_num(trained.get('val_loss'))} · perplexity {_num(trained.get('val_perplexity'))}",
+            f"up {format_duration(time.time() - self.bot.started)} · gateway latency "
+            f"{'?' if latency != latency or latency == float('inf') else f'{latency * 1000:.0f} ms'} · "
+            f"queue {self.bot.engine.queue_depth}",
+            f"training: {training}",
+        ]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    async def cog_app_command_error(self, interaction: discord.Interaction,
+                                    error: app_commands.AppCommandError) -> None:
+        await refuse(interaction, error)
+
+
+def _num(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "?"
+
+
+async def setup(bot: PersonaBot) -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,262 @@
+"""The Discord bot in simcord (an offline Discord): mentions with channel context, replies, bots ignored,
+cooldowns, mentions that ping nobody, admin commands with a real training child, privacy, restarts, and an
+event loop that keeps ticking. The persona is a real tiny model; only Discord is simulated."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import discord
+import pytest
+import simcord
+from discord import app_commands
+
+from bot.config import load_settings
+from bot.discord_bot import PersonaBot
+from bot.engine import Engine
+from bot.filters import OutputFilter
+from bot.retrain import Retrainer
+from bot.store import Store
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+LONG = ["--max-steps", "100000", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, persona_chat: Path) -> Path:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    shutil.copy(persona_chat, folder / "chat.txt")
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path: Path, data_dir: Path, request):
+    marker = request.node.get_closest_marker("env")
+    env = {"DATABASE_PATH": str(tmp_path / "bot.sqlite3"), "TRAIN_DATA_DIR": str(data_dir),
+           "MODELS_DIR": str(tmp_path / "models"), "USER_COOLDOWN": "0", "CHANNEL_COOLDOWN": "0",
+           **(marker.kwargs if marker else {})}
+    return load_settings(env, dotenv_path=None)
+
+
+@pytest.fixture
+async def engine(alice_artifact: Path):
+    # Greedy, and without the leak guard: Alice's every line is a training line, and these tests look at
+    # what the bot does with her words (the guard itself is tested in test_engine.py).
+    engine = Engine.load(alice_artifact, generation={"top_k": 1}).start()
+    engine.persona.output_filter = OutputFilter()
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture
+async def store(settings):
+    store = await Store.open(settings.database_path)
+    yield store
+    await store.close()
+
+
+def make_bot(settings, engine, store, extra_args=FAST) -> PersonaBot:
+    retrainer = Retrainer(engine, store, data_dir=settings.train_data_dir, models_dir=settings.models_dir,
+                          extra_args=extra_args)
+    return PersonaBot(settings, engine, store, retrainer=retrainer)
+
+
+@pytest.fixture
+def simcord_bot(settings, engine, store, request):
+    marker = request.node.get_closest_marker("training")
+    return make_bot(settings, engine, store, marker.args[0] if marker else FAST)
+
+
+@pytest.fixture
+def world(simcord_env):
+    env = simcord_env
+    guild = env.create_guild()
+    general = guild.create_text_channel("general")
+    other = guild.create_text_channel("other")
+    mods = guild.create_role("Mods", permissions=discord.Permissions(manage_guild=True))
+    admin = guild.add_member(env.create_user("admin"), roles=[mods])
+    bob = guild.add_member(env.create_user("Bob"))
+    carol = guild.add_member(env.create_user("Carol"))
+    return env, general, other, admin, bob, carol
+
+
+def sent_messages(env) -> list[dict]:
+    return [r.json for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]
+
+
+async def test_a_mention_gets_an_in_character_reply_from_that_channels_context(world):
+    env, general, other, admin, bob, carol = world
+    me = env.bot.user
+    await carol.send(other, "rain bus movie")                  # another channel's talk
+    await carol.send(general, "coffee lunch beach")
+    asked = await bob.send(general, f"{me.mention} tonight pizza")
+    reply = general.last_message
+    assert reply.author == me and reply.reference.message_id == asked.id
+    assert "again? classic" in reply.content                    # her catchphrase: in character
+    assert any(r.path == f"/channels/{general.id}/typing" for r in env.http_requests)
+    window = env.bot.contexts.turns(general.id)
+    assert window.count(("Carol", "coffee lunch beach")) == 1 and ("Carol", "rain bus movie") not in window
+    assert window[-1] == ("Alice", reply.content)              # its own reply is part of the context
+
+
+async def test_generated_everyone_pings_nobody(world):
+    env, general, other, admin, bob, carol = world
+    await bob.send(general, f"{env.bot.user.mention} garden")
+    reply = general.last_message
+    assert "@\u200beveryone" in reply.content and "@everyone" not in reply.content   # she said it, defused
+    assert reply.mention_everyone is False
+    assert sent_messages(env)[-1]["allowed_mentions"] == {"parse": [], "replied_user": False}
+
+
+async def test_replies_to_its_messages_but_never_to_bots(world):
+    env, general, other, admin, bob, carol = world
+    await bob.send(general, f"{env.bot.user.mention} keys")
+    first = general.last_message
+    await carol.send(general, "what about the exam", reply_to=first)
+    assert general.last_message.author == env.bot.user and general.last_message.id != first.id
+    robot = env.guild.add_member(env.create_user("otherbot", bot=True))
+    loud = await robot.send(general, f"{env.bot.user.mention} beep")
+    assert general.last_message.id == loud.id                   # no answer: bot loops are not allowed
+
+
+@pytest.mark.env(USER_COOLDOWN="30")
+async def test_a_user_cooldown_keeps_the_bot_from_being_spammed(world):
+    env, general, other, admin, bob, carol = world
+    await bob.send(general, f"{env.bot.user.mention} one")
+    answers = len(sent_messages(env))
+    flood = await bob.send(general, f"{env.bot.user.mention} two")
+    assert len(sent_messages(env)) == answers and general.last_message.id == flood.id
+    await carol.send(general, f"{env.bot.user.mention} three")   # someone else is not held back
+    assert len(sent_messages(env)) == answers + 1
+    await env.advance_time(31)
+    await bob.send(general, f"{env.bot.user.mention} four")
+    assert len(sent_messages(env)) == answers + 2
+
+
+async def test_admins_can_switch_the_bot_off_in_a_channel(world):
+    env, general, other, admin, bob, carol = world
+    refused = await bob.slash(general, "channel disable")
+    assert refused.ephemeral and "admins only" in refused.response.content
+    simcord.assert_error(env, app_commands.CheckFailure)
+    done = await admin.slash(general, "channel disable")
+    assert done.ephemeral
+    quiet = await bob.send(general, f"{env.bot.user.mention} hello?")
+    assert general.last_message.id == quiet.id
+    await admin.slash(general, "channel enable")
+    await bob.send(general, f"{env.bot.user.mention} hello?")
+    assert general.last_message.author == env.bot.user
+
+
+async def test_non_admins_cannot_retrain(world):
+    env, general, other, admin, bob, carol = world
+    result = await bob.slash(general, "retrain start")
+    assert result.ephemeral and "admins only" in result.response.content
+    simcord.assert_error(env, app_commands.CheckFailure)
+    assert not env.bot.retrainer.running
+
+
+@pytest.mark.simcord(settle_timeout=180)
+async def test_an_admin_retrain_shows_progress_swaps_and_can_be_rolled_back(world, alice_artifact, persona_chat):
+    env, general, other, admin, bob, carol = world
+    upload = (persona_chat.name, persona_chat.read_bytes())
+    result = await admin.slash(general, "retrain start", epochs=100.0, force=True, export=upload)
+    edits = [r.json.get("content") or "" for r in env.http_requests
+             if r.method == "PATCH" and r.path.endswith("/messages/@original")]
+    assert any("Retraining" in e for e in edits)                          # live progress
+    assert result.response.content.startswith("Retrained and swapped in")
+    assert result.followups and result.followups[0].attachments[0].filename == "loss.png"
+    new = env.bot.engine.persona.path
+    assert new != alice_artifact and new.parent == env.bot.settings.models_dir
+    assert len(list(env.bot.settings.train_data_dir.iterdir())) == 2      # the upload was kept for next time
+
+    await bob.send(general, f"{env.bot.user.mention} pizza")
+    assert general.last_message.author == env.bot.user                    # served by the new model
+    status = await bob.slash(general, "status")
+    assert new.name in status.response.content and "no retrain running" in status.response.content
+
+    back = await admin.slash(general, "rollback")
+    assert "Rolled back" in back.response.content and env.bot.engine.persona.path == alice_artifact
+
+
+async def test_a_file_that_is_no_export_is_refused(world):
+    env, general, other, admin, bob, carol = world
+    result = await admin.slash(general, "retrain start", export=("notes.txt", b"just some notes\n"))
+    assert "not a chat export" in result.response.content
+    assert [p.name for p in env.bot.settings.train_data_dir.iterdir()] == ["chat.txt"]
+
+
+@pytest.mark.training(LONG)
+async def test_retrain_cancel_leaves_the_old_model_serving(world, alice_artifact):
+    env, general, other, admin, bob, carol = world
+    env.settle_timeout = 8.0
+    with pytest.raises(TimeoutError):                     # still training: stop waiting for it
+        await admin.slash(general, "retrain start", epochs=100.0)
+    assert env.bot.retrainer.running
+    env.settle_timeout = 60.0
+    cancel = await admin.slash(general, "retrain cancel")
+    assert cancel.ephemeral and "Cancelling" in cancel.response.content
+    edits = [r.json.get("content") or "" for r in env.http_requests
+             if r.method == "PATCH" and r.path.endswith("/messages/@original")]
+    assert "cancelled" in edits[-1] and "keeps serving" in edits[-1]
+    assert env.bot.engine.persona.path == alice_artifact
+    runs = await env.bot.store.runs()
+    assert runs[0]["status"] == "cancelled"
+
+
+async def test_forget_me_removes_the_callers_rows_after_confirmation(world):
+    env, general, other, admin, bob, carol = world
+    await bob.send(general, "bob's secret one")
+    await carol.send(general, "carol talks")
+    await bob.send(general, "bob's secret two")
+    asked = await bob.slash(general, "forget-me")
+    assert asked.ephemeral and await env.bot.store.recent_messages(general.id)   # nothing deleted yet
+    await bob.click(asked.response, label="Forget me")
+    rows = await env.bot.store.recent_messages(general.id)
+    assert [m.author_name for m in rows] == ["Carol"]
+    assert "Bob" in await env.bot.store.opted_out_names()
+    assert all("secret" not in text for _, text in env.bot.contexts.turns(general.id))
+    await bob.send(general, "bob again")                        # never stored again
+    assert [m.author_name for m in await env.bot.store.recent_messages(general.id)] == ["Carol"]
+
+
+async def test_context_survives_a_restart_on_the_same_database(world, settings, engine, store):
+    env, general, other, admin, bob, carol = world
+    await carol.send(general, "remember the beach party")
+    await env.restart_bot(make_bot(settings, engine, store))
+    assert env.bot.contexts.turns(general.id) == []            # a fresh process knows nothing yet...
+    await bob.send(general, f"{env.bot.user.mention} cake")
+    turns = env.bot.contexts.turns(general.id)
+    assert ("Carol", "remember the beach party") in turns      # ...until it reads the channel's history back
+
+
+@pytest.mark.simcord(settle_timeout=180)
+async def test_the_event_loop_keeps_ticking_during_replies_and_a_retrain(world):
+    env, general, other, admin, bob, carol = world
+    worst = 0.0
+    ticks = 0
+    ticking = True
+
+    async def tick():
+        nonlocal worst, ticks
+        while ticking:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.perf_counter() - before - 0.01)
+            ticks += 1
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        for word in ("pizza", "rain", "garden"):
+            await bob.send(general, f"{env.bot.user.mention} {word}")
+        result = await admin.slash(general, "retrain start", epochs=100.0, force=True)
+        assert result.response.content.startswith("Retrained")
+    finally:
+        ticking = False
+        await ticker
+    assert ticks > 100 and worst < 0.1   # it did tick all along (a retrain takes seconds), never stalled
