@@ -46,6 +46,7 @@ class Settings:
     channel_cooldown_s: float = 3.0     # CHANNEL_COOLDOWN: seconds between two replies in one channel
     retention_days: float = 30.0        # MESSAGE_RETENTION_DAYS: stored channel messages are deleted after
     retrain_loss_margin: float = 0.05   # RETRAIN_LOSS_MARGIN: how much worse a retrained model may validate
+    log_messages_for_training: bool = False  # LOG_MESSAGES_FOR_TRAINING: /retrain learns from stored messages
 
     @property
     def model_dir(self) -> Path:
@@ -155,7 +156,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
         reply_in_dms=flag("REPLY_IN_DMS", False), user_cooldown_s=number("USER_COOLDOWN", float, 10.0, minimum=0),
         channel_cooldown_s=number("CHANNEL_COOLDOWN", float, 3.0, minimum=0),
         retention_days=number("MESSAGE_RETENTION_DAYS", float, 30.0, minimum=0),
-        retrain_loss_margin=number("RETRAIN_LOSS_MARGIN", float, 0.05, minimum=0))
+        retrain_loss_margin=number("RETRAIN_LOSS_MARGIN", float, 0.05, minimum=0),
+        log_messages_for_training=flag("LOG_MESSAGES_FOR_TRAINING", False))
     if problems:
         raise ConfigError(problems)
     return Settings(persona_model, demo_dir, budget, token, user, threads, generation, backend,

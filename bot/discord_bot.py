@@ -44,7 +44,8 @@ class PersonaBot(commands.Bot):
         self.contexts = ContextWindows(engine.persona.settings.context_tokens, engine.count_tokens)
         self.retrainer = retrainer or Retrainer(engine, store, data_dir=settings.train_data_dir,
                                                 models_dir=settings.models_dir,
-                                                loss_margin=settings.retrain_loss_margin)
+                                                loss_margin=settings.retrain_loss_margin,
+                                                include_logged=settings.log_messages_for_training)
         self.started = time.time()
 
     async def setup_hook(self) -> None:

@@ -63,7 +63,7 @@ def slug(name: str) -> str:
 class Retrainer:
     def __init__(self, engine: Engine, store: Store, *, data_dir: Path, models_dir: Path,
                  loss_margin: float = 0.05, python: str = sys.executable,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), include_logged: bool = False) -> None:
         self.engine = engine
         self.store = store
         self.data_dir = Path(data_dir)
@@ -71,6 +71,7 @@ class Retrainer:
         self.loss_margin = loss_margin
         self.python = python
         self.extra_args = list(extra_args)   # e.g. ["--time-budget", "600"] from the settings
+        self.include_logged = include_logged  # also learn from the channel messages in the store
         self.progress: Progress | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._cancelled = False
@@ -98,6 +99,9 @@ class Retrainer:
             current = self.engine.persona
             speaker = speaker or current.name
             files = self.data_files()
+            logged = await self._dump_logged() if self.include_logged else None
+            if logged is not None:
+                files += sorted(logged.iterdir())
             if not files:
                 raise RetrainError(f"there are no exports in {self.data_dir} to train on; add one (an attachment "
                                    "to /retrain start, or a file in TRAIN_DATA_DIR)")
@@ -110,13 +114,42 @@ class Retrainer:
             try:
                 result = await self._train_check_swap(current, speaker, epochs, force, files, out, on_progress)
             except RetrainError as e:
+                if logged is not None:
+                    shutil.rmtree(logged, ignore_errors=True)
                 status = "cancelled" if self._cancelled else "failed"
                 await self._finish(run_id, status, error=str(e))
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
                 raise
+            if logged is not None:
+                shutil.rmtree(logged, ignore_errors=True)
             await self._finish(run_id, "done", artifact_path=str(out), metrics=result.metrics)
             return result
+
+    async def _dump_logged(self) -> Path | None:
+        """The store's channel messages (people who opted out left out, the bot's own lines too: it must not
+        learn from itself) as DiscordChatExporter JSON files, one per channel, in a temporary folder."""
+        try:
+            messages = [m for m in await self.store.all_messages() if not m.is_bot]
+        except StoreError as e:
+            raise RetrainError(f"cannot read the stored messages: {e}") from e
+        if not messages:
+            return None
+        folder = self.models_dir / f".logged-{os.getpid()}-{int(time.time() * 1000)}"
+        folder.mkdir(parents=True)
+        channels: dict[int, list] = {}
+        for number, m in enumerate(messages):
+            channels.setdefault(m.channel_id, []).append({
+                "id": str(number + 1), "type": "Default", "timestamp": m.created_at, "content": m.content,
+                "author": {"id": str(m.author_id), "name": m.author_name, "nickname": m.author_name,
+                           "isBot": False}})
+        for channel_id, rows in channels.items():
+            export = {"guild": {"id": "0", "name": "personabot"},
+                      "channel": {"id": str(channel_id), "type": "GuildTextChat", "name": f"channel-{channel_id}"},
+                      "messages": rows, "messageCount": len(rows)}
+            (folder / f"logged-channel-{channel_id}.json").write_text(json.dumps(export, ensure_ascii=False),
+                                                                       encoding="utf-8")
+        return folder
 
     async def _finish(self, run_id: int, status: str, **fields) -> None:
         try:

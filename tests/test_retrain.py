@@ -4,6 +4,7 @@ rejection of a worse model, rollback, and the exclusion of people who asked to b
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -150,3 +151,30 @@ def test_forgotten_people_are_excluded_from_the_next_training(alice_artifact, tm
     carol_lines = [t for t in (data_dir / "chat.txt").read_text().splitlines() if " - Carol: " in t]
     assert carol_lines and texts
     assert not any(line.split(" - Carol: ", 1)[1] in texts for line in carol_lines)
+
+
+def test_stored_channel_messages_become_training_data_when_enabled(alice_artifact, tmp_path, data_dir):
+    from training.artifact import read_training_text
+
+    async def main():
+        store, engine, retrainer = await _setup(alice_artifact, tmp_path, data_dir, include_logged=True)
+        # Five days of talk (five conversations), so that some can be held out for validation.
+        lines = [f"dana says number {i} about the lighthouse" for i in range(30)]
+        for i, line in enumerate(lines):
+            await store.add_message(channel_id=5, author_id=11, author_name="Dana", content=line,
+                                    created_at=f"2024-05-{i // 6 + 1:02d}T10:{i:02d}:00+00:00")
+            await store.add_message(channel_id=5, author_id=12, author_name="Eli", content=f"and then {i}?",
+                                    created_at=f"2024-05-{i // 6 + 1:02d}T10:{i:02d}:20+00:00")
+            await store.add_message(channel_id=5, author_id=1, author_name="Alice", is_bot=True,
+                                    content=f"bot line {i}", created_at=f"2024-05-{i // 6 + 1:02d}T10:{i:02d}:40+00:00")
+        result = await retrainer.run(speaker="Dana", epochs=100, force=True)
+        await engine.close()
+        await store.close()
+        return lines, result
+
+    lines, result = run(main())
+    texts = {row["text"] for row in read_training_text(result.artifact)}
+    assert set(lines) <= texts                                   # Dana's stored lines were learnt from
+    assert json.loads((result.artifact / "persona.json").read_text())["speaker"] == "Dana"
+    assert not any(t.startswith("bot line") for t in texts)      # the bot's own lines were not
+    assert not any(p.name.startswith(".logged") for p in (tmp_path / "models").iterdir())
