@@ -47,6 +47,7 @@ class Settings:
     retention_days: float = 30.0        # MESSAGE_RETENTION_DAYS: stored channel messages are deleted after
     retrain_loss_margin: float = 0.05   # RETRAIN_LOSS_MARGIN: how much worse a retrained model may validate
     log_messages_for_training: bool = False  # LOG_MESSAGES_FOR_TRAINING: /retrain learns from stored messages
+    max_upload_mb: float = 25.0         # RETRAIN_MAX_UPLOAD_MB: largest export attached to /retrain start
 
     @property
     def model_dir(self) -> Path:
@@ -157,7 +158,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
         channel_cooldown_s=number("CHANNEL_COOLDOWN", float, 3.0, minimum=0),
         retention_days=number("MESSAGE_RETENTION_DAYS", float, 30.0, minimum=0),
         retrain_loss_margin=number("RETRAIN_LOSS_MARGIN", float, 0.05, minimum=0),
-        log_messages_for_training=flag("LOG_MESSAGES_FOR_TRAINING", False))
+        log_messages_for_training=flag("LOG_MESSAGES_FOR_TRAINING", False),
+        max_upload_mb=number("RETRAIN_MAX_UPLOAD_MB", float, 25.0, minimum=0.001))
     if problems:
         raise ConfigError(problems)
     return Settings(persona_model, demo_dir, budget, token, user, threads, generation, backend,

@@ -21,7 +21,6 @@ log = logging.getLogger("personabot.admin")
 
 # Discord allows about five edits per five seconds per message; progress is shown at most this often.
 EDIT_EVERY_S = 2.0
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
 def progress_text(p: Progress) -> str:
@@ -100,9 +99,10 @@ class Admin(commands.Cog):
         """Save an attached export into TRAIN_DATA_DIR after checking it; the problem, or None."""
         from training.loader import load_corpus
 
-        if export.size > MAX_UPLOAD_BYTES:
-            return (f"`{export.filename}` is {export.size / 1e6:.1f} MB; the limit is "
-                    f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB. Put big exports in TRAIN_DATA_DIR on the server instead.")
+        limit = self.bot.settings.max_upload_mb * 1e6
+        if export.size > limit:
+            return (f"`{export.filename}` is {export.size / 1e6:.2f} MB; the limit is {limit / 1e6:g} MB "
+                    "(RETRAIN_MAX_UPLOAD_MB). Put big exports in TRAIN_DATA_DIR on the server instead.")
         name = Path(export.filename).name.lstrip(".") or "export"
         data_dir = self.retrainer.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)

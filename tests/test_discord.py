@@ -260,3 +260,36 @@ async def test_the_event_loop_keeps_ticking_during_replies_and_a_retrain(world):
         ticking = False
         await ticker
     assert ticks > 100 and worst < 0.1   # it did tick all along (a retrain takes seconds), never stalled
+
+
+@pytest.mark.env(RETRAIN_MAX_UPLOAD_MB="0.001")
+async def test_an_export_over_the_size_limit_is_refused(world, persona_chat):
+    env, general, other, admin, bob, carol = world
+    result = await admin.slash(general, "retrain start", export=("big.txt", persona_chat.read_bytes()))
+    assert "the limit is 0.001 MB" in result.response.content and "RETRAIN_MAX_UPLOAD_MB" in result.response.content
+    assert [p.name for p in env.bot.settings.train_data_dir.iterdir()] == ["chat.txt"]
+    assert not env.bot.retrainer.running
+
+
+async def test_a_vanished_previous_model_is_a_clear_answer(world, tmp_path, alice_artifact):
+    env, general, other, admin, bob, carol = world
+    none_yet = await admin.slash(general, "rollback")
+    assert "no previous model" in none_yet.response.content
+    await env.bot.store.set_setting("previous_artifact", str(tmp_path / "deleted-model"))
+    gone = await admin.slash(general, "rollback")
+    assert "is gone" in gone.response.content and env.bot.engine.persona.path == alice_artifact
+
+
+@pytest.mark.simcord(settle_timeout=30)
+async def test_a_locked_database_does_not_stop_the_bot_from_answering(world, settings):
+    import sqlite3
+
+    env, general, other, admin, bob, carol = world
+    holder = sqlite3.connect(settings.database_path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")      # another process holds the database
+    try:
+        await bob.send(general, f"{env.bot.user.mention} are you there")
+        assert general.last_message.author == env.bot.user
+    finally:
+        holder.rollback()
+        holder.close()
