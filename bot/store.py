@@ -130,6 +130,9 @@ class Store:
             except sqlite3.OperationalError as e:
                 await self._db.rollback()
                 raise StoreError(_operational(self.path, e)) from e
+            except sqlite3.IntegrityError:
+                await self._db.rollback()
+                raise
             return cursor
 
     async def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
@@ -226,6 +229,60 @@ class Store:
         """Runs still marked running belong to a process that is gone: mark them failed."""
         cursor = await self._execute("UPDATE training_runs SET status = 'failed', error = 'the bot stopped "
                                      "during training', finished_at = ? WHERE status = 'running'", (now(),))
+        return cursor.rowcount
+
+
+    # -- schedules and posts ---------------------------------------------------------------------------
+    async def add_schedule(self, name: str, *, targets: list[str], cron: str | None = None,
+                           interval_s: int | None = None, timezone_name: str = "UTC",
+                           mode: str = "confession") -> int:
+        if (cron is None) == (interval_s is None):
+            raise ValueError("a schedule has either a cron line or an interval")
+        try:
+            cursor = await self._execute(
+                "INSERT INTO schedules (name, cron, interval_s, timezone, targets, mode, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, cron, interval_s, timezone_name, json.dumps(targets), mode, now()))
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"a schedule named {name!r} exists already") from e
+        return int(cursor.lastrowid)
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        rows = await self._query("SELECT * FROM schedules ORDER BY id")
+        return [{**dict(r), "targets": json.loads(r["targets"]), "paused": bool(r["paused"])} for r in rows]
+
+    async def set_last_run(self, schedule_id: int, slot: str) -> None:
+        await self._execute("UPDATE schedules SET last_run = ? WHERE id = ? AND (last_run IS NULL OR last_run < ?)",
+                            (slot, schedule_id, slot))
+
+    async def claim_post(self, schedule_id: int | None, slot: str, target: str) -> int | None:
+        """Record a post as pending before anything is sent. None when this schedule's slot for this target
+        was claimed already (by this process or another one on the same database)."""
+        try:
+            cursor = await self._execute(
+                "INSERT INTO posts (schedule_id, slot, target, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'pending', ?, ?)", (schedule_id, slot, target, now(), now()))
+        except sqlite3.IntegrityError:
+            return None
+        return int(cursor.lastrowid)
+
+    async def update_post(self, post_id: int, status: str, *, text: str | None = None,
+                          remote_id: str | None = None, error: str | None = None) -> None:
+        await self._execute("UPDATE posts SET status = ?, text = coalesce(?, text), remote_id = ?, error = ?, "
+                            "updated_at = ? WHERE id = ?", (status, text, remote_id, error, now(), post_id))
+
+    async def recent_post_texts(self, limit: int = 100) -> list[str]:
+        rows = await self._query("SELECT text FROM posts WHERE text IS NOT NULL AND status IN "
+                                 "('posted', 'pending', 'unknown') ORDER BY id DESC LIMIT ?", (limit,))
+        return [r[0] for r in rows]
+
+    async def posts(self, limit: int = 10) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._query("SELECT * FROM posts ORDER BY id DESC LIMIT ?", (limit,))]
+
+    async def mark_pending_unknown(self) -> int:
+        """Posts still pending belong to a process that stopped mid-send: whether they went out is unknown.
+        They are never re-sent blindly; /status reports them."""
+        cursor = await self._execute("UPDATE posts SET status = 'unknown', error = 'the bot stopped while "
+                                     "sending; check the target', updated_at = ? WHERE status = 'pending'", (now(),))
         return cursor.rowcount
 
 

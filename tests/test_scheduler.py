@@ -1,0 +1,129 @@
+"""Scheduled posts on a real SQLite store and a real tiny persona: APScheduler firing, a catch-up after
+downtime that posts at most once, two processes on one database, filters, interrupted posts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from bot.engine import Engine
+from bot.filters import Blocklist
+from bot.persona import Persona
+from bot.scheduler import PostScheduler
+from bot.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+class Terminal:
+    """The terminal target: prints nothing here, but records what was sent (as the real one prints)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def __call__(self, text: str) -> str:
+        self.sent.append(text)
+        return f"terminal-{len(self.sent)}"
+
+
+def minutes_ago(n: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(minutes=n)).isoformat()
+
+
+async def backdate(store: Store, schedule_id: int, created: str, last_run: str | None) -> None:
+    await store._execute("UPDATE schedules SET created_at = ?, last_run = ? WHERE id = ?",
+                         (created, last_run, schedule_id))
+
+
+def test_a_schedule_fires_posts_once_per_slot_and_records_it(bob_artifact, tmp_path):
+    async def main():
+        terminal = Terminal()
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
+            await store.add_schedule("every 2 s", interval_s=2, targets=["terminal"], mode="line")
+            scheduler = PostScheduler(engine, store, {"terminal": terminal})
+            await scheduler.start()
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if terminal.sent:
+                    break
+            scheduler.stop()
+            return terminal.sent, await store.posts()
+
+    sent, posts = asyncio.run(main())
+    assert sent and len(posts) == len(sent)
+    assert posts[-1]["status"] == "posted" and posts[-1]["text"] == sent[0] and posts[-1]["remote_id"] == "terminal-1"
+    assert len({p["slot"] for p in posts}) == len(posts)
+
+
+def test_after_downtime_at_most_one_catch_up_post_and_only_within_grace(bob_artifact, tmp_path):
+    async def main():
+        terminal = Terminal()
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
+            hourly = await store.add_schedule("each minute", cron="* * * * *", targets=["terminal"], mode="line")
+            await backdate(store, hourly, minutes_ago(60), minutes_ago(30))     # 30 slots missed
+            scheduler = PostScheduler(engine, store, {"terminal": terminal}, grace_s=300)
+            first = await scheduler.catch_up((await store.schedules())[0])
+            again = await scheduler.catch_up((await store.schedules())[0])        # a second restart
+            old = await store.add_schedule("old", cron="* * * * *", targets=["terminal"], mode="line")
+            await backdate(store, old, minutes_ago(120), minutes_ago(100))
+            scheduler.grace_s = 0.001                                            # the last slot is too old
+            late = await scheduler.catch_up([s for s in await store.schedules() if s["id"] == old][0])
+            return first, again, late, terminal.sent, await store.posts()
+
+    first, again, late, sent, posts = asyncio.run(main())
+    assert first is True and again is False and late is False
+    assert len(sent) == 1 and len(posts) == 1 and posts[0]["status"] == "posted"
+
+
+def test_two_processes_on_one_database_post_a_slot_once(bob_artifact, tmp_path):
+    async def main():
+        terminal = Terminal()
+        path = tmp_path / "bot.sqlite3"
+        async with await Store.open(path) as a, await Store.open(path) as b, Engine.load(bob_artifact) as engine:
+            schedule = await a.add_schedule("shared", cron="0 * * * *", targets=["terminal"], mode="line")
+            slot = datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc)
+            one, two = await asyncio.gather(PostScheduler(engine, a, {"terminal": terminal}).fire(schedule, slot),
+                                            PostScheduler(engine, b, {"terminal": terminal}).fire(schedule, slot))
+            return one + two, terminal.sent, await a.posts()
+
+    outcomes, sent, posts = asyncio.run(main())
+    assert sorted(o["status"] for o in outcomes) == ["already-claimed", "posted"]
+    assert len(sent) == 1 and len(posts) == 1
+
+
+def test_a_line_that_fails_the_filters_is_never_posted_and_the_slot_says_why(bob_artifact, tmp_path):
+    persona = Persona.load(bob_artifact, blocklist=Blocklist([r"re:\w"]))
+
+    async def main():
+        terminal = Terminal()
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine(persona) as engine:
+            schedule = await store.add_schedule("blocked", cron="0 * * * *", targets=["terminal"])
+            outcome = await PostScheduler(engine, store, {"terminal": terminal}).fire(
+                schedule, datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc))
+            return outcome, terminal.sent, await store.posts()
+
+    outcome, sent, posts = asyncio.run(main())
+    assert sent == [] and outcome[0]["status"] == "skipped"
+    assert posts[0]["status"] == "skipped" and "blocked pattern" in posts[0]["error"] and posts[0]["text"] is None
+
+
+def test_a_post_interrupted_by_a_crash_becomes_unknown_and_is_not_resent(bob_artifact, tmp_path):
+    async def main():
+        terminal = Terminal()
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
+            schedule = await store.add_schedule("s", cron="0 * * * *", targets=["terminal"])
+            post = await store.claim_post(schedule, "2026-11-22T09:00:00+00:00", "terminal")
+            await store.update_post(post, "pending", text="half sent")
+            scheduler = PostScheduler(engine, store, {"terminal": terminal})
+            await scheduler.start()                          # the restart after the crash
+            next_runs = scheduler.next_runs()
+            scheduler.stop()
+            again = await scheduler.fire(schedule, datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc))
+            return await store.posts(), again, terminal.sent, next_runs
+
+    posts, again, sent, next_runs = asyncio.run(main())
+    assert posts[-1]["status"] == "unknown" and posts[-1]["text"] == "half sent"
+    assert again[0]["status"] == "already-claimed" and sent == []
+    assert list(next_runs) == [1] and next_runs[1] is not None
