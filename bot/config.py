@@ -48,6 +48,13 @@ class Settings:
     retrain_loss_margin: float = 0.05   # RETRAIN_LOSS_MARGIN: how much worse a retrained model may validate
     log_messages_for_training: bool = False  # LOG_MESSAGES_FOR_TRAINING: /retrain learns from stored messages
     max_upload_mb: float = 25.0         # RETRAIN_MAX_UPLOAD_MB: largest export attached to /retrain start
+    # --- scheduled posts ---
+    post_schedule: str | None = None    # POST_SCHEDULE: a crontab line ("0 20 * * *"), seeds the first schedule
+    post_timezone: str = "UTC"          # POST_TIMEZONE: the schedule's time zone
+    post_targets: tuple[str, ...] = ("terminal",)  # POST_TARGETS: twitter, discord:<channel id>, terminal
+    post_mode: str = "confession"       # POST_MODE: confession (seeded line) or line
+    post_grace_minutes: float = 60.0    # POST_GRACE_MINUTES: a slot missed longer ago is not caught up
+    twitter_keys: tuple[str, str, str, str] | None = field(default=None, repr=False)  # TWITTER_*: never printed
 
     @property
     def model_dir(self) -> Path:
@@ -159,9 +166,48 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
         retention_days=number("MESSAGE_RETENTION_DAYS", float, 30.0, minimum=0),
         retrain_loss_margin=number("RETRAIN_LOSS_MARGIN", float, 0.05, minimum=0),
         log_messages_for_training=flag("LOG_MESSAGES_FOR_TRAINING", False),
-        max_upload_mb=number("RETRAIN_MAX_UPLOAD_MB", float, 25.0, minimum=0.001))
+        max_upload_mb=number("RETRAIN_MAX_UPLOAD_MB", float, 25.0, minimum=0.001),
+        **_post_settings(env, problems, number))
     if problems:
         raise ConfigError(problems)
     return Settings(persona_model, demo_dir, budget, token, user, threads, generation, backend,
                     blocklist_file, leak_words, max_batch, **bot_settings)
 
+
+_TWITTER_VARS = ("TWITTER_CONSUMER_KEY", "TWITTER_CONSUMER_SECRET", "TWITTER_ACCESS_TOKEN",
+                 "TWITTER_ACCESS_TOKEN_SECRET")
+
+
+def _post_settings(env: Mapping[str, str], problems: list[str], number) -> dict[str, Any]:
+    """POST_* and TWITTER_* settings, each problem added to `problems`."""
+    schedule = env.get("POST_SCHEDULE", "").strip() or None
+    tz = env.get("POST_TIMEZONE", "").strip() or "UTC"
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(tz)
+    except (ValueError, KeyError, OSError):
+        problems.append(f"POST_TIMEZONE={tz!r} is not a time zone (use a name like Europe/Berlin or UTC)")
+        tz = "UTC"
+    if schedule:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(schedule, timezone="UTC")
+        except ValueError as e:
+            problems.append(f"POST_SCHEDULE={schedule!r} is not a crontab line "
+                            f"(minute hour day month weekday, e.g. '0 20 * * *'): {e}")
+    targets = tuple(t.strip() for t in (env.get("POST_TARGETS", "") or "terminal").split(",") if t.strip())
+    for target in targets:
+        if not (target in ("twitter", "terminal") or (target.startswith("discord:") and target[8:].isdigit())):
+            problems.append(f"POST_TARGETS: {target!r} is not twitter, terminal or discord:<channel id>")
+    mode = env.get("POST_MODE", "").strip() or "confession"
+    if mode not in ("confession", "line"):
+        problems.append(f"POST_MODE={mode!r} must be confession or line")
+    keys = [env.get(name, "").strip() for name in _TWITTER_VARS]
+    if any(keys) and not all(keys):
+        missing = [name for name, key in zip(_TWITTER_VARS, keys) if not key]
+        problems.append(f"Twitter needs all four keys; missing: {', '.join(missing)}")
+    return {"post_schedule": schedule, "post_timezone": tz, "post_targets": targets, "post_mode": mode,
+            "post_grace_minutes": number("POST_GRACE_MINUTES", float, 60.0, minimum=0),
+            "twitter_keys": tuple(keys) if all(keys) else None}

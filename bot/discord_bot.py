@@ -47,11 +47,24 @@ class PersonaBot(commands.Bot):
                                                 loss_margin=settings.retrain_loss_margin,
                                                 include_logged=settings.log_messages_for_training)
         self.started = time.time()
+        self.poster = None              # the post scheduler, started once connected
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        # Scheduled posts start once the bot is connected: their Discord targets need the gateway.
+        if self.poster is None:
+            from bot.scheduler import start_posting
+
+            self.poster = await start_posting(self.engine, self.store, self.settings, discord_client=self)
+
+    async def close(self) -> None:
+        if self.poster is not None:
+            self.poster.stop()
+        await super().close()
 
     def is_admin(self, user: discord.abc.User) -> bool:
         """Manage Server in this guild, or a configured admin user or role."""

@@ -51,6 +51,9 @@ async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
             from bot.console import chat_async
 
             print("personabot: no DISCORD_TOKEN set, so chatting in the terminal", file=sys.stderr)
+            from bot.scheduler import start_posting
+
+            poster = await start_posting(engine, store, settings, out=stdout)
             chat = asyncio.ensure_future(chat_async(engine, user=settings.chat_user_name, stdin=stdin,
                                                     stdout=stdout))
             _on_signals(chat.cancel)
@@ -59,6 +62,8 @@ async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
             except asyncio.CancelledError:   # SIGTERM or Ctrl-C: the engine and the store still close
                 log.info("stopped by a signal")
                 return 0
+            finally:
+                poster.stop()
         async with engine:
             return await _discord(settings, engine, store)
     finally:

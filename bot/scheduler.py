@@ -47,11 +47,10 @@ def target_kind(name: str) -> Target:
 
 
 class PostScheduler:
-    def __init__(self, engine: Engine, store: Store, senders: dict[str, Sender], *,
-                 grace_s: float = 3600.0) -> None:
+    def __init__(self, engine: Engine, store: Store, senders, *, grace_s: float = 3600.0) -> None:
         self.engine = engine
         self.store = store
-        self.senders = senders       # "twitter", "discord:<channel id>", "terminal"
+        self.senders = senders       # .get(target) -> Sender: "twitter", "discord:<channel id>", "terminal"
         self.grace_s = grace_s
         self.scheduler = None
 
@@ -150,3 +149,75 @@ class PostScheduler:
             return {"target": target, "status": "posted", "text": choice.text, "remote_id": remote_id}
         await self.store.update_post(post_id, "skipped", error="every line was a duplicate")
         return {"target": target, "status": "skipped"}
+
+
+class Senders:
+    """Where posts go. Without Twitter credentials or a Discord connection, a post for that target goes to
+    the terminal and is recorded with a remote id that says so."""
+
+    def __init__(self, persona_name: Callable[[], str], *, twitter=None, discord_client=None, out=None) -> None:
+        import sys
+
+        self.persona_name = persona_name
+        self.twitter = twitter
+        self.discord = discord_client
+        self.out = out or sys.stdout
+
+    def get(self, target: str) -> Sender | None:
+        if target == "terminal":
+            return self._terminal("terminal")
+        if target == "twitter":
+            return self._tweet if self.twitter is not None else self._terminal("terminal:no-twitter-credentials")
+        if target.startswith("discord:") and target[8:].isdigit():
+            if self.discord is None:
+                return self._terminal("terminal:no-discord-token")
+            channel_id = int(target[8:])
+
+            async def send(text: str) -> str:
+                return await self._discord(channel_id, text)
+
+            return send
+        return None
+
+    def _terminal(self, marker: str) -> Sender:
+        async def send(text: str) -> str:
+            self.out.write(f"[post] {self.persona_name()}: {text}\n")
+            self.out.flush()
+            return marker
+
+        return send
+
+    async def _tweet(self, text: str) -> str:
+        import asyncio
+
+        return await asyncio.to_thread(self.twitter.post, text)
+
+    async def _discord(self, channel_id: int, text: str) -> str:
+        import discord
+
+        channel = self.discord.get_channel(channel_id)
+        try:
+            if channel is None:
+                channel = await self.discord.fetch_channel(channel_id)
+            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as e:
+            raise PostError(f"Discord refused the post in channel {channel_id}: {e}") from e
+        return str(message.id)
+
+
+async def start_posting(engine: Engine, store: Store, settings, *, discord_client=None, out=None) -> PostScheduler:
+    """Seed the first schedule from POST_SCHEDULE (first start only), then start the scheduler."""
+    if settings.post_schedule and not await store.schedules():
+        await store.add_schedule("default", cron=settings.post_schedule, targets=list(settings.post_targets),
+                                 timezone_name=settings.post_timezone, mode=settings.post_mode)
+        log.info("schedule 'default' created from POST_SCHEDULE: %s", settings.post_schedule)
+    twitter = None
+    if settings.twitter_keys:
+        from bot.posting import TwitterTarget
+
+        twitter = TwitterTarget(*settings.twitter_keys)
+    senders = Senders(lambda: engine.persona.name, twitter=twitter, discord_client=discord_client, out=out)
+    scheduler = PostScheduler(engine, store, senders, grace_s=settings.post_grace_minutes * 60)
+    scheduler.twitter = twitter
+    await scheduler.start()
+    return scheduler

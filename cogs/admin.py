@@ -160,7 +160,33 @@ class Admin(commands.Cog):
             f"queue {self.bot.engine.queue_depth}",
             f"training: {training}",
         ]
+        lines += await self._posting_lines()
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    async def _posting_lines(self) -> list[str]:
+        """Each schedule's next run, Twitter trouble, and the last posts (unknown ones included)."""
+        from bot.store import StoreError
+
+        lines = []
+        poster = self.bot.poster
+        try:
+            schedules = await self.bot.store.schedules()
+            posts = await self.bot.store.posts(3)
+        except StoreError as e:
+            return [f"posts: cannot read the database ({e})"]
+        runs = poster.next_runs() if poster is not None else {}
+        for schedule in schedules:
+            nxt = runs.get(schedule["id"])
+            when = "paused" if schedule["paused"] else f"next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else "not scheduled"
+            lines.append(f"schedule {schedule['name']} ({schedule['cron'] or schedule['interval_s']}): {when}")
+        twitter = getattr(poster, "twitter", None)
+        if twitter is not None and twitter.disabled:
+            lines.append(f"Twitter is disabled: {twitter.disabled}")
+        for post in posts:
+            text = (post["text"] or "")[:60]
+            lines.append(f"post {post['slot'] or ''} → {post['target']}: {post['status']}"
+                         f"{' ' + repr(text) if text else ''}{' (' + post['error'] + ')' if post['error'] else ''}")
+        return lines
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:

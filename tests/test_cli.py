@@ -256,3 +256,36 @@ def test_sigterm_stops_the_bot_cleanly_and_closes_the_store(persona_dir, tmp_pat
     finally:
         proc.kill()
     assert not (tmp_path / "data" / "personabot.sqlite3-wal").exists()   # closed: the WAL was checkpointed
+
+
+def test_run_catches_up_a_missed_post_once_in_the_terminal(cli, persona_dir, tmp_path):
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    from bot.store import Store
+
+    database = tmp_path / "data" / "personabot.sqlite3"
+
+    async def prepare():
+        async with await Store.open(database) as store:
+            schedule = await store.add_schedule("nightly", cron="0 3 * * *", targets=["terminal", "twitter"],
+                                                mode="line")
+            past = (datetime.now(timezone.utc) - timedelta(days=3)).isoformat()   # three slots missed
+            await store._execute("UPDATE schedules SET created_at = ?, last_run = ? WHERE id = ?",
+                                 (past, past, schedule))
+
+    async def posts():
+        async with await Store.open(database) as store:
+            return await store.posts()
+
+    asyncio.run(prepare())
+    env = {"PERSONA_MODEL": str(persona_dir), "POST_GRACE_MINUTES": "2000"}   # the last one is within grace
+    first = cli("run", cwd=tmp_path, env=env, input="")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("[post] Alice: ") == 2          # one catch-up, on both targets
+    rows = asyncio.run(posts())
+    assert sorted(r["target"] for r in rows) == ["terminal", "twitter"]
+    assert {r["status"] for r in rows} == {"posted"}
+    assert [r["remote_id"] for r in rows if r["target"] == "twitter"] == ["terminal:no-twitter-credentials"]
+    again = cli("run", cwd=tmp_path, env=env, input="")         # restarted at once: nothing missed since
+    assert again.returncode == 0 and "[post]" not in again.stdout

@@ -293,3 +293,16 @@ async def test_a_locked_database_does_not_stop_the_bot_from_answering(world, set
     finally:
         holder.rollback()
         holder.close()
+
+
+async def test_status_reports_schedules_and_posts_including_unknown_ones(world):
+    env, general, other, admin, bob, carol = world
+    store = env.bot.store
+    await store.add_schedule("nightly", cron="0 20 * * *", targets=["terminal"])
+    post = await store.claim_post(1, "2026-11-21T20:00:00+00:00", "twitter")
+    await store.update_post(post, "pending", text="a line that may or may not be out there")
+    await store.mark_pending_unknown()
+    status = (await bob.slash(general, "status")).response.content
+    assert "schedule nightly (0 20 * * *)" in status
+    assert "twitter: unknown" in status and "may or may not" in status and "check the target" in status
+    assert env.bot.poster is not None                           # the scheduler started once connected
