@@ -18,7 +18,7 @@ from bot.store import Store
 
 log = logging.getLogger("personabot.discord")
 
-EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin")
+EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin", "cogs.posts")
 
 
 def intents_for(settings: Settings) -> discord.Intents:

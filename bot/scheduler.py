@@ -63,13 +63,27 @@ class PostScheduler:
             log.warning("%d post(s) were being sent when the bot stopped; marked unknown (see /status)", unknown)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         for schedule in await self.store.schedules():
+            if not schedule["paused"]:
+                await self.catch_up(schedule)
+        await self.reload()
+        self.scheduler.start()
+
+    async def reload(self) -> None:
+        """Jobs for exactly the unpaused schedules in the store (after /schedule add, remove, pause...)."""
+        for job in self.scheduler.get_jobs():
+            job.remove()
+        for schedule in await self.store.schedules():
             if schedule["paused"]:
                 continue
-            await self.catch_up(schedule)
             self.scheduler.add_job(self._fire_now, trigger_for(schedule), args=[schedule["id"]],
                                    id=f"schedule-{schedule['id']}", misfire_grace_time=int(self.grace_s),
                                    coalesce=True, max_instances=1)
-        self.scheduler.start()
+
+    async def post_now(self, targets: list[str], mode: str = "confession") -> list[dict[str, Any]]:
+        """One post to each target right away (/post now), recorded like scheduled ones."""
+        slot = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        adhoc = {"id": None, "name": "post now", "mode": mode}
+        return [await self._post(adhoc, slot, target) for target in targets]
 
     def stop(self) -> None:
         if self.scheduler is not None and self.scheduler.running:

@@ -250,6 +250,13 @@ class Store:
         rows = await self._query("SELECT * FROM schedules ORDER BY id")
         return [{**dict(r), "targets": json.loads(r["targets"]), "paused": bool(r["paused"])} for r in rows]
 
+    async def remove_schedule(self, name: str) -> bool:
+        return (await self._execute("DELETE FROM schedules WHERE name = ?", (name,))).rowcount > 0
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        cursor = await self._execute("UPDATE schedules SET paused = ? WHERE name = ?", (int(paused), name))
+        return cursor.rowcount > 0
+
     async def set_last_run(self, schedule_id: int, slot: str) -> None:
         await self._execute("UPDATE schedules SET last_run = ? WHERE id = ? AND (last_run IS NULL OR last_run < ?)",
                             (slot, schedule_id, slot))

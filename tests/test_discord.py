@@ -306,3 +306,40 @@ async def test_status_reports_schedules_and_posts_including_unknown_ones(world):
     assert "schedule nightly (0 20 * * *)" in status
     assert "twitter: unknown" in status and "may or may not" in status and "check the target" in status
     assert env.bot.poster is not None                           # the scheduler started once connected
+
+
+async def test_admins_manage_schedules(world):
+    env, general, other, admin, bob, carol = world
+    refused = await bob.slash(general, "schedule add", name="x", cron="0 20 * * *", targets="terminal")
+    assert "admins only" in refused.response.content
+    simcord.assert_error(env, app_commands.CheckFailure)
+    bad = await admin.slash(general, "schedule add", name="x", cron="0 25 * * *", targets="terminal")
+    assert bad.response.content.startswith("Not added")
+    bad_target = await admin.slash(general, "schedule add", name="x", cron="0 20 * * *", targets="fax")
+    assert "targets are twitter" in bad_target.response.content
+    ok = await admin.slash(general, "schedule add", name="evening", cron="0 20 * * *",
+                           targets=f"discord:{other.id}", timezone="Europe/Berlin")
+    assert "added" in ok.response.content
+    listed = (await admin.slash(general, "schedule list")).response.content
+    assert "`evening`" in listed and "next " in listed and ("CET" in listed or "CEST" in listed)
+    await admin.slash(general, "schedule pause", name="evening")
+    assert "paused" in (await admin.slash(general, "schedule list")).response.content
+    assert env.bot.poster.next_runs() == {}
+    await admin.slash(general, "schedule resume", name="evening")
+    assert list(env.bot.poster.next_runs().values())[0] is not None
+    gone = await admin.slash(general, "schedule remove", name="evening")
+    assert "Removed" in gone.response.content and await env.bot.store.schedules() == []
+
+
+async def test_post_now_posts_a_line_to_a_discord_channel_and_records_it(world, bob_artifact):
+    env, general, other, admin, bob, carol = world
+    await env.bot.engine.swap(bob_artifact)          # Alice's lines all open with @everyone: never postable
+    persona = env.bot.engine.persona                 # sampled, not greedy: candidates must differ
+    persona.settings = persona.settings.with_overrides(top_k=50)
+    result = await admin.slash(general, "post now", targets=f"discord:{other.id}")
+    assert result.response.content.startswith(f"discord:{other.id}: posted")
+    posted = other.last_message
+    assert posted.author == env.bot.user
+    rows = await env.bot.store.posts()
+    assert rows[0]["status"] == "posted" and rows[0]["remote_id"] == str(posted.id) and rows[0]["text"] == posted.content
+    assert sent_messages(env)[-1]["allowed_mentions"]["parse"] == []      # pings nobody
