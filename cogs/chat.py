@@ -147,19 +147,23 @@ class Chat(commands.Cog):
     @admin_only()
     async def channel_disable(self, interaction: discord.Interaction) -> None:
         """Stop the persona from talking (and listening) in this channel."""
-        disabled = await self.disabled()
-        disabled.add(interaction.channel_id)
-        await self.bot.store.set_setting(DISABLED, sorted(disabled))
+        await self._switch(interaction, enabled=False)
         await interaction.response.send_message("I will keep quiet in this channel.", ephemeral=True)
 
     @channel.command(name="enable")
     @admin_only()
     async def channel_enable(self, interaction: discord.Interaction) -> None:
         """Let the persona talk in this channel again."""
-        disabled = await self.disabled()
-        disabled.discard(interaction.channel_id)
-        await self.bot.store.set_setting(DISABLED, sorted(disabled))
+        await self._switch(interaction, enabled=True)
         await interaction.response.send_message("I will answer here again.", ephemeral=True)
+
+    async def _switch(self, interaction: discord.Interaction, *, enabled: bool) -> None:
+        disabled = await self.disabled()
+        if enabled:
+            disabled.discard(interaction.channel_id)
+        else:
+            disabled.add(interaction.channel_id)
+        await self.bot.store.set_setting(DISABLED, sorted(disabled))
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:

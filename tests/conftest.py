@@ -91,3 +91,14 @@ def alice_artifact(tmp_path_factory: pytest.TempPathFactory, persona_chat: Path)
 def bob_artifact(tmp_path_factory: pytest.TempPathFactory, persona_chat: Path) -> Path:
     """A second tiny persona (Bob), to swap in for Alice."""
     return _train_persona(tmp_path_factory.mktemp("artifacts") / "bob", "bob", 20, persona_chat)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, persona_chat: Path) -> Path:
+    """TRAIN_DATA_DIR for retraining: a folder holding the persona chat export."""
+    import shutil
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    shutil.copy(persona_chat, folder / "chat.txt")
+    return folder

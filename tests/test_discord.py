@@ -5,7 +5,6 @@ event loop that keeps ticking. The persona is a real tiny model; only Discord is
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.slow
 
 FAST = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4"]
 LONG = ["--max-steps", "100000", "--threads", "1", "--samples", "0", "--batch-size", "4"]
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, persona_chat: Path) -> Path:
-    folder = tmp_path / "exports"
-    folder.mkdir()
-    shutil.copy(persona_chat, folder / "chat.txt")
-    return folder
 
 
 @pytest.fixture
@@ -107,11 +98,13 @@ async def test_a_mention_gets_an_in_character_reply_from_that_channels_context(w
 
 async def test_generated_everyone_pings_nobody(world):
     env, general, other, admin, bob, carol = world
-    await bob.send(general, f"{env.bot.user.mention} garden")
-    reply = general.last_message
-    assert "@\u200beveryone" in reply.content and "@everyone" not in reply.content   # she said it, defused
-    assert reply.mention_everyone is False
-    assert sent_messages(env)[-1]["allowed_mentions"] == {"parse": [], "replied_user": False}
+    replies = []
+    for word in ("garden", "pizza", "rain", "keys", "exam"):
+        await bob.send(general, f"{env.bot.user.mention} {word}")
+        replies.append(general.last_message)
+    assert any("@\u200beveryone" in r.content for r in replies)      # she said it (her every line opens so) ...
+    assert not any("@everyone" in r.content or r.mention_everyone for r in replies)   # ... and it was defused
+    assert all(m["allowed_mentions"] == {"parse": [], "replied_user": False} for m in sent_messages(env))
 
 
 async def test_replies_to_its_messages_but_never_to_bots(world):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -23,14 +22,6 @@ FAST = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size",
 
 def run(coro):
     return asyncio.run(coro)
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, persona_chat: Path) -> Path:
-    folder = tmp_path / "exports"
-    folder.mkdir()
-    shutil.copy(persona_chat, folder / "chat.txt")
-    return folder
 
 
 async def _setup(alice_artifact: Path, tmp_path: Path, data_dir: Path, **kwargs):
