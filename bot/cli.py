@@ -105,6 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         build_demo(model_dir, time_budget_s=settings.demo_time_budget_s, progress=Progress("auto"),
                    threads=settings.torch_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler announces every start, stop and job run at INFO: in the terminal chat that is noise.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # discord.py logs at INFO by itself; the token never appears in its logs or in ours.
     try:
         return asyncio.run(serve(settings))
