@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DEMO_DIR = Path("models/demo")
+# Where scheduled posts can go: "twitter", "terminal", or "discord:<channel id>".
+POST_TARGET_HELP = "twitter, terminal or discord:<channel id>"
+
+
+def is_post_target(name: str) -> bool:
+    return name in ("twitter", "terminal") or (name.startswith("discord:") and name[8:].isdigit())
+
+
 # Generation backends (bot.backends); "auto" picks the fastest on this machine.
 BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2")
 
@@ -199,8 +207,8 @@ def _post_settings(env: Mapping[str, str], problems: list[str], number) -> dict[
                             f"(minute hour day month weekday, e.g. '0 20 * * *'): {e}")
     targets = tuple(t.strip() for t in (env.get("POST_TARGETS", "") or "terminal").split(",") if t.strip())
     for target in targets:
-        if not (target in ("twitter", "terminal") or (target.startswith("discord:") and target[8:].isdigit())):
-            problems.append(f"POST_TARGETS: {target!r} is not twitter, terminal or discord:<channel id>")
+        if not is_post_target(target):
+            problems.append(f"POST_TARGETS: {target!r} is not {POST_TARGET_HELP}")
     mode = env.get("POST_MODE", "").strip() or "confession"
     if mode not in ("confession", "line"):
         problems.append(f"POST_MODE={mode!r} must be confession or line")

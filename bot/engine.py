@@ -182,10 +182,9 @@ class Engine:
         jobs = [self._submit(None, start, overrides, None if seed is None else seed + i) for i in range(n)]
         out = []
         for persona, ids in await asyncio.gather(*jobs):
-            text = persona.text(ids)
-            if start.strip():
-                text = f"{start.strip()} {text}".strip()
-            reason = "empty" if not persona.text(ids) else persona.output_filter.reject(text)
+            said = persona.text(ids)
+            text = f"{start.strip()} {said}".strip() if start.strip() else said
+            reason = "empty" if not said else persona.output_filter.reject(text)
             out.append(Line(text if reason else persona.output_filter.finish(text, target), reason))
         return out
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from bot.config import is_post_target
 from bot.engine import Engine
 from bot.filters import DISCORD, TERMINAL, TWITTER, Target
 from bot.posting import DuplicateContent, PostError, pick_line
@@ -182,7 +183,7 @@ class Senders:
             return self._terminal("terminal")
         if target == "twitter":
             return self._tweet if self.twitter is not None else self._terminal("terminal:no-twitter-credentials")
-        if target.startswith("discord:") and target[8:].isdigit():
+        if is_post_target(target) and target.startswith("discord:"):
             if self.discord is None:
                 return self._terminal("terminal:no-discord-token")
             channel_id = int(target[8:])

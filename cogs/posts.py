@@ -8,6 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.config import POST_TARGET_HELP, is_post_target
 from bot.discord_bot import PersonaBot, admin_only
 from bot.store import StoreError
 from cogs.chat import refuse
@@ -18,9 +19,8 @@ log = logging.getLogger("personabot.posts")
 def _targets(raw: str) -> list[str] | str:
     """The target list, or what is wrong with it."""
     targets = [t.strip() for t in raw.split(",") if t.strip()]
-    bad = [t for t in targets if not (t in ("twitter", "terminal") or (t.startswith("discord:") and t[8:].isdigit()))]
-    if not targets or bad:
-        return f"targets are twitter, terminal or discord:<channel id>, comma-separated (got {raw!r})"
+    if not targets or not all(is_post_target(t) for t in targets):
+        return f"targets are {POST_TARGET_HELP}, comma-separated (got {raw!r})"
     return targets
 
 
