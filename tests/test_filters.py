@@ -34,6 +34,9 @@ LONG_WORDS = LONG_CONTEXT.split()
 
 # --- leak guard ---------------------------------------------------------------------------------------------
 
+# Forty people's names: a word in more lines than `rare_lines` (32) is common, not distinctive.
+NAMES_OF_MANY = [f"{first}{last}" for first in ("al", "bo", "cy", "di", "ed") for last in "abcdefgh"]
+
 def guard(**kwargs) -> LeakGuard:
     texts = [
         ("Honestly the pizza was terrible", True),
@@ -56,15 +59,18 @@ def test_short_response_may_be_repeated_unless_configured_otherwise():
     assert guard(min_verbatim_words=2).check("OK lol!") == "repeats a training response verbatim"
 
 
-def test_verbatim_check_covers_responses_only():
-    assert guard().check("See you soon!") is None
-    assert LeakGuard([("see you soon", True)]).check("See you soon!") is not None
+def test_verbatim_check_covers_responses_only_and_common_context_lines_may_be_repeated():
+    # Said by many, "see you soon" is no one's secret: as context it may come back, as a response it may not.
+    many = [(f"see you soon {name}", False) for name in NAMES_OF_MANY] + [("see you soon", False)]
+    assert LeakGuard(many).check("See you soon!") is None
+    assert LeakGuard(many + [("see you soon", True)]).check("See you soon!") == \
+        "repeats a training response verbatim"
 
 
 def test_novel_line_is_accepted():
     g = guard()
     assert g.check("the pizza was great honestly") is None
-    assert g.check("honestly the pizza was terrible again") is None  # a longer line is not verbatim
+    assert g.check("the pasta was terrible honestly") is None
     assert g.check("") is None
 
 
@@ -402,3 +408,132 @@ def test_leak_guard_sees_through_zero_width_characters():
     guard = LeakGuard([("meet me at the old mill after dark tonight", True)])
     assert guard.check("meet\u200b me at the old mill after dark tonight") is not None
     assert guard.check("@\u200beveryone meet me at the old mill after dark tonight ok") is not None
+
+
+# --- leak guard: near-verbatim lines and numbers (issue 9) --------------------------------------------------
+
+def private_guard(**kwargs) -> LeakGuard:
+    """Private lines among the everyday chatter of forty people: what the common words are is learnt from it."""
+    rng = random.Random(5)
+    chatter = ("lol yes same ok are you coming to the game party tonight i think so see soon what time "
+               "is it now haha no way that was fun").split()
+    texts = [(" ".join(rng.choice(chatter) for _ in range(rng.randint(3, 9))), rng.random() < 0.3)
+             for _ in range(600)]
+    texts += [(f"{line} {name}", False) for name in NAMES_OF_MANY
+              for line in ("lol yes same", "are you coming to the game tonight", "ok", "see you in 2024")]
+    texts += [
+        ("my pin is 4711", True),
+        ("call me on 0151 555 0199", False),
+        ("the spare key is under the blue flowerpot", True),
+        ("gate code is swordfish", False),
+        ("Long day. Meet me behind the old watermill at dusk. Bring the rope", False),
+    ]
+    rng.shuffle(texts)
+    return LeakGuard(texts, **kwargs)
+
+
+@pytest.mark.parametrize("reply", [
+    "my pin is 4711 key key",             # words added
+    "pin is 4711",                        # a word dropped
+    "call me on 0151 555 0199 after",     # a word added to a context line
+])
+def test_the_lines_that_leaked_in_issue_9_are_caught(reply):
+    assert private_guard().check(reply) is not None
+
+
+@pytest.mark.parametrize("reply, edits", [
+    ("the spare key is under the big blue flowerpot", 1),      # a word inserted
+    ("spare key is under the blue flowerpot", 1),              # a word dropped
+    ("the spare key is under the red flowerpot", 1),           # a word replaced
+    ("the spare key is probably under the red flowerpot", 2),  # two edits in a line of eight words
+    ("THE gate code is swordfish!", 1),                        # short lines too: four words, one added
+    ("code is swordfish", 1),                                  # ... one dropped
+    ("gate code was swordfish", 1),                            # ... one replaced
+    ("meet me behind the old watermill", 2),                   # a sentence of a longer training text
+    ("ok. meet me behind the old mill at dusk. lol", 1),       # ... inside a longer reply
+])
+def test_training_words_with_a_word_or_two_changed_are_caught(reply, edits):
+    plural = "s" if edits > 1 else ""
+    assert private_guard().check(reply) == f"repeats a training line with {edits} word{plural} changed"
+
+
+def test_a_context_line_with_a_distinctive_word_may_not_come_back_word_for_word():
+    assert private_guard().check("Gate code is swordfish.") == "repeats a training line word for word"
+
+
+def test_more_edits_than_a_third_of_the_line_is_a_different_line():
+    g = private_guard()
+    assert g.check("gate key was swordfish") is None                          # two edits in four words
+    assert g.check("the spare key is not under any green flowerpot") is None  # three edits
+    assert g.check("behind the old watermill") is None                      # a fragment, not the line
+
+
+def test_a_held_out_line_of_common_words_is_not_rejected():
+    g = private_guard()
+    # One word away from "are you coming to the game tonight", said by forty people: common words only.
+    assert g.check("are you coming to the party tonight") is None
+    assert g.check("lol yes same here") is None       # "lol yes same" plus a word
+    assert g.check("i think the game was fun haha") is None
+
+
+@pytest.mark.parametrize("reply", ["ok", "lol", "yes", "same", "lol yes", "ok!!", "lol yes same"])
+def test_short_common_replies_are_not_rejected(reply):
+    assert private_guard().check(reply) is None
+
+
+@pytest.mark.parametrize("reply", [
+    "ring 01515550199",
+    "it's 0151-555-0199",
+    "(0151) 555.0199 is the number",
+    "５５５ ０１９９",                      # fullwidth digits, a phone-like part of the number
+    "0151 555 0199 23",                    # the whole number inside a longer run of digits
+    "the code 4711 works",
+])
+def test_numbers_from_the_training_text_are_caught_whatever_their_separators(reply):
+    reason = private_guard().check(reply)
+    assert reason is not None and "number from the training text" in reason
+    assert "4711" not in reason and "0199" not in reason  # the log must not get the secret either
+
+
+def test_numbers_not_in_the_training_text_or_said_by_many_are_not_rejected():
+    g = private_guard()
+    assert g.check("the bus leaves at 1845") is None
+    assert g.check("call 0161 444 0200 instead") is None       # another phone number
+    assert g.check("my new number starts 555 01") is None       # 5 digits of a phone number: too little
+    assert g.check("see you in 2024") is None                  # forty people wrote 2024
+    assert g.check("see you in 4711") is not None              # one person wrote 4711
+
+
+def test_a_check_compares_a_bounded_number_of_lines(monkeypatch):
+    import bot.filters as filters
+
+    comparisons = []
+    real = filters._within_edits
+
+    def counting(a, b, limit):
+        comparisons.append(limit)
+        return real(a, b, limit)
+
+    monkeypatch.setattr(filters, "_within_edits", counting)
+    # Every word of this corpus is distinctive (under 32 lines each) and every line has six words.
+    rng = random.Random(1)
+    vocabulary = [f"w{i}" for i in range(3000)]
+    texts = [(" ".join(rng.sample(vocabulary, 6)), False) for _ in range(12000)]
+    g = filters.LeakGuard(texts)
+    reply = " ".join(vocabulary[:6]) + " zz"
+    assert g.check(reply) is None
+    assert 0 < len(comparisons) <= filters._MAX_COMPARISONS
+    comparisons.clear()
+    longer = " ".join(vocabulary[:200])  # far longer than any stored line: no line is compared in full
+    assert g.check(longer) is None and comparisons == []
+
+
+def test_near_duplicate_settings_are_checked():
+    with pytest.raises(ValueError, match="max_edits"):
+        LeakGuard([], max_edits=-1)
+    with pytest.raises(ValueError, match="rare_lines"):
+        LeakGuard([], rare_lines=-1)
+    exact = LeakGuard([("gate code is swordfish", False)], max_edits=0)
+    assert exact.check("gate code is swordfish") is not None and exact.check("code is swordfish") is None
+    off = LeakGuard([("gate code is swordfish", False), ("pin 4711", False)], rare_lines=0)
+    assert off.check("the gate code is swordfish") is None and off.check("4711") is None
