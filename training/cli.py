@@ -28,6 +28,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated author names or ids to treat as bots (skipped)")
     parser.add_argument("--exclude", metavar="NAMES", default="",
                         help="comma-separated names or ids of people whose messages must not be used at all")
+    parser.add_argument("--exclude-file", metavar="FILE", type=Path,
+                        help="a UTF-8 file of more names or ids to leave out, one per line (any characters, "
+                             "any number of them: no command-line limit)")
     parser.add_argument("--conversation-gap", metavar="MINUTES", type=float, default=180.0,
                         help="a silence longer than this starts a new conversation (default 180)")
 
@@ -37,7 +40,20 @@ def import_options(args: argparse.Namespace):
 
     if args.conversation_gap <= 0:
         raise DataError(None, "--conversation-gap must be above 0 minutes")
-    return ImportOptions.from_user(args.bots.split(","), args.conversation_gap, args.exclude.split(","))
+    return ImportOptions.from_user(args.bots.split(","), args.conversation_gap, excluded_people(args))
+
+
+def excluded_people(args: argparse.Namespace) -> list[str]:
+    """Names and ids from --exclude and from every line of --exclude-file."""
+    people = [e.strip() for e in args.exclude.split(",") if e.strip()]
+    if args.exclude_file is not None:
+        try:
+            text = args.exclude_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(args.exclude_file, f"cannot read the list of people to leave out: {e}",
+                            hint="one name or id per line, UTF-8") from e
+        people += [line.strip() for line in text.splitlines() if line.strip()]
+    return people
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -169,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         context_tokens=args.context_tokens, val_fraction=args.val_fraction,
         standalone_share=args.standalone_share, min_responses=args.min_responses,
         context_loss_weight=args.context_loss_weight, seed=args.seed, bots=[b.strip() for b in args.bots.split(",") if b.strip()],
-        exclude=[e.strip() for e in args.exclude.split(",") if e.strip()],
+        exclude=excluded_people(args),
         conversation_gap_minutes=args.conversation_gap, samples=args.samples, threads=args.threads,
         precision=args.precision,
         overwrite=args.overwrite, restart=args.restart, checkpoint_every_s=args.checkpoint_every)

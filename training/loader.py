@@ -59,9 +59,13 @@ class Corpus:
 
 
 def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
-                options: ImportOptions | None = None) -> Corpus:
-    """Read every input into one corpus. Raises `DataError` for anything the user must fix."""
+                options: ImportOptions | None = None, protect: Sequence[str] = ()) -> Corpus:
+    """Read every input into one corpus. Raises `DataError` for anything the user must fix.
+
+    People in `options.excluded_names` are left out by every name and account id they have in an export;
+    `protect` names (the persona's own speaker) are never left out, whoever else took those names."""
     options = options or ImportOptions()
+    protected = frozenset(p.strip().casefold() for p in protect if p.strip())
     if not paths:
         raise DataError(None, "no input files given", hint="name one or more chat exports")
     forced = formats.get(format) if format else None
@@ -84,7 +88,7 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
             report = FileReport(str(source.path), importer.name, result.kept, Counter(result.skipped))
             reports.append(report)
             if options.excluded_names:
-                _exclude(result.threads, report, options)
+                _exclude(result.threads, report, options, protected)
             for thread in result.threads:
                 if thread.key in threads:
                     threads[thread.key].items.extend(thread.items)
@@ -149,13 +153,28 @@ def _sources(path: Path, forced: formats.Importer | None, ignored: list[tuple[st
     yield source, importer
 
 
-def _exclude(threads: list[Thread], report: FileReport, options: ImportOptions) -> None:
+def _exclude(threads: list[Thread], report: FileReport, options: ImportOptions,
+             protected: frozenset[str]) -> None:
     """Drop every message of the people left out, whichever of their names or ids the export uses: their
-    words are neither learnt as responses nor shown as context."""
+    words are neither learnt as responses nor shown as context. An account (a speaker id) that appears
+    under an excluded name anywhere in the file is left out under every other name it had too (an older
+    nickname must not bring its words back). The protected speaker is always kept, under any name of
+    their account."""
+    messages = [m for t in threads for m in t.items if isinstance(m, Message)]
+    protected_accounts = {m.speaker_id for m in messages if m.speaker_id is not None
+                          and any(n.casefold() in protected for n in (*m.names(), m.speaker_id))}
+
+    def is_protected(message: Message) -> bool:
+        return message.speaker_id in protected_accounts or any(
+            n.casefold() in protected for n in (*message.names(), message.speaker_id or ""))
+
+    accounts = {m.speaker_id for m in messages if m.speaker_id is not None and not is_protected(m)
+                and options.is_excluded(*m.names(), m.speaker_id)}
     for thread in threads:
         kept = []
         for item in thread.items:
-            if isinstance(item, Message) and options.is_excluded(*item.names(), item.speaker_id):
+            if isinstance(item, Message) and not is_protected(item) and (
+                    item.speaker_id in accounts or options.is_excluded(*item.names(), item.speaker_id)):
                 report.messages -= 1
                 report.skipped[Skip.EXCLUDED] += 1
                 continue

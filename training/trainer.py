@@ -257,7 +257,8 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
     progress.phase("reading exports", ", ".join(cfg.data))
     options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes, cfg.exclude)
-    corpus = load_corpus(cfg.data, format=cfg.format, options=options)
+    # The persona's own speaker is never left out, whoever took their name as a nickname.
+    corpus = load_corpus(cfg.data, format=cfg.format, options=options, protect=[cfg.speaker])
     data_fp = fingerprint(corpus.conversations)
     key = cfg.resume_key(data_fp)
 
