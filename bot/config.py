@@ -13,8 +13,15 @@ DEFAULT_DEMO_DIR = Path("models/demo")
 POST_TARGET_HELP = "twitter, terminal or discord:<channel id>"
 
 
+def discord_channel_id(target: str) -> int | None:
+    """The channel id of a `discord:<channel id>` post target, else None (ASCII digits only: `str.isdigit`
+    also accepts superscripts, which `int` refuses)."""
+    digits = target[8:] if target.startswith("discord:") else ""
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
 def is_post_target(name: str) -> bool:
-    return name in ("twitter", "terminal") or (name.startswith("discord:") and name[8:].isdigit())
+    return name in ("twitter", "terminal") or discord_channel_id(name) is not None
 
 
 # Generation backends (bot.backends); "auto" picks the fastest on this machine.

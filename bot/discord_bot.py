@@ -15,6 +15,7 @@ from bot.context import ContextWindows
 from bot.engine import Engine
 from bot.retrain import Retrainer
 from bot.store import Store
+from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
 
 log = logging.getLogger("personabot.discord")
 
@@ -34,7 +35,7 @@ def intents_for(settings: Settings) -> discord.Intents:
 
 class PersonaBot(commands.Bot):
     def __init__(self, settings: Settings, engine: Engine, store: Store, *,
-                 retrainer: Retrainer | None = None) -> None:
+                 retrainer: Retrainer | None = None, interrupted_runs: list[dict] | None = None) -> None:
         # No prefix commands: everything is a slash command or a mention.
         super().__init__(command_prefix=lambda bot, message: [], intents=intents_for(settings),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None)
@@ -48,6 +49,8 @@ class PersonaBot(commands.Bot):
                                                 include_logged=settings.log_messages_for_training)
         self.started = time.time()
         self.poster = None              # the post scheduler, started once connected
+        # Retrains a restart cut short (see bot.retrain.close_interrupted_runs): said in their messages.
+        self.interrupted_runs = list(interrupted_runs or [])
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -60,32 +63,74 @@ class PersonaBot(commands.Bot):
             from bot.scheduler import start_posting
 
             self.poster = await start_posting(self.engine, self.store, self.settings, discord_client=self)
+        await self._announce_interrupted_runs()
+
+    async def _announce_interrupted_runs(self) -> None:
+        """Say in each interrupted retrain's progress message that it ended with the restart."""
+        runs, self.interrupted_runs = self.interrupted_runs, []
+        for run in runs:
+            channel_id, message_id = run.get("progress_channel_id"), run.get("progress_message_id")
+            if not channel_id or not message_id:
+                continue
+            try:
+                channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
+                await channel.get_partial_message(message_id).edit(
+                    content="Retrain ended: the bot restarted while it was training. Nothing was swapped; the "
+                            "model that served before keeps serving. `/retrain start` runs it again.")
+            except (discord.HTTPException, AttributeError) as e:
+                log.warning("could not update the progress message of interrupted retrain %s: %s", run["id"], e)
+
+    async def shutdown(self) -> None:
+        """Stop for good (SIGTERM): end a running retrain first (its child waited for, its message saying
+        why), then close the gateway."""
+        await self.retrainer.shutdown()
+        await self.close()
 
     async def close(self) -> None:
         if self.poster is not None:
             self.poster.stop()
         await super().close()
 
-    def is_admin(self, user: discord.abc.User) -> bool:
-        """Manage Server in this guild, or a configured admin user or role."""
-        if user.id in self.settings.admin_user_ids:
-            return True
-        if isinstance(user, discord.Member):
-            if user.guild_permissions.manage_guild:
-                return True
-            return any(role.id in self.settings.admin_role_ids for role in user.roles)
-        return False
+    async def authority(self, interaction: discord.Interaction) -> Authority:
+        """What the person behind `interaction` may govern where they used it (see `bot.tenancy`)."""
+        user = interaction.user
+        owner = user.id in self.settings.admin_user_ids or await self.is_owner(user)
+        guild_admin = False
+        # Powers in a guild come from that guild's member object: its permissions and its roles only.
+        if interaction.guild_id is not None and isinstance(user, discord.Member) \
+                and user.guild.id == interaction.guild_id:
+            guild_admin = (user.guild_permissions.manage_guild
+                           or any(role.id in self.settings.admin_role_ids for role in user.roles))
+        return Authority(user.id, interaction.guild_id, owner, guild_admin or owner)
+
+    def guild_of_channel(self, channel_id: int) -> int | None:
+        """The guild a channel (or thread) belongs to, when the bot knows it."""
+        channel = self.get_channel(channel_id)
+        guild = getattr(channel, "guild", None)
+        return guild.id if guild is not None else None
 
 
-def admin_only():
-    """An app-command check: admins only (see `PersonaBot.is_admin`); others get a clear refusal."""
+def owners_only():
+    """An app-command check: the bot's owners only (global powers, see `bot.tenancy`)."""
     from discord import app_commands
 
     async def predicate(interaction: discord.Interaction) -> bool:
         bot = interaction.client
-        if isinstance(bot, PersonaBot) and bot.is_admin(interaction.user):
+        if isinstance(bot, PersonaBot) and (await bot.authority(interaction)).is_owner:
             return True
-        raise app_commands.CheckFailure("This command is for server admins only (Manage Server, or an admin "
-                                        "user or role configured for the bot).")
+        raise app_commands.CheckFailure(OWNERS_ONLY)
+
+    return app_commands.check(predicate)
+
+
+def guild_admins_only():
+    """An app-command check: admins of the guild the command is used in, or the bot's owners."""
+    from discord import app_commands
+
+    async def predicate(interaction: discord.Interaction) -> bool:
+        bot = interaction.client
+        if isinstance(bot, PersonaBot) and (await bot.authority(interaction)).may_govern_guild:
+            return True
+        raise app_commands.CheckFailure(GUILD_ADMINS_ONLY)
 
     return app_commands.check(predicate)

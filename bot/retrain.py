@@ -75,6 +75,7 @@ class Retrainer:
         self.progress: Progress | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._cancelled = False
+        self._shutting_down = False
         self._lock = asyncio.Lock()
 
     @property
@@ -88,9 +89,11 @@ class Retrainer:
 
     async def run(self, *, speaker: str | None = None, epochs: float | None = None, force: bool = False,
                   requested_by: int | None = None,
-                  on_progress: Callable[[Progress], Awaitable[None]] | None = None) -> RetrainResult:
+                  on_progress: Callable[[Progress], Awaitable[None]] | None = None,
+                  progress_message: tuple[int, int] | None = None) -> RetrainResult:
         """Train, check and swap in a new artifact. Raises `RetrainError` with the reason when the current
-        model stays."""
+        model stays. `progress_message` (channel id, message id) is recorded with the run, so that a bot
+        restarted mid-run can say there how it ended."""
         if self._lock.locked():
             raise RetrainError("a retrain is already running; wait for it, or cancel it first")
         async with self._lock:
@@ -108,7 +111,8 @@ class Retrainer:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             out = (self.models_dir / f"{slug(speaker)}-{stamp}").absolute()
             try:
-                run_id = await self.store.start_run(requested_by=requested_by, speaker=speaker, epochs=epochs)
+                run_id = await self.store.start_run(requested_by=requested_by, speaker=speaker, epochs=epochs,
+                                                    out_path=str(out), progress_message=progress_message)
             except StoreError as e:
                 raise RetrainError(f"cannot record the run: {e}") from e
             try:
@@ -118,8 +122,7 @@ class Retrainer:
                     shutil.rmtree(logged, ignore_errors=True)
                 status = "cancelled" if self._cancelled else "failed"
                 await self._finish(run_id, status, error=str(e))
-                shutil.rmtree(out, ignore_errors=True)
-                shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
+                remove_run_output(out)
                 raise
             if logged is not None:
                 shutil.rmtree(logged, ignore_errors=True)
@@ -151,6 +154,38 @@ class Retrainer:
                                                                        encoding="utf-8")
         return folder
 
+    async def _write_exclusions(self, out: Path) -> Path | None:
+        """The people who opted out, by account id and by every name they gave, one per line, in a file
+        for the child (an argument list has a size limit and names can look like options)."""
+        try:
+            people = [str(i) for i in await self.store.opted_out_ids()] + await self.store.opted_out_names()
+        except StoreError as e:
+            # Training without the opt-outs would break a promise: do not train at all.
+            raise RetrainError(f"cannot read who opted out, so not training: {e}") from e
+        people = [p for p in dict.fromkeys(p.replace("\n", " ").replace("\r", " ").strip() for p in people) if p]
+        if not people:
+            return None
+        path = out.parent / f".{out.name}.exclude"
+        path.write_text("\n".join(people) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        return path
+
+    async def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop a running retrain and wait until it has ended (the child is reaped, the run recorded): the
+        bot is going down."""
+        if not self._lock.locked():
+            return
+        self._shutting_down = True
+        await self.cancel()
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._lock:
+                    pass
+        except TimeoutError:
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.kill()
+                await self._proc.wait()
+
     async def _finish(self, run_id: int, status: str, **fields) -> None:
         try:
             await self.store.finish_run(run_id, status, **fields)
@@ -159,21 +194,25 @@ class Retrainer:
 
     async def _train_check_swap(self, current, speaker: str, epochs: float | None, force: bool,
                                 files: list[Path], out: Path, on_progress) -> RetrainResult:
-        excluded = await self.store.opted_out_names()
         base = current.info.data.get("from_scratch")
-        args = [self.python, "-m", "training", "--data", *map(str, files), "--speaker", speaker,
-                "--out", str(out), "--progress", "json"]
-        args += ["--from-scratch", base] if base else ["--base", str(current.info.data.get("base") or "gpt2")]
+        # `--opt=value`: a value that starts with "-" (a speaker's name) is never read as an option.
+        args = [self.python, "-m", "training", "--data", *map(str, files), f"--speaker={speaker}",
+                f"--out={out}", "--progress", "json"]
+        args += ["--from-scratch", base] if base else [f"--base={current.info.data.get('base') or 'gpt2'}"]
         if epochs is not None:
             args += ["--epochs", str(epochs)]
-        if excluded:
-            args += ["--exclude", ",".join(excluded)]
-        args += self.extra_args
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        exclusions = await self._write_exclusions(out)
+        if exclusions is not None:
+            args += [f"--exclude-file={exclusions}"]
+        args += self.extra_args
         log.info("retraining %s on %d file(s) into %s", speaker, len(files), out)
-        self._proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            preexec_fn=lambda: os.nice(CHILD_NICENESS))
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_environment(),
+                preexec_fn=_child_setup)
+        except OSError as e:
+            raise RetrainError(f"cannot start the training process: {e}") from e
         errors = asyncio.ensure_future(self._proc.stderr.read())
         async for raw in self._proc.stdout:
             try:
@@ -189,7 +228,11 @@ class Retrainer:
         code = await self._proc.wait()
         stderr = (await errors).decode("utf-8", "replace")
         self._proc = None
+        if exclusions is not None:
+            exclusions.unlink(missing_ok=True)   # it lists private names; the child is done with it
         if self._cancelled:
+            if self._shutting_down:
+                raise RetrainError("the bot is shutting down, so the retrain was stopped")
             raise RetrainError("cancelled; the current model keeps serving")
         if code != 0:
             reason = _last_error(stderr) or f"the training process exited with code {code}"
@@ -262,6 +305,51 @@ class Retrainer:
             raise RetrainError(f"the previous model did not load: {e}") from e
         await self._remember_swap(Path(previous), replaced.path)
         return Path(previous), replaced.path
+
+
+def remove_run_output(out: Path) -> None:
+    """Remove what a run that did not finish left: its artifact folder, the trainer's `.partial` work
+    folder beside it, and the list of excluded people."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
+    (out.parent / f".{out.name}.exclude").unlink(missing_ok=True)
+
+
+async def close_interrupted_runs(store: Store, models_dir: Path) -> list[dict[str, Any]]:
+    """At start: runs still marked running belong to a process that is gone. Mark them failed, remove what
+    they left half-written (and stored-message dumps), and return them, so that the bot can say in each
+    one's progress message how it ended."""
+    runs = await store.running_runs()
+    await store.fail_interrupted_runs()
+    for run in runs:
+        if run.get("out_path"):
+            remove_run_output(Path(run["out_path"]))
+        log.warning("retrain %s was interrupted by a restart; marked failed", run["id"])
+    for leftover in Path(models_dir).glob(".logged-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return runs
+
+
+# Environment variables the training child never gets: it needs no Discord, Twitter or inference secrets.
+CHILD_SECRET_PREFIXES = ("DISCORD_", "TWITTER_", "INFERENCE_API_KEY")
+
+
+def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The bot's environment without its secrets, for the training child."""
+    environ = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in environ.items() if not k.upper().startswith(CHILD_SECRET_PREFIXES)}
+
+
+def _child_setup() -> None:
+    """In the child, before training starts: a lower priority (training must never starve the replies),
+    and on Linux a SIGTERM when the bot dies, so a killed bot leaves no orphan training on."""
+    os.nice(CHILD_NICENESS)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _finite(value: Any) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from bot.config import Settings
 from bot.engine import Engine
 from bot.filters import Blocklist
-from bot.retrain import CURRENT
+from bot.retrain import CURRENT, close_interrupted_runs
 from bot.store import Store
 
 log = logging.getLogger("personabot")
@@ -36,7 +36,7 @@ async def current_artifact(store: Store, settings: Settings) -> Path:
 async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
     store = await Store.open(settings.database_path)
     try:
-        await store.fail_interrupted_runs()
+        interrupted = await close_interrupted_runs(store, settings.models_dir)
         if settings.retention_days:
             removed = await store.prune_messages(settings.retention_days)
             if removed:
@@ -65,7 +65,7 @@ async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
             finally:
                 poster.stop()
         async with engine:
-            return await _discord(settings, engine, store)
+            return await _discord(settings, engine, store, interrupted)
     finally:
         await store.close()
 
@@ -80,16 +80,16 @@ def _on_signals(handler) -> None:
             pass
 
 
-async def _discord(settings: Settings, engine: Engine, store: Store) -> int:
+async def _discord(settings: Settings, engine: Engine, store: Store, interrupted: list[dict]) -> int:
     import discord
 
     from bot.discord_bot import PersonaBot
 
-    bot = PersonaBot(settings, engine, store)
+    bot = PersonaBot(settings, engine, store, interrupted_runs=interrupted)
 
     def stop() -> None:
         log.info("stopping (signal)")
-        asyncio.ensure_future(bot.close())
+        asyncio.ensure_future(bot.shutdown())
 
     _on_signals(stop)
     try:
@@ -106,5 +106,5 @@ async def _discord(settings: Settings, engine: Engine, store: Store) -> int:
         raise StartError("Discord refused the Message Content intent: enable it for the bot in the developer "
                          "portal (Bot > Privileged Gateway Intents), or set MESSAGE_CONTENT=false") from None
     finally:
-        await bot.retrainer.cancel()
+        await bot.retrainer.shutdown()
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bot.config import is_post_target
+from bot.config import discord_channel_id
 from bot.engine import Engine
 from bot.filters import DISCORD, TERMINAL, TWITTER, Target
 from bot.posting import DuplicateContent, PostError, pick_line
@@ -80,10 +80,12 @@ class PostScheduler:
                                    id=f"schedule-{schedule['id']}", misfire_grace_time=int(self.grace_s),
                                    coalesce=True, max_instances=1)
 
-    async def post_now(self, targets: list[str], mode: str = "confession") -> list[dict[str, Any]]:
-        """One post to each target right away (/post now), recorded like scheduled ones."""
+    async def post_now(self, targets: list[str], mode: str = "confession",
+                       guild_id: int | None = None) -> list[dict[str, Any]]:
+        """One post to each target right away (/post now), recorded like scheduled ones, owned by `guild_id`
+        (None: global) and, for a guild, sent only to that guild's channels."""
         slot = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        adhoc = {"id": None, "name": "post now", "mode": mode}
+        adhoc = {"id": None, "name": "post now", "mode": mode, "guild_id": guild_id}
         return [await self._post(adhoc, slot, target) for target in targets]
 
     def stop(self) -> None:
@@ -132,13 +134,13 @@ class PostScheduler:
 
     async def _post(self, schedule: dict[str, Any], slot: str, target: str) -> dict[str, Any]:
         try:
-            post_id = await self.store.claim_post(schedule["id"], slot, target)
+            post_id = await self.store.claim_post(schedule["id"], slot, target, schedule.get("guild_id"))
         except StoreError as e:
             log.error("cannot record a post for %s: %s; not posting", schedule["name"], e)
             return {"target": target, "status": "not-claimed", "error": str(e)}
         if post_id is None:
             return {"target": target, "status": "already-claimed"}
-        sender = self.senders.get(target)
+        sender = self.senders.get(target, guild_id=schedule.get("guild_id"))
         if sender is None:
             await self.store.update_post(post_id, "failed", error=f"no such target here: {target}")
             return {"target": target, "status": "failed"}
@@ -178,18 +180,19 @@ class Senders:
         self.discord = discord_client
         self.out = out or sys.stdout
 
-    def get(self, target: str) -> Sender | None:
+    def get(self, target: str, guild_id: int | None = None) -> Sender | None:
+        """How to send to `target`; for a guild's schedule (`guild_id`), Discord channels of that guild only."""
         if target == "terminal":
             return self._terminal("terminal")
         if target == "twitter":
             return self._tweet if self.twitter is not None else self._terminal("terminal:no-twitter-credentials")
-        if is_post_target(target) and target.startswith("discord:"):
+        channel_id = discord_channel_id(target)
+        if channel_id is not None:
             if self.discord is None:
                 return self._terminal("terminal:no-discord-token")
-            channel_id = int(target[8:])
 
             async def send(text: str) -> str:
-                return await self._discord(channel_id, text)
+                return await self._discord(channel_id, text, guild_id)
 
             return send
         return None
@@ -207,13 +210,17 @@ class Senders:
 
         return await asyncio.to_thread(self.twitter.post, text)
 
-    async def _discord(self, channel_id: int, text: str) -> str:
+    async def _discord(self, channel_id: int, text: str, guild_id: int | None = None) -> str:
         import discord
 
         channel = self.discord.get_channel(channel_id)
         try:
             if channel is None:
                 channel = await self.discord.fetch_channel(channel_id)
+            channel_guild = getattr(getattr(channel, "guild", None), "id", None)
+            if guild_id is not None and channel_guild != guild_id:
+                # A guild's schedule never posts outside that guild, whatever its stored targets say.
+                raise PostError(f"channel {channel_id} is not in the schedule's server")
             message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as e:
             raise PostError(f"Discord refused the post in channel {channel_id}: {e}") from e

@@ -81,6 +81,9 @@ class Store:
             # Read before anything is written: a damaged file must stay exactly as it is.
             version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
             await (await db.execute("SELECT count(*) FROM sqlite_master")).fetchone()
+        except sqlite3.OperationalError as e:     # locked, read-only, unreadable: the file itself is fine
+            await db.close()
+            raise StoreError(_operational(path, e)) from e
         except sqlite3.DatabaseError as e:
             await db.close()
             raise StoreError(f"{path} is not a readable SQLite database ({e}). personabot will not replace it: "
@@ -91,11 +94,17 @@ class Store:
                              f"({len(known)}); run the newer personabot, or restore an older backup.")
         try:
             await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are overwritten, not just unlinked: /forget-me must take the words off the disk.
+            await db.execute("PRAGMA secure_delete=ON")
+            # Migrations run with foreign keys off (SQLite's procedure for rebuilding a table), checked after.
             for number, file in known:
                 if version < number <= target:
                     await cls._migrate(db, number, file)
                     version = number
+            broken = await (await db.execute("PRAGMA foreign_key_check")).fetchall()
+            if broken:
+                raise sqlite3.OperationalError(f"{len(broken)} rows break a foreign key after migrating")
+            await db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.OperationalError as e:
             await db.close()
             raise StoreError(_operational(path, e)) from e
@@ -187,6 +196,9 @@ class Store:
                     "INSERT OR IGNORE INTO opt_outs (user_id, user_name, created_at) VALUES (?, ?, ?)",
                     [(user_id, name, now()) for name in dict.fromkeys(names)])
                 await self._db.commit()
+                # The deleted text must not linger in the write-ahead log either: copy the log into the
+                # (securely deleted) database file and truncate it.
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.OperationalError as e:
                 await self._db.rollback()
                 raise StoreError(_operational(self.path, e)) from e
@@ -199,6 +211,10 @@ class Store:
         """Names of everyone who opted out: their turns are dropped from exports at training time too."""
         return [r[0] for r in await self._query("SELECT DISTINCT user_name FROM opt_outs ORDER BY user_name")]
 
+    async def opted_out_ids(self) -> list[int]:
+        """Account ids of everyone who opted out: exports that carry ids drop them under any name."""
+        return [r[0] for r in await self._query("SELECT DISTINCT user_id FROM opt_outs ORDER BY user_id")]
+
     # -- settings --------------------------------------------------------------------------------------
     async def get_setting(self, key: str, default: Any = None) -> Any:
         rows = await self._query("SELECT value FROM settings WHERE key = ?", (key,))
@@ -209,10 +225,15 @@ class Store:
                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
 
     # -- training runs ---------------------------------------------------------------------------------
-    async def start_run(self, *, requested_by: int | None, speaker: str | None, epochs: float | None) -> int:
+    async def start_run(self, *, requested_by: int | None, speaker: str | None, epochs: float | None,
+                        out_path: str | None = None, progress_message: tuple[int, int] | None = None) -> int:
+        """Record a run as running; `out_path` is where its artifact will appear and `progress_message` the
+        (channel id, message id) showing its progress, so a restart can clean up and say how it ended."""
+        channel_id, message_id = progress_message or (None, None)
         cursor = await self._execute(
-            "INSERT INTO training_runs (requested_by, speaker, epochs, status, started_at) "
-            "VALUES (?, ?, ?, 'running', ?)", (requested_by, speaker, epochs, now()))
+            "INSERT INTO training_runs (requested_by, speaker, epochs, status, started_at, out_path, "
+            "progress_channel_id, progress_message_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+            (requested_by, speaker, epochs, now(), out_path, channel_id, message_id))
         return int(cursor.lastrowid)
 
     async def finish_run(self, run_id: int, status: str, *, artifact_path: str | None = None,
@@ -225,6 +246,10 @@ class Store:
         rows = await self._query("SELECT * FROM training_runs ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(row) for row in rows]
 
+    async def running_runs(self) -> list[dict[str, Any]]:
+        """Runs still marked running (at start: left by a process that is gone)."""
+        return [dict(r) for r in await self._query("SELECT * FROM training_runs WHERE status = 'running'")]
+
     async def fail_interrupted_runs(self) -> int:
         """Runs still marked running belong to a process that is gone: mark them failed."""
         cursor = await self._execute("UPDATE training_runs SET status = 'failed', error = 'the bot stopped "
@@ -235,39 +260,50 @@ class Store:
     # -- schedules and posts ---------------------------------------------------------------------------
     async def add_schedule(self, name: str, *, targets: list[str], cron: str | None = None,
                            interval_s: int | None = None, timezone_name: str = "UTC",
-                           mode: str = "confession") -> int:
+                           mode: str = "confession", guild_id: int | None = None) -> int:
+        """Add a schedule owned by `guild_id` (None: a global one, the bot owners'). Names are unique per
+        owner."""
         if (cron is None) == (interval_s is None):
             raise ValueError("a schedule has either a cron line or an interval")
         try:
             cursor = await self._execute(
-                "INSERT INTO schedules (name, cron, interval_s, timezone, targets, mode, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, cron, interval_s, timezone_name, json.dumps(targets), mode, now()))
+                "INSERT INTO schedules (guild_id, name, cron, interval_s, timezone, targets, mode, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (guild_id, name, cron, interval_s, timezone_name, json.dumps(targets), mode, now()))
         except sqlite3.IntegrityError as e:
             raise StoreError(f"a schedule named {name!r} exists already") from e
         return int(cursor.lastrowid)
 
-    async def schedules(self) -> list[dict[str, Any]]:
+    async def schedules(self, owners: Iterable[int | None] | None = None) -> list[dict[str, Any]]:
+        """Schedules, oldest first: every one, or only those owned by one of `owners` (guild ids; None
+        stands for the global ones)."""
         rows = await self._query("SELECT * FROM schedules ORDER BY id")
-        return [{**dict(r), "targets": json.loads(r["targets"]), "paused": bool(r["paused"])} for r in rows]
+        found = [{**dict(r), "targets": json.loads(r["targets"]), "paused": bool(r["paused"])} for r in rows]
+        if owners is None:
+            return found
+        wanted = set(owners)
+        return [s for s in found if s["guild_id"] in wanted]
 
-    async def remove_schedule(self, name: str) -> bool:
-        return (await self._execute("DELETE FROM schedules WHERE name = ?", (name,))).rowcount > 0
+    async def remove_schedule(self, schedule_id: int) -> bool:
+        return (await self._execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))).rowcount > 0
 
-    async def set_paused(self, name: str, paused: bool) -> bool:
-        cursor = await self._execute("UPDATE schedules SET paused = ? WHERE name = ?", (int(paused), name))
+    async def set_paused(self, schedule_id: int, paused: bool) -> bool:
+        cursor = await self._execute("UPDATE schedules SET paused = ? WHERE id = ?", (int(paused), schedule_id))
         return cursor.rowcount > 0
 
     async def set_last_run(self, schedule_id: int, slot: str) -> None:
         await self._execute("UPDATE schedules SET last_run = ? WHERE id = ? AND (last_run IS NULL OR last_run < ?)",
                             (slot, schedule_id, slot))
 
-    async def claim_post(self, schedule_id: int | None, slot: str, target: str) -> int | None:
-        """Record a post as pending before anything is sent. None when this schedule's slot for this target
-        was claimed already (by this process or another one on the same database)."""
+    async def claim_post(self, schedule_id: int | None, slot: str, target: str,
+                         guild_id: int | None = None) -> int | None:
+        """Record a post as pending before anything is sent, owned by `guild_id` (None: global). None when
+        this schedule's slot for this target was claimed already (by this process or another one on the
+        same database)."""
         try:
             cursor = await self._execute(
-                "INSERT INTO posts (schedule_id, slot, target, status, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'pending', ?, ?)", (schedule_id, slot, target, now(), now()))
+                "INSERT INTO posts (schedule_id, slot, target, status, created_at, updated_at, guild_id) "
+                "VALUES (?, ?, ?, 'pending', ?, ?, ?)", (schedule_id, slot, target, now(), now(), guild_id))
         except sqlite3.IntegrityError:
             return None
         return int(cursor.lastrowid)
@@ -282,8 +318,18 @@ class Store:
                                  "('posted', 'pending', 'unknown') ORDER BY id DESC LIMIT ?", (limit,))
         return [r[0] for r in rows]
 
-    async def posts(self, limit: int = 10) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._query("SELECT * FROM posts ORDER BY id DESC LIMIT ?", (limit,))]
+    async def posts(self, limit: int = 10, owners: Iterable[int | None] | None = None) -> list[dict[str, Any]]:
+        """The newest posts: every one, or only those owned by one of `owners` (guild ids; None: global)."""
+        if owners is None:
+            rows = await self._query("SELECT * FROM posts ORDER BY id DESC LIMIT ?", (limit,))
+            return [dict(r) for r in rows]
+        wanted = list(owners)
+        ids = [g for g in wanted if g is not None]
+        clause = f"guild_id IN ({','.join('?' * len(ids))})" if ids else "0"
+        if None in wanted:
+            clause = f"({clause} OR guild_id IS NULL)"
+        rows = await self._query(f"SELECT * FROM posts WHERE {clause} ORDER BY id DESC LIMIT ?", (*ids, limit))
+        return [dict(r) for r in rows]
 
     async def mark_pending_unknown(self) -> int:
         """Posts still pending belong to a process that stopped mid-send: whether they went out is unknown.
@@ -294,7 +340,14 @@ class Store:
 
 
 def _operational(path: Path, error: sqlite3.OperationalError) -> str:
-    if "locked" in str(error) or "busy" in str(error):
+    """What went wrong with a database that is itself fine (never advice to move it away)."""
+    text = str(error)
+    if "locked" in text or "busy" in text:
         return (f"the database {path} is locked by another process (is a second bot running on it?); "
                 "try again when it is free")
+    if "readonly" in text or "read-only" in text:
+        return (f"the database {path} is read-only here: let the bot's user write to it and to its folder "
+                "(SQLite adds -wal and -shm files beside it), or set DATABASE_PATH to a writable place")
+    if "unable to open" in text:
+        return f"cannot open the database {path}: check that its folder exists and the bot may write there"
     return f"database error in {path}: {error}"

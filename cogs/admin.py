@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,9 +13,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import PersonaBot, admin_only
+from bot.discord_bot import PersonaBot, owners_only
 from bot.retrain import Progress, Retrainer, RetrainError
+from bot.tenancy import Authority
 from cogs.chat import refuse
+from cogs.utils.live_message import LiveMessage
 from training.errors import DataError
 from training.progress import format_duration
 
@@ -21,6 +25,19 @@ log = logging.getLogger("personabot.admin")
 
 # Discord allows about five edits per five seconds per message; progress is shown at most this often.
 EDIT_EVERY_S = 2.0
+
+
+# Uploads are stored under their own name (after a time stamp): longer names are refused.
+MAX_UPLOAD_NAME = 120
+
+
+def upload_file_name(filename: str) -> str | None:
+    """The base name an upload is stored under, or None when it cannot be (too long, control characters
+    such as NUL, or nothing left once path parts and leading dots are dropped)."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].lstrip(".")
+    if not name or len(name) > MAX_UPLOAD_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return None
+    return name
 
 
 def progress_text(p: Progress) -> str:
@@ -54,11 +71,11 @@ class Admin(commands.Cog):
                            epochs="passes over the data (default: the trainer's)",
                            export="a chat export to add to the training data first",
                            force="swap in the new model even if its validation loss is worse")
-    @admin_only()
+    @owners_only()
     async def retrain_start(self, interaction: discord.Interaction, speaker: str | None = None,
                             epochs: app_commands.Range[float, 0.1, 100.0] | None = None,
                             export: discord.Attachment | None = None, force: bool = False) -> None:
-        """Retrain the persona from the exports in TRAIN_DATA_DIR (admins only)."""
+        """Retrain the persona from the exports in TRAIN_DATA_DIR (the bot's owners only)."""
         if self.retrainer.running:
             await interaction.response.send_message("A retrain is already running; `/retrain cancel` stops it.",
                                                     ephemeral=True)
@@ -69,6 +86,9 @@ class Admin(commands.Cog):
             if problem:
                 await interaction.edit_original_response(content=problem)
                 return
+        # Progress goes to a message the bot owns: the interaction's token dies after 15 minutes.
+        live = await LiveMessage.open(interaction, "Retraining: starting...",
+                                      pointer=f"Retrain started by {interaction.user.mention}; progress:")
         last_edit = 0.0
 
         async def show(progress: Progress) -> None:
@@ -76,54 +96,64 @@ class Admin(commands.Cog):
             # Wall-clock time: Discord's rate limit is in real seconds.
             if time.time() - last_edit >= EDIT_EVERY_S:
                 last_edit = time.time()
-                await interaction.edit_original_response(content=progress_text(progress))
+                await live.edit(progress_text(progress))
 
         try:
             result = await self.retrainer.run(speaker=speaker, epochs=epochs, force=force,
-                                              requested_by=interaction.user.id, on_progress=show)
+                                              requested_by=interaction.user.id, on_progress=show,
+                                              progress_message=live.ref)
         except RetrainError as e:
             log.warning("retrain by %s ended without a swap: %s", interaction.user.id, e)
-            await interaction.edit_original_response(content=f"Retrain stopped: {e}. The current model keeps "
-                                                             "serving.")
+            await live.finish(f"Retrain stopped: {e}. The current model keeps serving.")
             return
         trained = result.metrics.get("trained", {})
         base = result.metrics.get("base", {})
         summary = (f"Retrained and swapped in: **{self.bot.engine.persona.name}** from `{result.artifact.name}`. "
                    f"Validation loss {_num(base.get('val_loss'))} → {_num(trained.get('val_loss'))} "
                    f"(perplexity {_num(trained.get('val_perplexity'))}). `/rollback` restores the previous one.")
-        await interaction.edit_original_response(content=summary)
-        if result.loss_plot is not None:
-            await interaction.followup.send(file=discord.File(result.loss_plot, filename="loss.png"))
+        plot = discord.File(result.loss_plot, filename="loss.png") if result.loss_plot is not None else None
+        await live.finish(summary, file=plot)
 
     async def _store_export(self, export: discord.Attachment) -> str | None:
-        """Save an attached export into TRAIN_DATA_DIR after checking it; the problem, or None."""
+        """Save an attached export into TRAIN_DATA_DIR after checking it (in a worker thread: a big export
+        must not stall the gateway); the problem, or None. Problems name the upload, never a server path."""
         from training.loader import load_corpus
 
+        shown = discord.utils.escape_markdown(export.filename[:100])
         limit = self.bot.settings.max_upload_mb * 1e6
         if export.size > limit:
-            return (f"`{export.filename}` is {export.size / 1e6:.2f} MB; the limit is {limit / 1e6:g} MB "
+            return (f"`{shown}` is {export.size / 1e6:.2f} MB; the limit is {limit / 1e6:g} MB "
                     "(RETRAIN_MAX_UPLOAD_MB). Put big exports in TRAIN_DATA_DIR on the server instead.")
-        name = Path(export.filename).name.lstrip(".") or "export"
+        name = upload_file_name(export.filename)
+        if name is None:
+            return (f"`{shown}` cannot be stored under that name (it is over {MAX_UPLOAD_NAME} characters or "
+                    "holds control characters); rename the file and upload it again.")
         data_dir = self.retrainer.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        staged = data_dir / f".upload-{stamp}-{name}"
+        # A random part: two uploads with one name in one second are both kept.
+        final = data_dir / f"{stamp}-{secrets.token_hex(3)}-{name}"
+        staged = data_dir / f".upload-{final.name}"
         try:
+            data_dir.mkdir(parents=True, exist_ok=True)
             await export.save(staged)
             try:
-                load_corpus([str(staged)])
+                await asyncio.to_thread(load_corpus, [str(staged)])
             except DataError as e:
-                return (f"`{export.filename}` is not a chat export personabot can read: {e}. "
+                problem = str(e).replace(str(staged), shown).replace(str(data_dir), "")
+                return (f"`{shown}` is not a chat export personabot can read: {problem}. "
                         "`personabot data formats` lists the formats.")
-            staged.rename(data_dir / f"{stamp}-{name}")
-        except (OSError, discord.HTTPException) as e:
-            return f"Could not store `{export.filename}`: {e}"
+            staged.rename(final)
+        except OSError as e:
+            log.error("storing the upload %r failed: %s", export.filename, e)
+            return f"Could not store `{shown}` on the server ({e.strerror or type(e).__name__})."
+        except discord.HTTPException as e:
+            return f"Could not download `{shown}` from Discord ({e.status}); try again."
         finally:
             staged.unlink(missing_ok=True)
         return None
 
     @retrain.command(name="cancel")
-    @admin_only()
+    @owners_only()
     async def retrain_cancel(self, interaction: discord.Interaction) -> None:
         """Stop the running retrain; the current model keeps serving."""
         stopped = await self.retrainer.cancel()
@@ -132,9 +162,9 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="rollback")
     @app_commands.guild_only()
-    @admin_only()
+    @owners_only()
     async def rollback(self, interaction: discord.Interaction) -> None:
-        """Go back to the model that served before the last swap (admins only)."""
+        """Go back to the model that served before the last swap (the bot's owners only)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             now, aside = await self.retrainer.rollback()
@@ -160,18 +190,23 @@ class Admin(commands.Cog):
             f"queue {self.bot.engine.queue_depth}",
             f"training: {training}",
         ]
-        lines += await self._posting_lines()
+        # Schedules and posts are private: a server's admins see that server's, the bot's owners the
+        # global ones too; anyone else (and a DM) sees none of them.
+        authority = await self.bot.authority(interaction)
+        if authority.scopes():
+            lines += await self._posting_lines(authority)
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
-    async def _posting_lines(self) -> list[str]:
-        """Each schedule's next run, Twitter trouble, and the last posts (unknown ones included)."""
+    async def _posting_lines(self, authority: Authority) -> list[str]:
+        """Each schedule's next run, Twitter trouble, and the last posts (unknown ones included), of the
+        schedules and posts this person governs."""
         from bot.store import StoreError
 
         lines = []
         poster = self.bot.poster
         try:
-            schedules = await self.bot.store.schedules()
-            posts = await self.bot.store.posts(3)
+            schedules = await self.bot.store.schedules(authority.scopes())
+            posts = await self.bot.store.posts(3, owners=authority.scopes())
         except StoreError as e:
             return [f"posts: cannot read the database ({e})"]
         runs = poster.next_runs() if poster is not None else {}
@@ -180,7 +215,7 @@ class Admin(commands.Cog):
             when = "paused" if schedule["paused"] else f"next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else "not scheduled"
             lines.append(f"schedule {schedule['name']} ({schedule['cron'] or schedule['interval_s']}): {when}")
         twitter = getattr(poster, "twitter", None)
-        if twitter is not None and twitter.disabled:
+        if authority.is_owner and twitter is not None and twitter.disabled:
             lines.append(f"Twitter is disabled: {twitter.disabled}")
         for post in posts:
             text = (post["text"] or "")[:60]

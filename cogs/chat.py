@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import PersonaBot, admin_only
+from bot.discord_bot import PersonaBot, guild_admins_only
 from bot.engine import EngineClosed
 from bot.filters import DISCORD
 from bot.store import StoreError
@@ -144,14 +144,14 @@ class Chat(commands.Cog):
         return name
 
     @channel.command(name="disable")
-    @admin_only()
+    @guild_admins_only()
     async def channel_disable(self, interaction: discord.Interaction) -> None:
         """Stop the persona from talking (and listening) in this channel."""
         await self._switch(interaction, enabled=False)
         await interaction.response.send_message("I will keep quiet in this channel.", ephemeral=True)
 
     @channel.command(name="enable")
-    @admin_only()
+    @guild_admins_only()
     async def channel_enable(self, interaction: discord.Interaction) -> None:
         """Let the persona talk in this channel again."""
         await self._switch(interaction, enabled=True)

@@ -1,4 +1,7 @@
-"""Scheduled posts: /schedule add|list|remove|pause|resume and /post now (admins only)."""
+"""Scheduled posts: /schedule add|list|remove|pause|resume and /post now.
+
+A server's admins manage that server's schedules and post to its channels; Twitter, the terminal and
+schedules that belong to no server are the bot owners' (see `bot.tenancy`)."""
 
 from __future__ import annotations
 
@@ -8,19 +11,24 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.config import POST_TARGET_HELP, is_post_target
-from bot.discord_bot import PersonaBot, admin_only
+from bot.config import POST_TARGET_HELP
+from bot.discord_bot import PersonaBot, guild_admins_only
 from bot.store import StoreError
+from bot.tenancy import Authority
 from cogs.chat import refuse
 
 log = logging.getLogger("personabot.posts")
 
 
-def _targets(raw: str) -> list[str] | str:
-    """The target list, or what is wrong with it."""
+def _targets(raw: str, authority: Authority, bot: PersonaBot) -> list[str] | str:
+    """The target list, or what is wrong with it (including targets this person may not post to)."""
     targets = [t.strip() for t in raw.split(",") if t.strip()]
-    if not targets or not all(is_post_target(t) for t in targets):
+    if not targets:
         return f"targets are {POST_TARGET_HELP}, comma-separated (got {raw!r})"
+    for target in targets:
+        problem = authority.target_problem(target, bot.guild_of_channel)
+        if problem:
+            return f"{problem} (targets are {POST_TARGET_HELP}, comma-separated)"
     return targets
 
 
@@ -44,7 +52,7 @@ class Posts(commands.Cog):
                            mode="confession (seeded lines) or line")
     @app_commands.choices(mode=[app_commands.Choice(name="confession", value="confession"),
                                 app_commands.Choice(name="line", value="line")])
-    @admin_only()
+    @guild_admins_only()
     async def schedule_add(self, interaction: discord.Interaction, name: str, cron: str, targets: str,
                            timezone: str = "UTC", mode: str = "confession") -> None:
         """Add a posting schedule."""
@@ -53,7 +61,8 @@ class Posts(commands.Cog):
         from apscheduler.triggers.cron import CronTrigger
 
         problem = None
-        parsed = _targets(targets)
+        authority = await self.bot.authority(interaction)
+        parsed = _targets(targets, authority, self.bot)
         try:
             ZoneInfo(timezone)
             CronTrigger.from_crontab(cron, timezone=timezone)
@@ -63,7 +72,9 @@ class Posts(commands.Cog):
             problem = parsed
         if problem is None:
             try:
-                await self.bot.store.add_schedule(name, cron=cron, targets=parsed, timezone_name=timezone, mode=mode)
+                owner = authority.owner_of_new(parsed, self.bot.guild_of_channel)
+                await self.bot.store.add_schedule(name, cron=cron, targets=parsed, timezone_name=timezone, mode=mode,
+                                                  guild_id=owner)
             except StoreError as e:
                 problem = str(e)
         if problem:
@@ -74,10 +85,10 @@ class Posts(commands.Cog):
                                                 f"{', '.join(parsed)}.", ephemeral=True)
 
     @schedule.command(name="list")
-    @admin_only()
+    @guild_admins_only()
     async def schedule_list(self, interaction: discord.Interaction) -> None:
         """List the schedules and when each runs next."""
-        schedules = await self.bot.store.schedules()
+        schedules = await self.bot.store.schedules((await self.bot.authority(interaction)).scopes())
         runs = self.bot.poster.next_runs() if self.bot.poster is not None else {}
         if not schedules:
             await interaction.response.send_message("No schedules yet: `/schedule add`.", ephemeral=True)
@@ -86,44 +97,64 @@ class Posts(commands.Cog):
         for s in schedules:
             nxt = runs.get(s["id"])
             when = "paused" if s["paused"] else f"next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else "not running"
-            lines.append(f"`{s['name']}`: `{s['cron'] or str(s['interval_s']) + ' s'}` ({s['timezone']}) → "
+            scope = " (global)" if s["guild_id"] is None else ""
+            lines.append(f"`{s['name']}`{scope}: `{s['cron'] or str(s['interval_s']) + ' s'}` ({s['timezone']}) → "
                          f"{', '.join(s['targets'])}, {s['mode']}; {when}")
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
     @schedule.command(name="remove")
-    @admin_only()
+    @guild_admins_only()
     async def schedule_remove(self, interaction: discord.Interaction, name: str) -> None:
         """Remove a schedule (its past posts stay recorded)."""
-        done = await self.bot.store.remove_schedule(name)
+        schedule = await self._named(interaction, name)
+        done = schedule is not None and await self.bot.store.remove_schedule(schedule["id"])
         await self._reload()
         await interaction.response.send_message(f"Removed `{name}`." if done else f"No schedule `{name}`.",
                                                 ephemeral=True)
 
     @schedule.command(name="pause")
-    @admin_only()
+    @guild_admins_only()
     async def schedule_pause(self, interaction: discord.Interaction, name: str) -> None:
         """Pause a schedule."""
         await self._set_paused(interaction, name, True)
 
     @schedule.command(name="resume")
-    @admin_only()
+    @guild_admins_only()
     async def schedule_resume(self, interaction: discord.Interaction, name: str) -> None:
         """Resume a paused schedule."""
         await self._set_paused(interaction, name, False)
 
     async def _set_paused(self, interaction: discord.Interaction, name: str, paused: bool) -> None:
-        done = await self.bot.store.set_paused(name, paused)
+        schedule = await self._named(interaction, name)
+        done = schedule is not None and await self.bot.store.set_paused(schedule["id"], paused)
         await self._reload()
         verb = "paused" if paused else "resumed"
         await interaction.response.send_message(f"`{name}` {verb}." if done else f"No schedule `{name}`.",
                                                 ephemeral=True)
 
+    async def _named(self, interaction: discord.Interaction, name: str) -> dict | None:
+        """The schedule called `name` that this person governs here: this server's first, then (for the
+        bot's owners) a global one. Other servers' schedules are never found."""
+        scopes = (await self.bot.authority(interaction)).scopes()
+        for scope in scopes:
+            for schedule in await self.bot.store.schedules([scope]):
+                if schedule["name"] == name:
+                    return schedule
+        return None
+
     @post.command(name="now")
-    @app_commands.describe(targets="twitter, terminal or discord:<channel id> (default: POST_TARGETS)")
-    @admin_only()
+    @app_commands.describe(targets="twitter, terminal or discord:<channel id> (default: POST_TARGETS for the "
+                                   "bot's owners, this channel for a server's admins)")
+    @guild_admins_only()
     async def post_now(self, interaction: discord.Interaction, targets: str | None = None) -> None:
         """Post a persona line right away."""
-        parsed = _targets(targets) if targets else list(self.bot.settings.post_targets)
+        authority = await self.bot.authority(interaction)
+        if targets:
+            parsed = _targets(targets, authority, self.bot)
+        elif authority.is_owner:
+            parsed = list(self.bot.settings.post_targets)
+        else:   # POST_TARGETS is the owners' setting; a server's admin posts here by default
+            parsed = [f"discord:{interaction.channel_id}"]
         if isinstance(parsed, str):
             await interaction.response.send_message(f"Not posted: {parsed}.", ephemeral=True)
             return
@@ -132,7 +163,8 @@ class Posts(commands.Cog):
                                                     ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        outcomes = await self.bot.poster.post_now(parsed, mode=self.bot.settings.post_mode)
+        outcomes = await self.bot.poster.post_now(parsed, mode=self.bot.settings.post_mode,
+                                                  guild_id=authority.owner_of_new(parsed, self.bot.guild_of_channel))
         lines = []
         for o in outcomes:
             detail = o.get("text") or o.get("error") or ""

@@ -5,6 +5,7 @@ event loop that keeps ticking. The persona is a real tiny model; only Discord is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -65,6 +66,17 @@ def simcord_bot(settings, engine, store, request):
 
 
 @pytest.fixture
+def guild_b(simcord_env):
+    """A second server the bot is in, with its own admin (Manage Server there, nowhere else)."""
+    env = simcord_env
+    guild = env.create_guild(name="B")
+    b_general = guild.create_text_channel("b-general")
+    b_mods = guild.create_role("B mods", permissions=discord.Permissions(manage_guild=True))
+    mallory = guild.add_member(env.create_user("mallory"), roles=[b_mods])
+    return b_general, mallory
+
+
+@pytest.fixture
 def world(simcord_env):
     env = simcord_env
     guild = env.create_guild()
@@ -74,6 +86,8 @@ def world(simcord_env):
     admin = guild.add_member(env.create_user("admin"), roles=[mods])
     bob = guild.add_member(env.create_user("Bob"))
     carol = guild.add_member(env.create_user("Carol"))
+    # "admin" is also one of the bot's owners (ADMIN_USER_IDS): global powers such as /retrain.
+    env.bot.settings = dataclasses.replace(env.bot.settings, admin_user_ids=frozenset({admin.id}))
     return env, general, other, admin, bob, carol
 
 
@@ -146,12 +160,20 @@ async def test_admins_can_switch_the_bot_off_in_a_channel(world):
     assert general.last_message.author == env.bot.user
 
 
-async def test_non_admins_cannot_retrain(world):
+async def test_only_the_bots_owners_retrain_or_roll_back(world, guild_b):
     env, general, other, admin, bob, carol = world
-    result = await bob.slash(general, "retrain start")
-    assert result.ephemeral and "admins only" in result.response.content
-    simcord.assert_error(env, app_commands.CheckFailure)
-    assert not env.bot.retrainer.running
+    b_general, mallory = guild_b
+    for who, where in ((bob, general), (mallory, b_general)):     # a member; another server's admin
+        for command in ("retrain start", "retrain cancel", "rollback"):
+            result = await who.slash(where, command)
+            assert result.ephemeral and "owners only" in result.response.content
+            simcord.assert_error(env, app_commands.CheckFailure)
+    assert not env.bot.retrainer.running and await env.bot.store.runs() == []
+
+
+def progress_message(env, run: dict):
+    """The bot's own message that showed a retrain's progress (recorded with the run)."""
+    return env.backend.get_message(run["progress_channel_id"], run["progress_message_id"])
 
 
 @pytest.mark.simcord(settle_timeout=180)
@@ -159,11 +181,15 @@ async def test_an_admin_retrain_shows_progress_swaps_and_can_be_rolled_back(worl
     env, general, other, admin, bob, carol = world
     upload = (persona_chat.name, persona_chat.read_bytes())
     result = await admin.slash(general, "retrain start", epochs=100.0, force=True, export=upload)
+    run = (await env.bot.store.runs())[0]
+    shown = progress_message(env, run)
+    assert shown.channel_id == general.id and str(shown.id) in result.response.content   # the answer links it
     edits = [r.json.get("content") or "" for r in env.http_requests
-             if r.method == "PATCH" and r.path.endswith("/messages/@original")]
+             if r.method == "PATCH" and r.path == f"/channels/{general.id}/messages/{shown.id}"]
     assert any("Retraining" in e for e in edits)                          # live progress
-    assert result.response.content.startswith("Retrained and swapped in")
-    assert result.followups and result.followups[0].attachments[0].filename == "loss.png"
+    assert shown.content.startswith("Retrained and swapped in")
+    plot = general.last_message
+    assert plot.attachments[0].filename == "loss.png" and plot.reference.message_id == shown.id
     new = env.bot.engine.persona.path
     assert new != alice_artifact and new.parent == env.bot.settings.models_dir
     assert len(list(env.bot.settings.train_data_dir.iterdir())) == 2      # the upload was kept for next time
@@ -194,11 +220,10 @@ async def test_retrain_cancel_leaves_the_old_model_serving(world, alice_artifact
     env.settle_timeout = 60.0
     cancel = await admin.slash(general, "retrain cancel")
     assert cancel.ephemeral and "Cancelling" in cancel.response.content
-    edits = [r.json.get("content") or "" for r in env.http_requests
-             if r.method == "PATCH" and r.path.endswith("/messages/@original")]
-    assert "cancelled" in edits[-1] and "keeps serving" in edits[-1]
-    assert env.bot.engine.persona.path == alice_artifact
     runs = await env.bot.store.runs()
+    shown = progress_message(env, runs[0]).content
+    assert "cancelled" in shown and "keeps serving" in shown
+    assert env.bot.engine.persona.path == alice_artifact
     assert runs[0]["status"] == "cancelled"
 
 
@@ -247,8 +272,8 @@ async def test_the_event_loop_keeps_ticking_during_replies_and_a_retrain(world):
     try:
         for word in ("pizza", "rain", "garden"):
             await bob.send(general, f"{env.bot.user.mention} {word}")
-        result = await admin.slash(general, "retrain start", epochs=100.0, force=True)
-        assert result.response.content.startswith("Retrained")
+        await admin.slash(general, "retrain start", epochs=100.0, force=True)
+        assert (await env.bot.store.runs())[0]["status"] == "done"
     finally:
         ticking = False
         await ticker
@@ -295,7 +320,7 @@ async def test_status_reports_schedules_and_posts_including_unknown_ones(world):
     post = await store.claim_post(1, "2026-11-21T20:00:00+00:00", "twitter")
     await store.update_post(post, "pending", text="a line that may or may not be out there")
     await store.mark_pending_unknown()
-    status = (await bob.slash(general, "status")).response.content
+    status = (await admin.slash(general, "status")).response.content
     assert "schedule nightly (0 20 * * *)" in status
     assert "twitter: unknown" in status and "may or may not" in status and "check the target" in status
     assert env.bot.poster is not None                           # the scheduler started once connected
@@ -304,12 +329,13 @@ async def test_status_reports_schedules_and_posts_including_unknown_ones(world):
 async def test_admins_manage_schedules(world):
     env, general, other, admin, bob, carol = world
     refused = await bob.slash(general, "schedule add", name="x", cron="0 20 * * *", targets="terminal")
-    assert "admins only" in refused.response.content
+    assert "admins only" in refused.response.content and "this server" in refused.response.content
     simcord.assert_error(env, app_commands.CheckFailure)
     bad = await admin.slash(general, "schedule add", name="x", cron="0 25 * * *", targets="terminal")
     assert bad.response.content.startswith("Not added")
-    bad_target = await admin.slash(general, "schedule add", name="x", cron="0 20 * * *", targets="fax")
-    assert "targets are twitter" in bad_target.response.content
+    for target in ("fax", "discord:\u00b2"):
+        bad_target = await admin.slash(general, "schedule add", name="x", cron="0 20 * * *", targets=target)
+        assert "targets are twitter" in bad_target.response.content
     ok = await admin.slash(general, "schedule add", name="evening", cron="0 20 * * *",
                            targets=f"discord:{other.id}", timezone="Europe/Berlin")
     assert "added" in ok.response.content
@@ -336,3 +362,117 @@ async def test_post_now_posts_a_line_to_a_discord_channel_and_records_it(world, 
     rows = await env.bot.store.posts()
     assert rows[0]["status"] == "posted" and rows[0]["remote_id"] == str(posted.id) and rows[0]["text"] == posted.content
     assert sent_messages(env)[-1]["allowed_mentions"]["parse"] == []      # pings nobody
+
+
+async def test_a_servers_admins_govern_that_server_only(world, guild_b, bob_artifact):
+    """The tenancy model: an admin of server B cannot post to, list, change or remove anything of server A,
+    nor use what is global (Twitter, the terminal, POST_TARGETS)."""
+    env, general, other, admin, bob, carol = world
+    b_general, mallory = guild_b
+    mod_a = env.guild.add_member(env.create_user("moda"),
+                                 roles=[env.guild.create_role("A mods", permissions=discord.Permissions(
+                                     manage_guild=True))])
+    added = await mod_a.slash(general, "schedule add", name="daily", cron="0 20 * * *", targets=f"discord:{other.id}")
+    assert "added" in added.response.content
+    before = len(sent_messages(env))
+
+    into_a = await mallory.slash(b_general, "post now", targets=f"discord:{general.id}")
+    assert "not a channel of this server" in into_a.response.content
+    for target in (f"discord:{general.id}", "twitter", "terminal"):
+        refused = await mallory.slash(b_general, "schedule add", name="evil", cron="* * * * *", targets=target)
+        assert refused.response.content.startswith("Not added")
+    assert "daily" not in (await mallory.slash(b_general, "schedule list")).response.content
+    for command in ("schedule remove", "schedule pause"):
+        answer = await mallory.slash(b_general, command, name="daily")
+        assert "No schedule `daily`" in answer.response.content
+    assert len(sent_messages(env)) == before                                      # nothing was posted in A
+    [daily] = await env.bot.store.schedules()
+    assert daily["guild_id"] == env.guild.id and not daily["paused"]
+
+    # Server B's own: the same name is free there, and /post now posts in B's channel by default.
+    own = await mallory.slash(b_general, "schedule add", name="daily", cron="0 8 * * *",
+                              targets=f"discord:{b_general.id}")
+    assert "added" in own.response.content
+    assert "discord:" + str(other.id) not in (await mallory.slash(b_general, "schedule list")).response.content
+    await env.bot.engine.swap(bob_artifact)          # Alice's lines all open with @everyone: never postable
+    env.bot.engine.persona.settings = env.bot.engine.persona.settings.with_overrides(top_k=50)
+    posted = await mallory.slash(b_general, "post now")
+    assert posted.response.content.startswith(f"discord:{b_general.id}: posted")
+    assert b_general.last_message.author == env.bot.user
+    assert [p["guild_id"] for p in await env.bot.store.posts()] == [b_general.guild.id]
+
+    # /status: schedules and posts only for those who govern them.
+    for who, where in ((bob, general), (mallory, b_general)):
+        status = (await who.slash(where, "status")).response.content
+        assert "daily (0 20" not in status and str(other.id) not in status
+    assert "schedule daily (0 20 * * *)" in (await mod_a.slash(general, "status")).response.content
+
+
+async def test_status_in_a_dm_shows_nothing_private(world):
+    env, general, other, admin, bob, carol = world
+    await env.bot.store.add_schedule("nightly", cron="0 20 * * *", targets=[f"discord:{other.id}"])
+    post = await env.bot.store.claim_post(None, "2026-11-21T20:00:00+00:00", f"discord:{other.id}")
+    await env.bot.store.update_post(post, "posted", text="a private line")
+    status = (await bob.slash(bob.user.dm_channel, "status")).response.content
+    assert "Alice" in status and "nightly" not in status and "private line" not in status
+
+
+@pytest.mark.simcord(settle_timeout=1)
+async def test_a_retrain_that_outlives_the_interaction_token_still_shows_how_it_ended(world, alice_artifact):
+    """Discord interaction tokens die after 15 minutes; a CPU retrain takes hours. Progress and the result go
+    to a message the bot owns, so they still show after the token expired."""
+    env, general, other, admin, bob, carol = world
+    with pytest.raises(TimeoutError):                          # the child is still training
+        await admin.slash(general, "retrain start", epochs=100.0, force=True)
+    # The interaction token is dead now (Discord's clock moves on while the child trains: no bot timers
+    # are due, so only the simulated server's clock is moved).
+    env.backend.advance_clock(16 * 60)
+    expired_at = len(env.http_requests)
+    await env.settle(timeout=180)                               # the retrain finishes
+    run = (await env.bot.store.runs())[0]
+    assert run["status"] == "done"
+    assert progress_message(env, run).content.startswith("Retrained and swapped in")
+    plot = general.last_message
+    assert plot.attachments[0].filename == "loss.png" and plot.reference.message_id == run["progress_message_id"]
+    assert env.bot.engine.persona.path != alice_artifact
+    on_dead_token = [r for r in env.http_requests[expired_at:] if "/webhooks/" in r.path]
+    assert len(on_dead_token) <= 1                             # at most one try on the dead token, then none
+
+
+@pytest.mark.training(LONG)
+async def test_stopping_the_bot_during_a_retrain_waits_for_the_child_and_says_why(world, alice_artifact):
+    env, general, other, admin, bob, carol = world
+    env.settle_timeout = 8.0
+    with pytest.raises(TimeoutError):
+        await admin.slash(general, "retrain start", epochs=100.0)
+    child = env.bot.retrainer._proc
+    assert child is not None and child.returncode is None
+    env.settle_timeout = 60.0
+    await env.bot.retrainer.shutdown()                         # what SIGTERM runs before closing the gateway
+    assert child.returncode is not None                        # reaped, not orphaned
+    run = (await env.bot.store.runs())[0]
+    assert run["status"] == "cancelled" and "shutting down" in run["error"]
+    assert "shutting down" in progress_message(env, run).content
+    out = Path(run["out_path"])
+    assert not out.exists() and not (out.parent / f".{out.name}.partial").exists()
+    assert env.bot.engine.persona.path == alice_artifact
+
+
+async def test_a_restart_during_a_retrain_closes_the_run_and_says_so(world, settings, engine, store, tmp_path):
+    """The bot died mid-retrain: the next start marks the run ended, removes its half-written folder, and
+    edits the run's progress message."""
+    from bot.retrain import close_interrupted_runs
+
+    env, general, other, admin, bob, carol = world
+    shown = await env.bot.get_channel(general.id).send("Retraining: step 40/900")
+    out = settings.models_dir / "alice-20261130-120000"
+    (out.parent / f".{out.name}.partial").mkdir(parents=True)
+    run_id = await store.start_run(requested_by=admin.id, speaker="alice", epochs=None, out_path=str(out),
+                                   progress_message=(general.id, shown.id))
+    interrupted = await close_interrupted_runs(store, settings.models_dir)
+    await env.restart_bot(PersonaBot(settings, engine, store, interrupted_runs=interrupted,
+                                     retrainer=make_bot(settings, engine, store).retrainer))
+    run = (await store.runs())[0]
+    assert run["id"] == run_id and run["status"] == "failed"
+    assert not (out.parent / f".{out.name}.partial").exists()
+    assert "restarted while it was training" in env.backend.get_message(general.id, shown.id).content

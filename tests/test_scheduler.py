@@ -28,6 +28,16 @@ class Terminal:
         return f"terminal-{len(self.sent)}"
 
 
+class TerminalOnly:
+    """Senders with one target, the terminal (the scheduler asks `get(target, guild_id=...)`)."""
+
+    def __init__(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+
+    def get(self, target: str, guild_id: int | None = None) -> Terminal | None:
+        return self.terminal if target == "terminal" else None
+
+
 def minutes_ago(n: float) -> str:
     return (datetime.now(timezone.utc) - timedelta(minutes=n)).isoformat()
 
@@ -42,7 +52,7 @@ def test_a_schedule_fires_posts_once_per_slot_and_records_it(bob_artifact, tmp_p
         terminal = Terminal()
         async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
             await store.add_schedule("every 2 s", interval_s=2, targets=["terminal"], mode="line")
-            scheduler = PostScheduler(engine, store, {"terminal": terminal})
+            scheduler = PostScheduler(engine, store, TerminalOnly(terminal))
             await scheduler.start()
             for _ in range(100):
                 await asyncio.sleep(0.1)
@@ -63,7 +73,7 @@ def test_after_downtime_at_most_one_catch_up_post_and_only_within_grace(bob_arti
         async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
             hourly = await store.add_schedule("each minute", cron="* * * * *", targets=["terminal"], mode="line")
             await backdate(store, hourly, minutes_ago(60), minutes_ago(30))     # 30 slots missed
-            scheduler = PostScheduler(engine, store, {"terminal": terminal}, grace_s=300)
+            scheduler = PostScheduler(engine, store, TerminalOnly(terminal), grace_s=300)
             first = await scheduler.catch_up((await store.schedules())[0])
             again = await scheduler.catch_up((await store.schedules())[0])        # a second restart
             old = await store.add_schedule("old", cron="* * * * *", targets=["terminal"], mode="line")
@@ -84,8 +94,8 @@ def test_two_processes_on_one_database_post_a_slot_once(bob_artifact, tmp_path):
         async with await Store.open(path) as a, await Store.open(path) as b, Engine.load(bob_artifact) as engine:
             schedule = await a.add_schedule("shared", cron="0 * * * *", targets=["terminal"], mode="line")
             slot = datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc)
-            one, two = await asyncio.gather(PostScheduler(engine, a, {"terminal": terminal}).fire(schedule, slot),
-                                            PostScheduler(engine, b, {"terminal": terminal}).fire(schedule, slot))
+            one, two = await asyncio.gather(PostScheduler(engine, a, TerminalOnly(terminal)).fire(schedule, slot),
+                                            PostScheduler(engine, b, TerminalOnly(terminal)).fire(schedule, slot))
             return one + two, terminal.sent, await a.posts()
 
     outcomes, sent, posts = asyncio.run(main())
@@ -100,7 +110,7 @@ def test_a_line_that_fails_the_filters_is_never_posted_and_the_slot_says_why(bob
         terminal = Terminal()
         async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine(persona) as engine:
             schedule = await store.add_schedule("blocked", cron="0 * * * *", targets=["terminal"])
-            outcome = await PostScheduler(engine, store, {"terminal": terminal}).fire(
+            outcome = await PostScheduler(engine, store, TerminalOnly(terminal)).fire(
                 schedule, datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc))
             return outcome, terminal.sent, await store.posts()
 
@@ -116,7 +126,7 @@ def test_a_post_interrupted_by_a_crash_becomes_unknown_and_is_not_resent(bob_art
             schedule = await store.add_schedule("s", cron="0 * * * *", targets=["terminal"])
             post = await store.claim_post(schedule, "2026-11-22T09:00:00+00:00", "terminal")
             await store.update_post(post, "pending", text="half sent")
-            scheduler = PostScheduler(engine, store, {"terminal": terminal})
+            scheduler = PostScheduler(engine, store, TerminalOnly(terminal))
             await scheduler.start()                          # the restart after the crash
             next_runs = scheduler.next_runs()
             scheduler.stop()

@@ -1,0 +1,1 @@
+"""Helpers shared by the cogs (Discord-side only; services live in `bot/`)."""
