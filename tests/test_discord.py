@@ -255,29 +255,19 @@ async def test_context_survives_a_restart_on_the_same_database(world, settings, 
 
 @pytest.mark.simcord(settle_timeout=180)
 async def test_the_event_loop_keeps_ticking_during_replies_and_a_retrain(world):
+    # What keeps the gateway's heartbeat going is that no callback holds the loop: measured per callback (CPU
+    # and wall time inside it), not as gaps between ticks, which a loaded machine stretches (see loop_watch).
+    from loop_watch import LoopWatch
+
     env, general, other, admin, bob, carol = world
-    worst = 0.0
-    ticks = 0
-    ticking = True
-
-    async def tick():
-        nonlocal worst, ticks
-        while ticking:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            worst = max(worst, time.perf_counter() - before - 0.01)
-            ticks += 1
-
-    ticker = asyncio.ensure_future(tick())
-    try:
+    with LoopWatch() as watch:
         for word in ("pizza", "rain", "garden"):
             await bob.send(general, f"{env.bot.user.mention} {word}")
         await admin.slash(general, "retrain start", epochs=100.0, force=True)
-        assert (await env.bot.store.runs())[0]["status"] == "done"
-    finally:
-        ticking = False
-        await ticker
-    assert ticks > 100 and worst < 0.1   # it did tick all along (a retrain takes seconds), never stalled
+    assert (await env.bot.store.runs())[0]["status"] == "done"
+    assert len(sent_messages(env)) >= 3                            # every mention was answered
+    print(watch)
+    watch.check(min_callbacks=200)   # the loop ran all along (a retrain streams progress for seconds)
 
 
 @pytest.mark.env(RETRAIN_MAX_UPLOAD_MB="0.001")
@@ -476,3 +466,37 @@ async def test_a_restart_during_a_retrain_closes_the_run_and_says_so(world, sett
     assert run["id"] == run_id and run["status"] == "failed"
     assert not (out.parent / f".{out.name}.partial").exists()
     assert "restarted while it was training" in env.backend.get_message(general.id, shown.id).content
+
+
+@pytest.mark.parametrize("filename", ["x" * 300 + ".txt", "chat\x00.txt"])
+async def test_an_upload_with_an_unusable_name_gets_a_refusal(world, persona_chat, filename):
+    env, general, other, admin, bob, carol = world
+    result = await admin.slash(general, "retrain start", export=(filename, persona_chat.read_bytes()))
+    assert "cannot be stored under that name" in result.response.content
+    assert [p.name for p in env.bot.settings.train_data_dir.iterdir()] == ["chat.txt"]
+    assert not env.bot.retrainer.running
+
+
+async def test_upload_refusals_name_the_upload_never_a_server_path(world):
+    env, general, other, admin, bob, carol = world
+    result = await admin.slash(general, "retrain start", export=("notes.json", b'{"messages": [1, 2'))
+    answer = result.response.content
+    assert "notes.json" in answer and "not a chat export" in answer
+    assert str(env.bot.settings.train_data_dir) not in answer and ".upload" not in answer
+
+
+async def test_two_uploads_with_one_name_in_one_second_are_both_kept(world, persona_chat):
+    env, general, other, admin, bob, carol = world
+    cog = env.bot.get_cog("Admin")
+
+    class Upload:            # what /retrain start hands over: discord.Attachment's size, name and save()
+        def __init__(self, data: bytes) -> None:
+            self.filename, self.size, self.data = "chat.txt", len(data), data
+
+        async def save(self, path: Path) -> None:
+            Path(path).write_bytes(self.data)
+
+    first, second = persona_chat.read_bytes(), persona_chat.read_bytes().replace(b"Bob", b"Rob")
+    assert await asyncio.gather(cog._store_export(Upload(first)), cog._store_export(Upload(second))) == [None, None]
+    stored = sorted(p.read_bytes() for p in env.bot.settings.train_data_dir.iterdir() if p.name != "chat.txt")
+    assert stored == sorted([first, second])

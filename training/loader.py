@@ -156,25 +156,28 @@ def _sources(path: Path, forced: formats.Importer | None, ignored: list[tuple[st
 def _exclude(threads: list[Thread], report: FileReport, options: ImportOptions,
              protected: frozenset[str]) -> None:
     """Drop every message of the people left out, whichever of their names or ids the export uses: their
-    words are neither learnt as responses nor shown as context. An account (a speaker id) that appears
-    under an excluded name anywhere in the file is left out under every other name it had too (an older
-    nickname must not bring its words back). The protected speaker is always kept, under any name of
-    their account."""
+    words are neither learnt as responses nor shown as context.
+
+    An account left out by id is left out under every name. An account that appears under an excluded
+    name anywhere in the file is left out under every other name it had too (an older nickname must not
+    bring its words back). Names never exclude the protected speaker (the persona), whoever else took
+    their name: exclusion by name skips messages under a protected name and the accounts that wrote them."""
     messages = [m for t in threads for m in t.items if isinstance(m, Message)]
     protected_accounts = {m.speaker_id for m in messages if m.speaker_id is not None
-                          and any(n.casefold() in protected for n in (*m.names(), m.speaker_id))}
+                          and any(n.casefold() in protected for n in m.names())}
 
-    def is_protected(message: Message) -> bool:
-        return message.speaker_id in protected_accounts or any(
-            n.casefold() in protected for n in (*message.names(), message.speaker_id or ""))
+    def by_id(m: Message) -> bool:
+        return m.speaker_id is not None and options.is_excluded(m.speaker_id)
 
-    accounts = {m.speaker_id for m in messages if m.speaker_id is not None and not is_protected(m)
-                and options.is_excluded(*m.names(), m.speaker_id)}
+    def by_name(m: Message) -> bool:
+        return options.is_excluded(*m.names()) and not (
+            m.speaker_id in protected_accounts or any(n.casefold() in protected for n in m.names()))
+
+    accounts = {m.speaker_id for m in messages if m.speaker_id is not None and (by_id(m) or by_name(m))}
     for thread in threads:
         kept = []
         for item in thread.items:
-            if isinstance(item, Message) and not is_protected(item) and (
-                    item.speaker_id in accounts or options.is_excluded(*item.names(), item.speaker_id)):
+            if isinstance(item, Message) and (item.speaker_id in accounts or by_id(item) or by_name(item)):
                 report.messages -= 1
                 report.skipped[Skip.EXCLUDED] += 1
                 continue

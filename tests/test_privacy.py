@@ -1,0 +1,163 @@
+"""Privacy holds by account, not only by name: opted-out accounts under older names, hostile nicknames,
+deleted text that must leave the disk, a training child without the bot's secrets, and no orphaned training
+when the bot dies. Everything real: SQLite files, exports on disk, training children."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.engine import Engine
+from bot.retrain import Retrainer, RetrainError
+from bot.store import Store
+from training.formats.base import ImportOptions
+from training.loader import load_corpus
+
+FAST = ["--max-steps", "10", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+
+
+def dce_export(path: Path, messages: list[tuple[str, str, str, str]]) -> Path:
+    """A DiscordChatExporter JSON export of invented people: (account id, username, nickname, text)."""
+    rows = [{"id": str(1000 + i), "type": "Default", "timestamp": f"2026-03-14T19:{i:02d}:00+00:00",
+             "content": text, "author": {"id": account, "name": user, "discriminator": "0000", "nickname": nick,
+                                         "isBot": False}}
+            for i, (account, user, nick, text) in enumerate(messages)]
+    path.write_text(json.dumps({"guild": {"id": "1", "name": "Moorside"},
+                                "channel": {"id": "2", "type": "GuildTextChat", "name": "general"},
+                                "messages": rows, "messageCount": len(rows)}), encoding="utf-8")
+    return path
+
+
+def test_an_opted_out_account_stays_out_under_an_older_name(tmp_path):
+    export = dce_export(tmp_path / "general.json", [
+        ("42", "oakley_old", "Oak", "my old secret is the blue door"),   # the same account, renamed since
+        ("7", "tamsin", "Tamsin", "hello all"),
+        ("42", "oakley", "Oakley", "newer words"),
+        ("7", "tamsin", "Tamsin", "bye"),
+    ])
+    for left_out in ("Oakley", "42"):                     # by the name they have now, or by account id
+        corpus = load_corpus([export], options=ImportOptions.from_user(exclude=[left_out]))
+        texts = [m.text for m in corpus.messages()]
+        assert texts == ["hello all", "bye"], left_out
+        assert corpus.files[0].skipped["excluded"] == 2
+
+
+def test_a_hostile_nickname_never_excludes_the_persona(tmp_path):
+    """A member who opted out under the persona's name leaves the persona's words in (names never exclude
+    the persona), while their own account, left out by id, goes under every name."""
+    export = dce_export(tmp_path / "general.json", [
+        ("1", "wren", "Wren", "persona line one"),
+        ("9", "troll", "Wren", "a troll wearing her name"),
+        ("1", "wren", "Wrennie", "persona line under another nickname"),
+        ("9", "troll", "Troll", "more trolling"),
+    ])
+    corpus = load_corpus([export], options=ImportOptions.from_user(exclude=["Wren", "9"]), protect=["wren"])
+    assert [m.text for m in corpus.messages()] == ["persona line one", "persona line under another nickname"]
+
+
+def test_forgotten_text_leaves_the_database_and_its_write_ahead_log(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+
+    async def main():
+        async with await Store.open(path) as store:
+            for i in range(50):
+                await store.add_message(channel_id=1, author_id=7, author_name="Bob",
+                                        content=f"bob's pin is 4711-{i:03d} zebra")
+                await store.add_message(channel_id=1, author_id=8, author_name="Carol", content=f"carol {i}")
+            await store.forget_user(7, "Bob")
+            files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+            return files, await store.all_messages()
+
+    files, left = asyncio.run(main())
+    assert len(left) == 50 and all(m.author_name == "Carol" for m in left)
+    for name, data in files.items():
+        assert b"4711-0" not in data and b"zebra" not in data, name
+
+
+def test_the_training_child_gets_no_bot_secrets(tmp_path, monkeypatch, alice_artifact, data_dir):
+    """The child is started with the bot's environment minus Discord, Twitter and inference secrets."""
+    seen = tmp_path / "child-env.json"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                           f"json.dump(dict(os.environ), open({str(seen)!r}, 'w'))\nsys.exit(3)\n")
+    fake_python.chmod(0o755)
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-secret")
+    monkeypatch.setenv("TWITTER_ACCESS_TOKEN_SECRET", "twitter-secret")
+    monkeypatch.setenv("INFERENCE_API_KEY", "inference-secret")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(alice_artifact) as engine:
+            retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models",
+                                  python=str(fake_python))
+            with pytest.raises(RetrainError):
+                await retrainer.run()
+
+    asyncio.run(main())
+    env = json.loads(seen.read_text())
+    assert not {"DISCORD_TOKEN", "TWITTER_ACCESS_TOKEN_SECRET", "INFERENCE_API_KEY"} & set(env)
+    assert not {"discord-secret", "twitter-secret", "inference-secret"} & set(env.values())
+    assert env["HF_HOME"] == str(tmp_path / "hf") and env["PATH"]      # what training needs is still there
+
+
+@pytest.mark.slow
+def test_hostile_opt_outs_cannot_break_a_retrain(tmp_path, alice_artifact, data_dir):
+    """Opt-outs under the persona's own name, under a name that looks like an option, and thousands of
+    long names (more than the 128 KiB an argument may hold): the retrain still runs, on the persona's words."""
+
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(alice_artifact) as engine:
+            await store.forget_user(1, "Alice")                  # a member who took the persona's name
+            await store.forget_user(2, "--help")
+            await store.forget_user(3, *(f"{'x' * 40} member {i}" for i in range(4000)))
+            retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models",
+                                  extra_args=FAST)
+            result = await retrainer.run(epochs=100, force=True)
+            return result, [p.name for p in (tmp_path / "models").iterdir()]
+
+    result, left = asyncio.run(main())
+    info = json.loads((result.artifact / "persona.json").read_text())
+    assert info["speaker"].casefold() == "alice"
+    assert left == [result.artifact.name]                      # the list of names did not stay behind
+
+
+def test_a_training_child_dies_with_the_bot(tmp_path):
+    """A bot killed with SIGKILL leaves no training running on: the child gets SIGTERM from the kernel."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import subprocess, sys, time
+            from bot.retrain import _child_setup
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                     preexec_fn=_child_setup)
+            print(child.pid, flush=True)
+            time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    try:
+        child_pid = int(parent.stdout.readline())
+        assert _alive(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child_pid)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, reaped by init soon, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
