@@ -53,8 +53,8 @@ class Settings:
     database_path: Path = Path("data/personabot.sqlite3")  # DATABASE_PATH: the SQLite store
     train_data_dir: Path = Path("data/exports")  # TRAIN_DATA_DIR: exports that /retrain trains on
     models_dir: Path = Path("models")   # MODELS_DIR: where /retrain writes new artifacts
-    admin_user_ids: frozenset[int] = frozenset()  # ADMIN_USER_IDS: may use admin commands anywhere
-    admin_role_ids: frozenset[int] = frozenset()  # ADMIN_ROLE_IDS: members with one of these roles too
+    admin_user_ids: frozenset[int] = frozenset()  # ADMIN_USER_IDS: the bot's owners (global powers)
+    admin_role_ids: frozenset[int] = frozenset()  # ADMIN_ROLE_IDS: admins of their own server only
     message_content: bool = True        # MESSAGE_CONTENT: read channel messages for context (privileged intent)
     reply_in_dms: bool = False          # REPLY_IN_DMS: answer direct messages
     user_cooldown_s: float = 10.0       # USER_COOLDOWN: seconds between two replies to one person
