@@ -345,9 +345,18 @@ def _operational(path: Path, error: sqlite3.OperationalError) -> str:
     if "locked" in text or "busy" in text:
         return (f"the database {path} is locked by another process (is a second bot running on it?); "
                 "try again when it is free")
-    if "readonly" in text or "read-only" in text:
+    if "readonly" in text or "read-only" in text or ("unable to open" in text and not _writable(path)):
         return (f"the database {path} is read-only here: let the bot's user write to it and to its folder "
                 "(SQLite adds -wal and -shm files beside it), or set DATABASE_PATH to a writable place")
     if "unable to open" in text:
         return f"cannot open the database {path}: check that its folder exists and the bot may write there"
     return f"database error in {path}: {error}"
+
+
+def _writable(path: Path) -> bool:
+    """Whether the database file can be opened for writing (opening to append changes nothing)."""
+    try:
+        with open(path, "ab"):
+            return True
+    except OSError:
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 
 import pytest
@@ -123,6 +124,51 @@ def test_a_locked_database_is_a_clear_error(tmp_path):
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_a_database_locked_while_it_opens_is_called_locked_not_damaged(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    with sqlite3.connect(path) as db:                   # a database in rollback-journal mode (another tool's)
+        db.execute("CREATE TABLE t (x)")
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")                   # readers are locked out too in this mode
+    try:
+        with pytest.raises(StoreError) as error:
+            run(Store.open(path))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "locked by another process" in str(error.value) and "move it away" not in str(error.value)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only file system (a tmpfs remounted read-only; as root, file modes are no bar)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only file system needs root")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_read_only_database_says_so_and_never_advises_moving_it(read_only_dir):
+    import subprocess
+
+    path = read_only_dir / "bot.sqlite3"
+
+    async def create():
+        async with await Store.open(path) as store:
+            await store.set_setting("kept", True)
+
+    run(create())
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_dir)], check=True)
+    with pytest.raises(StoreError) as error:
+        run(Store.open(path))
+    assert "read-only" in str(error.value) and "move it away" not in str(error.value)
 
 
 def test_settings_and_training_runs_round_trip(tmp_path):
