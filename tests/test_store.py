@@ -44,6 +44,30 @@ def test_an_older_database_migrates_and_keeps_its_rows(tmp_path):
     assert [m.content for m in messages] == ["kept across versions"]
 
 
+def test_schedules_become_global_and_keep_their_posts_when_tenancy_arrives(tmp_path):
+    """Migration 3 rebuilds the schedules table: posts must keep pointing at their schedule (a rebuild with
+    foreign keys on would have set them to NULL), and old schedules become global (the owners')."""
+    path = tmp_path / "bot.sqlite3"
+
+    async def main():
+        async with await Store.open(path, upto=2) as old:
+            await old._execute("INSERT INTO schedules (name, cron, targets, created_at) "
+                               "VALUES ('nightly', '0 20 * * *', '[\"terminal\"]', '2026-11-01T00:00:00+00:00')")
+            await old._execute("INSERT INTO posts (schedule_id, slot, target, status, created_at, updated_at) "
+                               "VALUES (1, 's', 'terminal', 'posted', 'x', 'x')")
+        async with await Store.open(path) as new:
+            same_name_elsewhere = await new.add_schedule("nightly", cron="0 8 * * *", targets=["discord:5"],
+                                                         guild_id=77)
+            with pytest.raises(StoreError, match="exists already"):
+                await new.add_schedule("nightly", cron="0 9 * * *", targets=["terminal"])
+            return await new.schedules(), await new.posts(), await new.schedules([77]), same_name_elsewhere
+
+    schedules, posts, guild_77, other = run(main())
+    assert [(s["name"], s["guild_id"]) for s in schedules] == [("nightly", None), ("nightly", 77)]
+    assert posts[0]["schedule_id"] == schedules[0]["id"] and posts[0]["guild_id"] is None
+    assert [s["id"] for s in guild_77] == [other]
+
+
 def test_a_damaged_database_is_an_error_and_is_left_untouched(tmp_path):
     path = tmp_path / "bot.sqlite3"
     garbage = b"this is not a database, it is a shopping list\n" * 200
