@@ -500,3 +500,22 @@ async def test_two_uploads_with_one_name_in_one_second_are_both_kept(world, pers
     assert await asyncio.gather(cog._store_export(Upload(first)), cog._store_export(Upload(second))) == [None, None]
     stored = sorted(p.read_bytes() for p in env.bot.settings.train_data_dir.iterdir() if p.name != "chat.txt")
     assert stored == sorted([first, second])
+
+
+@pytest.mark.env(RETRAIN_MAX_UPLOAD_MB="50")
+@pytest.mark.simcord(settle_timeout=180)
+async def test_checking_a_big_upload_never_holds_the_event_loop(world, tmp_path):
+    """Reading a multi-megabyte export takes seconds of CPU: on the loop it would stop the gateway's
+    heartbeat, so it runs in a worker thread."""
+    from chatgen import chat_conversations, write_whatsapp
+    from loop_watch import LoopWatch
+
+    env, general, other, admin, bob, carol = world
+    big = write_whatsapp(tmp_path / "big.txt", chat_conversations(1500, seed=3))
+    assert big.stat().st_size > 1_000_000
+    with LoopWatch() as watch:
+        result = await admin.slash(general, "retrain start", export=("big.txt", big.read_bytes()), force=True)
+    assert "progress" in result.response.content                    # it was read and accepted...
+    assert (await env.bot.store.runs())[0]["status"] == "done"
+    print(watch)
+    watch.check()                                                    # ...and no callback held the loop
