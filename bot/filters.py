@@ -5,6 +5,15 @@ it contains a blocked word); `OutputFilter.finish` makes an accepted reply safe 
 anyone, and the text fits the target's length limit (Discord's 2,000 characters, or a tweet's 280 weighted
 characters as Twitter counts them).
 
+The leak guard (`LeakGuard`) keeps the training text from coming back: a persona's own responses word for
+word, runs of eight words, phone-like numbers and rare 4+-digit numbers from anyone's messages, and
+near-verbatim lines (a word or two inserted, dropped or replaced) that keep what made the line someone's.
+What a chat persona must still be able to say decides the rule for near-verbatim lines: a *distinctive*
+word is one that at most `rare_lines` (32) training texts contain, and a reply is a near-duplicate only if
+it keeps a line's distinctive words. So "yes", "lol same", "see you soon", "are you coming tonight", said by
+everybody, are never blocked for being short and common, while "code is swordfish" for "gate code is
+swordfish" is; replies of one or two words are never near-duplicates. The class docstring has the details.
+
 Only the standard library is used here: the one port of Twitter's counting rules on PyPI
 (twitter-text-parser 3.0.0) imports `pkg_resources`, which current setuptools no longer ships, and its emoji
 table stops at Unicode 12.
@@ -86,7 +95,9 @@ _MAX_UNIT_WORDS = 64
 # Word codes are 32-bit: half the memory of full hashes; two different words of one comparison share a code
 # with odds of 1 in 4 billion.
 _CODE_MASK = 0xFFFFFFFF
-# Most stored lines one check compares in full (the edit distance): bounded work whatever the reply.
+# Bounded work whatever the reply: the most stored lines one check looks at (their length, then how many of
+# their words the reply has), and the most of those it compares in full (the edit distance).
+_MAX_LOOKS = 4096
 _MAX_COMPARISONS = 256
 
 # A run of digits, and further runs after short separators: spaces, dots, dashes, parentheses, as in
@@ -96,6 +107,12 @@ _DIGIT_GROUP = re.compile(r"\d+")
 _NUMBER_DIGITS = 4       # a digit group this long is a number worth protecting (a PIN, a house number)
 _PHONE_DIGITS = 7        # adjacent groups with this many digits together are phone-like (a phone, an IP)
 _MAX_PHONE_GROUPS = 12   # bounds the sub-runs of a long sequence of numbers (12 groups: at most 78)
+
+
+# A word that may be distinctive has a letter or 3+ digits in a row (a house number: a thousand values, as
+# telling as a rare word): times, prices, small counts and emoji ("2:15", "£12", "20", "😂") say too little
+# to make a line someone's, however rare they are.
+_MAY_BE_DISTINCTIVE = re.compile(r"[^\W\d_]|\d{3}")
 
 
 def _ascii_digits(group: str) -> str:
@@ -155,25 +172,28 @@ class LeakGuard:
     1. verbatim: a training response of at least `min_verbatim_words` words, whatever its case and punctuation;
     2. a run of `ngram_words` consecutive words shared with any training text (never spanning two texts);
     3. numbers: a phone-like sequence (adjacent digit groups separated by spaces, dots, dashes or parentheses,
-       7+ digits in all) that occurs in the training text, compared as digits only ("0151 555 0199" ==
-       "01515550199"); or a number of 4+ digits that occurs in at most `rare_lines` training texts (a PIN said
-       once is private; a year or "1000" that many people wrote is not);
+       7+ digits in all) that is, or contains, or is a phone-like part of, one in the training text, compared
+       as digits only ("0151 555 0199" == "01515550199", "555-0199" is part of it; "0151 555 0200" only
+       shares its area code); or a number of 4+ digits outside such a sequence that occurs in at most
+       `rare_lines` training texts (a PIN said once is private; a year or "1000" that many wrote is not);
     4. near-duplicates: a sentence (or the whole text) within `max_edits` words (inserted, dropped or replaced)
        of a training sentence or text, and within a third of its length ("pin is 4711 now" for "my pin is
        4711": one edit in four words), when the training line has at least `min_verbatim_words` words and
-       the reply keeps at least one of its *distinctive* words.
+       the reply keeps its *distinctive* words: two of them, or all when it has fewer.
 
-    A distinctive word occurs in at most `rare_lines` training texts. That rule is what keeps a chat persona
+    A distinctive word occurs in at most `rare_lines` training texts and has a letter or 3+ digits in a row
+    (times, prices, small counts and emoji say too little). That rule is what keeps a chat persona
     usable: "yes", "lol same", "see you soon" are said by everybody and are no one's secret, so a reply made
     only of common words is never a near-duplicate, however short; a reply that keeps a name, a place, a code
-    that one person wrote is one. Replies shorter than `min_verbatim_words` words ("ok", "lol yes") are never
+    that one person wrote is one; one that replaced them ("the house was £53" for "the house was £12", with
+    "house" and "£12" rare) says something else, and is not. Replies shorter than `min_verbatim_words` words ("ok", "lol yes") are never
     rejected for their words, only for a number (3). In a small corpus nearly every word is distinctive: the
     model has seen each line many times, and its near-copies are what it is most likely to produce.
 
     How it scales: for each line the index stores its words as 32-bit codes and files the line under its
     `max_edits + 1` rarest distinctive words (with at most `max_edits` edits one of them survives in any
     near-duplicate), so a check looks only at lines sharing a rare word with the reply, each of them in a
-    band of the edit-distance table, at most `_MAX_COMPARISONS` per check. Run-of-words hashes take about 70
+    band of the edit-distance table, at most `_MAX_COMPARISONS` per check (of `_MAX_LOOKS` looked at). Run-of-words hashes take about 70
     bytes per distinct run of `ngram_words` words; `bench/leak_guard.py` measures bytes per training line and
     microseconds per check.
     """
@@ -209,19 +229,21 @@ class LeakGuard:
             if len(words) >= ngram_words:
                 self._ngrams.update(_windows(words, ngram_words))
             text_codes = [hash(w) & _CODE_MASK for w in words]
-            lines_with.update(set(text_codes))
+            lines_with.update({c for w, c in zip(words, text_codes) if _MAY_BE_DISTINCTIVE.search(w)})
             for unit in self._units(text, words, text_codes):
                 key = hash(tuple(unit))
                 if key not in seen:
                     seen.add(key)
                     codes.extend(unit)
                     ends.append(len(codes))
-            runs = _digit_runs(text)
-            numbers_with.update({g for groups in runs for g in groups if len(g) >= _NUMBER_DIGITS})
-            for groups in runs:
+            numbers: set[str] = set()
+            for groups in _digit_runs(text):
                 if len(digits := "".join(groups)) >= _PHONE_DIGITS:
                     self._phones.add(hash(digits))
                     self._phone_parts.update(hash(part) for part in _phone_parts(groups))
+                else:
+                    numbers.update(g for g in groups if len(g) >= _NUMBER_DIGITS)
+            numbers_with.update(numbers)
         del seen
         self._numbers = {hash(n) for n, count in numbers_with.items() if count <= rare_lines}
         self._index_lines(codes, ends, lines_with)
@@ -244,7 +266,7 @@ class LeakGuard:
         for end in ends:
             unit = codes[start:end]
             start = end
-            rare = sorted({c for c in unit if lines_with[c] <= self.rare_lines}, key=lines_with.__getitem__)
+            rare = sorted({c for c in unit if 0 < lines_with[c] <= self.rare_lines}, key=lines_with.__getitem__)
             if not rare:
                 continue
             line = len(self._ends)
@@ -278,7 +300,7 @@ class LeakGuard:
             return f"shares {self.ngram_words} consecutive words with the training text"
         for groups in _digit_runs(text):
             # Either this run is (part of) a training number, or it has a whole training number inside it;
-            # a run merely sharing its first digits with one is neither (its own 4+-digit groups are below).
+            # a run merely sharing an area code with one ("0151 555 0200" for "0151 555 0199") is neither.
             if hash("".join(groups)) in self._phone_parts or any(hash(p) in self._phones
                                                                  for p in _phone_parts(groups)):
                 return "repeats a phone-like number from the training text"
@@ -292,10 +314,12 @@ class LeakGuard:
         return None
 
     def _near_duplicate(self, units: list[list[int]]) -> int | None:
-        """The edits that turn one of `units` into a stored line close to it (the first found), or None."""
-        budget = _MAX_COMPARISONS
+        """The fewest edits that turn one of `units` into a stored line close to it, or None."""
+        looks, comparisons = _MAX_LOOKS, _MAX_COMPARISONS
+        best: int | None = None
         for unit in units:
-            filed = [f for c in set(unit) if (f := self._lines_by_word.get(c)) is not None]
+            words = set(unit)
+            filed = [f for c in words if (f := self._lines_by_word.get(c)) is not None]
             # Rarest words first: their lines are the likeliest match, and the budget goes to them.
             filed.sort(key=lambda f: 1 if isinstance(f, int) else len(f))
             compared: set[int] = set()
@@ -304,18 +328,29 @@ class LeakGuard:
                     if line in compared:
                         continue
                     compared.add(line)
+                    if looks == 0 or comparisons == 0:
+                        return best
+                    looks -= 1
                     start = self._ends[line - 1] if line else 0
                     length = self._ends[line] - start
                     limit = min(self.max_edits, max(length, len(unit)) // 3)
                     if abs(length - len(unit)) > limit:
-                        continue  # cheap, not counted against the budget
-                    if budget == 0:
-                        return None
-                    budget -= 1
-                    edits = _within_edits(unit, self._codes[start:start + length], limit)
-                    if edits is not None:
-                        return edits
-        return None
+                        continue
+                    stored = self._codes[start:start + length]
+                    # Within `limit` edits, all but `limit` of the stored words are in the reply: a cheap count
+                    # that rules out most lines before the edit distance.
+                    if sum(c in words for c in stored) < length - limit:
+                        continue
+                    distinctive = {c for c in stored if c in self._lines_by_word}
+                    if len(distinctive & words) < min(2, len(distinctive)):
+                        continue  # the edits took out what made the line someone's: "the house was £53"
+                    comparisons -= 1
+                    edits = _within_edits(unit, stored, limit)
+                    if edits is not None and (best is None or edits < best):
+                        best = edits
+                        if best == 0:
+                            return best
+        return best
 
     def __len__(self) -> int:
         """The number of distinct n-grams indexed (for logging)."""

@@ -416,7 +416,7 @@ def private_guard(**kwargs) -> LeakGuard:
     """Private lines among the everyday chatter of forty people: what the common words are is learnt from it."""
     rng = random.Random(5)
     chatter = ("lol yes same ok are you coming to the game party tonight i think so see soon what time "
-               "is it now haha no way that was fun").split()
+               "is it now haha no way that was fun at").split()
     texts = [(" ".join(rng.choice(chatter) for _ in range(rng.randint(3, 9))), rng.random() < 0.3)
              for _ in range(600)]
     texts += [(f"{line} {name}", False) for name in NAMES_OF_MANY
@@ -426,6 +426,8 @@ def private_guard(**kwargs) -> LeakGuard:
         ("call me on 0151 555 0199", False),
         ("the spare key is under the blue flowerpot", True),
         ("gate code is swordfish", False),
+        ("the shadow was ironic lol", False),
+        ("the party is at 12:15 tonight £20", False),
         ("Long day. Meet me behind the old watermill at dusk. Bring the rope", False),
     ]
     rng.shuffle(texts)
@@ -468,6 +470,19 @@ def test_more_edits_than_a_third_of_the_line_is_a_different_line():
     assert g.check("behind the old watermill") is None                      # a fragment, not the line
 
 
+def test_a_near_duplicate_must_keep_the_lines_distinctive_words():
+    g = private_guard()
+    # "shadow" and "ironic" are the line's distinctive words; the others are everyday chatter.
+    assert g.check("the shadow was ironic haha") == "repeats a training line with 1 word changed"
+    assert g.check("the shadow was fluffy lol") is None  # says something else
+    assert g.check("the shadow was ok lol") is None
+
+
+def test_times_prices_and_short_numbers_do_not_make_a_line_distinctive():
+    # Said once, but "12:15" and "£20" say too little: the rest of the line is everyday chatter.
+    assert private_guard().check("the party is at 12:15 tonight £20 lol") is None
+
+
 def test_a_held_out_line_of_common_words_is_not_rejected():
     g = private_guard()
     # One word away from "are you coming to the game tonight", said by forty people: common words only.
@@ -499,12 +514,15 @@ def test_numbers_not_in_the_training_text_or_said_by_many_are_not_rejected():
     g = private_guard()
     assert g.check("the bus leaves at 1845") is None
     assert g.check("call 0161 444 0200 instead") is None       # another phone number
+    assert g.check("call 0151 555 0200 instead") is None       # ... with the same area code and exchange
     assert g.check("my new number starts 555 01") is None       # 5 digits of a phone number: too little
     assert g.check("see you in 2024") is None                  # forty people wrote 2024
     assert g.check("see you in 4711") is not None              # one person wrote 4711
 
 
 def test_a_check_compares_a_bounded_number_of_lines(monkeypatch):
+    import itertools
+
     import bot.filters as filters
 
     comparisons = []
@@ -515,16 +533,18 @@ def test_a_check_compares_a_bounded_number_of_lines(monkeypatch):
         return real(a, b, limit)
 
     monkeypatch.setattr(filters, "_within_edits", counting)
-    # Every word of this corpus is distinctive (under 32 lines each) and every line has six words.
-    rng = random.Random(1)
-    vocabulary = [f"w{i}" for i in range(3000)]
-    texts = [(" ".join(rng.sample(vocabulary, 6)), False) for _ in range(12000)]
-    g = filters.LeakGuard(texts)
-    reply = " ".join(vocabulary[:6]) + " zz"
-    assert g.check(reply) is None
-    assert 0 < len(comparisons) <= filters._MAX_COMPARISONS
+    # A hostile index: thousands of lines made of the reply's own eight words, each too shuffled to be a
+    # near-duplicate, every word distinctive: each line passes every cheap test and needs the edit distance.
+    words = tuple("alpha bravo charlie delta echo foxtrot golf hotel".split())
+    shuffled = [p for p in itertools.permutations(words) if real(p, words, 2) is None]
+    reply = " ".join(words)
+    for size in (1000, 10000):
+        g = filters.LeakGuard([(" ".join(p), False) for p in shuffled[:size]], rare_lines=10**6)
+        comparisons.clear()
+        assert g.check(reply) is None
+        assert len(comparisons) == filters._MAX_COMPARISONS  # the same work for ten times the lines
     comparisons.clear()
-    longer = " ".join(vocabulary[:200])  # far longer than any stored line: no line is compared in full
+    longer = reply + "".join(f" other{i}" for i in range(60))  # far longer than any stored line: none compared
     assert g.check(longer) is None and comparisons == []
 
 
