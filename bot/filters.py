@@ -87,8 +87,9 @@ def _windows(words: list[str], n: int) -> Iterator[int]:
 
 
 # A sentence ends at a line break, or at ., !, ?, … followed by a space: a short private line inside a longer
-# text (or a longer reply) is compared on its own. Splits only at whitespace, so no word is cut.
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])\s+|\s*\n\s*")
+# text (or a longer reply) is compared on its own. Splits only at whitespace, so no word is cut; line breaks
+# are split by str.split, since a pattern like \s*\n would take quadratic time on a long run of spaces.
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 # Sentences and texts longer than this are left to the run-of-words check: a near-duplicate of one would share
 # a run of `ngram_words` words anyway unless it has an edit every few words, and the cap bounds the work.
 _MAX_UNIT_WORDS = 64
@@ -104,7 +105,7 @@ _MAX_COMPARISONS = 256
 # "+44 (0)151 555-0199" or "0151.555.0199". \d is any Unicode decimal digit.
 _NUMBER = re.compile(r"\d+(?:[\s.()\-\u2010-\u2015\u2212]{1,3}\d+)*")
 _DIGIT_GROUP = re.compile(r"\d+")
-_NUMBER_DIGITS = 4       # a digit group this long is a number worth protecting (a PIN, a house number)
+_NUMBER_DIGITS = 4       # a digit group this long is a number worth protecting (a PIN, an account number)
 _PHONE_DIGITS = 7        # adjacent groups with this many digits together are phone-like (a phone, an IP)
 _MAX_PHONE_GROUPS = 12   # bounds the sub-runs of a long sequence of numbers (12 groups: at most 78)
 
@@ -182,20 +183,22 @@ class LeakGuard:
        the reply keeps its *distinctive* words: two of them, or all when it has fewer.
 
     A distinctive word occurs in at most `rare_lines` training texts and has a letter or 3+ digits in a row
-    (times, prices, small counts and emoji say too little). That rule is what keeps a chat persona
-    usable: "yes", "lol same", "see you soon" are said by everybody and are no one's secret, so a reply made
-    only of common words is never a near-duplicate, however short; a reply that keeps a name, a place, a code
-    that one person wrote is one; one that replaced them ("the house was £53" for "the house was £12", with
-    "house" and "£12" rare) says something else, and is not. Replies shorter than `min_verbatim_words` words ("ok", "lol yes") are never
-    rejected for their words, only for a number (3). In a small corpus nearly every word is distinctive: the
-    model has seen each line many times, and its near-copies are what it is most likely to produce.
+    (times, prices, small counts and emoji say too little). That rule is what keeps a chat persona usable:
+    "yes", "lol same", "see you soon" are said by everybody and are no one's secret, so a reply made only of
+    common words is never a near-duplicate, however short; a reply that keeps a name, a place, a code that
+    one person wrote is one; one that replaced them ("the shadow was fluffy" for "the shadow was ironic",
+    with "shadow" and "ironic" rare) says something else, and is not. Replies shorter than
+    `min_verbatim_words` words ("ok", "lol yes") are never rejected for their words, only for a number (3).
+    In a small corpus nearly every word is distinctive: the model has seen each line many times, and its
+    near-copies are what it is most likely to produce.
 
-    How it scales: for each line the index stores its words as 32-bit codes and files the line under its
-    `max_edits + 1` rarest distinctive words (with at most `max_edits` edits one of them survives in any
-    near-duplicate), so a check looks only at lines sharing a rare word with the reply, each of them in a
-    band of the edit-distance table, at most `_MAX_COMPARISONS` per check (of `_MAX_LOOKS` looked at). Run-of-words hashes take about 70
-    bytes per distinct run of `ngram_words` words; `bench/leak_guard.py` measures bytes per training line and
-    microseconds per check.
+    How it scales: for each line with a distinctive word the index stores its words as 32-bit codes and
+    files the line under its `max_edits + 1` rarest distinctive words (with at most `max_edits` edits one of
+    them survives in any near-duplicate; the words a line is filed under are the ones a check counts as
+    distinctive). A check looks only at lines sharing such a word with the reply, compares at most
+    `_MAX_COMPARISONS` of them (of `_MAX_LOOKS` looked at) in a band of the edit-distance table, and never
+    scans the index. Run-of-words hashes take about 70 bytes per distinct run of `ngram_words` words;
+    `bench/leak_guard.py` measures bytes per training line and microseconds per check.
     """
 
     def __init__(self, texts: Iterable[tuple[str, bool]], *, ngram_words: int = 8,
@@ -252,7 +255,7 @@ class LeakGuard:
         """The word codes of `text` and of its sentences (when it has several) that the near-duplicate check
         compares: those of `min_verbatim_words` to `_MAX_UNIT_WORDS` words."""
         units = [text_codes]
-        parts = _SENTENCE_BREAK.split(text)
+        parts = [sentence for line in text.split("\n") for sentence in _SENTENCE_END.split(line)]
         if len(parts) > 1:
             units += [[hash(w) & _CODE_MASK for w in _words(part)] for part in parts]
         return [u for u in units if self.min_verbatim_words <= len(u) <= _MAX_UNIT_WORDS]

@@ -557,3 +557,23 @@ def test_near_duplicate_settings_are_checked():
     assert exact.check("gate code is swordfish") is not None and exact.check("code is swordfish") is None
     off = LeakGuard([("gate code is swordfish", False), ("pin 4711", False)], rare_lines=0)
     assert off.check("the gate code is swordfish") is None and off.check("4711") is None
+
+
+@pytest.mark.parametrize("unit", [" ", ". ", "1 ", "1.", "a. ", " \n", "4711 "])
+def test_a_check_takes_linear_time_on_pathological_text(unit):
+    import time
+
+    g = private_guard()
+
+    def seconds(n: int) -> float:
+        text = "x" + unit * n + "x"
+        best = float("inf")
+        for _ in range(3):  # the best of three: what the code costs, not what the machine was busy with
+            start = time.perf_counter()
+            g.check(text)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = seconds(4000), seconds(32000)
+    # Eight times the text: about eight times the time when linear, sixty-four when quadratic.
+    assert large < 24 * small + 0.05, (small, large)
