@@ -266,7 +266,6 @@ async def test_the_event_loop_keeps_ticking_during_replies_and_a_retrain(world):
         await admin.slash(general, "retrain start", epochs=100.0, force=True)
     assert (await env.bot.store.runs())[0]["status"] == "done"
     assert len(sent_messages(env)) >= 3                            # every mention was answered
-    print(watch)
     watch.check(min_callbacks=200)   # the loop ran all along (a retrain streams progress for seconds)
 
 
