@@ -9,6 +9,7 @@ read from several files, ordering, splitting into conversations at long silences
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Iterable
@@ -101,18 +102,58 @@ class ParseResult:
         return sum(isinstance(item, Message) for t in self.threads for item in t.items)
 
 
+# What personabot unpacks from one zip. A zip's sizes are only its own word and a few KB can inflate to
+# gigabytes, so both the declared sizes and the bytes actually inflated are held to these.
+# - Members: a Slack export has a file per channel per day, so 100,000 is 100 busy channels for nearly three
+#   years; every member costs a central-directory entry in memory before anything is read.
+ZIP_MAX_MEMBERS = 100_000
+# - One member is read whole and parsed as JSON (several times its size in objects); the largest real ones
+#   (a prolific account's tweets.js) are a few hundred MB.
+ZIP_MAX_MEMBER_BYTES = 512 * 1024 ** 2
+# - All members together: the text of a large workspace's export is well under this.
+ZIP_MAX_TOTAL_BYTES = 4 * 1024 ** 3
+_ZIP_HINT = ("this may be a zip bomb; if it is a genuine export, unzip it and name the folder (or the files in "
+             "it) instead")
+
+
+def _size(n: int) -> str:
+    """A byte count for messages: 512 MiB, 4 GiB, 4.01 GiB."""
+    for unit, factor in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if n >= factor:
+            return f"{n / factor:.2f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{n} bytes"
+
+
 class Source:
-    """One input: a file, a folder, or a .zip, with helpers that turn read failures into `DataError`."""
+    """One input: a file, a folder, or a .zip, with helpers that turn read failures into `DataError`.
+
+    A zip is opened once, on first use, and stays open for the reads that follow (reopening it for every
+    member re-reads its whole directory); `close()`, or leaving a `with source:` block, closes it.
+    """
 
     HEAD_BYTES = 64 * 1024
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._head: bytes | None = None
+        self._zip: zipfile.ZipFile | None = None
         self._zip_names: list[str] | None = None
+        self._zip_inflated = 0  # bytes inflated from the zip so far, against ZIP_MAX_TOTAL_BYTES
 
     def __repr__(self) -> str:
         return f"Source({str(self.path)!r})"
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the zip if it is open (reading again reopens it)."""
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
 
     @property
     def is_dir(self) -> bool:
@@ -164,15 +205,34 @@ class Source:
         if self.is_dir:
             return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
         if self.is_zip:
-            if self._zip_names is None:
-                try:
-                    with zipfile.ZipFile(self.path) as z:
-                        self._zip_names = sorted(n for n in z.namelist() if not n.endswith("/"))
-                except (zipfile.BadZipFile, OSError) as e:
-                    raise DataError(self.path, f"not a readable zip file ({e})",
-                                    hint="download the export again; the zip may be truncated") from e
+            self._archive()
+            assert self._zip_names is not None
             return self._zip_names
         return []
+
+    def _archive(self) -> zipfile.ZipFile:
+        """The open zip; on first use its member count and declared sizes are checked against the caps."""
+        if self._zip is not None:
+            return self._zip
+        try:
+            archive = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise DataError(self.path, f"not a readable zip file ({e})",
+                            hint="download the export again; the zip may be truncated") from e
+        infos = archive.infolist()
+        if len(infos) > ZIP_MAX_MEMBERS:
+            archive.close()
+            raise DataError(self.path, f"the zip holds {len(infos):,} files, more than the {ZIP_MAX_MEMBERS:,} "
+                            "personabot reads from one zip", hint=_ZIP_HINT)
+        declared = sum(info.file_size for info in infos)
+        if declared > ZIP_MAX_TOTAL_BYTES:
+            archive.close()
+            raise DataError(self.path, f"the zip says it inflates to {_size(declared)}, more than the "
+                            f"{_size(ZIP_MAX_TOTAL_BYTES)} personabot unpacks from one zip", hint=_ZIP_HINT)
+        self._zip = archive
+        if self._zip_names is None:
+            self._zip_names = sorted(info.filename for info in infos if not info.is_dir())
+        return archive
 
     def read_member_bytes(self, name: str) -> bytes:
         if self.is_dir:
@@ -180,12 +240,27 @@ class Source:
                 return (self.path / name).read_bytes()
             except OSError as e:
                 raise DataError(self.path / name, f"cannot read the file: {e.strerror or e}") from e
+        archive = self._archive()
+        label = self.member_label(name)
         try:
-            with zipfile.ZipFile(self.path) as z:
-                return z.read(name)
-        except (zipfile.BadZipFile, KeyError, OSError) as e:
-            raise DataError(self.path, f"cannot read {name} from the zip ({e})",
-                            hint="download the export again; the zip may be truncated") from e
+            info = archive.getinfo(name)
+            too_big = f"{name} inflates to more than {_size(ZIP_MAX_MEMBER_BYTES)}, the most personabot reads " \
+                      "of one file in a zip"
+            if info.file_size > ZIP_MAX_MEMBER_BYTES:
+                raise DataError(self.path, too_big, hint=_ZIP_HINT)
+            # The declared size may lie: read no more than the caps allow, plus one byte to notice.
+            allowed = min(ZIP_MAX_MEMBER_BYTES, ZIP_MAX_TOTAL_BYTES - self._zip_inflated)
+            with archive.open(info) as member:
+                data = member.read(allowed + 1)
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, NotImplementedError) as e:
+            raise DataError(label, f"cannot read this file from the zip ({e})",
+                            hint="download the export again; the zip may be truncated or damaged") from e
+        self._zip_inflated += len(data)
+        if len(data) > allowed:
+            raise DataError(self.path, too_big if allowed == ZIP_MAX_MEMBER_BYTES else
+                            f"the zip inflates to more than {_size(ZIP_MAX_TOTAL_BYTES)}, the most personabot "
+                            "unpacks from one zip", hint=_ZIP_HINT)
+        return data
 
     def member_label(self, name: str) -> str:
         """How to name a member in messages: a real path for folders, `archive.zip!inner/path` for zips."""
@@ -218,14 +293,51 @@ def parse_json(text: str, label: str | Path) -> Any:
     """JSON with syntax errors reported as line and column (truncated downloads are the usual cause)."""
     if not text.strip():
         raise DataError(label, "the file is empty", hint="export the chat again")
+    return loads_json(text, label)
+
+
+def loads_json(text: str, label: str | Path, *, first_line: int = 1, what: str = "JSON",
+               hint: str | None = None) -> Any:
+    """`json.loads` with every failure a `DataError` naming line and column: syntax errors, nesting too
+    deep for the parser (RecursionError), numbers too long to convert. `first_line` is the line of the file
+    `text` starts on (a JSON Lines record); `what` names the format and `hint` replaces the usual advice."""
+    damaged = hint or "the file was changed or damaged; export it again"
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         # A string cut off by the end of the file is reported where the string began, not at the end.
         truncated = e.pos >= len(text.rstrip()) - 1 or e.msg.startswith("Unterminated string")
-        raise DataError(label, f"is not valid JSON: {e.msg}", where=f"line {e.lineno}, column {e.colno}",
-                        hint=("the file looks cut off; download or export it again" if truncated
-                              else "the file was changed or damaged; export it again")) from e
+        raise DataError(label, f"is not valid {what}: {e.msg}",
+                        where=f"line {e.lineno + first_line - 1}, column {e.colno}",
+                        hint=hint or ("the file looks cut off; download or export it again" if truncated
+                                      else damaged)) from e
+    except RecursionError:
+        line, column = _deep_nesting_at(text)
+        raise DataError(label, f"is not usable {what}: nested more than {JSON_MAX_DEPTH} levels deep, which no "
+                        "export does", where=f"line {line + first_line - 1}, column {column}", hint=damaged) from None
+    except ValueError as e:  # a number of more than 4300 digits, which int() refuses
+        raise DataError(label, f"is not usable {what}: {e}", where=f"line {first_line}", hint=damaged) from None
+
+
+# Where `_deep_nesting_at` reports a nesting too deep for the parser: real exports nest a few levels.
+JSON_MAX_DEPTH = 100
+_JSON_BRACKET_OR_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+
+
+def _deep_nesting_at(text: str) -> tuple[int, int]:
+    """Line and column of the first bracket nested deeper than JSON_MAX_DEPTH (the start when none is)."""
+    depth = 0
+    for match in _JSON_BRACKET_OR_STRING.finditer(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > JSON_MAX_DEPTH:
+                start = match.start()
+                line = text.count("\n", 0, start) + 1
+                return line, start - (text.rfind("\n", 0, start) + 1) + 1
+        elif char in "]}":
+            depth -= 1
+    return 1, 1
 
 
 def json_at(value: Any, expected: type | tuple[type, ...], label: str | Path, where: str,

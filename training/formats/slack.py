@@ -118,6 +118,10 @@ class SlackImporter(Importer):
         return 0.7 if "channels.json" in layout.meta and layout.meta & set(_USER_FILES) else 0.0
 
     def parse(self, source: Source, options: ImportOptions) -> ParseResult:
+        with source:  # a zip stays open for all its member reads, and is closed when they are done
+            return self._parse(source, options)
+
+    def _parse(self, source: Source, options: ImportOptions) -> ParseResult:
         layout = _find_layout(source.member_names())
         if layout is None:
             raise DataError(source.path, "not a Slack export (no users.json or channels.json next to channel "
@@ -344,9 +348,17 @@ def _unescape(text: str) -> str:
 
 
 def _ts_order(ts: str, label: str, where: str) -> Decimal:
-    if not _TS.match(ts):
+    """The sort key of a `ts`, after checking that it is a time (so `_timestamp` cannot fail later)."""
+    match = _TS.match(ts)
+    if not match:
         raise DataError(label, f"unreadable timestamp {ts!r} (expected like \"1710147300.000400\")",
                         where=where, hint=_HINT)
+    try:
+        _instant(match)
+    except (OverflowError, ValueError):
+        shown = ts if len(ts) <= 40 else ts[:37] + "..."
+        raise DataError(label, f"timestamp {shown!r} is not a time Python can represent (years 1 to 9999)",
+                        where=where, hint=_HINT) from None
     return Decimal(ts)
 
 
@@ -354,6 +366,9 @@ def _timestamp(raw: _Raw) -> datetime:
     """`ts` is seconds since the epoch in UTC; parsed exactly (a float would round the microseconds)."""
     match = _TS.match(raw.ts)
     assert match is not None  # checked when the record was read
-    micro = int((match.group("frac") or "0").ljust(6, "0"))
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=int(match.group("sec")),
-                                                                 microseconds=micro)
+    return _instant(match)
+
+
+def _instant(ts: re.Match[str]) -> datetime:
+    micro = int((ts.group("frac") or "0").ljust(6, "0"))
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=int(ts.group("sec")), microseconds=micro)

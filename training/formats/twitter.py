@@ -47,7 +47,10 @@ _RETWEET = re.compile(r"^RT @\w+:")
 # Leading reply mentions: screen names are ASCII letters, digits and underscores.
 _MENTION_PREFIX = re.compile(r"(?:@[A-Za-z0-9_]+\s*)*")
 _LEADING_MENTIONS = re.compile(r"^(?:@[A-Za-z0-9_]+(?:\s+|$))+")
-_TCO_LINK = re.compile(r"[ \t]*https?://t\.co/[A-Za-z0-9]+")
+# Links and the spaces before them. The lookbehind starts a match only where a run of spaces starts: tried
+# from inside a long run, the pattern would rescan the rest of the run at every position (quadratic time).
+_SPACES_BEFORE = r"(?<![ \t])[ \t]*"
+_TCO_LINK = re.compile(_SPACES_BEFORE + r"https?://t\.co/[A-Za-z0-9]+")
 _HTML_ENTITY = re.compile(r"&(amp|lt|gt);")
 _ENTITY_CHARS = {"amp": "&", "lt": "<", "gt": ">"}
 
@@ -106,7 +109,9 @@ class TwitterImporter(Importer):
     def parse(self, source: Source, options: ImportOptions) -> ParseResult:
         result = ParseResult()
         if source.is_dir or source.is_zip:
-            for parts, account in _archive_groups(source):
+            with source:  # a zip stays open for all its member reads, and is closed when they are done
+                groups = _archive_groups(source)
+            for parts, account in groups:
                 _emit(parts, parts, account, options, result)
             return result
         part = _read_part(source.read_text(), str(source.path))
@@ -341,7 +346,7 @@ def _clean_text(data: dict[str, Any], raw: str, is_reply: bool, options: ImportO
 
 def _remove_link(text: str, url: str) -> str:
     """Drop a link with the spaces before it, so `see <link> now` reads `see now`."""
-    return re.sub(r"[ \t]*" + re.escape(url), "", text)
+    return re.sub(_SPACES_BEFORE + re.escape(url), "", text)
 
 
 def _entity_list(entities: dict[str, Any], key: str, label: str, where: str) -> list[dict[str, Any]]:
@@ -368,7 +373,11 @@ def _created_at(value: str, label: str, where: str) -> datetime:
         raise DataError(label, f"unreadable date {value!r} (expected like 'Sat Dec 06 18:20:30 +0000 2025')",
                         where=where, hint="this does not look like an untouched export; export the archive again")
     offset = match.group("off")
-    minutes = int(offset[1:3]) * 60 + int(offset[3:5])
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    if hours > 14 or minutes > 59:  # UTC+14 (Kiribati) is the widest offset in use
+        raise DataError(label, f"unreadable date {value!r} (the UTC offset {offset} is not a real one)",
+                        where=where, hint="this does not look like an untouched export; export the archive again")
+    minutes += hours * 60
     tz = timezone.utc if minutes == 0 else timezone(timedelta(minutes=minutes if offset[0] == "+" else -minutes))
     try:
         return datetime(int(match.group("year")), month, int(match.group("day")), int(match.group("h")),
