@@ -1,25 +1,32 @@
-"""Reply latency: our engine against plain `transformers` generate, in one process, one after the other.
+"""Reply latency: our engine against plain `transformers` generate, measured so that it cannot mislead.
 
 The model has the GPT-2 small architecture (12 layers, 768 wide, 50257 tokens) with random weights: speed
 does not depend on them. Its tokenizer is a byte-level BPE trained on the demo's plays, padded with filler
 tokens to GPT-2's 50257 entries, so that every sampled id decodes to text. The artifact is written to a
 temporary directory and served exactly as `personabot run` serves one (filters included).
 
-Each request has a context of 200 prompt tokens and asks for 40 new tokens (a random model seldom stops
-early; the tokens actually generated are reported).
+Each request has a context of about 200 prompt tokens and asks for `--new-tokens` new tokens (a random model
+seldom stops early; the tokens actually generated are reported).
 
-- batch 1: one reply through our default backend against one plain fp32 `model.generate` (same sampling
-  settings, min_new_tokens=40). Median of `--repeats` runs after a warm-up.
-- 8 channels: 8 requests with 8 different contexts arriving together, time until the last reply, against
-  8 plain generations one after another.
-- loop stall: the largest gap beyond 10 ms seen by a coroutine that ticks every 10 ms while the engine
-  works (both measurements above).
-- peak RSS of the process (baseline model, our model and the tokenizers are all loaded at the end).
+How it avoids the traps of an earlier version (plain transformers measured at 21 s for one reply, 19 s for
+eight, in one run; it takes about 2.5 s): that baseline ran while threads of our engines, in the same
+process, were still busy.
+- Every variant lives in its own process, loaded once, blocked on a pipe between measurements, and shut
+  down (engine closed, worker thread joined) and waited for at the end. One measures at a time; the CPU
+  time the others use meanwhile is read from /proc and reported ("idle others"): it must be about zero.
+- Variants are measured round-robin: repeat 1 of every variant, then repeat 2 of every variant, ... so a
+  change in the machine's load hits all of them alike rather than one.
+- Each backend runs at its own default thread count and at the other's, so that a difference in threads
+  is never taken for a difference in code.
+- Medians and spreads ((max - min) / median) are reported; a ratio is printed only when both sides' own runs
+  agree within 50%, otherwise the script says that the machine was too noisy to compare them.
 
-Run by hand, about two minutes on 2 cores:  .venv/bin/python bench/reply_latency.py
-The last line printed is one JSON object:
-{"speedup_batch1": x, "concurrent8_vs_sequential": y, "max_loop_stall_ms": z, "peak_rss_mb": m, ...}
-with y our time for the 8 replies divided by the sequential baseline's.
+Variants: `plain` (one fp32 `model.generate` at a time; with --channels N, N of them one after another) and
+`ours:<backend>` (one `engine.reply`; with --channels, N requests arriving together, batched by the engine).
+
+Run by hand (a few minutes on 2 cores):  .venv/bin/python bench/reply_latency.py --repeats 3
+The last line printed is one JSON object with every variant's runs, medians, spreads and the ratios (or why
+a ratio was refused).
 """
 
 from __future__ import annotations
@@ -27,54 +34,52 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
+import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.backends import generation_threads  # noqa: E402
-from bot.engine import Engine  # noqa: E402
-from bot.filters import TERMINAL  # noqa: E402
-from training.artifact import write_persona_json, write_training_text  # noqa: E402
-from training.demo import DEMO_SPEAKER, demo_plays  # noqa: E402
-from training.generation import GenerationSettings  # noqa: E402
-from training.modelling import cpu_threads, train_tokenizer  # noqa: E402
-
 CONTEXT_TOKENS = 200
-NEW_TOKENS = 40
 GPT2_VOCAB = 50257
 PEOPLE = ["Hal", "Poins", "Bardolph", "Peto", "Gadshill", "Mistress Quickly"]
+# A variant whose own runs differ by more than this (max - min over median) is not compared with anything.
+MAX_SPREAD = 0.5
 
 
 def play_texts() -> list[str]:
     """Every speech of the demo's plays."""
+    from training.demo import demo_plays
     from training.loader import load_corpus
 
     corpus = load_corpus([str(p) for p in demo_plays()])
     return [m.text for c in corpus.conversations for m in c.messages if getattr(m, "text", None)]
 
 
-def build_artifact(directory: Path) -> None:
+def build_artifact(directory: Path, new_tokens: int) -> None:
     """A GPT-2-small-shaped persona artifact with random weights."""
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from training.artifact import write_persona_json, write_training_text
+    from training.demo import DEMO_SPEAKER
+    from training.generation import GenerationSettings
+    from training.modelling import train_tokenizer
 
     texts = play_texts()
     tokenizer = train_tokenizer(texts, vocab_size=16000)
-    filler = [f"<w{i}>" for i in range(GPT2_VOCAB - len(tokenizer))]
-    tokenizer.add_tokens(filler)
+    tokenizer.add_tokens([f"<w{i}>" for i in range(GPT2_VOCAB - len(tokenizer))])
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    settings = GenerationSettings(max_new_tokens=NEW_TOKENS, context_tokens=CONTEXT_TOKENS)
+    settings = GenerationSettings(max_new_tokens=new_tokens, context_tokens=CONTEXT_TOKENS)
     write_persona_json(directory, {"speaker": DEMO_SPEAKER, "generation": settings.to_json(), "metrics": {}})
     write_training_text(directory, texts[:2000], [])
 
@@ -86,135 +91,216 @@ def channel_turns(tokenizer, seed: int) -> list[tuple[str, str]]:
 
     rng = random.Random(seed)
     lines = [" ".join(t.split()[:12]) for t in play_texts() if len(t.split()) >= 4]
-    turns = []
+    turns: list[tuple[str, str]] = []
     while sum(len(tokenizer.encode(f"{s}: {t}\n")) for s, t in turns) < CONTEXT_TOKENS * 2:
         turns.append((rng.choice(PEOPLE), rng.choice(lines)))
     return turns
 
 
-class StallMeter:
-    """A coroutine ticking every 10 ms; records the largest lateness."""
+# --- one variant, in its own process ---------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task | None = None
+def serve_variant(conn, directory: str, kind: str, threads: int, conversations, new_tokens: int) -> None:
+    """Load one variant, then answer ("batch1" | "channels", seed) with (seconds, tokens) until None."""
+    import torch
 
-    async def _tick(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.010)
-            self.worst = max(self.worst, time.perf_counter() - before - 0.010)
+    from training.modelling import quiet_library_output
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._tick())
+    quiet_library_output()
+    if kind == "plain":
+        torch.set_num_threads(threads)   # plain transformers runs in this (the main) thread
+        run = PlainRunner(directory, conversations, new_tokens)
+        close = None
+    else:
+        from bot.engine import Engine
 
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-
-
-def plain_generate(model, prompt: list[int], settings: GenerationSettings, eos: int) -> tuple[float, int]:
-    ids = torch.tensor([prompt])
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                             temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                             repetition_penalty=settings.repetition_penalty, max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, pad_token_id=eos, eos_token_id=eos)
-    return time.perf_counter() - start, out.shape[1] - ids.shape[1]
+        loop = asyncio.new_event_loop()
+        engine = Engine.load(directory, backend=kind.split(":", 1)[1], threads=threads).start()
+        run = OurRunner(engine, loop, conversations)
+        close = lambda: loop.run_until_complete(engine.close())  # noqa: E731 - joins the worker thread
+    run("batch1", 0)   # warm-up
+    conn.send({"ready": os.getpid(), "backend": getattr(run, "backend", "transformers fp32")})
+    while (request := conn.recv()) is not None:
+        conn.send(run(*request))
+    if close is not None:
+        close()
+    conn.send({"closed": True})
 
 
-async def measure_ours(engine: Engine, conversations, repeats: int) -> dict:
-    meter = StallMeter()
-    meter.start()
-    await engine.reply(conversations[0], target=TERMINAL, seed=0)   # warm-up
-    single, tokens = [], []
-    for r in range(repeats):
+class PlainRunner:
+    """`model.generate` as a user of transformers runs it: fp32, one prompt at a time."""
+
+    def __init__(self, directory: str, conversations, new_tokens: int) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from training import transcript
+        from training.artifact import read_persona
+
+        self.model = AutoModelForCausalLM.from_pretrained(directory).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        info = read_persona(directory)
+        self.settings = info.generation
+        self.eos = tokenizer.eos_token_id
+        self.new_tokens = new_tokens
+        self.prompts = [transcript.build_prompt(tokenizer, turns, info.speaker, CONTEXT_TOKENS)
+                        for turns in conversations]
+
+    def generate(self, prompt: list[int], seed: int) -> int:
+        import torch
+
+        torch.manual_seed(seed)
+        ids = torch.tensor([prompt])
+        s = self.settings
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                      temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                      repetition_penalty=s.repetition_penalty, max_new_tokens=self.new_tokens,
+                                      min_new_tokens=self.new_tokens, pad_token_id=self.eos, eos_token_id=self.eos)
+        return out.shape[1] - ids.shape[1]
+
+    def __call__(self, what: str, seed: int) -> dict:
+        prompts = self.prompts[:1] if what == "batch1" else self.prompts
         start = time.perf_counter()
-        reply = await engine.reply(conversations[0], target=TERMINAL, seed=r + 1)
-        single.append(time.perf_counter() - start)
-        tokens.append(reply.tokens)
-    start = time.perf_counter()
-    replies = await asyncio.gather(*(engine.reply(c, target=TERMINAL, seed=100 + i)
-                                     for i, c in enumerate(conversations)))
-    concurrent = time.perf_counter() - start
-    await meter.stop()
-    return {"batch1_s": statistics.median(single), "batch1_tokens": tokens,
-            "concurrent8_s": concurrent, "concurrent8_tokens": [r.tokens for r in replies],
-            "largest_batch": engine.largest_batch, "max_loop_stall_ms": meter.worst * 1000}
+        tokens = [self.generate(p, seed + i) for i, p in enumerate(prompts)]
+        return {"s": time.perf_counter() - start, "tokens": tokens}
+
+
+class OurRunner:
+    """`engine.reply` as the bot calls it; for "channels", all conversations at once."""
+
+    def __init__(self, engine, loop: asyncio.AbstractEventLoop, conversations) -> None:
+        self.engine, self.loop, self.conversations = engine, loop, conversations
+        self.backend = engine.persona.backend.name
+
+    def __call__(self, what: str, seed: int) -> dict:
+        from bot.filters import TERMINAL
+
+        conversations = self.conversations[:1] if what == "batch1" else self.conversations
+
+        async def replies():
+            return await asyncio.gather(*(self.engine.reply(c, target=TERMINAL, seed=seed + i)
+                                          for i, c in enumerate(conversations)))
+
+        start = time.perf_counter()
+        done = self.loop.run_until_complete(replies())
+        return {"s": time.perf_counter() - start, "tokens": [r.tokens for r in done]}
+
+
+# --- the parent: round-robin, checks, report -------------------------------------------------------------
+
+def process_cpu_s(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(runs: list[float]) -> dict:
+    median = statistics.median(runs)
+    return {"runs_s": [round(r, 3) for r in runs], "median_s": round(median, 3),
+            "spread": round((max(runs) - min(runs)) / median, 3) if median else 0.0}
+
+
+def ratio(numerator: dict, denominator: dict, names: tuple[str, str]) -> dict:
+    """numerator's median over denominator's, or why it is not given."""
+    noisy = [n for n, v in zip(names, (numerator, denominator)) if v["spread"] > MAX_SPREAD]
+    if noisy:
+        return {"ratio": None, "refused": f"the runs of {' and '.join(noisy)} differ by more than "
+                                          f"{MAX_SPREAD:.0%} of their median: too noisy to compare"}
+    return {"ratio": round(numerator["median_s"] / denominator["median_s"], 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for our engine (default: its own default, half the cores); the baseline "
-                             "always uses torch's default, every core")
-    parser.add_argument("--backends", default="auto", help="comma-separated backends to measure after auto")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each variant, round-robin (default 5)")
+    parser.add_argument("--new-tokens", type=int, default=40, help="tokens per reply (default 40)")
+    parser.add_argument("--channels", type=int, default=8,
+                        help="requests arriving together in the second measurement (default 8; 0 skips it)")
+    parser.add_argument("--backends", default="auto", help="comma-separated backends of ours (default auto)")
     args = parser.parse_args()
-    threads = cpu_threads(None)
-    torch.set_num_threads(threads)   # the baseline: plain transformers as a user runs it
-    from training.modelling import quiet_library_output
 
-    quiet_library_output()
-    print(f"# {platform.processor() or platform.machine()}, {threads} cores, baseline on {threads} threads, ours on "
-          f"{generation_threads(args.threads)}, torch {torch.__version__}", file=sys.stderr)
+    from bot.backends import generation_threads
+    from training.modelling import cpu_threads
+
+    cores = cpu_threads(None)
+    plain_default, ours_default = cores, generation_threads(None)
+    thread_counts = sorted({plain_default, ours_default})
+    kinds = ["plain", *dict.fromkeys(f"ours:{b}" for b in args.backends.split(",") if b)]
+    variants = [(kind, t) for kind in kinds for t in thread_counts]
+    defaults = {"plain": plain_default}
+    import torch
+
+    print(f"# {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}; defaults: "
+          f"plain {plain_default} threads, ours {ours_default}; each variant also at the other's", file=sys.stderr)
+    results: dict = {"cores": cores, "repeats": args.repeats, "new_tokens": args.new_tokens,
+                     "channels": args.channels, "variants": {}}
+    spawn = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "persona"
         directory.mkdir()
-        build_artifact(directory)
-        from transformers import AutoModelForCausalLM
+        build_artifact(directory, args.new_tokens)
+        from transformers import AutoTokenizer
 
-        from training.artifact import read_persona
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        conversations = [channel_turns(tokenizer, seed) for seed in range(max(1, args.channels))]
+        children = {}
+        for kind, threads in variants:   # loaded one after another, so that loading never overlaps a run
+            parent_end, child_end = spawn.Pipe()
+            process = spawn.Process(target=serve_variant, daemon=True,
+                                    args=(child_end, str(directory), kind, threads, conversations, args.new_tokens))
+            process.start()
+            hello = parent_end.recv()
+            name = f"{kind}@{threads}t"
+            if kind != "plain":
+                name = f"ours:{hello['backend']}@{threads}t"
+            children[(kind, threads)] = (name, process, parent_end, hello["ready"])
+        measures = ["batch1", *(["channels"] if args.channels > 1 else [])]
+        runs: dict = {(v, m): [] for v in variants for m in measures}
+        tokens: dict = {(v, m): [] for v in variants for m in measures}
+        idle_others_s = 0.0
+        for repeat in range(args.repeats):
+            for measure in measures:
+                for variant in variants:
+                    name, _, conn, pid = children[variant]
+                    others = [c[3] for v, c in children.items() if v != variant]
+                    before = [process_cpu_s(p) for p in others]
+                    conn.send((measure, 1000 * (repeat + 1)))
+                    answer = conn.recv()
+                    idle_others_s = max(idle_others_s, sum(process_cpu_s(p) for p in others) - sum(before))
+                    runs[(variant, measure)].append(answer["s"])
+                    tokens[(variant, measure)].append(answer["tokens"])
+            print(f"# round {repeat + 1} of {args.repeats} done", file=sys.stderr)
+        for name, process, conn, _ in children.values():
+            conn.send(None)
+            conn.recv()           # the engine is closed and its worker thread joined
+            process.join(timeout=60)
+        results["idle_others_max_cpu_s"] = round(idle_others_s, 3)
 
-        info = read_persona(directory)
-        baseline = AutoModelForCausalLM.from_pretrained(directory).eval()
-        results: dict = {"machine": platform.machine(), "cores": threads,
-                         "our_threads": generation_threads(args.threads)}
-        engines = {}
-        for name in dict.fromkeys(["auto", *[b for b in args.backends.split(",") if b]]):
-            engines[name] = Engine.load(directory, backend=name, threads=args.threads).start()
-        persona = engines["auto"].persona
-        conversations = [channel_turns(persona.tokenizer, seed) for seed in range(8)]
-        prompts = [persona.prompt(c) for c in conversations]
-        print(f"# prompt tokens: {[len(p) for p in prompts]}", file=sys.stderr)
-        eos = persona.tokenizer.eos_token_id
+    table = {}
+    for (variant, measure), values in runs.items():
+        name = children[variant][0]
+        entry = summary(values) | {"tokens": tokens[(variant, measure)][-1]}
+        table[(variant, measure)] = entry
+        results["variants"].setdefault(name, {})[measure] = entry
+        default = defaults.get(variant[0], ours_default) == variant[1]
+        print(f"{name:<22} {'(default)' if default else '(same threads as the other)':<28} {measure:<8} "
+              f"median {entry['median_s']:7.3f} s  spread {entry['spread']:5.0%}  runs "
+              f"{', '.join(f'{r:.2f}' for r in values)}", file=sys.stderr)
+    print(f"other variants' CPU while one was measured: at most {idle_others_s:.3f} s", file=sys.stderr)
 
-        plain_generate(baseline, prompts[0], info.generation, eos)   # warm-up
-        plain = [plain_generate(baseline, prompts[0], info.generation, eos)[0] for _ in range(args.repeats)]
-        sequential = sum(plain_generate(baseline, p, info.generation, eos)[0] for p in prompts)
-        results["plain_batch1_s"] = statistics.median(plain)
-        results["plain_sequential8_s"] = sequential
-        print(f"plain transformers fp32: batch 1 {results['plain_batch1_s']:.2f} s, "
-              f"8 one after another {sequential:.2f} s", file=sys.stderr)
-
-        async def run_all() -> None:
-            for name, engine in engines.items():
-                measured = await measure_ours(engine, conversations, args.repeats)
-                measured["backend"] = engine.persona.backend.name
-                results[f"ours_{name}"] = measured
-                print(f"ours ({name} = {measured['backend']}): batch 1 {measured['batch1_s']:.2f} s, "
-                      f"8 together {measured['concurrent8_s']:.2f} s (batches of up to "
-                      f"{measured['largest_batch']}), worst loop stall {measured['max_loop_stall_ms']:.1f} ms",
-                      file=sys.stderr)
-                await engine.close()
-
-        asyncio.run(run_all())
-        ours = results["ours_auto"]
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(results), file=sys.stderr)
-        print(json.dumps({
-            "speedup_batch1": round(results["plain_batch1_s"] / ours["batch1_s"], 2),
-            "concurrent8_vs_sequential": round(ours["concurrent8_s"] / sequential, 3),
-            "max_loop_stall_ms": round(max(r["max_loop_stall_ms"] for k, r in results.items()
-                                           if k.startswith("ours_")), 1),
-            "peak_rss_mb": round(peak_mb),
-            "backend": ours["backend"],
-        }))
+    ratios = {}
+    for kind in kinds[1:]:
+        for threads in thread_counts:
+            ours = (kind, threads)
+            # Against plain as its users run it, and against plain on the same number of threads.
+            for base in dict.fromkeys([("plain", plain_default), ("plain", threads)]):
+                for measure in measures:
+                    key = f"{measure}: {children[ours][0]} / {children[base][0]}"
+                    ratios[key] = ratio(table[(ours, measure)], table[(base, measure)],
+                                        (children[ours][0], children[base][0]))
+    for key, value in ratios.items():
+        shown = f"{value['ratio']:.3f} of the time" if value["ratio"] is not None else f"no ratio: {value['refused']}"
+        print(f"{key}: {shown}", file=sys.stderr)
+    results["ratios"] = ratios
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":
