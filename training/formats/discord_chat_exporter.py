@@ -75,6 +75,11 @@ _SYSTEM_KINDS = {"RecipientAdd", "RecipientRemove", "Call", "ChannelNameChange",
 # auto-moderation 24, stage events 27-31, poll results 46...), so it counts as system.
 _BOT_OUTPUT_KIND_NUMBERS = {20, 23}
 
+# What DCE writes: ids are Discord snowflakes (ASCII digits); a type is a MessageKind name or, for kinds it
+# has no name for, their number. Anything else (`"²"` passes str.isdigit() but not int()) is a damaged file.
+_SNOWFLAKE = re.compile(r"[0-9]{1,20}")
+_KIND = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}|[0-9]{1,6}")
+
 _JSON_SIGNATURE = re.compile(r'\A\s*\{\s*"guild"\s*:\s*\{\s*"id"\s*:')
 _JSON_CHANNEL = re.compile(r'"channel"\s*:\s*\{\s*"id"\s*:\s*"\d+"\s*,\s*"type"\s*:')
 _JSON_MESSAGES = re.compile(r'"messages"\s*:\s*\[')
@@ -115,7 +120,7 @@ class DiscordJsonImporter(Importer):
         for i, record in enumerate(records):
             message = self._message(record, f"$.messages[{i}]", label, options, known_names, result)
             if message is not None:
-                snowflake = int(message.id) if message.id and message.id.isdigit() else 0
+                snowflake = int(message.id) if message.id else 0
                 items.append(((sort_key(message.timestamp), snowflake, i), message))
 
         title = " - ".join(part for part in (
@@ -127,8 +132,10 @@ class DiscordJsonImporter(Importer):
     def _message(self, record: dict[str, Any], where: str, label: Path, options: ImportOptions,
                  known_names: dict[str, str], result: ParseResult) -> Message | None:
         """One message, or None after counting why it is not training text."""
-        message_id = json_field(record, "id", str, label, where)
-        kind = json_field(record, "type", str, label, where)
+        message_id = _checked(json_field(record, "id", str, label, where), _SNOWFLAKE, "message id", label,
+                              f"{where}.id")
+        kind = _checked(json_field(record, "type", str, label, where), _KIND, "message type", label,
+                        f"{where}.type")
         stamp = _json_timestamp(json_field(record, "timestamp", str, label, where), label, f"{where}.timestamp")
         content = json_field(record, "content", str, label, where)
         author = json_field(record, "author", dict, label, where)
@@ -176,6 +183,15 @@ class DiscordJsonImporter(Importer):
         aliases = tuple(dict.fromkeys(n for n in (username, tagged) if n and n != speaker))
         return Message(speaker=speaker, text=text, timestamp=stamp, reply_to=reply_to, id=message_id,
                        speaker_id=author_id, speaker_aliases=aliases)
+
+
+def _checked(value: str, pattern: re.Pattern[str], what: str, label: Path, where: str) -> str:
+    """`value` when it is what DiscordChatExporter writes for `what`, else a `DataError` at `where`."""
+    if pattern.fullmatch(value) is None:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise DataError(label, f"unreadable {what} {shown!r}", where=where,
+                        hint="the file was changed or damaged; " + _HINT_REEXPORT)
+    return value
 
 
 def _display_name(author: dict[str, Any]) -> str:
@@ -369,7 +385,9 @@ _MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", 
                 "october", "november", "december")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}T")
 _UNIX_DATE = re.compile(r"\d{9,13}")  # the `unix` / `unixms` date formats of 2020-2023 builds
-_TIME = r"\s*,?\s+(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2}))?(?:\s*(?P<ampm>[AaPp])\.?\s?[Mm]\.?)?"
+# `(?:\s*+,)?\s++` is "\s*,?\s+" without its ambiguity: two adjacent runs of spaces that can split a long run
+# any number of ways take quadratic time on a date followed by thousands of spaces.
+_TIME = r"(?:\s*+,)?\s++(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2}))?(?:\s*(?P<ampm>[AaPp])\.?\s?[Mm]\.?)?"
 # `dd-MMM-yy hh:mm tt` (invariant culture, 2018 to 2023-02).
 _NAMED_MONTH_DATE = re.compile(r"(?P<d>\d{1,2})[- ](?P<mon>[^\W\d_]+)\.?[- ](?P<y>\d{4}|\d{2})" + _TIME)
 # Numeric dates: `MM/dd/yyyy h:mm tt` (2023-02 to 09) and culture "g" (2023-09 to 11): en-US `3/11/2024 6:58 PM`,
@@ -452,6 +470,9 @@ class _CsvDates:
             year = int(c) + (2000 if len(c) == 2 else 0)
             if m["sep"] == ".":  # no culture writes month.day.year
                 return self._build(line, year, b, int(a), time)
+            if not (1 <= int(a) <= 31 and 1 <= b <= 31):
+                # Checked now: the day/month order is decided later, from every date, which must be real.
+                raise self._error(line, f"this is not a real date: {value!r}")
             return _NumericDate(line, int(a), b, year, time, m["ampm"] is not None)
         raise self._error(line, f"cannot read the date {value!r}")
 
@@ -461,6 +482,8 @@ class _CsvDates:
             if not 1 <= hour <= 12:
                 raise self._error(line, f"the hour in {value!r} does not fit AM/PM")
             hour = hour % 12 + (12 if m["ampm"] in "Pp" else 0)
+        if hour > 23 or minute > 59 or second > 59:
+            raise self._error(line, f"this is not a real time: {value!r}")
         return hour, minute, second
 
     def _build(self, line: int, year: int, month: int, day: int, time: tuple[int, int, int]) -> datetime:

@@ -14,7 +14,7 @@ from training.conversation import Message, SceneBreak
 from training.errors import DataError
 from training.formats import register
 from training.formats.base import (ImportOptions, Importer, ParseResult, Skip, Source, Thread, json_at,
-                                   json_field, parse_json)
+                                   json_field, loads_json, parse_json)
 
 USER = "User"
 ASSISTANT = "Assistant"
@@ -58,7 +58,7 @@ class AlpacaImporter(Importer):
             return 0.0
         try:
             first, _ = json.JSONDecoder().raw_decode(head)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: not Alpaca
             return 0.0
         if isinstance(first, dict) and isinstance(first.get("instruction"), str) and "output" in first:
             return 0.95
@@ -80,13 +80,9 @@ class AlpacaImporter(Importer):
             for number, line in enumerate(_lines(text), start=1):
                 if not line.strip():
                     continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(source.path, f"is not valid JSON Lines: {e.msg}",
-                                    where=f"line {number}, column {e.colno}",
+                record = loads_json(line, source.path, first_line=number, what="JSON Lines",
                                     hint="each line must be one complete JSON object; the file may be cut "
-                                         "off or be a different format") from e
+                                         "off or be a different format")
                 self._record(source, record, index, f"line {number}: $", options, result)
                 index += 1
         return result
@@ -116,9 +112,16 @@ class AlpacaImporter(Importer):
 # --- chat-tokens -------------------------------------------------------------------------------------------
 _ROLE_MARKERS = {"user": USER, "assistant": ASSISTANT, "system": SYSTEM}
 _ROLE = re.compile(r"<\|(user|assistant|system)\|>", re.IGNORECASE)
-# <|End|> (and GPT-2's <|endoftext|>) only close a turn: dropped from the text.
-_END = re.compile(r"\s*<\|(?:end|endoftext)\|>\s*", re.IGNORECASE)
+# <|End|> (and GPT-2's <|endoftext|>) only close a turn: dropped from the text with the spaces around them.
+# Runs of spaces and markers are matched whole (see `_without_end_markers`): `\s*<\|end\|>` searched through a
+# long run of spaces would rescan the rest of the run at every position (quadratic time).
+_END_OR_SPACES = re.compile(r"(?:\s|<\|(?:end|endoftext)\|>)+", re.IGNORECASE)
 _LINE_START = re.compile(r"\s*<\|(user|assistant|system)\|>", re.IGNORECASE)
+
+
+def _without_end_markers(text: str) -> str:
+    """`text` with each <|End|> / <|endoftext|> and the spaces around it replaced by one space."""
+    return _END_OR_SPACES.sub(lambda m: " " if "|" in m.group() else m.group(), text)
 
 
 @register
@@ -158,12 +161,12 @@ class ChatTokensImporter(Importer):
                 first_unmarked = first_unmarked or number
                 continue
             marked += 1
-            if _END.sub(" ", line[:roles[0].start()]).strip():
+            if _without_end_markers(line[:roles[0].start()]).strip():
                 result.skip(Skip.NO_SPEAKER)
             items: list[Message | SceneBreak] = []
             for turn, (marker, following) in enumerate(zip(roles, roles[1:] + [None]), start=1):
                 end = following.start() if following is not None else len(line)
-                piece = _END.sub(" ", line[marker.end():end]).strip()
+                piece = _without_end_markers(line[marker.end():end]).strip()
                 speaker = _ROLE_MARKERS[marker.group(1).lower()]
                 _add(result, items, options, speaker, piece, f"{number}.{turn}")
             if items:

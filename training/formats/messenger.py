@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from training.conversation import Message
+from training.errors import DataError
 from training.formats import register
 from training.formats.base import (Importer, ImportOptions, ParseResult, Skip, Source, Thread, json_at,
                                    json_field)
@@ -129,7 +130,12 @@ def _read_message(msg: dict[str, Any], label: Path, where: str, options: ImportO
     if not text or _is_auto_attachment_text(text, sender):
         result.skip(Skip.ATTACHMENT_ONLY if text or any(f in msg for f in _MEDIA_FIELDS) else Skip.EMPTY)
         return None
-    timestamp = _EPOCH + timedelta(milliseconds=stamp)
+    try:
+        timestamp = _EPOCH + timedelta(milliseconds=stamp)
+    except OverflowError:
+        raise DataError(label, f"timestamp_ms {stamp} is not a time Python can represent (years 1 to 9999)",
+                        where=f"{where}.timestamp_ms",
+                        hint="the file was changed or damaged; download your information again") from None
     digest = hashlib.sha1(content.encode("utf-8")).hexdigest()[:10]
     return stamp, Message(sender, text, timestamp, id=f"{stamp}:{sender}:{digest}")
 

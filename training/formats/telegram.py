@@ -185,11 +185,17 @@ def _reply_to(msg: dict[str, Any], label: Path, where: str, chat_id: int) -> str
     return str(reply)
 
 
+# The number at the end of "channel1234" / "user-42". The lookbehind lets a match start only where a run of
+# digits starts; tried from every digit of a long run not at the end, `\d+$` takes quadratic time.
+_TRAILING_NUMBER = re.compile(r"-?(?<!\d)\d+\Z")
+
+
 def _bare_id(peer: str | int) -> int | None:
     if isinstance(peer, int):
         return peer
-    digits = re.search(r"-?\d+$", peer)
-    return int(digits.group()) if digits else None
+    digits = _TRAILING_NUMBER.search(peer)
+    # No chat id has more than 20 digits; a longer number (int() refuses over 4300) is no chat of this file.
+    return int(digits.group()) if digits and len(digits.group()) <= 21 else None
 
 
 def _plain_text(value: str | list[Any], label: Path, where: str) -> str:
@@ -227,7 +233,11 @@ def _timestamp(msg: dict[str, Any], label: Path, where: str) -> datetime:
     if isinstance(unix, str) and not re.fullmatch(r"-?\d+", unix):
         raise DataError(label, f'unreadable date_unixtime "{unix}"', where=f"{where}.date_unixtime",
                         hint=_HINT_REEXPORT)
-    instant = datetime.fromtimestamp(int(unix), timezone.utc)
+    try:
+        instant = datetime.fromtimestamp(int(unix), timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise DataError(label, f'date_unixtime "{unix}" is not a time Python can represent (years 1 to 9999)',
+                        where=f"{where}.date_unixtime", hint="the file was edited by hand; " + _HINT_REEXPORT) from None
     offset = local - instant.replace(tzinfo=None)
     if abs(offset) > _MAX_OFFSET or offset % timedelta(minutes=15):
         raise DataError(label, f'date "{date_text}" and date_unixtime "{unix}" disagree by {offset}',
