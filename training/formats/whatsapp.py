@@ -155,8 +155,10 @@ def _style_of_line(line: str) -> _Style | None:
 
 
 # --- what a message's text can be besides words ----------------------------------------------------------
+# The lookbehind starts a match only where a run of spaces starts: tried from inside a long run, the pattern
+# would rescan the rest of the run at every position (quadratic time).
 _EDITED = re.compile(
-    r"[ \u200e]*<(?:This message was edited|Diese Nachricht wurde bearbeitet|Se editó este mensaje"
+    r"(?<![ \u200e])[ \u200e]*<(?:This message was edited|Diese Nachricht wurde bearbeitet|Se editó este mensaje"
     r"|Este mensaje fue editado|Ce message a été modifié|Questo messaggio è stato modificato"
     r"|Esta mensagem foi editada)\.?>", re.I)
 
@@ -175,8 +177,10 @@ _MEDIA_OMITTED = re.compile(
     r"|(?:Bild|Video|Audio|Sticker|GIF|Kontaktkarte) weggelassen"
     r"|(?:imagen omitida|video omitido|audio omitido|sticker omitido|GIF omitido|tarjeta de contacto omitida)"
     r"|live location shared|Live-Standort geteilt|ubicación en tiempo real compartida", re.I)
-# iPhone documents: "name.pdf • 3 pages ‎document omitted" (the U+200E has been removed by then).
-_DOCUMENT_OMITTED = re.compile(r".+ • .+ (?:document omitted|Dokument weggelassen|documento omitido)", re.I)
+# iPhone documents: "name.pdf • 3 pages ‎document omitted" (the U+200E has been removed by then). Matched as
+# a suffix plus a string search (see `_is_document_omitted`): as one pattern `.+ • .+ document omitted` it
+# takes quadratic time on a text of many "a • ".
+_DOCUMENT_OMITTED_END = re.compile(r" (?:document omitted|Dokument weggelassen|documento omitido)\Z", re.I)
 # iPhone "Attach media" exports: "<attached: 00000014-PHOTO-2023-12-29-20-17-49.jpg>" in any language
 # (Anhang, adjunto...), optionally after a document's "name • 3 pages".
 _IOS_ATTACHED = re.compile(r"(?:.* )?<[^<>:\n]{2,30}: ?\d{8}-[^<>\n]*>")
@@ -462,7 +466,7 @@ def _message(record: _Record, timestamp: datetime, group: str | None, options: I
         reason = Skip.DELETED
     elif _UNDECRYPTED.fullmatch(text):
         reason = Skip.UNSUPPORTED
-    elif (_MEDIA_OMITTED.fullmatch(text) or _DOCUMENT_OMITTED.fullmatch(text) or _IOS_ATTACHED.fullmatch(text)
+    elif (_MEDIA_OMITTED.fullmatch(text) or _is_document_omitted(text) or _IOS_ATTACHED.fullmatch(text)
           or (_LOCATION.fullmatch(text.split("\n")[-1]) and text.count("\n") <= 2)):
         reason = Skip.MEDIA
     else:
@@ -477,6 +481,15 @@ def _message(record: _Record, timestamp: datetime, group: str | None, options: I
         result.skip(reason)
         return None
     return Message(speaker=speaker, text=text, timestamp=timestamp, speaker_aliases=aliases)
+
+
+def _is_document_omitted(text: str) -> bool:
+    """Whether one line reads `NAME • DETAILS document omitted` (NAME and DETAILS not empty)."""
+    end = _DOCUMENT_OMITTED_END.search(text)
+    if end is None or "\n" in text:
+        return False
+    # A " • " with at least one character on each side, before the suffix.
+    return text.find(" • ", 1, end.start() - 1) != -1
 
 
 def _speaker(sender: str) -> tuple[str, tuple[str, ...]]:
