@@ -33,6 +33,20 @@ def run(coro):
 
 # --- the decode loop -------------------------------------------------------------------------------------
 
+def test_a_generation_warns_about_nothing(alice_artifact, caplog):
+    # The terminal chat shows whatever reaches stderr: a deprecation warning at each reply is noise there.
+    import logging
+    import warnings
+
+    persona = Persona.load(alice_artifact, backend="torch")
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")      # any warning fails the generation, whoever emits it
+        replies = decode(persona.backend.model, persona.tokenizer, [persona.prompt(TURNS)] * 2,
+                         persona.settings, seeds=1)
+    assert len(replies) == 2
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_replies_stop_at_the_end_marker_or_another_speaker_exactly_where_an_unstopped_run_would_be_cut(
         alice_artifact):
     persona = Persona.load(alice_artifact, backend="torch")

@@ -4,11 +4,13 @@ turn). Shared by the trainer (samples in persona.json) and the bot's Persona."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from training import transcript
 from training.modelling import max_positions
@@ -104,6 +106,15 @@ def _sample(scores: torch.Tensor, settings: GenerationSettings, generator: torch
     return int(ids[choice])
 
 
+def cache_argument(model) -> str:
+    """The name under which the model's forward takes its key-value cache.
+
+    transformers 5 renamed `past_key_values` to `cache` and warns at every call that uses the old name (a
+    FutureWarning in the middle of a terminal chat); releases before the rename only know the old one. The
+    cache object is updated in place, so it is passed on from step to step without reading it back."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def decode(model, tokenizer, prompts: Sequence[Sequence[int]],
            settings: GenerationSettings | Sequence[GenerationSettings], *,
@@ -159,12 +170,12 @@ def decode(model, tokenizer, prompts: Sequence[Sequence[int]],
     active = list(range(n))                       # original row index of each batch position
     seen = [torch.tensor(r, dtype=torch.long) for r in rows]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    step_ids, step_pos, past = input_ids, positions, None
+    step_ids, step_pos, past = input_ids, positions, DynamicCache()
     attention = mask
+    cache_arg = cache_argument(model)
     while active:
         out = model(input_ids=step_ids.to(device), attention_mask=attention.to(device),
-                    position_ids=step_pos.to(device), past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+                    position_ids=step_pos.to(device), use_cache=True, logits_to_keep=1, **{cache_arg: past})
         logits = out.logits[:, -1, :].float().cpu()
         chosen = torch.empty(len(active), dtype=torch.long)
         for b, row in enumerate(active):
