@@ -158,6 +158,24 @@ def test_run_uses_the_configured_persona_and_validates_settings(cli, persona_dir
     assert "TORCH_THREADS=0 must be at least 1" in bad.stderr
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_model_file_is_named_with_what_to_do(cli, persona_dir, tmp_path, damage):
+    import shutil
+
+    broken = tmp_path / "alice"
+    shutil.copytree(persona_dir, broken)
+    weights = broken / "model.safetensors"
+    whole = weights.read_bytes()
+    # A copy cut off half-way, or a file overwritten with other bytes of the same length.
+    weights.write_bytes(whole[:len(whole) // 2] if damage == "truncated" else bytes(range(256)) * (len(whole) // 256))
+    for result in (cli("sample", str(broken), "-n", "1"), cli("chat", str(broken), input="hello\n"),
+                   cli("run", cwd=tmp_path, env={"PERSONA_MODEL": str(broken)}, input="hello\n")):
+        assert result.returncode == 2, result.stderr
+        assert f"the model file {weights} is damaged" in result.stderr
+        assert "train the persona again" in result.stderr and "restore" in result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("error") == 1
+
+
 def test_run_builds_the_demo_persona_from_the_bundled_plays_then_chats(cli, tmp_path):
     result = cli("run", cwd=tmp_path, env={"DEMO_TIME_BUDGET": "10", "PERSONA_MODEL": ""},
                  input="What say you, Jack?\n", timeout=300)

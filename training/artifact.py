@@ -94,13 +94,36 @@ def read_persona(directory: str | Path) -> PersonaInfo:
     return PersonaInfo(path, str(data["speaker"]), generation, data)
 
 
+def damaged_model_error(path: Path, problem: object) -> ArtifactError:
+    """The one message for a model file that cannot be read: which file, and what to do about it."""
+    return ArtifactError(f"the model file {path} is damaged ({problem}); train the persona again "
+                         f"(personabot train ... --out {path.parent}) or restore the artifact from a copy")
+
+
+def check_weights(directory: Path) -> None:
+    """Open the header of every safetensors weight file: a truncated or overwritten file fails here, named,
+    instead of deep inside transformers with a traceback."""
+    from safetensors import SafetensorError, safe_open
+
+    for weights in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise damaged_model_error(weights, e) from e
+
+
 def load_model(info: PersonaInfo):
     """The artifact's (model, tokenizer), in evaluation mode; a load failure is an `ArtifactError`."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_weights(info.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(info.path)
         model = AutoModelForCausalLM.from_pretrained(info.path)
+    except SafetensorError as e:   # damage the header check cannot see (a shard named by an index)
+        raise damaged_model_error(info.path / "model.safetensors", e) from e
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load the model in {info.path}: {e}") from e
     model.eval()
