@@ -12,7 +12,7 @@ import json
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -195,6 +195,21 @@ class Source:
         """The whole file as UTF-8 text (a BOM is dropped); invalid UTF-8 is an error naming the line."""
         return decode_utf8(self.read_bytes(), self.path)
 
+    def text_lines(self) -> Iterator[str]:
+        """The file's lines as UTF-8 text, each with its line ending (a BOM is dropped), decoded one at a time
+        so that a large file is never held whole; invalid UTF-8 is an error naming the line."""
+        try:
+            with self.path.open("rb") as f:
+                for number, raw in enumerate(f, start=1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        decode_utf8(raw, self.path, first_line=number)  # raises the DataError naming the line
+                        raise
+                    yield line if number > 1 else _strip_bom(line)
+        except OSError as e:
+            raise DataError(self.path, f"cannot read the file: {e.strerror or e}") from e
+
     def read_json(self) -> Any:
         """The file parsed as JSON; a syntax error names line and column."""
         return parse_json(self.read_text(), self.path)
@@ -278,12 +293,13 @@ def _strip_bom(text: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def decode_utf8(data: bytes, label: str | Path) -> str:
-    """UTF-8 text with a BOM dropped; on invalid bytes a `DataError` naming the line."""
+def decode_utf8(data: bytes, label: str | Path, *, first_line: int = 1) -> str:
+    """UTF-8 text with a BOM dropped; on invalid bytes a `DataError` naming the line (`data` starts on line
+    `first_line` of the file)."""
     try:
         return _strip_bom(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + first_line
         raise DataError(label, "is not UTF-8 text (invalid byte "
                         f"0x{data[e.start]:02x})", where=f"line {line}",
                         hint="export the chat again as UTF-8, or convert the file to UTF-8") from e

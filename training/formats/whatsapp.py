@@ -63,9 +63,11 @@ How the traps of the format are met (docs: chat-export-formats.md, section 3):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from training.conversation import Message
 from training.errors import DataError
@@ -296,63 +298,151 @@ class WhatsAppImporter(Importer):
         return 0.9 if headers == 2 else 0.6
 
     def parse(self, source: Source, options: ImportOptions) -> ParseResult:
+        # Two passes over the file, a line at a time, so that only the messages are held (12.7x the file
+        # size was held when the text, its lines and a match per line were all kept at once): the first
+        # learns what needs every header (layout, record boundaries, day/month order, the group's name),
+        # the second turns each record into a message as soon as it ends.
         path = source.path
-        text = source.read_text()
-        records, style = _records(text, path)
-        first_is_day = _first_field_is_day(records, style)
         title = _title(path)
-        group = _group_sender(records, title)
+        layout = _scan(source, title)
         result = ParseResult()
         thread = Thread(key=f"whatsapp:{path.resolve()}", title=title)
         result.threads.append(thread)
-        for record in records:
-            timestamp = _timestamp(record, style, first_is_day, path)
-            message = _message(record, timestamp, group, options, result)
+        speakers: dict[str, tuple[str, tuple[str, ...]]] = {}  # one str per name, not one per message
+        last_stamp: tuple[str, datetime] | None = None          # one datetime per run of equal headers
+
+        def finish(record: _Record) -> None:
+            nonlocal last_stamp
+            header = record.match.group(0)
+            if last_stamp is None or last_stamp[0] != header:
+                last_stamp = header, _timestamp(record, layout.style, layout.first_is_day, path)
+            message = _message(record, last_stamp[1], layout.group, options, result, speakers)
             if message is not None:
                 thread.items.append(message)
+
+        record: _Record | None = None
+        for number, line, after_crlf in _numbered_lines(source):
+            if number < layout.first:
+                continue
+            m = layout.strict.match(line)
+            if m is not None and (number == layout.first or not layout.records_end_with_crlf or after_crlf):
+                if record is not None:
+                    finish(record)
+                record = _Record(line=number, match=m, line_lrm=line.startswith(LRM), rest=line[m.end():])
+            else:
+                assert record is not None  # the first non-blank line is a header (checked by _scan)
+                record.more.append(line)
+        if record is not None:
+            finish(record)
         return result
 
 
 # --- reading records ---------------------------------------------------------------------------------------
-def _records(text: str, path: Path) -> tuple[list[_Record], _Style]:
-    """Split the file into records using the strict header pattern of its first line."""
-    raw = text.split("\n")
-    crlf = [line.endswith("\r") for line in raw]  # crlf[i]: line i ended with CRLF
-    lines = [line[:-1] if ended else line for line, ended in zip(raw, crlf)]
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if first is None:
-        raise DataError(path, "the file is empty", hint="export the chat again")
-    style = _style_of_line(lines[first])
-    if style is None:
-        shown = _shorten(lines[first])
-        if any(_style_of_line(line) for line in lines[first + 1:]):
-            raise DataError(path, f"does not start with a WhatsApp message header; the first line is {shown!r}",
-                            where=f"line {first + 1}",
-                            hint="the start of the export is missing or was edited; export the chat again")
-        raise DataError(path, f"no WhatsApp message header found; the first line is {shown!r}",
-                        where=f"line {first + 1}",
-                        hint='this is not a WhatsApp "Export chat" file (its lines start like '
-                             '"12/29/23, 8:02 PM - Name:" or "[29/12/2023, 20:02:11] Name:"); '
-                             'pass the right --format')
-    strict = style.regex()
-    matches = [strict.match(line) if i >= first else None for i, line in enumerate(lines)]
+def _numbered_lines(source: Source) -> Iterator[tuple[int, str, bool]]:
+    """(1-based line number, line without its ending, whether the line before ended with CRLF)."""
+    after_crlf = False
+    for number, raw in enumerate(source.text_lines(), start=1):
+        line = raw[:-1] if raw.endswith("\n") else raw
+        crlf = line.endswith("\r")
+        yield number, line[:-1] if crlf else line, after_crlf
+        after_crlf = crlf
 
+
+class _DayOrder:
+    """Evidence for the day/month order, gathered header by header (see `_first_field_is_day`)."""
+
+    __slots__ = ("first_big", "second_big", "first_drops", "second_drops", "previous")
+
+    def __init__(self) -> None:
+        self.first_big = self.second_big = 0
+        self.first_drops = self.second_drops = False
+        self.previous: tuple[int, int, int] | None = None
+
+    def add(self, a: int, b: int, year: int) -> None:
+        self.first_big += a > 12 >= b
+        self.second_big += b > 12 >= a
+        if self.previous is not None and self.previous[2] == year:
+            # Within one year the month never goes down: the field that goes down is the day.
+            self.first_drops |= a < self.previous[0]
+            self.second_drops |= b < self.previous[1]
+        self.previous = (a, b, year)
+
+
+@dataclass(slots=True)
+class _Layout:
+    """What the first pass learns from every header of the file."""
+
+    style: _Style
+    strict: re.Pattern[str]
+    first: int                   # line number of the first record
+    records_end_with_crlf: bool  # iPhone: only a line after a CRLF may start a record
+    first_is_day: bool
+    group: str | None
+
+
+def _scan(source: Source, title: str) -> _Layout:
+    """The first pass: the file's header style and everything that needs all of its headers.
+
+    Which lines start records depends on a count over the whole file (headers after CRLF against headers
+    after a bare LF), so the evidence is gathered both ways and the right one kept at the end.
+    """
+    path = source.path
+    first = 0
+    style: _Style | None = None
+    strict: re.Pattern[str] | None = None
+    after_crlf_count = after_lf_count = 0
+    bare_lf = False
+    # [every header line, only the first line and headers after a CRLF]
+    orders = (_DayOrder(), _DayOrder())
+    senders: tuple[set[str], set[str]] = (set(), set())
+    for number, line, after_crlf in _numbered_lines(source):
+        if number > 1 and not after_crlf:
+            bare_lf = True
+        if strict is None:
+            if not line.strip():
+                continue
+            first, style = number, _style_of_line(line)
+            if style is None:
+                _no_header(source, number, line)
+            strict = style.regex()
+        m = strict.match(line)
+        if m is None:
+            continue
+        if number > first:
+            after_crlf_count += after_crlf
+            after_lf_count += not after_crlf
+        a, b, year = _fields(m, style)
+        split = _split_sender(line[m.end():])
+        sender = _speaker(split[0])[0].casefold() if split else None
+        for kept, order, names in ((True, orders[0], senders[0]),
+                                   (number == first or after_crlf, orders[1], senders[1])):
+            if kept:
+                order.add(a, b, year)
+                if sender is not None:
+                    names.add(sender)
+    if strict is None or style is None:
+        raise DataError(path, "the file is empty", hint="export the chat again")
     # iPhone: records end with CRLF, line breaks inside a message are bare LF. When the headers say so,
     # a line after a bare LF is always text, however much it looks like a header.
-    after_crlf = sum(1 for i in range(first + 1, len(lines)) if matches[i] and crlf[i - 1])
-    after_lf = sum(1 for i in range(first + 1, len(lines)) if matches[i] and not crlf[i - 1])
-    bare_lf = any(not ended for ended in crlf[:-1])
-    records_end_with_crlf = bare_lf and after_crlf > after_lf
+    # (The last line's own ending is not looked at: no header follows it, so it cannot matter.)
+    crlf_records = bare_lf and after_crlf_count > after_lf_count
+    which = 1 if crlf_records else 0
+    return _Layout(style, strict, first, crlf_records, _first_field_is_day(orders[which], style),
+                   _group_sender(senders[which], title))
 
-    records: list[_Record] = []
-    for i in range(first, len(lines)):
-        line, m = lines[i], matches[i]
-        starts = m is not None and (i == first or not records_end_with_crlf or crlf[i - 1])
-        if starts:
-            records.append(_Record(line=i + 1, match=m, line_lrm=line.startswith(LRM), rest=line[m.end():]))
-        else:
-            records[-1].more.append(line)
-    return records, style
+
+def _no_header(source: Source, number: int, line: str) -> NoReturn:
+    """The error for a file whose first non-blank line (`number`) is no message header."""
+    shown = _shorten(line)
+    if any(_style_of_line(other) for n, other, _ in _numbered_lines(source) if n > number):
+        raise DataError(source.path, f"does not start with a WhatsApp message header; the first line is "
+                        f"{shown!r}", where=f"line {number}",
+                        hint="the start of the export is missing or was edited; export the chat again")
+    raise DataError(source.path, f"no WhatsApp message header found; the first line is {shown!r}",
+                    where=f"line {number}",
+                    hint='this is not a WhatsApp "Export chat" file (its lines start like '
+                         '"12/29/23, 8:02 PM - Name:" or "[29/12/2023, 20:02:11] Name:"); '
+                         'pass the right --format')
 
 
 def _shorten(line: str, limit: int = 80) -> str:
@@ -361,30 +451,22 @@ def _shorten(line: str, limit: int = 80) -> str:
 
 
 # --- dates -------------------------------------------------------------------------------------------------
-def _fields(record: _Record, style: _Style) -> tuple[int, int, int]:
+def _fields(match: re.Match[str], style: _Style) -> tuple[int, int, int]:
     """(first, second, year) where first/second are the two day-or-month fields in written order."""
-    f1, f2, f3 = int(record.match["f1"]), int(record.match["f2"]), int(record.match["f3"])
+    f1, f2, f3 = int(match["f1"]), int(match["f2"]), int(match["f3"])
     return (f2, f3, f1) if style.year_first else (f1, f2, f3)
 
 
-def _first_field_is_day(records: list[_Record], style: _Style) -> bool:
+def _first_field_is_day(order: _DayOrder, style: _Style) -> bool:
     """Whether the first of the two day/month fields is the day, inferred from every header of the file."""
-    fields = [_fields(r, style) for r in records]
-    first_big = sum(1 for a, b, _ in fields if a > 12 >= b)
-    second_big = sum(1 for a, b, _ in fields if b > 12 >= a)
-    if first_big != second_big:
+    if order.first_big != order.second_big:
         # The majority decides; a header that disagrees fails later as an impossible date.
-        return first_big > second_big
-    if not first_big:
+        return order.first_big > order.second_big
+    if not order.first_big:
         # Exports are chronological: within one year the month never goes down, so the field that goes
         # down between consecutive headers is the day.
-        first_drops = second_drops = False
-        for (a0, b0, y0), (a1, b1, y1) in zip(fields, fields[1:]):
-            if y0 == y1:
-                first_drops |= a1 < a0
-                second_drops |= b1 < b0
-        if first_drops != second_drops:
-            return first_drops
+        if order.first_drops != order.second_drops:
+            return order.first_drops
     # Still ambiguous: the locale the layout belongs to.
     if style.year_first:
         return False                                 # 2018/06/13: year, month, day
@@ -396,7 +478,7 @@ def _first_field_is_day(records: list[_Record], style: _Style) -> bool:
 
 
 def _timestamp(record: _Record, style: _Style, first_is_day: bool, path: Path) -> datetime:
-    a, b, year = _fields(record, style)
+    a, b, year = _fields(record.match, style)
     day, month = (a, b) if first_is_day else (b, a)
     if style.year_len == 2:
         year += 2000
@@ -430,20 +512,21 @@ def _split_sender(rest: str) -> tuple[str, str] | None:
     return sender, first
 
 
-def _group_sender(records: list[_Record], title: str) -> str | None:
-    """The group's own name when iPhone uses it as a sender: the title, in a chat with two other senders.
+def _group_sender(senders: set[str], title: str) -> str | None:
+    """The group's own name when iPhone uses it as a sender: the title, in a chat with two other senders
+    (`senders`: every sender's name, case-folded).
 
     A group never types, so everything "it" says is a system event. In a one-to-one chat the title is
     the other person, who does type: there it means nothing.
     """
-    senders = {_speaker(split[0])[0].casefold() for r in records if (split := _split_sender(r.rest))}
     key = title.casefold()
     return title if title and key in senders and len(senders - {key}) >= 2 else None
 
 
 def _message(record: _Record, timestamp: datetime, group: str | None, options: ImportOptions,
-             result: ParseResult) -> Message | None:
-    """The training message of one record, or None after counting why it is not one."""
+             result: ParseResult, speakers: dict[str, tuple[str, tuple[str, ...]]]) -> Message | None:
+    """The training message of one record, or None after counting why it is not one. `speakers` caches
+    `_speaker` by sender, so that every message of one person shares one name string."""
     split = _split_sender(record.rest)
     if split is None:
         # No sender: a system line ("Dana added Ana", the encryption notice...).
@@ -454,7 +537,9 @@ def _message(record: _Record, timestamp: datetime, group: str | None, options: I
     generated = first.startswith(LRM)        # WhatsApp's mark on text it wrote itself
     edited = "<" in raw_text and _EDITED.search(raw_text) is not None
     text = squash((_EDITED.sub("", raw_text) if edited else raw_text).replace(LRM, "").split("\n"))
-    speaker, aliases = _speaker(sender)
+    if sender not in speakers:
+        speakers[sender] = _speaker(sender)
+    speaker, aliases = speakers[sender]
 
     reason: str | None = None
     if (group is not None and speaker.casefold() == group.casefold()) \
