@@ -214,6 +214,64 @@ def test_a_damaged_artifact_names_what_is_missing(make_chat, tmp_path, cli):
     assert cli("sample", str(tmp_path / "nowhere")).returncode == 2
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 MB tmpfs, and a way to fill it up to `leave` free bytes (root only: mount)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    ballast = tmp_path / "disk" / "ballast"
+
+    def fill(leave: int) -> None:
+        ballast.unlink(missing_ok=True)
+        stat = os.statvfs(disk)
+        ballast.write_bytes(bytes(max(0, stat.f_bavail * stat.f_frsize - leave)))
+
+    try:
+        yield disk, fill
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_while_saving_leaves_the_last_good_checkpoint_and_artifact(make_chat, cli, small_disk):
+    from training.artifact import read_persona
+
+    disk, fill = small_disk
+    chat, out = make_chat(), disk / "alice"
+    tiny = ["--from-scratch", "tiny", "--batch-size", "4", "--threads", "1", "--samples", "0", "--max-steps", "6"]
+    assert cli(*train_args(chat, out, *tiny), module="training").returncode == 0
+    good = (out / "persona.json").read_bytes()
+    weights = (out / "model.safetensors").stat().st_size   # a checkpoint holds these and two Adam moments
+
+    # Room for the checkpoint (and the best weights) but not for a second artifact beside the first.
+    again = train_args(chat, out, *tiny, "--seed", "7", "--overwrite")
+    fill(int(4.5 * weights))
+    no_room = cli(*again, module="training")
+    assert no_room.returncode == 2, no_room.stderr
+    assert f"cannot write the artifact {out}: " in no_room.stderr and "No space left on device" in no_room.stderr
+    assert "untouched" in no_room.stderr and "run the same command again" in no_room.stderr
+    assert "Traceback" not in no_room.stderr
+    assert (out / "persona.json").read_bytes() == good and read_persona(out)      # the old artifact, whole
+    assert sorted(p.name for p in disk.iterdir()) == [".alice.partial", "alice", "ballast"]
+    checkpoint = disk / ".alice.partial" / "checkpoint.pt"
+    saved = checkpoint.read_bytes()
+
+    # No room even for the checkpoint: the one saved before stays as it was, nothing half-written beside it.
+    fill(weights // 4)
+    no_room = cli(*again, module="training")
+    assert no_room.returncode == 2 and "Traceback" not in no_room.stderr, no_room.stderr
+    assert f"cannot write the checkpoint {checkpoint}" in no_room.stderr and "previous one is kept" in no_room.stderr
+    assert checkpoint.read_bytes() == saved and not list(checkpoint.parent.glob("*.tmp"))
+
+    fill(0)
+    (disk / "ballast").unlink()
+    finished = cli(*again, module="training")                   # continues from that checkpoint
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads((out / "persona.json").read_text())["training"]["seed"] == 7
+
+
 def test_excluded_people_are_left_out_of_the_data_by_any_of_their_names(make_chat, cli):
     chat = make_chat()
     plain = cli("data", "inspect", str(chat), "--json")

@@ -313,10 +313,14 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
         progress.phase("resuming", f"from step {run.step} of {run.total}")
     else:
         # The work folder appears only now that the data and settings are known to be good.
-        work.mkdir(parents=True)
-        _write_json(work / RUN_FILE, {"key": key, "out": str(out), "started": _now()})
-        if cfg.from_scratch:
-            tokenizer.save_pretrained(work / "tokenizer")  # a resumed run must use the very same tokenizer
+        try:
+            work.mkdir(parents=True)
+            _write_json(work / RUN_FILE, {"key": key, "out": str(out), "started": _now()})
+            if cfg.from_scratch:
+                tokenizer.save_pretrained(work / "tokenizer")  # a resumed run must use the very same tokenizer
+        except OSError as e:
+            shutil.rmtree(work, ignore_errors=True)
+            raise _write_failed("the training folder", work, e, "make room, then run the same command again") from e
 
     model.train()
     eval_every = cfg.eval_every or max(1, min(500, run.total // 8))
@@ -395,7 +399,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     metrics = {"base": base_metrics, "trained": trained, "best_step": run.best_step}
 
     progress.phase("writing artifact", str(out))
-    persona = _write_artifact(out, model, tokenizer, cfg, corpus, dataset, data_fp, base_label, metrics, run,
+    persona = _write_artifact(out, work, model, tokenizer, cfg, corpus, dataset, data_fp, base_label, metrics, run,
                               GenerationSettings(context_tokens=context_tokens), device, dtype, peak_lr)
     shutil.rmtree(work, ignore_errors=True)
     progress.done(artifact=str(out), steps=run.step, stopped=run.stopped, metrics=metrics)
@@ -416,11 +420,13 @@ class _RunState:
     val_history: list = field(default_factory=list)
 
 
-def _write_artifact(out: Path, model, tokenizer, cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset,
+def _write_artifact(out: Path, work: Path, model, tokenizer, cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset,
                     data_fp: str, base_label: str, metrics: dict, run: "_RunState",
                     generation: GenerationSettings, device: torch.device, dtype: torch.dtype | None,
                     peak_lr: float) -> dict[str, Any]:
-    """Build the artifact in a temporary sibling and rename it into place; returns persona.json's content."""
+    """Build the artifact in a temporary sibling and rename it into place; returns persona.json's content.
+
+    A failed write leaves nothing of it behind; the run's final checkpoint in `work` stays for another try."""
     staged = artifact.staging_dir(out)
     try:
         samples = sample_lines(model, tokenizer, dataset.speaker.name, cfg.samples, generation,
@@ -434,8 +440,14 @@ def _write_artifact(out: Path, model, tokenizer, cfg: TrainConfig, corpus: Corpu
                                 device, dtype, peak_lr, index_size)
         artifact.write_persona_json(staged, persona)
         artifact.commit(staged, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staged, ignore_errors=True)
+        from safetensors import SafetensorError   # how safetensors reports a failed write (a full disk)
+
+        if isinstance(e, (OSError, SafetensorError)):   # a full disk, a read-only folder: a clear error
+            kept = f"the artifact already at {out} is untouched; " if out.exists() else ""
+            raise _write_failed("the artifact", out, e, f"{kept}the trained model is saved in {work}: make "
+                                "room, then run the same command again to finish quickly") from e
         raise
     return persona
 
@@ -505,9 +517,28 @@ def _save_checkpoint(work: Path, model, optimizer, run: _RunState, base_metrics:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write `obj` beside `path` and rename it into place: a failed write (a full disk) leaves the previous
+    file whole and nothing half-written behind."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    # torch's zip writer reports a failed write as a RuntimeError that names no cause.
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous one is kept; " if path.exists() else ""
+        raise _write_failed("the checkpoint", path, e, f"{kept}make room, then run the same command again "
+                            "to continue from the last saved step") from e
+
+
+def _write_failed(what: str, path: Path, error: BaseException, then: str) -> TrainingError:
+    """One message for a save that failed: what, where, why, how much room is left there, what to do."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+    try:
+        room = f" ({shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there)"
+    except OSError:
+        room = ""
+    return TrainingError(f"cannot write {what} {path}: {reason}{room}; {then}")
 
 
 def _open_work_dir(work: Path, key: str, cfg: TrainConfig) -> dict | None:
