@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bot.config import BACKENDS
 from training.cli import EXIT_BAD_INPUT, add_commands, run_command
+from training.terminal_text import shown
 
 
 def _generation_overrides(args: argparse.Namespace) -> dict:
@@ -54,8 +55,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"speaker": name, "samples": lines}, ensure_ascii=False))
     else:
-        for line in lines:
-            print(f"{name}: {line}")
+        for line in lines:   # a name and lines from chat data: shown escaped, never as control sequences
+            print(f"{shown(name)}: {shown(line, keep_newlines=True)}")
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import TextIO
 from bot.context import ContextWindow
 from bot.engine import Engine
 from bot.filters import TERMINAL
+from training.terminal_text import shown
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does Ctrl-D)"
 
@@ -38,7 +39,8 @@ async def chat_async(engine: Engine, *, user: str = "You", stdin: TextIO | None 
     lines: asyncio.Queue = asyncio.Queue()
     threading.Thread(target=_read_lines, args=(stdin, asyncio.get_running_loop(), lines),
                      name="personabot-stdin", daemon=True).start()
-    stdout.write(f"chatting with {persona.name} ({persona.path}, {persona.backend.name}). {HELP}\n")
+    # The persona's name and what the model says come from chat data: never raw control sequences.
+    stdout.write(f"chatting with {shown(persona.name)} ({shown(str(persona.path))}, {persona.backend.name}). {HELP}\n")
     stdout.flush()
     async with engine:
         while True:
@@ -65,7 +67,7 @@ async def chat_async(engine: Engine, *, user: str = "You", stdin: TextIO | None 
             window.add(user, text)
             reply = await engine.reply(window.turns(), target=TERMINAL)
             window.add(reply.persona, reply.text)
-            stdout.write(f"{reply.persona}> {reply.text}\n")
+            stdout.write(f"{shown(reply.persona)}> {shown(reply.text, keep_newlines=True)}\n")
             stdout.flush()
 
 

@@ -90,6 +90,23 @@ def test_a_truncated_download_says_so_and_a_forced_format_names_the_problem(cli,
     assert "telegram" in unknown.stderr.split("known formats:")[1]
 
 
+def test_names_that_would_take_over_the_terminal_are_shown_escaped(cli, tmp_path):
+    # A member can call themselves anything: colours, a cleared screen, text shown backwards.
+    red, reversed_ = "Mallory\x1b[31m\x1b[2J", "\u202eyrollaM"
+    lines = [f'"{who}",message number {m}' for m, who in enumerate([red, reversed_, "Bob"] * 4)]
+    chat = tmp_path / "script.csv"   # a Character/Line table keeps names exactly as written
+    chat.write_text("Character,Line\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    inspect = cli("data", "inspect", str(chat))
+    unknown = cli("train", "--data", str(chat), "--speaker", "Mallory", "--out", str(tmp_path / "m"),
+                  "--from-scratch", "tiny")
+    assert inspect.returncode == 0, inspect.stderr
+    assert unknown.returncode == 2 and "did you mean" in unknown.stderr, unknown.stderr
+    for shown in (inspect.stdout, unknown.stderr):
+        assert "\x1b" not in shown and "\u202e" not in shown                  # nothing raw reaches the terminal
+        assert "Mallory\\x1b[31m\\x1b[2J" in shown and "\\u202eyrollaM" in shown   # what is there, visibly
+    assert json.loads(cli("data", "inspect", str(chat), "--json").stdout)["speakers"][red] == 4   # data unchanged
+
+
 def test_formats_lists_every_importer(cli):
     result = cli("data", "formats")
     assert result.returncode == 0

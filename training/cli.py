@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from training.errors import DataError, TrainingError
+from training.terminal_text import shown
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -70,16 +71,17 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         report["ignored"] = [{"path": p, "reason": why} for p, why in corpus.ignored]
         print(json.dumps(report, ensure_ascii=False, indent=2))
         return 0
-    width = max(len(f.path) for f in corpus.files)
+    # Names and paths come from the exports: shown escaped, never as terminal control sequences.
+    width = max(len(shown(f.path)) for f in corpus.files)
     for f in corpus.files:
         skipped = ", ".join(f"{n} {why}" for why, n in f.skipped.most_common()) or "none"
-        print(f"{f.path:<{width}}  {f.format:<16} {f.messages:>7,} messages kept; skipped: {skipped}")
+        print(f"{shown(f.path):<{width}}  {f.format:<16} {f.messages:>7,} messages kept; skipped: {skipped}")
     if corpus.ignored:
         reasons = Counter(why for _, why in corpus.ignored)
         print(f"ignored {len(corpus.ignored)} other files in the folders named: "
               + ", ".join(f"{n} {why}" for why, n in reasons.most_common()))
         for path, why in corpus.ignored[:10]:
-            print(f"  {path} ({why})")
+            print(f"  {shown(path)} ({why})")
         if len(corpus.ignored) > 10:
             print(f"  ... and {len(corpus.ignored) - 10} more (--json lists them all)")
     total = sum(speakers.values())
@@ -89,7 +91,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     limit = None if args.all else 20
     print("\nspeakers by messages:")
     for name, count in speakers.most_common(limit):
-        print(f"  {count:>7,}  {name}")
+        print(f"  {count:>7,}  {shown(name)}")
     if limit and len(speakers) > limit:
         print(f"  ... {len(speakers) - limit} more (--all lists them)")
     return 0
@@ -271,7 +273,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     try:
         return func(args)
     except (DataError, TrainingError, ArtifactError) as e:
-        print(f"personabot: error: {e}", file=sys.stderr)
+        # The message may quote names from the data (the closest speakers, a file name).
+        print(f"personabot: error: {shown(str(e), keep_newlines=True)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("personabot: interrupted", file=sys.stderr)

@@ -35,6 +35,7 @@ from training.loader import Corpus, load_corpus
 from training.modelling import (PRECISIONS, PRESETS, autocast_dtype, cpu_threads, load_base, max_positions,
                                 new_model, pick_device, scratch_model)
 from training.progress import Progress
+from training.terminal_text import shown
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -581,7 +582,7 @@ def _corpus_texts(corpus: Corpus):
 
 def _describe(dataset: PersonaDataset) -> str:
     s = dataset.stats
-    return (f"{s['speaker']}: {s['train']['responses']} training and {s['val']['responses']} validation turns "
+    return (f"{shown(s['speaker'])}: {s['train']['responses']} training and {s['val']['responses']} validation turns "
             f"from {s['conversations']} conversations; {s['train']['blocks']} blocks of "
             f"{dataset.config.block_size} tokens, {s['train']['packing_efficiency']:.0%} filled")
 
