@@ -76,12 +76,13 @@ class _RecordsImporter(Importer):
 
     def parse(self, source: Source, options: ImportOptions) -> ParseResult:
         result = ParseResult()
+        file_key = f"{self.name}:{source.path.resolve()}"  # resolved once: a syscall per record adds up
         for index, where, record in self._records(source):
             try:
                 record = json_at(record, dict, source.path, where, "an object")
                 turns = json_field(record, self.turns_field, list, source.path, where)
                 items = self._read(record, turns, source.path, index, where, options, result)
-                thread = self._thread(source, record, index, where)
+                thread = self._thread(source, file_key, record, index, where)
             except DataError as e:  # the place is right; the hint should show the shape of a record
                 raise DataError(source.path, e.message, where=e.where, hint=self.shape) from None
             if items:
@@ -118,8 +119,9 @@ class _RecordsImporter(Importer):
             raise DataError(source.path, "the file holds only blank lines",
                             hint="download the data set file again")
 
-    def _thread(self, source: Source, record: dict[str, Any], index: int, where: str) -> Thread:
-        return Thread(f"{self.name}:{source.path.resolve()}:{index}", f"{source.path.stem} #{index}")
+    def _thread(self, source: Source, file_key: str, record: dict[str, Any], index: int, where: str) -> Thread:
+        """The thread of the record at position `index`, keyed by `file_key` (format and file) and position."""
+        return Thread(f"{file_key}:{index}", f"{source.path.stem} #{index}")
 
     def _read(self, record: dict[str, Any], turns: list[Any], label: Path, index: int, where: str,
               options: ImportOptions, result: ParseResult) -> list[Message | SceneBreak]:
@@ -233,12 +235,12 @@ class ShareGPTImporter(_RecordsImporter):
             return 0.9
         return 0.0
 
-    def _thread(self, source: Source, record: dict[str, Any], index: int, where: str) -> Thread:
+    def _thread(self, source: Source, file_key: str, record: dict[str, Any], index: int, where: str) -> Thread:
         # The record's own id names the conversation; the position keeps two records with one id apart
         # (split and duplicated conversations share ids in the published sets).
         record_id = json_field(record, "id", (str, int), source.path, where, required=False)
         title = f"{source.path.stem} {record_id}" if record_id is not None else f"{source.path.stem} #{index}"
-        key = f"{self.name}:{source.path.resolve()}:{index}"
+        key = f"{file_key}:{index}"
         return Thread(key if record_id is None else f"{key}:{record_id}", title)
 
     def _read(self, record: dict[str, Any], turns: list[Any], label: Path, index: int, where: str,
