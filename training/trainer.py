@@ -534,7 +534,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def _write_failed(what: str, path: Path, error: BaseException, then: str) -> TrainingError:
     """One message for a save that failed: what, where, why, how much room is left there, what to do."""
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else f"the write failed ({detail})"
     try:
         room = f" ({shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there)"
     except OSError:
