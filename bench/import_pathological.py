@@ -46,7 +46,7 @@ CASES: dict[str, tuple[str, str, str]] = {
             "id_str": "1", "full_text": "a" + " " * 73_000 + "b",
             "created_at": "Sat Dec 06 18:20:30 +0000 2025"}}])),
     "script-play: 73 KB of spaces in a verse": (
-        "script-play", "p.md", "# T\n\n## ACT I\n\n**ANA**\n" + " " * 73_000 + "x\n"),
+        "script-play", "p.md", "# T\n\n## ACT I\n\n**ANA**\na" + " " * 73_000 + "b\n"),
 }
 
 _CHILD = """
