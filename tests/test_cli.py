@@ -107,6 +107,23 @@ def test_names_that_would_take_over_the_terminal_are_shown_escaped(cli, tmp_path
     assert json.loads(cli("data", "inspect", str(chat), "--json").stdout)["speakers"][red] == 4   # data unchanged
 
 
+def test_a_persona_named_with_control_characters_chats_and_samples_escaped(cli, tmp_path):
+    name = "Mal\x1b[2Jlory\u202e"
+    table = tmp_path / "script.csv"
+    rows = [f'"{who}",line {i} about the weather' for i in range(40) for who in (name, "Bob")]
+    table.write_text("Character,Line\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "p"
+    trained = cli("train", "--data", str(table), "--speaker", name, "--out", str(out), "--from-scratch", "tiny",
+                  "--max-steps", "2", "--batch-size", "4", "--threads", "1", "--samples", "0", "--progress", "log")
+    assert trained.returncode == 0, trained.stderr
+    chat = cli("chat", str(out), input="hello\n/quit\n")
+    sample = cli("sample", str(out), "-n", "1")
+    for result in (trained, chat, sample):
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout + result.stderr and "\u202e" not in result.stdout + result.stderr
+    assert "Mal\\x1b[2Jlory\\u202e> " in chat.stdout and sample.stdout.startswith("Mal\\x1b[2Jlory\\u202e: ")
+
+
 def test_formats_lists_every_importer(cli):
     result = cli("data", "formats")
     assert result.returncode == 0

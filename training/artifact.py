@@ -19,6 +19,7 @@ from typing import Any
 
 from training import transcript
 from training.generation import GenerationSettings
+from training.terminal_text import shown
 
 ARTIFACT_VERSION = 1
 PERSONA_FILE = "persona.json"
@@ -192,7 +193,7 @@ def plot_losses(path: Path, train: list[tuple[int, float]], val: list[tuple[int,
         ax.plot([s for s, _ in val], [v for _, v in val], label="validation", marker="o", linewidth=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss on responses")
-    ax.set_title(title)
+    ax.set_title(shown(title))   # a speaker's name may hold control characters: no font draws them
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
