@@ -42,6 +42,8 @@ class Conversation:
     id: str
     messages: list[Message] = field(default_factory=list)
     title: str = ""
+    # A stand-alone post of a single-voice corpus (no speaker named in the data; see formats.tables).
+    single_voice: bool = False
 
 
 def sort_key(ts: datetime | None) -> float:

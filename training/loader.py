@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +19,8 @@ from training.errors import DataError
 from training.formats.base import ImportOptions, Skip, Source, Thread
 
 # In a folder the user named, files with these endings are tried as exports; others are listed as ignored.
-EXPORT_SUFFIXES = {".json", ".csv", ".txt", ".js", ".md", ".jsonl", ".zip", ".tsv"}
+EXPORT_SUFFIXES = {".json", ".csv", ".txt", ".js", ".md", ".jsonl", ".ndjson", ".zip", ".tsv", ".parquet",
+                   ".fountain"}
 
 
 @dataclass(slots=True)
@@ -30,10 +31,11 @@ class FileReport:
     format: str
     messages: int
     skipped: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)   # how it was read (a table's columns and their roles)
 
     def to_json(self) -> dict:
         return {"path": self.path, "format": self.format, "messages": self.messages,
-                "skipped": dict(sorted(self.skipped.items()))}
+                "skipped": dict(sorted(self.skipped.items())), "notes": list(self.notes)}
 
 
 @dataclass(slots=True)
@@ -84,8 +86,10 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
             if resolved in read:
                 continue  # the same file named twice (or inside a folder also named): read it once
             read.add(resolved)
-            result = importer.parse(source, options)
-            report = FileReport(str(source.path), importer.name, result.kept, Counter(result.skipped))
+            with source:          # a zip stays open for the parse, and no longer
+                result = importer.parse(source, options)
+            report = FileReport(str(source.path), importer.name, result.kept, Counter(result.skipped),
+                                list(result.notes))
             reports.append(report)
             if options.excluded_names:
                 _exclude(result.threads, report, options, protected)
@@ -93,7 +97,8 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
                 if thread.key in threads:
                     threads[thread.key].items.extend(thread.items)
                 else:
-                    threads[thread.key] = Thread(thread.key, thread.title, list(thread.items))
+                    threads[thread.key] = Thread(thread.key, thread.title, list(thread.items),
+                                                 single_voice=thread.single_voice)
                 thread_file.setdefault(thread.key, []).append(report)
 
     conversations: list[Conversation] = []
@@ -112,6 +117,29 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
         raise DataError(None, "no chat messages found in " + ", ".join(str(p) for p in paths),
                         hint="run `personabot data inspect` on the files to see what was skipped")
     return Corpus(conversations, reports, ignored)
+
+
+def default_speaker(paths: Sequence[str | Path], *, format: str | None = None) -> str | None:
+    """The speaker every input's format names as the default persona (fine-tuning data: the assistant), or
+    None when one of them names none or they differ. Detects formats only; parses nothing."""
+    forced = formats.get(format) if format else None
+    defaults = set()
+    for raw in paths:
+        if not Path(raw).exists():
+            return None
+        defaults.update(importer.default_speaker for _, importer in _sources(Path(raw), forced, []))
+    return defaults.pop() if len(defaults) == 1 else None
+
+
+def single_voice_as(corpus: Corpus, speaker: str) -> Corpus:
+    """The corpus with every single-voice post given to `speaker` (such data names no speaker: its voice is
+    whoever the user trains)."""
+    if not any(c.single_voice for c in corpus.conversations):
+        return corpus
+    conversations = [Conversation(c.id, [replace(m, speaker=speaker, speaker_aliases=()) for m in c.messages],
+                                  c.title, single_voice=True) if c.single_voice else c
+                     for c in corpus.conversations]
+    return Corpus(conversations, corpus.files, corpus.ignored)
 
 
 def _sources(path: Path, forced: formats.Importer | None, ignored: list[tuple[str, str]]):
@@ -216,7 +244,7 @@ def _split(thread: Thread, items: list[Message | SceneBreak], options: ImportOpt
     def close() -> None:
         if current:
             conversations.append(Conversation(f"{thread.key}#{len(conversations) + 1}", list(current),
-                                              thread.title))
+                                              thread.title, single_voice=thread.single_voice))
             current.clear()
 
     last: Message | None = None

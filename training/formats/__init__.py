@@ -57,12 +57,16 @@ def get(name: str) -> Importer:
 
 
 def detect(source: Source) -> Importer | None:
-    """The importer most sure that `source` is its format, or None when none is sure enough."""
-    best: tuple[float, str] | None = None
-    for importer in all_importers():
-        if (source.is_dir or source.is_zip) and not importer.reads_archives:
-            continue
-        score = importer.sniff(source)
-        if score >= MIN_CONFIDENCE and (best is None or score > best[0]):
-            best = (score, importer.name)
-    return _REGISTRY[best[1]] if best else None
+    """The importer most sure that `source` is its format, or None when none is sure enough. Fallback
+    importers (any table, any text of posts) are asked only when no importer of a specific format is."""
+    for fallback in (False, True):
+        best: tuple[float, str] | None = None
+        for importer in all_importers():
+            if importer.fallback != fallback or ((source.is_dir or source.is_zip) and not importer.reads_archives):
+                continue
+            score = importer.sniff(source)
+            if score >= MIN_CONFIDENCE and (best is None or score > best[0]):
+                best = (score, importer.name)
+        if best:
+            return _REGISTRY[best[1]]
+    return None

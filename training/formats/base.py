@@ -12,7 +12,7 @@ import json
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -54,15 +54,18 @@ class ImportOptions:
     twitter_links: str = "remove"
     # Names or ids (compared case-insensitively) of people whose messages must not be used at all.
     excluded_names: frozenset[str] = frozenset()
+    # Tables: the column that plays a role (text, speaker, conversation, time, turns), from --columns.
+    columns: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_user(cls, bots: Iterable[str] = (), gap_minutes: float = 180.0,
-                  exclude: Iterable[str] = ()) -> "ImportOptions":
+                  exclude: Iterable[str] = (), columns: Mapping[str, str] | None = None) -> "ImportOptions":
         """Options as a user gives them: bot names or ids (any case), the conversation gap in minutes, the
-        names or ids of people to leave out."""
+        names or ids of people to leave out, table columns by role."""
         return cls(bot_names=frozenset(b.strip().casefold() for b in bots if b.strip()),
                    conversation_gap=timedelta(minutes=gap_minutes),
-                   excluded_names=frozenset(e.strip().casefold() for e in exclude if e.strip()))
+                   excluded_names=frozenset(e.strip().casefold() for e in exclude if e.strip()),
+                   columns=dict(columns or {}))
 
     def is_excluded(self, *names: str | None) -> bool:
         """True when any of the given names or ids belongs to someone left out."""
@@ -85,6 +88,9 @@ class Thread:
     key: str
     title: str = ""
     items: list[Message | SceneBreak] = field(default_factory=list)
+    # Posts of one voice with no speaker named (a table without a speaker column, a text file of posts):
+    # the messages stand alone and take the speaker the user trains (--speaker).
+    single_voice: bool = False
 
 
 @dataclass(slots=True)
@@ -93,6 +99,7 @@ class ParseResult:
 
     threads: list[Thread] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)    # how the input was read, for `data inspect`
 
     def skip(self, reason: str, count: int = 1) -> None:
         self.skipped[reason] += count
@@ -401,6 +408,12 @@ class Importer:
     description: ClassVar[str]
     # Whether this importer reads folders or zip archives as a whole (Slack exports).
     reads_archives: ClassVar[bool] = False
+    # A fallback reads any file of a general shape (a table, lines of text): it is asked only when no
+    # importer of a specific format recognises the file.
+    fallback: ClassVar[bool] = False
+    # The speaker a persona learns when --speaker is omitted (fine-tuning data: the assistant); None: the
+    # user must name one.
+    default_speaker: ClassVar[str | None] = None
 
     def sniff(self, source: Source) -> float:
         """How sure this importer is that `source` is its format: 0 (no) to 1 (certain). Must not raise

@@ -119,6 +119,20 @@ _END_OR_SPACES = re.compile(r"(?:\s|<\|(?:end|endoftext)\|>)+", re.IGNORECASE)
 _LINE_START = re.compile(r"\s*<\|(user|assistant|system)\|>", re.IGNORECASE)
 
 
+def chat_token_turns(text: str) -> list[tuple[str, str]]:
+    """(speaker, text) of each `<|USER|>` / `<|ASSISTANT|>` / `<|SYSTEM|>` turn in `text` (one conversation,
+    as a line of this format or a table cell holds it); text before the first marker is not a turn."""
+    return _turns(text, list(_ROLE.finditer(text)))
+
+
+def _turns(line: str, roles: list[re.Match[str]]) -> list[tuple[str, str]]:
+    turns = []
+    for marker, following in zip(roles, roles[1:] + [None]):
+        end = following.start() if following is not None else len(line)
+        turns.append((_ROLE_MARKERS[marker.group(1).lower()], _without_end_markers(line[marker.end():end]).strip()))
+    return turns
+
+
 def _without_end_markers(text: str) -> str:
     """`text` with each <|End|> / <|endoftext|> and the spaces around it replaced by one space."""
     return _END_OR_SPACES.sub(lambda m: " " if "|" in m.group() else m.group(), text)
@@ -164,10 +178,7 @@ class ChatTokensImporter(Importer):
             if _without_end_markers(line[:roles[0].start()]).strip():
                 result.skip(Skip.NO_SPEAKER)
             items: list[Message | SceneBreak] = []
-            for turn, (marker, following) in enumerate(zip(roles, roles[1:] + [None]), start=1):
-                end = following.start() if following is not None else len(line)
-                piece = _without_end_markers(line[marker.end():end]).strip()
-                speaker = _ROLE_MARKERS[marker.group(1).lower()]
+            for turn, (speaker, piece) in enumerate(_turns(line, roles), start=1):
                 _add(result, items, options, speaker, piece, f"{number}.{turn}")
             if items:
                 result.threads.append(Thread(f"{self.name}:{source.path.resolve()}:{number}",

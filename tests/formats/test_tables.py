@@ -1,0 +1,153 @@
+"""Tables (CSV, TSV, JSON, JSON Lines, Parquet) and plain text of posts: column roles, single-voice corpora,
+conversations per row, --columns, and clean errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from training import formats
+from training.errors import DataError
+from training.formats.base import ImportOptions, Source
+from training.formats.tables import parse_column_mapping
+from training.loader import load_corpus, single_voice_as
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def test_a_csv_without_a_speaker_is_one_voice_of_stand_alone_posts():
+    corpus = load_corpus([FIXTURES / "table" / "confessions.csv"])
+    assert set(corpus.speakers()) == {"confessions"}                  # the file's stem, until --speaker
+    assert len(corpus.conversations) == 14 and all(len(c.messages) == 1 for c in corpus.conversations)
+    assert all(c.single_voice for c in corpus.conversations)
+    assert corpus.files[0].skipped["empty"] == 1
+    assert "text=text, time=date (one voice, stand-alone posts)" in corpus.files[0].notes[0]
+    commas = [m.text for m in corpus.messages() if m.text.startswith("sometimes, at night")]
+    assert len(commas) == 1                                              # a quoted cell with commas
+    named = single_voice_as(corpus, "Marigold")
+    assert set(named.speakers()) == {"Marigold"} and len(named.messages()) == 14
+
+
+def test_a_table_with_speakers_and_episodes_is_a_conversation_per_episode():
+    corpus = load_corpus([FIXTURES / "table" / "dialogue.jsonl"])
+    assert sorted(len(c.messages) for c in corpus.conversations) == [7, 7]
+    assert set(corpus.speakers()) == {"Marlo", "Quince", "Tobiah"}
+    assert not any(c.single_voice for c in corpus.conversations)
+    assert "speaker=speaker" in corpus.files[0].notes[0] and "conversation=episode" in corpus.files[0].notes[0]
+
+
+def test_tweets_in_a_tsv_keep_their_twitter_times():
+    corpus = load_corpus([FIXTURES / "table" / "tweets.tsv"])
+    first = corpus.messages()[0]
+    assert first.speaker == "wrenfield" and first.timestamp.isoformat() == "2023-10-10T20:19:00+00:00"
+    assert first.text == "post number 0 from wrenfield, about the pier"
+
+
+def test_columns_can_be_named_and_a_missing_one_lists_those_there_are(tmp_path):
+    table = tmp_path / "posts.csv"
+    table.write_text("handle,body_text,posted\nkit,first words here,2024-01-01\nkit,more words,2024-01-02\n")
+    options = ImportOptions.from_user(columns=parse_column_mapping("text=body_text,speaker=handle"))
+    corpus = load_corpus([table], options=options)
+    assert [(m.speaker, m.text) for m in corpus.messages()] == [("kit", "first words here"), ("kit", "more words")]
+    wrong = ImportOptions.from_user(columns=parse_column_mapping("text=content"))
+    with pytest.raises(DataError) as error:
+        load_corpus([table], options=wrong)
+    assert "no such column" in str(error.value) and "handle, body_text, posted" in str(error.value)
+    with pytest.raises(DataError, match="is not ROLE=COLUMN"):
+        parse_column_mapping("mood=body_text")
+
+
+def test_parquet_rows_with_a_messages_list_or_chat_tokens_are_whole_conversations(tmp_path):
+    path = tmp_path / "chats.parquet"
+    pq.write_table(pa.table({
+        "messages": [[{"role": "user", "content": "how do lanterns float"},
+                      {"role": "assistant", "content": "warm air, friend"}], None],
+        "text": [None, "<|USER|> and the moon? <|ASSISTANT|> it floats on its own <|End|>"],
+    }), path)
+    source = Source(path)
+    assert formats.detect(source).name == "table"
+    corpus = load_corpus([path])
+    turns = [[(m.speaker, m.text) for m in c.messages] for c in corpus.conversations]
+    assert turns == [[("User", "how do lanterns float"), ("Assistant", "warm air, friend")],
+                     [("User", "and the moon?"), ("Assistant", "it floats on its own")]]
+
+
+def test_a_parquet_file_that_is_not_one_is_a_clear_error(tmp_path):
+    bad = tmp_path / "posts.parquet"
+    bad.write_bytes(b"this is a csv really\n")
+    with pytest.raises(DataError, match="is not a readable Parquet file"):
+        load_corpus([bad])
+
+
+@pytest.mark.parametrize("name,content,place", [
+    ("short.csv", "author,text\nann,hello\nbob\n", "row 3"),
+    ("time.csv", "author,text,date\nann,hello,2024-01-01\nbob,hi,yesterday-ish\n", "row 3.date"),
+    ("lines.jsonl", '{"speaker": "ann", "text": "hi"}\n{"speaker": "bob", "text": \n', "line 2"),
+    ("cell.jsonl", '{"speaker": "ann", "text": "hi"}\n{"speaker": "bob", "text": {"nested": 1}}\n', "line 2.text"),
+])
+def test_a_malformed_row_names_the_file_and_the_row(tmp_path, name, content, place):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError) as error:
+        load_corpus([path])
+    assert error.value.path == str(path) and error.value.where.startswith(place)
+
+
+def test_an_empty_text_column_is_a_clear_error(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("speaker,text\nann,\nbob,\n")
+    with pytest.raises(DataError, match="no chat messages to learn from .skipped: 2 empty"):
+        load_corpus([path])
+
+
+def test_plain_text_is_a_post_per_line_or_per_block():
+    lines = load_corpus([FIXTURES / "posts-text" / "confessions.txt"])
+    assert len(lines.messages()) == 12 and all(c.single_voice for c in lines.conversations)
+    blocks = load_corpus([FIXTURES / "posts-text" / "diary.txt"])
+    texts = [m.text for m in blocks.messages()]
+    assert len(texts) == 6 and all(t.count("\n") == 2 for t in texts)
+    assert "a post per block" in blocks.files[0].notes[0]
+
+
+def test_a_short_note_is_not_taken_for_a_corpus(tmp_path):
+    note = tmp_path / "notes.txt"
+    note.write_text("just some notes\n")
+    with pytest.raises(DataError, match="cannot tell which export format"):
+        load_corpus([note])
+
+
+@pytest.mark.parametrize("line", [" " * 10_000, '"' * 10_000, "," * 10_000, "<|" * 5_000])
+def test_tables_are_read_in_linear_time(tmp_path, line):
+    def timed(rows: int) -> float:
+        path = tmp_path / f"t{rows}.csv"
+        path.write_text("speaker,text\n" + "".join(f'ann,"x{line}"\n'.replace('""', "'") for _ in range(rows)))
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            try:
+                load_corpus([path])
+            except DataError:
+                pass
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = timed(20), timed(160)
+    assert large / small < 24, (small, large)            # 8x the rows: linear is ~8x, quadratic ~64x
+
+
+def test_data_inspect_shows_the_columns_and_their_roles(cli):
+    result = cli("data", "inspect", str(FIXTURES / "table" / "tweets.tsv"))
+    assert result.returncode == 0, result.stderr
+    assert "text=full_text, speaker=screen_name, time=created_at" in result.stdout
+
+
+def test_a_json_array_table_reads_like_the_others(tmp_path):
+    path = tmp_path / "lines.json"
+    path.write_text(json.dumps([{"author": "Ivo", "message": "one"}, {"author": "Pia", "message": "two"}]))
+    corpus = load_corpus([path])
+    assert [(m.speaker, m.text) for m in corpus.messages()] == [("Ivo", "one"), ("Pia", "two")]
