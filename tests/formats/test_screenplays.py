@@ -54,6 +54,8 @@ def test_kaggle_rows_with_doubled_and_escaped_quotes(fixtures_dir: Path) -> None
         ("MIRA", "It's just a sand hopper.  Probably."),
         ("CAPTAIN VELL", 'She said "probably". I heard it.'),          # \" is one quote
         ("MIRA", "Fine. It's a very large sand hopper."),
+        ("DOBBS", '"Very large" is generous.'),                        # \" opening and closing a field
+        ("CAPTAIN VELL", 'He means "thank you."'),
     ]
     assert result.skipped == Counter({"empty": 1, "no-speaker": 1})
     assert all(m.timestamp is None for m in thread.items if isinstance(m, Message))
@@ -139,6 +141,14 @@ def test_transcript_scene_headings_are_not_speakers() -> None:
     assert _speaker_line("note: lower case is prose") is None
     assert _speaker_line("HARBOUR WATCH - Episode 4: title") is None
     assert _speaker_line("12/29/23, 8:02 PM - Dana: hi") is None      # a WhatsApp line is not a transcript
+
+
+def test_transcript_name_alone_takes_the_next_lines_and_an_empty_turn_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "short.txt"
+    path.write_text("ANA: hi\nBEN:\n\nANA: (waves)\nANA:\nwell then\n", encoding="utf-8")
+    result = parse("script-transcript", path)
+    assert layout(only_thread(result)) == [("ANA", "hi"), ("ANA", "well then")]
+    assert result.skipped == Counter({"empty": 1, "stage-direction": 1})   # BEN says nothing; (waves)
 
 
 @pytest.mark.parametrize("name,where,says", [

@@ -258,6 +258,7 @@ class ScriptTranscriptImporter(Importer):
         speaker: str | None = None   # whose speech is open: continuation lines (no blank between) are theirs
         speech: list[str] = []
         speech_line = 0
+        turn_was_direction = False
         turns = 0
         closer: str | None = None    # set inside a bracketed direction that spans lines
         in_orphan = False            # inside a paragraph with no speaker (counted once)
@@ -265,7 +266,8 @@ class ScriptTranscriptImporter(Importer):
 
         def end_speech() -> None:
             nonlocal speaker
-            if speaker is not None and speech:
+            # A turn that was only a direction ("LUKE: (laughs)") is counted already, as a stage direction.
+            if speaker is not None and (speech or not turn_was_direction):
                 _add_line(result, items, options, speaker, "\n".join(speech), str(speech_line))
             speaker = None
             speech.clear()
@@ -305,12 +307,10 @@ class ScriptTranscriptImporter(Importer):
             if turn is not None:
                 end_speech()
                 in_orphan = False
-                speaker, speech_line = turn[0], number
+                speaker, speech_line, turn_was_direction = turn[0], number, bool(directions) and not turn[1]
                 turns += 1
                 if turn[1]:
-                    speech.append(turn[1])
-                elif not directions:
-                    speech_line = number  # `NAME:` alone: the speech follows on the next lines
+                    speech.append(turn[1])  # else `NAME:` alone: the speech may follow on the next lines
                 continue
             if speaker is not None:
                 speech.append(text)  # the turn goes on over a wrapped line
