@@ -72,6 +72,16 @@ def test_kaggle_with_crlf_blank_lines_and_unicode(fixtures_dir: Path) -> None:
     assert result.skipped == Counter()
 
 
+def test_kaggle_rows_without_row_numbers_or_header_and_too_many_fields(tmp_path: Path) -> None:
+    path = tmp_path / "no-header.txt"
+    path.write_text('"MIRA" "Hello."\n"DOBBS" "Hello yourself."\n', encoding="utf-8")
+    assert layout(only_thread(parse("script-kaggle", path))) == [("MIRA", "Hello."), ("DOBBS", "Hello yourself.")]
+    path.write_text('"character" "dialogue"\n"1" "MIRA" "Hello." "extra"\n', encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        parse("script-kaggle", path)
+    assert caught.value.where == "line 2" and "found 4 quoted fields" in caught.value.message
+
+
 @pytest.mark.parametrize("name,line,says", [
     ("stray-quote.txt", 3, "neither doubled nor followed by a space"),
     ("unclosed-quote.txt", 3, "not closed on this line"),
