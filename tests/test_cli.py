@@ -20,7 +20,8 @@ def test_inspect_json_follows_the_contract(cli):
     assert [f["path"] for f in report["files"]] == [str(TELEGRAM), str(WHATSAPP)]
     assert [f["format"] for f in report["files"]] == ["telegram", "whatsapp"]
     for f in report["files"]:
-        assert set(f) == {"path", "format", "messages", "skipped"}
+        assert set(f) == {"path", "format", "messages", "skipped", "notes"}
+        assert isinstance(f["notes"], list)
         assert isinstance(f["messages"], int) and f["messages"] > 0
         assert all(isinstance(n, int) and n > 0 for n in f["skipped"].values())
     assert report["files"][0]["skipped"].get("system", 0) > 0  # Telegram service messages are counted
@@ -128,7 +129,9 @@ def test_formats_lists_every_importer(cli):
     result = cli("data", "formats")
     assert result.returncode == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert len(names) == 13 and "whatsapp" in names and "script-play" in names
+    from training import formats
+
+    assert names == [i.name for i in formats.all_importers()] and "whatsapp" in names and "table" in names
 
 
 def test_training_on_too_little_data_fails_cleanly(cli, tmp_path):

@@ -32,6 +32,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-file", metavar="FILE", type=Path,
                         help="a UTF-8 file of more names or ids to leave out, one per line (any characters, "
                              "any number of them: no command-line limit)")
+    parser.add_argument("--columns", metavar="ROLE=COLUMN,...", default="",
+                        help="for tables and data sets: which column is the text, speaker, conversation, time "
+                             "(or turns), e.g. text=full_text,speaker=screen_name (default: from the names)")
     parser.add_argument("--conversation-gap", metavar="MINUTES", type=float, default=180.0,
                         help="a silence longer than this starts a new conversation (default 180)")
 
@@ -41,7 +44,10 @@ def import_options(args: argparse.Namespace):
 
     if args.conversation_gap <= 0:
         raise DataError(None, "--conversation-gap must be above 0 minutes")
-    return ImportOptions.from_user(args.bots.split(","), args.conversation_gap, excluded_people(args))
+    from training.formats.tables import parse_column_mapping
+
+    return ImportOptions.from_user(args.bots.split(","), args.conversation_gap, excluded_people(args),
+                                   parse_column_mapping(args.columns))
 
 
 def excluded_people(args: argparse.Namespace) -> list[str]:
@@ -76,6 +82,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     for f in corpus.files:
         skipped = ", ".join(f"{n} {why}" for why, n in f.skipped.most_common()) or "none"
         print(f"{shown(f.path):<{width}}  {f.format:<16} {f.messages:>7,} messages kept; skipped: {skipped}")
+        for note in f.notes:
+            print(f"{'':<{width}}  {shown(note)}")
     if corpus.ignored:
         reasons = Counter(why for _, why in corpus.ignored)
         print(f"ignored {len(corpus.ignored)} other files in the folders named: "
@@ -127,7 +135,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to train")
     what.add_argument("--data", nargs="+", required=True, metavar="PATH",
                       help="chat exports: files, folders or zips (several allowed)")
-    what.add_argument("--speaker", required=True, help="whose voice to learn (name, username or id; any case)")
+    what.add_argument("--speaker", help="whose voice to learn (name, username or id; any case); for posts that "
+                      "name no speaker, the name to give their voice (default: the assistant, for fine-tuning "
+                      "data; required otherwise)")
     what.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write the artifact")
     base = what.add_mutually_exclusive_group()
     base.add_argument("--base", default="gpt2", metavar="HUB_ID_OR_DIR",
@@ -175,11 +185,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from training.formats.tables import parse_column_mapping
+    from training.loader import default_speaker
     from training.progress import Progress
     from training.trainer import TrainConfig, TrainingInterrupted, train
 
+    speaker = args.speaker or default_speaker([str(p) for p in args.data], format=args.format)
+    if speaker is None:
+        raise DataError(None, "--speaker is needed: these exports name no default speaker",
+                        hint="`personabot data inspect` on them lists who speaks most")
     cfg = TrainConfig(
-        data=[str(p) for p in args.data], speaker=args.speaker, out=args.out, base=args.base,
+        data=[str(p) for p in args.data], speaker=speaker, out=args.out, base=args.base,
         from_scratch=args.from_scratch, format=args.format, epochs=args.epochs, max_steps=args.max_steps,
         time_budget_s=args.time_budget, lora=args.lora, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
         lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
@@ -187,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         context_tokens=args.context_tokens, val_fraction=args.val_fraction,
         standalone_share=args.standalone_share, min_responses=args.min_responses,
         context_loss_weight=args.context_loss_weight, seed=args.seed, bots=[b.strip() for b in args.bots.split(",") if b.strip()],
-        exclude=excluded_people(args),
+        exclude=excluded_people(args), columns=parse_column_mapping(args.columns),
         conversation_gap_minutes=args.conversation_gap, samples=args.samples, threads=args.threads,
         precision=args.precision,
         overwrite=args.overwrite, restart=args.restart, checkpoint_every_s=args.checkpoint_every)

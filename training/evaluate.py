@@ -12,7 +12,7 @@ from training.artifact import load_model, read_persona
 from training.dataset import DatasetConfig, make_blocks, match_speaker, split_units
 from training.errors import DataError
 from training.formats.base import ImportOptions
-from training.loader import load_corpus
+from training.loader import load_corpus, single_voice_as
 from training.modelling import cpu_threads, pick_device, quantize_int8
 from training.trainer import evaluate, perplexity
 
@@ -31,6 +31,7 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
     config = DatasetConfig(context_tokens=int(stored.get("context_tokens", info.generation.context_tokens)),
                            block_size=int(stored.get("block_size", 512)), min_responses=1)
     query = speaker or info.speaker
+    corpus = single_voice_as(corpus, query)
     match = match_speaker(corpus.conversations, query)
     units = split_units(corpus.conversations, match, config.unit_responses)
     if not units:

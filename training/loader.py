@@ -16,7 +16,8 @@ from pathlib import Path
 from training import formats
 from training.conversation import Conversation, Message, SceneBreak, sort_key
 from training.errors import DataError
-from training.formats.base import ImportOptions, Skip, Source, Thread
+from training.formats.base import ImportOptions, ParseResult, Skip, Source, Thread
+from training.formats.hub import is_hub_name, read_hub
 
 # In a folder the user named, files with these endings are tried as exports; others are listed as ignored.
 EXPORT_SUFFIXES = {".json", ".csv", ".txt", ".js", ".md", ".jsonl", ".ndjson", ".zip", ".tsv", ".parquet",
@@ -76,8 +77,27 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
     threads: dict[str, Thread] = {}
     thread_file: dict[str, list[FileReport]] = {}
     read: set[Path] = set()
+    read_names: set[str] = set()
+
+    def add(label: str, format_name: str, result: ParseResult) -> None:
+        report = FileReport(label, format_name, result.kept, Counter(result.skipped), list(result.notes))
+        reports.append(report)
+        if options.excluded_names:
+            _exclude(result.threads, report, options, protected)
+        for thread in result.threads:
+            if thread.key in threads:
+                threads[thread.key].items.extend(thread.items)
+            else:
+                threads[thread.key] = Thread(thread.key, thread.title, list(thread.items),
+                                             single_voice=thread.single_voice)
+            thread_file.setdefault(thread.key, []).append(report)
 
     for raw in paths:
+        if is_hub_name(str(raw)):           # a data set (hf:OWNER/NAME, hf:DIR), read as a table is
+            if str(raw) not in read_names:
+                read_names.add(str(raw))
+                add(str(raw), "hf", read_hub(str(raw), options))
+            continue
         path = Path(raw)
         if not path.exists():
             raise DataError(path, "no such file or folder", hint="check the path")
@@ -87,19 +107,7 @@ def load_corpus(paths: Sequence[str | Path], *, format: str | None = None,
                 continue  # the same file named twice (or inside a folder also named): read it once
             read.add(resolved)
             with source:          # a zip stays open for the parse, and no longer
-                result = importer.parse(source, options)
-            report = FileReport(str(source.path), importer.name, result.kept, Counter(result.skipped),
-                                list(result.notes))
-            reports.append(report)
-            if options.excluded_names:
-                _exclude(result.threads, report, options, protected)
-            for thread in result.threads:
-                if thread.key in threads:
-                    threads[thread.key].items.extend(thread.items)
-                else:
-                    threads[thread.key] = Thread(thread.key, thread.title, list(thread.items),
-                                                 single_voice=thread.single_voice)
-                thread_file.setdefault(thread.key, []).append(report)
+                add(str(source.path), importer.name, importer.parse(source, options))
 
     conversations: list[Conversation] = []
     for key, thread in threads.items():
@@ -125,10 +133,20 @@ def default_speaker(paths: Sequence[str | Path], *, format: str | None = None) -
     forced = formats.get(format) if format else None
     defaults = set()
     for raw in paths:
-        if not Path(raw).exists():
+        if is_hub_name(str(raw)) or not Path(raw).exists():
             return None
         defaults.update(importer.default_speaker for _, importer in _sources(Path(raw), forced, []))
     return defaults.pop() if len(defaults) == 1 else None
+
+
+# What a persona learnt from, as persona.json records it.
+CORPUS_KINDS = ("conversations", "single-voice", "mixed")
+
+
+def corpus_kind(corpus: Corpus) -> str:
+    """conversations (chats, scripts), single-voice (stand-alone posts of one voice) or mixed."""
+    single = {c.single_voice for c in corpus.conversations}
+    return "mixed" if len(single) > 1 else "single-voice" if single == {True} else "conversations"
 
 
 def single_voice_as(corpus: Corpus, speaker: str) -> Corpus:

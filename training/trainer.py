@@ -31,7 +31,7 @@ from training.dataset import (CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaD
 from training.errors import DataError, TrainingError
 from training.formats.base import ImportOptions
 from training.generation import GenerationSettings, sample_lines
-from training.loader import Corpus, load_corpus
+from training.loader import Corpus, corpus_kind, load_corpus, single_voice_as
 from training.modelling import (PRECISIONS, PRESETS, autocast_dtype, cpu_threads, load_base, max_positions,
                                 new_model, pick_device, scratch_model)
 from training.progress import Progress
@@ -75,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     bots: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)   # tables and data sets: column per role
     conversation_gap_minutes: float = 180.0
     samples: int = 5
     # Settings that do not change the result:
@@ -257,9 +258,10 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     dtype = autocast_dtype(device, cfg.precision)
 
     progress.phase("reading exports", ", ".join(cfg.data))
-    options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes, cfg.exclude)
+    options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes, cfg.exclude, cfg.columns)
     # The persona's own speaker is never left out, whoever took their name as a nickname.
     corpus = load_corpus(cfg.data, format=cfg.format, options=options, protect=[cfg.speaker])
+    corpus = single_voice_as(corpus, cfg.speaker)   # posts that name no speaker are the trained voice's
     data_fp = fingerprint(corpus.conversations)
     key = cfg.resume_key(data_fp)
 
@@ -601,6 +603,7 @@ def _persona_json(cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset, dat
         "from_scratch": cfg.from_scratch,
         "base_label": base_label,
         "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "merged": True} if cfg.lora else None,
+        "corpus_kind": corpus_kind(corpus),
         "created_at": _now(),
         "data": {
             "fingerprint": data_fp,

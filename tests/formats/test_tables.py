@@ -151,3 +151,58 @@ def test_a_json_array_table_reads_like_the_others(tmp_path):
     path.write_text(json.dumps([{"author": "Ivo", "message": "one"}, {"author": "Pia", "message": "two"}]))
     corpus = load_corpus([path])
     assert [(m.speaker, m.text) for m in corpus.messages()] == [("Ivo", "one"), ("Pia", "two")]
+
+
+@pytest.mark.slow
+def test_a_single_voice_persona_trains_samples_posts_and_answers(cli, tmp_path):
+    """Posts that name no speaker become the voice the user names; the persona samples lines, feeds a
+    scheduled post and answers a mention like any other."""
+    import asyncio
+
+    from bot.engine import Engine
+    from bot.filters import TERMINAL
+    from bot.posting import pick_line
+
+    out = tmp_path / "marigold"
+    trained = cli("train", "--data", str(FIXTURES / "table" / "confessions.csv"),
+                  str(FIXTURES / "posts-text" / "confessions.txt"), "--speaker", "Marigold", "--out", str(out),
+                  "--from-scratch", "tiny", "--max-steps", "5", "--threads", "1", "--samples", "0",
+                  "--min-responses", "5", "--progress", "none")
+    assert trained.returncode == 0, trained.stderr
+    info = json.loads((out / "persona.json").read_text())
+    assert info["speaker"] == "Marigold" and info["corpus_kind"] == "single-voice"
+    assert info["data"]["speaker_messages"] == 26
+    sampled = cli("sample", str(out), "-n", "2", "--json")
+    assert sampled.returncode == 0, sampled.stderr
+
+    async def serve():
+        async with Engine.load(out) as engine:
+            answer = await engine.reply([("Bob", "what is your secret")], seed=1)
+            post = await pick_line(engine, TERMINAL, start="my deepest, darkest secret is", seed=1)
+            return answer, post
+
+    answer, post = asyncio.run(serve())
+    assert answer.persona == "Marigold" and answer.text
+    assert post.text is not None or post.rejected                   # a line, or why none could be posted
+
+
+def test_fine_tuning_data_trains_the_assistant_without_naming_it_and_others_must(cli, tmp_path):
+    chat = next((FIXTURES / "sharegpt").glob("*.jsonl"))
+    trained = cli("train", "--data", str(chat), "--out", str(tmp_path / "a"), "--from-scratch", "tiny",
+                  "--max-steps", "2", "--threads", "1", "--samples", "0", "--min-responses", "1", "--progress", "none")
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "a" / "persona.json").read_text())["speaker"] == "Assistant"
+    unnamed = cli("train", "--data", str(FIXTURES / "table" / "dialogue.jsonl"), "--out", str(tmp_path / "b"),
+                  "--from-scratch", "tiny", "--max-steps", "2")
+    assert unnamed.returncode == 2 and "--speaker is needed" in unnamed.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_columns_can_be_named_on_the_command_line(cli, tmp_path):
+    table = tmp_path / "posts.csv"
+    table.write_text("handle,body_text\nkit,first words here\nkit,more words\n")
+    named = cli("data", "inspect", str(table), "--columns", "text=body_text,speaker=handle")
+    assert named.returncode == 0 and "text=body_text, speaker=handle" in named.stdout
+    unnamed = cli("data", "inspect", str(table))
+    assert unnamed.returncode == 2 and "no column holds the text (handle, body_text)" in unnamed.stderr
+    assert "--columns" in unnamed.stderr and "Traceback" not in unnamed.stderr

@@ -151,7 +151,7 @@ def test_conversations_split_at_real_silences(tg_dir: Path) -> None:
     assert [[m.id for m in c.messages] for c in hourly.conversations][1] == ["20", "21"]
     assert corpus.files[0].to_json() == {
         "path": str(tg_dir / "result.json"), "format": "telegram", "messages": 12,
-        "skipped": {"attachment-only": 6, "bot": 1, "forwarded": 1, "system": 3, "unsupported": 1}}
+        "skipped": {"attachment-only": 6, "bot": 1, "forwarded": 1, "system": 3, "unsupported": 1}, "notes": []}
 
 
 def test_listed_bots_are_skipped_by_name_or_id(tg_dir: Path) -> None:
