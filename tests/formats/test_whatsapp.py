@@ -25,6 +25,8 @@ AINO = FIXTURES / "WhatsApp Chat with Aino Virtanen.txt"             # Android f
 LUCIA = FIXTURES / "Chat de WhatsApp con Carmen Ortiz.txt"           # Android es-ES "p. m." with U+00A0
 BOOK_CLUB = FIXTURES / "WhatsApp Chat with Book Club.txt"            # Android en-GB, with media
 SKAT = FIXTURES / "WhatsApp Chat - Skatrunde.txt"                    # iPhone de-DE group
+ALLOTMENT = FIXTURES / "WhatsApp Chat with Allotment Friends.txt"     # Android en-GB, U+200E file lines
+BRANDT = FIXTURES / "WhatsApp Chat - Jörg Brandt.txt"                # old iPhone de-DE, "FILE <attached>"
 BAD = FIXTURES / "bad"
 
 LRM, NNBSP, NBSP = "\u200e", "\u202f", "\u00a0"
@@ -339,6 +341,36 @@ def test_android_with_media_keeps_captions_and_drops_file_lines():
     ]
     # photo without caption, document (its name repeated under it is no caption), voice note
     assert result.skipped == Counter({"media-placeholder": 3})
+
+
+def test_a_caption_under_a_file_line_marked_with_u200e_is_the_person_s_text():
+    result = parse(ALLOTMENT)
+    assert said(result) == [
+        ("Rosa Lindqvist", "First tomatoes of the year!", datetime(2022, 4, 14, 9, 12)),
+        ("Tomás Herrera", "Mine are still tiny", datetime(2022, 4, 14, 9, 16)),
+        ("Rosa Lindqvist", "The hedgehog is back\nunder the shed", datetime(2022, 4, 14, 9, 21)),
+        ("Tomás Herrera", "Ha, brilliant", datetime(2022, 4, 14, 9, 25)),
+    ]
+    # the photo without caption, the document whose name is repeated under it; nothing taken as system
+    assert result.skipped == Counter({"media-placeholder": 2})
+
+
+@pytest.mark.parametrize("file_line", [f"{LRM}IMG-20150405-WA0002.jpg (Datei angehängt)",
+                                       f"{LRM}Einkaufsliste.pdf (Datei angehängt)"])
+def test_a_german_caption_under_a_marked_file_line_is_kept(tmp_path, file_line):
+    result = parse_text(tmp_path, f"05.04.15, 10:00 - Hanne Vogt: {file_line}\nIch bringe Kuchen mit\n"
+                                  "05.04.15, 10:02 - Jörg Brandt: Prima\n")
+    assert [text for _, text, _ in said(result)] == ["Ich bringe Kuchen mit", "Prima"]
+    assert result.skipped == Counter()
+
+
+def test_old_iphone_attached_marker_is_a_media_placeholder():
+    result = parse(BRANDT)
+    assert said(result) == [
+        ("Hanne Vogt", "Schau mal, der Kirschbaum blüht", datetime(2015, 8, 4, 14, 12, 3)),
+        ("Jörg Brandt", "Unserer auch!", datetime(2015, 8, 4, 14, 13, 30)),
+    ]
+    assert result.skipped == Counter({"media-placeholder": 2})
 
 
 # --- day/month inference -----------------------------------------------------------------------------------

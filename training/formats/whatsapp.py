@@ -35,9 +35,10 @@ How the traps of the format are met (docs: chat-export-formats.md, section 3):
   - media-placeholder: `<Media omitted>` / `<Medien ausgeschlossen>` / `<Multimedia omitido>`, iPhone
     `image|video|audio|sticker|GIF|Contact card omitted` (de: `Bild ... weggelassen`, es: `imagen omitida`
     ...), `name.pdf • 3 pages document omitted`, `<attached: 00000014-PHOTO-...jpg>` (any language: the
-    8-digit media id gives it away), Android `IMG-...jpg (file attached)` with no caption (a caption on
-    the following lines is kept as the text; Android repeats a document's name there, which is dropped),
-    shared locations.
+    8-digit media id gives it away), Android `IMG-...jpg (file attached)` (`(Datei angehängt)`...) and
+    old iPhone `2015-08-04-PHOTO-00004762.jpg <attached>` with no caption (a caption on the following
+    lines is kept as the text, even when WhatsApp marked the file line with U+200E; Android repeats a
+    document's name there, which is dropped), shared locations.
   - deleted: `This message was deleted`, `You deleted this message`, `This message was deleted by admin X`
     (de: `Diese Nachricht wurde gelöscht.` / `Du hast diese Nachricht gelöscht.`, es: `Se eliminó este
     mensaje.` / `Eliminaste este mensaje.`).
@@ -63,18 +64,24 @@ How the traps of the format are met (docs: chat-export-formats.md, section 3):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
 from training.conversation import Message
 from training.errors import DataError
 from training.formats import register
-from training.formats.base import Importer, ImportOptions, ParseResult, Skip, Source, Thread, squash
+from training.formats.base import (Importer, ImportOptions, ParseResult, Skip, Source, Thread, decode_utf8,
+                                   squash)
 
 LRM = "\u200e"
+# A record whose header is no possible date or time (a line changed by hand, two exports joined): skipped,
+# and its line named in the notes, unless most of the file's headers are like it.
+BAD_HEADER = "bad-header"
+# How many bad header lines a note names one by one; the rest are counted.
+_BAD_HEADERS_NAMED = 10
 # Direction marks and isolates WhatsApp wraps names and numbers in; invisible, never part of a name.
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -186,9 +193,10 @@ _DOCUMENT_OMITTED_END = re.compile(r" (?:document omitted|Dokument weggelassen|d
 # iPhone "Attach media" exports: "<attached: 00000014-PHOTO-2023-12-29-20-17-49.jpg>" in any language
 # (Anhang, adjunto...), optionally after a document's "name • 3 pages".
 _IOS_ATTACHED = re.compile(r"(?:.* )?<[^<>:\n]{2,30}: ?\d{8}-[^<>\n]*>")
-# Android "Attach media" exports: the file on the first line, a caption (if any) on the next ones.
-_ANDROID_ATTACHED = re.compile(r"(?P<file>\S.*?\.\w{0,5}) \((?:file attached|Datei angehängt|archivo adjunto)\)",
-                               re.I)
+# A file on the first line, a caption (if any) on the next ones: Android "Attach media" exports
+# (`IMG-20240101-WA0001.jpg (file attached)`) and old iPhone ones (`2015-08-04-PHOTO-00004762.jpg <attached>`).
+_FILE_ATTACHED = re.compile(r"(?P<file>\S.*?\.\w{0,5}) (?:\((?:file attached|Datei angehängt|archivo adjunto)\)"
+                            r"|<attached>)", re.I)
 _LOCATION = re.compile(r"[^\n]*: ?https://maps\.google\.com/\?q=-?[\d.]+,-?[\d.]+")
 
 # --- system events on iPhone, where they carry a sender (Android ones simply have none) -------------------
@@ -555,8 +563,11 @@ def _message(record: _Record, timestamp: datetime, group: str | None, options: I
           or (_LOCATION.fullmatch(text.split("\n")[-1]) and text.count("\n") <= 2)):
         reason = Skip.MEDIA
     else:
-        text = _without_android_attachment(text)
-        if text is None:
+        caption = _attachment_caption(text)
+        if caption is not None:
+            # WhatsApp's U+200E marked the file line it wrote; a caption under it is the person's own text.
+            text, generated = caption, False
+        if caption == "":
             reason = Skip.MEDIA
         elif generated and not edited:
             reason = Skip.SYSTEM  # generated text that is no known placeholder: a system event
@@ -603,17 +614,18 @@ def _is_system(text: str, sender: str, *, marked: bool) -> bool:
     return marked or (actor is not None and _BIDI.sub("", actor).strip().casefold() == sender.casefold())
 
 
-def _without_android_attachment(text: str) -> str | None:
-    """Text with an Android `FILE (file attached)` first line removed; None when nothing is left."""
+def _attachment_caption(text: str) -> str | None:
+    """The caption under a `FILE (file attached)` / `FILE <attached>` first line ("" when there is none);
+    None when the text does not start with an attached file."""
     lines = text.split("\n")
-    attached = _ANDROID_ATTACHED.fullmatch(lines[0])
+    attached = _FILE_ATTACHED.fullmatch(lines[0])
     if attached is None:
-        return text
+        return None
     caption = squash(lines[1:])
     # Android repeats a document's name under it, as if it were a caption.
     if caption == Path(attached["file"]).stem or caption == attached["file"]:
         caption = ""
-    return caption or None
+    return caption
 
 
 def _title(path: Path) -> str:
