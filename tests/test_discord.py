@@ -402,7 +402,7 @@ async def test_status_in_a_dm_shows_nothing_private(world):
     await env.bot.store.add_schedule("nightly", cron="0 20 * * *", targets=[f"discord:{other.id}"])
     post = await env.bot.store.claim_post(None, "2026-11-21T20:00:00+00:00", f"discord:{other.id}")
     await env.bot.store.update_post(post, "posted", text="a private line")
-    status = (await bob.slash(bob.user.dm_channel, "status")).response.content
+    status = (await bob.user.slash("status")).response.content       # in a DM with the bot
     assert "Alice" in status and "nightly" not in status and "private line" not in status
 
 
