@@ -217,6 +217,44 @@ def test_export_without_unixtime_gives_naive_wall_clock_and_numeric_ids(tmp_path
     assert msg.speaker_id == "user4242"
 
 
+def test_trimmed_chat_without_name_type_id_and_with_only_unixtime_is_detected_and_read(tg_dir: Path) -> None:
+    # The layout other tools write for their tests: no chat header, no message ids, `date_unixtime` alone.
+    path = tg_dir / "trimmed_result.json"
+    assert formats.detect(Source(path)).name == "telegram"
+    result = parse(path)
+    [thread] = result.threads
+    assert thread.key == f"telegram:{path.resolve()}"
+    assert thread.title == "Telegram chat from trimmed_result.json"
+    said = [(m.speaker, m.text, m.timestamp, m.id) for m in thread.items if isinstance(m, Message)]
+    assert said == [
+        ("Ines Albrecht", "Are you coming to the market on Saturday?",
+         datetime(2024, 6, 1, 10, 0, tzinfo=timezone.utc), None),
+        ("Bruno Salas", "Yes, with the van", datetime(2024, 6, 1, 10, 3, tzinfo=timezone.utc), None),
+        ("Ines Albrecht", "Perfect, bring the crates", datetime(2024, 6, 1, 12, 5), None),  # `date` alone
+    ]
+    assert result.skipped == Counter({"system": 1, "attachment-only": 1})
+
+
+def test_trimmed_account_export_without_chat_ids_is_detected_and_read(tg_dir: Path) -> None:
+    path = tg_dir / "trimmed_account_result.json"
+    assert formats.detect(Source(path)).name == "telegram"
+    result = parse(path)
+    assert [(t.key, t.title) for t in result.threads] == [
+        (f"telegram:{path.resolve()}:chats.list[0]", "Market stall"),
+        (f"telegram:{path.resolve()}:chats.list[1]", "Telegram chat from trimmed_account_result.json")]
+    assert [m.text for m in messages(result, f"telegram:{path.resolve()}:chats.list[0]")] == [
+        "Stall 14 again this week", "Good, it has shade"]
+    corpus = load_corpus([path])
+    assert [len(c.messages) for c in corpus.conversations] == [2, 1]
+
+
+def test_message_with_neither_date_nor_unixtime_names_the_message(tmp_path: Path) -> None:
+    undated = message(2)
+    del undated["date"], undated["date_unixtime"]
+    error = data_error(write(tmp_path, chat(message(1), undated)))
+    assert (error.message, error.where) == ('missing field "date" (and "date_unixtime")', "$.messages[1]")
+
+
 def test_unknown_types_empty_texts_and_hidden_forward_senders(tmp_path: Path) -> None:
     path = write(tmp_path, chat(
         message(1, type="story"),

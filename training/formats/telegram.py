@@ -2,6 +2,9 @@
 
 Shapes (tdesktop `export_output_json.cpp`):
 - single chat: `{"name", "type", "id", "messages": [...]}` (saved messages and replies have no `name`);
+  trimmed exports (other tools' test data, hand-made samples) may also lack the chat's `type` and `id`, and
+  the messages' `id` and `date`: such a chat is keyed by the file and its place in it, and a message
+  without `id` is never de-duplicated;
 - whole account: `{"about", "personal_information", ..., "chats": {"about", "list": [chat...]},
   "left_chats": {"about", "list": [chat...]}}`.
 Every chat becomes its own thread keyed `telegram:<chat id>`, so a chat exported alone and the same chat
@@ -12,7 +15,8 @@ Choices made here:
   is the exact instant. Their difference is the exporter's UTC offset at that moment, so each message gets
   an aware datetime carrying that offset: the wall-clock people saw *and* the true instant, which keeps
   conversation gaps right across DST changes (a naive clock jumps an hour, or runs backwards in autumn).
-  Exports without `date_unixtime` (older builds) get the naive `date`.
+  Exports without `date_unixtime` (older builds) get the naive `date`; a message with only
+  `date_unixtime` gets that instant in UTC (the wall-clock is unknown).
 - `text_link` entities keep their visible text only; the href is not appended: the reader saw the words,
   not the address, and URLs are noise for a persona model.
 - U+2028/U+2029 (which Telegram escapes specially) become ordinary line breaks.
@@ -51,6 +55,8 @@ _HINT_REEXPORT = "export the chat again from Telegram Desktop (Settings > Advanc
 _CHAT_HEADER = re.compile(r'"type":\s*"(?:' + "|".join(CHAT_TYPES) + r')",\s*"id":\s*-?\d+,\s*"messages":\s*\[')
 _UNIXTIME = re.compile(r'"date_unixtime":\s*"\d+"')
 _MESSAGE_TYPE = re.compile(r'"type":\s*"(?:message|service)",\s*"date":\s*"\d{4}-\d\d-\d\dT')
+# A trimmed export (no `date`, no chat header): the message type followed by Telegram's own unixtime key.
+_MESSAGE_TYPE_UNIXTIME = re.compile(r'"type":\s*"(?:message|service)",\s*"date_unixtime":\s*"\d+"')
 _ACCOUNT_HEADER = re.compile(r'^\s*\{\s*"about":\s*"(?:[^"\\]|\\.)*",\s*"personal_information":\s*\{'
                              r'\s*"user_id":\s*\d+')
 
@@ -64,7 +70,7 @@ class TelegramImporter(Importer):
         head = source.head_text()
         if not head.lstrip().startswith("{"):
             return 0.0
-        if _UNIXTIME.search(head) and _MESSAGE_TYPE.search(head):
+        if _UNIXTIME.search(head) and (_MESSAGE_TYPE.search(head) or _MESSAGE_TYPE_UNIXTIME.search(head)):
             return 0.95
         if _CHAT_HEADER.search(head):
             return 0.9
@@ -107,14 +113,20 @@ def _chats(data: dict[str, Any], label: Path) -> list[tuple[dict[str, Any], str]
 
 def _read_chat(chat: dict[str, Any], label: Path, where: str, options: ImportOptions,
                result: ParseResult) -> Thread:
-    chat_id = json_field(chat, "id", int, label, where)
+    chat_id = json_field(chat, "id", int, label, where, required=False)
     chat_type = json_field(chat, "type", (str, type(None)), label, where, required=False)
     name = json_field(chat, "name", (str, type(None)), label, where, required=False)
-    title = name or _UNNAMED_CHAT_TITLES.get(chat_type or "", f"Telegram chat {chat_id}")
+    if chat_id is not None:
+        key, unnamed = f"telegram:{chat_id}", f"Telegram chat {chat_id}"
+    else:
+        # No id to meet the same chat in another export by: this file and the place in it name the chat.
+        key = f"telegram:{label.resolve()}" + ("" if where == "$" else f":{where[2:]}")
+        unnamed = f"Telegram chat from {label.name}"
+    title = name or _UNNAMED_CHAT_TITLES.get(chat_type or "", unnamed)
     # In a chat with a bot the chat's id is the bot's user id: its messages are the bot's.
-    bot_peer = f"user{chat_id}" if chat_type == "bot_chat" else None
+    bot_peer = f"user{chat_id}" if chat_type == "bot_chat" and chat_id is not None else None
     messages = json_field(chat, "messages", list, label, where)
-    thread = Thread(f"telegram:{chat_id}", title)
+    thread = Thread(key, title)
     for i, raw in enumerate(messages):
         item_where = f"{where}.messages[{i}]"
         message = _read_message(json_at(raw, dict, label, item_where), label, item_where, chat_id, title,
@@ -124,7 +136,7 @@ def _read_chat(chat: dict[str, Any], label: Path, where: str, options: ImportOpt
     return thread
 
 
-def _read_message(msg: dict[str, Any], label: Path, where: str, chat_id: int, chat_title: str,
+def _read_message(msg: dict[str, Any], label: Path, where: str, chat_id: int | None, chat_title: str,
                   bot_peer: str | None, options: ImportOptions, result: ParseResult) -> Message | None:
     """One message, or None after counting why it is not training text."""
     kind = json_field(msg, "type", str, label, where)
@@ -138,7 +150,7 @@ def _read_message(msg: dict[str, Any], label: Path, where: str, chat_id: int, ch
         result.skip(Skip.UNKNOWN_TYPE)
         return None
 
-    msg_id = json_field(msg, "id", int, label, where)
+    msg_id = json_field(msg, "id", int, label, where, required=False)
     timestamp = _timestamp(msg, label, where)
     text = _plain_text(json_field(msg, "text", (str, list), label, where), label, f"{where}.text")
     speaker, speaker_id = _author(msg, label, where, chat_title)
@@ -156,7 +168,8 @@ def _read_message(msg: dict[str, Any], label: Path, where: str, chat_id: int, ch
     if not text:
         result.skip(Skip.ATTACHMENT_ONLY if any(f in msg for f in _MEDIA_FIELDS) else Skip.EMPTY)
         return None
-    return Message(speaker, text, timestamp, reply_to=reply_to, id=str(msg_id), speaker_id=speaker_id)
+    return Message(speaker, text, timestamp, reply_to=reply_to, id=None if msg_id is None else str(msg_id),
+                   speaker_id=speaker_id)
 
 
 def _author(msg: dict[str, Any], label: Path, where: str, chat_title: str) -> tuple[str, str | None]:
@@ -175,7 +188,7 @@ def _author(msg: dict[str, Any], label: Path, where: str, chat_title: str) -> tu
     return (name or DELETED_ACCOUNT), speaker_id
 
 
-def _reply_to(msg: dict[str, Any], label: Path, where: str, chat_id: int) -> str | None:
+def _reply_to(msg: dict[str, Any], label: Path, where: str, chat_id: int | None) -> str | None:
     reply = json_field(msg, "reply_to_message_id", int, label, where, required=False)
     if reply is None:
         return None
@@ -220,8 +233,14 @@ _MAX_OFFSET = timedelta(hours=14)  # the widest UTC offset in use (UTC+14, Kirib
 
 
 def _timestamp(msg: dict[str, Any], label: Path, where: str) -> datetime:
-    """The message time with the exporter's UTC offset (derived from `date` vs `date_unixtime`)."""
-    date_text = json_field(msg, "date", str, label, where)
+    """The message time with the exporter's UTC offset (derived from `date` vs `date_unixtime`); in UTC
+    when only `date_unixtime` is given."""
+    date_text = json_field(msg, "date", str, label, where, required=False)
+    if date_text is None:
+        if msg.get("date_unixtime") is None:
+            raise DataError(label, 'missing field "date" (and "date_unixtime")', where=where,
+                            hint="this does not look like an untouched export; " + _HINT_REEXPORT)
+        return _instant(msg, label, where)
     try:
         local = datetime.fromisoformat(date_text)
     except ValueError:
@@ -230,17 +249,23 @@ def _timestamp(msg: dict[str, Any], label: Path, where: str) -> datetime:
     unix = json_field(msg, "date_unixtime", (str, int), label, where, required=False)
     if unix is None or local.tzinfo is not None:
         return local
-    if isinstance(unix, str) and not re.fullmatch(r"-?\d+", unix):
-        raise DataError(label, f'unreadable date_unixtime "{unix}"', where=f"{where}.date_unixtime",
-                        hint=_HINT_REEXPORT)
-    try:
-        instant = datetime.fromtimestamp(int(unix), timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        raise DataError(label, f'date_unixtime "{unix}" is not a time Python can represent (years 1 to 9999)',
-                        where=f"{where}.date_unixtime", hint="the file was edited by hand; " + _HINT_REEXPORT) from None
+    instant = _instant(msg, label, where)
     offset = local - instant.replace(tzinfo=None)
     if abs(offset) > _MAX_OFFSET or offset % timedelta(minutes=15):
         raise DataError(label, f'date "{date_text}" and date_unixtime "{unix}" disagree by {offset}',
                         where=f"{where}.date_unixtime",
                         hint="the file was edited by hand; " + _HINT_REEXPORT)
     return instant.astimezone(timezone(offset))
+
+
+def _instant(msg: dict[str, Any], label: Path, where: str) -> datetime:
+    """`date_unixtime` (which the caller has seen present) as an aware datetime in UTC."""
+    unix = json_field(msg, "date_unixtime", (str, int), label, where)
+    if isinstance(unix, str) and not re.fullmatch(r"-?\d+", unix):
+        raise DataError(label, f'unreadable date_unixtime "{unix}"', where=f"{where}.date_unixtime",
+                        hint=_HINT_REEXPORT)
+    try:
+        return datetime.fromtimestamp(int(unix), timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise DataError(label, f'date_unixtime "{unix}" is not a time Python can represent (years 1 to 9999)',
+                        where=f"{where}.date_unixtime", hint="the file was edited by hand; " + _HINT_REEXPORT) from None
