@@ -458,21 +458,54 @@ def test_text_before_the_first_header_is_an_error():
                              "the first line is 'and that is why I never go there'")
 
 
-def test_month_13_in_a_month_first_file_names_the_line():
-    error = error_of(BAD / "month 13.txt")
-    assert error.where == "line 4"
-    assert error.message == ("impossible date in the message header '13/05/24, 9:03 PM': month 13, day 5 "
-                             "(the file's dates are month/day/year)")
+def test_hour_zero_on_a_12_hour_clock_is_read_as_just_after_midnight():
+    # Spanish-style "a. m." phones write the hour after midnight as 00 where others write 12.
+    result = parse(FIXTURES / "WhatsApp Chat with Diego Marín.txt")
+    assert [stamp for _, _, stamp in said(result)] == [
+        datetime(2022, 3, 17, 23, 52), datetime(2022, 3, 17, 23, 58), datetime(2022, 3, 18, 0, 8),
+        datetime(2022, 3, 18, 0, 30), datetime(2022, 3, 18, 1, 15)]
+    assert result.skipped == Counter() and result.notes == []
 
 
-def test_impossible_time_names_the_line(tmp_path):
-    with pytest.raises(DataError) as caught:
-        parse_text(tmp_path, "29.12.23, 20:00 - Jonas: a\n29.12.23, 24:10 - Jonas: b\n")
-    assert caught.value.where == "line 2"
-    assert caught.value.message == "impossible time in the message header '29.12.23, 24:10'"
-    with pytest.raises(DataError) as caught:
-        parse_text(tmp_path, "1/2/24, 9:00 AM - Dana: a\n1/2/24, 13:00 PM - Dana: b\n")
-    assert caught.value.where == "line 2"
+def test_one_impossible_date_skips_that_message_names_its_line_and_keeps_the_chat():
+    result = parse(BAD / "month 13.txt")
+    assert [text for _, text, _ in said(result)] == ["First", "Second", "Third"]
+    assert result.skipped == Counter({"bad-header": 1})
+    assert result.notes == [
+        "skipped 1 message whose header is no possible date or time (bad-header): line 4: impossible date in "
+        "the message header '13/05/24, 9:03 PM': month 13, day 5 (the file's dates are month/day/year); "
+        "fix or remove that line to keep it"]
+
+
+def test_impossible_times_are_skipped_with_their_lines(tmp_path):
+    result = parse_text(tmp_path, "29.12.23, 20:00 - Jonas: a\n29.12.23, 24:10 - Jonas: b\nmore of b\n"
+                                  "29.12.23, 20:02 - Jonas: c\n29.12.23, 20:61 - Jonas: d\n29.12.23, 20:04 - Jonas: e\n")
+    assert [text for _, text, _ in said(result)] == ["a", "c", "e"]
+    assert result.skipped == Counter({"bad-header": 2})
+    [note] = result.notes
+    assert note.startswith("skipped 2 messages whose header is no possible date or time (bad-header): "
+                           "line 2: impossible time in the message header '29.12.23, 24:10'; "
+                           "line 5: impossible time in the message header '29.12.23, 20:61'")
+    result = parse_text(tmp_path, "1/2/24, 9:00 AM - Dana: a\n1/2/24, 13:00 PM - Dana: b\n")
+    assert [text for _, text, _ in said(result)] == ["a"]
+
+
+def test_a_note_names_the_first_bad_lines_and_counts_the_rest(tmp_path):
+    good = "".join(f"29.12.23, 20:{m:02d} - Jonas: fine {m}\n" for m in range(30))
+    bad = "".join(f"29.12.23, 25:{m:02d} - Jonas: odd {m}\n" for m in range(12))
+    result = parse_text(tmp_path, good + bad)
+    assert len(said(result)) == 30 and result.skipped == Counter({"bad-header": 12})
+    [note] = result.notes
+    assert "line 40:" in note and "line 41:" not in note and note.endswith("; and 2 more; fix or remove those "
+                                                                           "lines to keep them")
+
+
+def test_a_file_whose_headers_are_mostly_impossible_is_an_error():
+    error = error_of(BAD / "mostly impossible headers.txt")
+    assert error.where == "line 2"
+    assert error.message == ("impossible date in the message header '13/28/23, 9:01 PM': month 13, day 28 (the "
+                             "file's dates are month/day/year); 3 of the 4 message headers are no possible date "
+                             "or time")
 
 
 @pytest.mark.parametrize("content", [b"", b"\n  \n", b"\xef\xbb\xbf"])

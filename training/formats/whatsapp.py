@@ -20,12 +20,17 @@ How the traps of the format are met (docs: chat-export-formats.md, section 3):
   so even a same-style header typed inside an iPhone message stays text. Other files (all LF, all CRLF)
   are read line by line with the strict pattern.
 * Day/month order (per file, from every header): a field above 12 is the day (the majority decides; a
-  header that disagrees is an impossible date and a `DataError` naming its line). With no field above 12,
+  header that disagrees is an impossible date, see "Impossible headers"). With no field above 12,
   the chronological order decides when it can: within one year the month never goes down, so the field
   that goes down between consecutive headers is the day. A file that stays ambiguous falls back on the
   locale: year first -> year/month/day; `.` or `-` separators -> day first (de, fi, nl, ru, tr...); `/` with
   an upper-case `AM`/`PM` -> month first (en-US); any other `/` (24-hour clock, `am`/`pm` of en-GB/AU/IN,
-  Spanish `p. m.`) -> day first. Two-digit years are 20yy. Timestamps are naive local datetimes.
+  Spanish `p. m.`) -> day first. Two-digit years are 20yy. Timestamps are naive local datetimes. On a
+  12-hour clock the hour after midnight may be written 00 (`00:08 a. m.`): that is 00:08.
+* Impossible headers (month 13, 24:10, 13:00 PM: a line changed by hand, exports of two phones joined): that
+  message is skipped (`bad-header`) and a note names its line, so one bad line never costs the whole chat.
+  When most headers of a file are impossible, the file is not what it looks like: a `DataError` naming the
+  first one.
 * Senders. Phone numbers (`+49 151 2345678`) are kept as speakers; bidi marks around names are dropped;
   an unsaved contact shown as `~ Name` becomes `Name` (alias `~ Name`).
 * What is skipped, and why (`Skip` reasons):
@@ -306,50 +311,124 @@ class WhatsAppImporter(Importer):
         return 0.9 if headers == 2 else 0.6
 
     def parse(self, source: Source, options: ImportOptions) -> ParseResult:
-        # Two passes over the file, a line at a time, so that only the messages are held (12.7x the file
-        # size was held when the text, its lines and a match per line were all kept at once): the first
-        # learns what needs every header (layout, record boundaries, day/month order, the group's name),
-        # the second turns each record into a message as soon as it ends.
-        path = source.path
-        title = _title(path)
-        layout = _scan(source, title)
         result = ParseResult()
-        thread = Thread(key=f"whatsapp:{path.resolve()}", title=title)
-        result.threads.append(thread)
-        speakers: dict[str, tuple[str, tuple[str, ...]]] = {}  # one str per name, not one per message
-        last_stamp: tuple[str, datetime] | None = None          # one datetime per run of equal headers
-
-        def finish(record: _Record) -> None:
-            nonlocal last_stamp
-            header = record.match.group(0)
-            if last_stamp is None or last_stamp[0] != header:
-                last_stamp = header, _timestamp(record, layout.style, layout.first_is_day, path)
-            message = _message(record, last_stamp[1], layout.group, options, result, speakers)
-            if message is not None:
-                thread.items.append(message)
-
-        record: _Record | None = None
-        for number, line, after_crlf in _numbered_lines(source):
-            if number < layout.first:
-                continue
-            m = layout.strict.match(line)
-            if m is not None and (number == layout.first or not layout.records_end_with_crlf or after_crlf):
-                if record is not None:
-                    finish(record)
-                record = _Record(line=number, match=m, line_lrm=line.startswith(LRM), rest=line[m.end():])
-            else:
-                assert record is not None  # the first non-blank line is a header (checked by _scan)
-                record.more.append(line)
-        if record is not None:
-            finish(record)
+        _read_chat(_ChatText.of_file(source), options, result)
         return result
 
 
+def _read_chat(chat: _ChatText, options: ImportOptions, result: ParseResult) -> None:
+    """Read one chat's text into a thread of `result`.
+
+    Two passes over the text, a line at a time, so that only the messages are held (12.7x the file size was
+    held when the text, its lines and a match per line were all kept at once): the first learns what needs
+    every header (layout, record boundaries, day/month order, the group's name), the second turns each
+    record into a message as soon as it ends.
+    """
+    layout = _scan(chat)
+    thread = Thread(key=chat.key, title=chat.title)
+    result.threads.append(thread)
+    speakers: dict[str, tuple[str, tuple[str, ...]]] = {}  # one str per name, not one per message
+    last_stamp: tuple[str, datetime] | None = None          # one datetime per run of equal headers
+    records = bad_headers = 0
+    named_bad: list[DataError] = []                         # the first few, for the note (or the error)
+
+    def finish(record: _Record) -> None:
+        nonlocal last_stamp, records, bad_headers
+        records += 1
+        header = record.match.group(0)
+        if last_stamp is None or last_stamp[0] != header:
+            try:
+                stamp = _timestamp(record, layout.style, layout.first_is_day, chat.label)
+            except DataError as bad:
+                # One line changed by hand must not cost the whole chat: skip this record, name its line.
+                bad_headers += 1
+                if len(named_bad) < _BAD_HEADERS_NAMED:
+                    named_bad.append(bad)
+                result.skip(BAD_HEADER)
+                return
+            last_stamp = header, stamp
+        message = _message(record, last_stamp[1], layout.group, options, result, speakers)
+        if message is not None:
+            thread.items.append(message)
+
+    record: _Record | None = None
+    for number, line, after_crlf in _numbered_lines(chat):
+        if number < layout.first:
+            continue
+        m = layout.strict.match(line)
+        if m is not None and (number == layout.first or not layout.records_end_with_crlf or after_crlf):
+            if record is not None:
+                finish(record)
+            record = _Record(line=number, match=m, line_lrm=line.startswith(LRM), rest=line[m.end():])
+        else:
+            assert record is not None  # the first non-blank line is a header (checked by _scan)
+            record.more.append(line)
+    if record is not None:
+        finish(record)
+    if bad_headers:
+        _report_bad_headers(chat, named_bad, bad_headers, records, result)
+
+
+def _report_bad_headers(chat: _ChatText, named: list[DataError], bad: int, records: int,
+                        result: ParseResult) -> None:
+    """A note naming the skipped records' lines; a `DataError` when most headers are bad (then the file is
+    not this layout, or not a chat, and reading the rest would be a guess)."""
+    first = named[0]
+    if bad * 2 > records:
+        raise DataError(first.path, f"{first.message}; {bad:,} of the {records:,} message headers are no "
+                        "possible date or time", where=first.where, hint=first.hint)
+    listed = "; ".join(f"{e.where}: {e.message}" for e in named)
+    more = f"; and {bad - len(named):,} more" if bad > len(named) else ""
+    in_part = f" in {chat.part}" if chat.part else ""
+    result.notes.append(f"skipped {bad:,} message{'s' if bad > 1 else ''}{in_part} whose header is no possible "
+                        f"date or time ({BAD_HEADER}): {listed}{more}; fix or remove "
+                        f"{'those lines' if bad > 1 else 'that line'} to keep {'them' if bad > 1 else 'it'}")
+
+
+@dataclass(frozen=True, slots=True)
+class _ChatText:
+    """The text of one chat: a `.txt` file, or the `.txt` of a chat inside an "Export chat" zip."""
+
+    label: str | Path                  # how errors name it: the file, or `export.zip!_chat.txt`
+    part: str                          # the member's name inside a zip; "" for a file
+    key: str
+    title: str
+    lines: Callable[[], Iterator[str]]  # the lines with their endings, from the start, each time it is called
+
+    @classmethod
+    def of_file(cls, source: Source) -> _ChatText:
+        path = source.path
+        stem = path.stem
+        # iPhone's `_chat.txt` is named after nothing: the folder it was unpacked to is.
+        names = [path.parent.name, stem] if _is_chat_txt(stem) else [stem]
+        return cls(path, "", f"whatsapp:{path.resolve()}", _title(names, fallback=stem), source.text_lines)
+
+    @classmethod
+    def of_member(cls, source: Source, name: str) -> _ChatText:
+        label = source.member_label(name)
+        text = decode_utf8(source.read_member_bytes(name), label)
+        member = PurePosixPath(name)
+        container = member.parent.name or source.path.stem
+        names, fallback = (([container, member.stem], container) if _is_chat_txt(member.stem)
+                           else ([member.stem, container], member.stem))
+        return cls(label, name, f"whatsapp:{source.path.resolve()}!{name}", _title(names, fallback=fallback),
+                   lambda: _split_lines(text))
+
+
+def _split_lines(text: str) -> Iterator[str]:
+    """The lines of `text` with their endings, split at "\\n" only (as a file's lines are)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start) + 1 or len(text)
+        yield text[start:end]
+        start = end
+
+
 # --- reading records ---------------------------------------------------------------------------------------
-def _numbered_lines(source: Source) -> Iterator[tuple[int, str, bool]]:
+def _numbered_lines(chat: _ChatText) -> Iterator[tuple[int, str, bool]]:
     """(1-based line number, line without its ending, whether the line before ended with CRLF)."""
     after_crlf = False
-    for number, raw in enumerate(source.text_lines(), start=1):
+    for number, raw in enumerate(chat.lines(), start=1):
         line = raw[:-1] if raw.endswith("\n") else raw
         crlf = line.endswith("\r")
         yield number, line[:-1] if crlf else line, after_crlf
@@ -388,13 +467,12 @@ class _Layout:
     group: str | None
 
 
-def _scan(source: Source, title: str) -> _Layout:
+def _scan(chat: _ChatText) -> _Layout:
     """The first pass: the file's header style and everything that needs all of its headers.
 
     Which lines start records depends on a count over the whole file (headers after CRLF against headers
     after a bare LF), so the evidence is gathered both ways and the right one kept at the end.
     """
-    path = source.path
     first = 0
     style: _Style | None = None
     strict: re.Pattern[str] | None = None
@@ -403,7 +481,7 @@ def _scan(source: Source, title: str) -> _Layout:
     # [every header line, only the first line and headers after a CRLF]
     orders = (_DayOrder(), _DayOrder())
     senders: tuple[set[str], set[str]] = (set(), set())
-    for number, line, after_crlf in _numbered_lines(source):
+    for number, line, after_crlf in _numbered_lines(chat):
         if number > 1 and not after_crlf:
             bare_lf = True
         if strict is None:
@@ -411,7 +489,7 @@ def _scan(source: Source, title: str) -> _Layout:
                 continue
             first, style = number, _style_of_line(line)
             if style is None:
-                _no_header(source, number, line)
+                _no_header(chat, number, line)
             strict = style.regex()
         m = strict.match(line)
         if m is None:
@@ -429,24 +507,24 @@ def _scan(source: Source, title: str) -> _Layout:
                 if sender is not None:
                     names.add(sender)
     if strict is None or style is None:
-        raise DataError(path, "the file is empty", hint="export the chat again")
+        raise DataError(chat.label, "the file is empty", hint="export the chat again")
     # iPhone: records end with CRLF, line breaks inside a message are bare LF. When the headers say so,
     # a line after a bare LF is always text, however much it looks like a header.
     # (The last line's own ending is not looked at: no header follows it, so it cannot matter.)
     crlf_records = bare_lf and after_crlf_count > after_lf_count
     which = 1 if crlf_records else 0
     return _Layout(style, strict, first, crlf_records, _first_field_is_day(orders[which], style),
-                   _group_sender(senders[which], title))
+                   _group_sender(senders[which], chat.title))
 
 
-def _no_header(source: Source, number: int, line: str) -> NoReturn:
+def _no_header(chat: _ChatText, number: int, line: str) -> NoReturn:
     """The error for a file whose first non-blank line (`number`) is no message header."""
     shown = _shorten(line)
-    if any(_style_of_line(other) for n, other, _ in _numbered_lines(source) if n > number):
-        raise DataError(source.path, f"does not start with a WhatsApp message header; the first line is "
+    if any(_style_of_line(other) for n, other, _ in _numbered_lines(chat) if n > number):
+        raise DataError(chat.label, f"does not start with a WhatsApp message header; the first line is "
                         f"{shown!r}", where=f"line {number}",
                         hint="the start of the export is missing or was edited; export the chat again")
-    raise DataError(source.path, f"no WhatsApp message header found; the first line is {shown!r}",
+    raise DataError(chat.label, f"no WhatsApp message header found; the first line is {shown!r}",
                     where=f"line {number}",
                     hint='this is not a WhatsApp "Export chat" file (its lines start like '
                          '"12/29/23, 8:02 PM - Name:" or "[29/12/2023, 20:02:11] Name:"); '
@@ -468,7 +546,7 @@ def _fields(match: re.Match[str], style: _Style) -> tuple[int, int, int]:
 def _first_field_is_day(order: _DayOrder, style: _Style) -> bool:
     """Whether the first of the two day/month fields is the day, inferred from every header of the file."""
     if order.first_big != order.second_big:
-        # The majority decides; a header that disagrees fails later as an impossible date.
+        # The majority decides; a header that disagrees is skipped later as an impossible date.
         return order.first_big > order.second_big
     if not order.first_big:
         # Exports are chronological: within one year the month never goes down, so the field that goes
@@ -485,7 +563,7 @@ def _first_field_is_day(order: _DayOrder, style: _Style) -> bool:
     return True                                      # 29/12/2023 20:02, 29/12/23 8:02 pm, 3/6/18 1:55 p. m.
 
 
-def _timestamp(record: _Record, style: _Style, first_is_day: bool, path: Path) -> datetime:
+def _timestamp(record: _Record, style: _Style, first_is_day: bool, path: str | Path) -> datetime:
     a, b, year = _fields(record.match, style)
     day, month = (a, b) if first_is_day else (b, a)
     if style.year_len == 2:
@@ -501,7 +579,8 @@ def _timestamp(record: _Record, style: _Style, first_is_day: bool, path: Path) -
     m = record.match
     hour, minute, second = int(m["hour"]), int(m["minute"]), int(m["second"]) if style.seconds else 0
     twelve_hour = style.ampm_space is not None
-    if not (1 <= hour <= 12 if twelve_hour else hour <= 23) or minute > 59 or second > 59:
+    # Some 12-hour locales write the hour after midnight as 00 ("00:08 a. m."): that is 00:08.
+    if not (hour <= 12 if twelve_hour else hour <= 23) or minute > 59 or second > 59:
         raise DataError(path, f"impossible time in the message header {record.header!r}", where=where,
                         hint="this line was changed by hand; fix or remove the line")
     if twelve_hour:
@@ -628,13 +707,21 @@ def _attachment_caption(text: str) -> str | None:
     return caption
 
 
-def _title(path: Path) -> str:
-    """The chat's name from the export's file name (or, for iPhone's `_chat.txt`, its folder's name)."""
-    stem = re.sub(r" \(\d+\)$", "", path.stem)  # "WhatsApp Chat with X (1).txt": a second download
-    names = [path.parent.name, stem] if stem.casefold() == "_chat" else [stem]
+def _is_chat_txt(stem: str) -> bool:
+    """Whether a file's stem is iPhone's `_chat` (as in `_chat.txt`), which names no chat."""
+    return _without_copy_number(stem).casefold() == "_chat"
+
+
+def _without_copy_number(name: str) -> str:
+    return re.sub(r" \(\d+\)$", "", name)  # "WhatsApp Chat with X (1).txt": a second download
+
+
+def _title(names: list[str], fallback: str) -> str:
+    """The chat's name from the first of `names` (the file's and its folder's or zip's names, in the order
+    to trust them) that reads like an export's name (`WhatsApp Chat with X`...), else `fallback`."""
     for name in names:
         for pattern in _TITLE_PATTERNS:
-            m = pattern.fullmatch(name)
+            m = pattern.fullmatch(_without_copy_number(name))
             if m:
                 return m["t"].strip()
-    return stem
+    return _without_copy_number(fallback)
