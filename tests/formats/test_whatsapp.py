@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ BOOK_CLUB = FIXTURES / "WhatsApp Chat with Book Club.txt"            # Android e
 SKAT = FIXTURES / "WhatsApp Chat - Skatrunde.txt"                    # iPhone de-DE group
 ALLOTMENT = FIXTURES / "WhatsApp Chat with Allotment Friends.txt"     # Android en-GB, U+200E file lines
 BRANDT = FIXTURES / "WhatsApp Chat - Jörg Brandt.txt"                # old iPhone de-DE, "FILE <attached>"
+LOTTE_ZIP = FIXTURES / "WhatsApp Chat - Lotte de Vries.zip"          # iPhone "Export chat" zip: _chat.txt + photo
 BAD = FIXTURES / "bad"
 
 LRM, NNBSP, NBSP = "\u200e", "\u202f", "\u00a0"
@@ -371,6 +373,86 @@ def test_old_iphone_attached_marker_is_a_media_placeholder():
         ("Jörg Brandt", "Unserer auch!", datetime(2015, 8, 4, 14, 13, 30)),
     ]
     assert result.skipped == Counter({"media-placeholder": 2})
+
+
+# --- the .zip "Export chat" shares ---------------------------------------------------------------------------
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_iphone_export_zip_is_detected_and_its_chat_txt_read():
+    assert detect(Source(LOTTE_ZIP)).name == "whatsapp"
+    result = parse(LOTTE_ZIP)
+    assert said(result) == [
+        ("Lotte de Vries", "Did the bike shop call you back?", datetime(2024, 5, 2, 18, 40, 12)),
+        ("Sem Bakker", "Not yet\nI'll try again tomorrow", datetime(2024, 5, 2, 18, 42, 55)),
+        ("Lotte de Vries", "That wheel looks beyond saving", datetime(2024, 5, 2, 18, 44, 1)),
+    ]
+    assert result.skipped == Counter({"system": 1, "media-placeholder": 1})
+    [thread] = result.threads
+    assert (thread.key, thread.title) == (f"whatsapp:{LOTTE_ZIP.resolve()}!_chat.txt", "Lotte de Vries")
+    assert result.notes == ["1 other file in the zip not read (media, attachments): "
+                            "00000004-PHOTO-2024-05-02-18-43-30.jpg"]
+    corpus = load_corpus([LOTTE_ZIP])
+    assert (corpus.files[0].format, corpus.files[0].messages) == ("whatsapp", 3)
+
+
+def test_android_zip_reads_the_chat_txt_not_the_media_nor_a_sent_document(tmp_path):
+    chat = "14/04/2022, 09:12 - Rosa Lindqvist: Sowing day\n14/04/2022, 09:13 - Tomás Herrera: On my way\n"
+    path = write_zip(tmp_path / "export (2).zip", {
+        "WhatsApp Chat with Allotment Friends.txt": chat.encode(),
+        "IMG-20220414-WA0007.jpg": b"\xff\xd8 photo",
+        "Seed list.txt": b"carrots, beans",   # a document sent in the chat
+        "__MACOSX/._WhatsApp Chat with Allotment Friends.txt": b"\x00\x05",
+    })
+    assert detect(Source(path)).name == "whatsapp"
+    result = parse(path)
+    assert [text for _, text, _ in said(result)] == ["Sowing day", "On my way"]
+    assert result.threads[0].title == "Allotment Friends"
+    assert result.notes == ["3 other files in the zip not read (media, attachments): "
+                            "IMG-20220414-WA0007.jpg, Seed list.txt, __MACOSX/._WhatsApp Chat with Allotment Friends.txt"]
+
+
+def test_a_zip_whose_txt_has_another_name_takes_the_title_from_the_zip(tmp_path):
+    chat = "[02/05/2024, 18:40:12] Lotte de Vries: hoi\r\n[02/05/2024, 18:41:00] Sem Bakker: hoi!\r\n"
+    path = write_zip(tmp_path / "WhatsApp Chat - Sem Bakker.zip", {"chat.txt": chat.encode()})
+    assert get("whatsapp").sniff(Source(path)) == 0.0   # nothing named as WhatsApp names it: not claimed
+    result = parse(path)                                # but read when --format whatsapp says so
+    assert result.threads[0].title == "Sem Bakker" and len(said(result)) == 2
+
+
+def test_zip_errors_name_the_zip_and_the_member(tmp_path):
+    photos = write_zip(tmp_path / "photos.zip", {"IMG-1.jpg": b"\xff\xd8"})
+    assert get("whatsapp").sniff(Source(photos)) == 0.0
+    error = error_of(photos)
+    assert (error.path, error.message) == (str(photos), 'no WhatsApp chat in this zip (no _chat.txt, no '
+                                                        '"WhatsApp Chat with NAME.txt", no .txt file at all)')
+    broken = write_zip(tmp_path / "WhatsApp Chat - Dana.zip",
+                       {"_chat.txt": b"[02/05/2024, 18:40:12] Dana: hi\r\n[02/05/2024, 18:41:00] Dana: caf\xe9\r\n"})
+    error = error_of(broken)
+    assert (error.path, error.where) == (f"{broken}!_chat.txt", "line 2")
+    assert "not UTF-8" in error.message
+    bad_header = write_zip(tmp_path / "WhatsApp Chat - Eli.zip",
+                           {"_chat.txt": b"[02/05/2024, 18:40:12] Eli: a\r\n[02/05/2024, 25:41:00] Eli: b\r\n"})
+    result = parse(bad_header)
+    assert result.notes[0].startswith("skipped 1 message in _chat.txt whose header is no possible date or time")
+
+
+def test_a_folder_named_with_format_whatsapp_reads_each_txt_as_before(tmp_path):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    shutil.copy(HIKING, folder / HIKING.name)
+    shutil.copy(BERGER, folder / BERGER.name)
+    (folder / "IMG-1.jpg").write_bytes(b"\xff\xd8")
+    assert get("whatsapp").sniff(Source(folder)) == 0.0   # detection walks folders file by file
+    walked = load_corpus([folder])
+    forced = load_corpus([folder], format="whatsapp")
+    assert [(c.id, len(c.messages)) for c in forced.conversations] == \
+        [(c.id, len(c.messages)) for c in walked.conversations]
+    assert {c.title for c in forced.conversations} == {"Hiking Crew", "Familie Berger"}
 
 
 # --- day/month inference -----------------------------------------------------------------------------------

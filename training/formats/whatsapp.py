@@ -64,6 +64,10 @@ How the traps of the format are met (docs: chat-export-formats.md, section 3):
 * No ids: the thread key is `whatsapp:` + the resolved file path, the title comes from the file name
   (`WhatsApp Chat with X.txt`, `WhatsApp Chat - X`, `WhatsApp-Chat mit X`, `Chat de WhatsApp con X`;
   for `_chat.txt`, the folder's name). Messages stay in file order, which is the order the chat showed.
+* The .zip that "Export chat" shares (iPhone always, Android with media) is read as it is: the chat's
+  text inside it (`_chat.txt`, `WhatsApp Chat with X.txt`) is read like the file, keyed `whatsapp:` + the
+  zip's path + `!` + the member, titled from the member's name or else the zip's; the media files beside it
+  are counted in a note, not read. The zip limits of `base.py` apply.
 """
 
 from __future__ import annotations
@@ -294,11 +298,16 @@ class _Record:
 @register
 class WhatsAppImporter(Importer):
     name = "whatsapp"
-    description = 'WhatsApp "Export chat" .txt from Android or iPhone, any common phone locale'
+    description = 'WhatsApp "Export chat" .txt (or the .zip it comes in) from Android or iPhone, any common locale'
+    # The .zip "Export chat" shares (always on iPhone, with media on Android). A folder is only read as a
+    # whole when --format whatsapp names it; detection walks folders file by file.
+    reads_archives = True
 
     def sniff(self, source: Source) -> float:
-        if source.is_dir or source.is_zip:
+        if source.is_dir:
             return 0.0
+        if source.is_zip:
+            return 0.9 if any(_is_chat_member(name) for name in source.member_names()) else 0.0
         lines = [line.rstrip("\r") for line in source.head_text().split("\n")[:400]]
         first = next((line for line in lines if line.strip()), None)
         style = _style_of_line(first) if first is not None else None
@@ -312,8 +321,51 @@ class WhatsAppImporter(Importer):
 
     def parse(self, source: Source, options: ImportOptions) -> ParseResult:
         result = ParseResult()
-        _read_chat(_ChatText.of_file(source), options, result)
+        if source.is_dir or source.is_zip:
+            with source:  # a zip stays open for its member reads, and is closed when they are done
+                _read_archive(source, options, result)
+        else:
+            _read_chat(_ChatText.of_file(source), options, result)
         return result
+
+
+def _read_archive(source: Source, options: ImportOptions, result: ParseResult) -> None:
+    """The chats of an "Export chat" zip (its `_chat.txt` or `WhatsApp Chat with X.txt`; the photos, voice
+    notes and documents beside it are counted in a note, not read), or every `.txt` of a folder named with
+    --format whatsapp."""
+    names = source.member_names()
+    texts = [n for n in names if n.lower().endswith(".txt") and not _is_hidden_member(n)]
+    # A zip's other .txt files are documents someone sent in the chat, not chats.
+    chats = ([n for n in texts if _is_chat_member(n)] or texts) if source.is_zip else texts
+    where = "zip" if source.is_zip else "folder"
+    if not chats:
+        raise DataError(source.path, f"no WhatsApp chat in this {where} (no _chat.txt, no "
+                        '"WhatsApp Chat with NAME.txt", no .txt file at all)',
+                        hint='name the .zip that "Export chat" shared, or the .txt inside it')
+    for name in chats:
+        chat = _ChatText.of_member(source, name) if source.is_zip else _ChatText.of_file(Source(source.path / name))
+        _read_chat(chat, options, result)
+    read = set(chats)
+    others = [n for n in names if n not in read]
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        result.notes.append(f"{len(others):,} other file{'s' if len(others) > 1 else ''} in the {where} not read "
+                            f"(media, attachments): {shown}")
+
+
+def _is_hidden_member(name: str) -> bool:
+    """Whether a member is a dot file or macOS's `__MACOSX/` shadow copy: never part of the export."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
+
+
+def _is_chat_member(name: str) -> bool:
+    """Whether a member of a zip is named as WhatsApp names a chat's text: `_chat.txt` (iPhone) or
+    `WhatsApp Chat with X.txt` and its translations (Android)."""
+    member = PurePosixPath(name)
+    if member.suffix.lower() != ".txt" or _is_hidden_member(name):
+        return False
+    stem = _without_copy_number(member.stem)
+    return _is_chat_txt(stem) or any(pattern.fullmatch(stem) for pattern in _TITLE_PATTERNS)
 
 
 def _read_chat(chat: _ChatText, options: ImportOptions, result: ParseResult) -> None:
