@@ -23,7 +23,8 @@ shown apart as "before"). Variants run interleaved round-robin (the order rotate
 times each (at least 3), all with OMP_NUM_THREADS=1. Medians and the min-max spread are reported; a ratio
 is printed only when both variants' own runs agree within 50% (max <= 1.5 x min), otherwise the line says
 that they disagree. The goals (issue 10): personabot within 3x of the bare read, and a 1,000,000-message
-WhatsApp export imported with less than 2 GB of peak memory.
+WhatsApp export imported with less than 2 GB of peak memory. A `PROBLEM:` line says when personabot read
+fewer messages than the input holds, or another number of conversations (they are a day of silence apart).
 
     .venv/bin/python bench/import_throughput.py                      # 1,000,000 rows, 5 repeats
     .venv/bin/python bench/import_throughput.py --rows 200000 --repeats 5
@@ -130,6 +131,7 @@ def child(variant: str, path: Path, profile: bool) -> None:
     """Read `path` as `variant` says and print one JSON line: seconds, messages, memory."""
     kind, reader = VARIANTS[variant]
     detected: list[str] = []          # the format(s) load_corpus read the input as
+    conversations: list[int] = []     # how many conversations it made of them
     if reader.startswith("personabot"):
         from training.loader import load_corpus
         if kind == "parquet":
@@ -139,6 +141,7 @@ def child(variant: str, path: Path, profile: bool) -> None:
         def read() -> int:
             corpus = load_corpus([path], format=forced)
             detected.extend(report.format for report in corpus.files)
+            conversations.append(len(corpus.conversations))
             return sum(len(c.messages) for c in corpus.conversations)
     elif reader == "lines":
         def read() -> int:
@@ -179,13 +182,15 @@ def child(variant: str, path: Path, profile: bool) -> None:
         profiler = cProfile.Profile()
         messages = profiler.runcall(read)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(15)
-        print(json.dumps({"messages": messages, "format": ",".join(detected) or None}))
+        print(json.dumps({"messages": messages, "format": ",".join(detected) or None,
+                          "conversations": sum(conversations) if detected else None}))
         return
     start = time.perf_counter()
     messages = read()
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "messages": messages, "peak_mb": _status_mb("VmHWM"),
-                      "before_mb": before, "format": ",".join(detected) or None}))
+                      "before_mb": before, "format": ",".join(detected) or None,
+                      "conversations": sum(conversations) if detected else None}))
 
 
 def run_child(variant: str, path: Path, limit: float, profile: bool = False) -> subprocess.CompletedProcess:
@@ -208,7 +213,7 @@ def summarise(runs: list[dict]) -> dict:
     return {"runs_s": [round(t, 3) for t in times], "median_s": round(median, 3),
             "spread_pct": round(100 * (max(times) / min(times) - 1), 1), "agree": agrees(times),
             "messages": runs[0]["messages"], "messages_per_s": round(runs[0]["messages"] / median),
-            "format": runs[0]["format"],
+            "format": runs[0]["format"], "conversations": runs[0]["conversations"],
             "peak_mb": round(max(r["peak_mb"] for r in runs), 1),
             "before_mb": round(statistics.median(r["before_mb"] for r in runs), 1)}
 
@@ -234,6 +239,7 @@ def cpu_model() -> str:
 
 
 def measure(rows: int, repeats: int, limit: float) -> None:
+    generated = len(invented_conversations(rows))
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}; "
           f"Python {platform.python_version()}; {rows:,} rows, {repeats} repeats", flush=True)
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
@@ -278,6 +284,11 @@ def measure(rows: int, repeats: int, limit: float) -> None:
     for variant, s in summary.items():
         if s["messages"] != rows:
             problems.append(f"{variant} read {s['messages']:,} messages of {rows:,}")
+        # Every input holds the same conversations, a day of silence apart: a reader that keeps the times
+        # finds each of them.
+        if s["conversations"] is not None and s["conversations"] != generated:
+            problems.append(f"{variant} (read as {s['format']}) made {s['conversations']:,} conversation(s) "
+                            f"of the {generated:,} in the input")
     peak = summary["whatsapp personabot"]["peak_mb"]
     memory_goal = peak < GOAL_PEAK_MB if rows >= GOAL_ROWS else None
     print(f"whatsapp personabot peak memory: {peak:.0f} MB for {rows:,} messages "
@@ -287,7 +298,7 @@ def measure(rows: int, repeats: int, limit: float) -> None:
         print("PROBLEM: " + problem)
     print(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "repeats": repeats,
                       "cpus": os.cpu_count(), "input_bytes": sizes, "variants": summary,
-                      "ratio_personabot_to_bare": ratios, "whatsapp_peak_under_2gb": memory_goal,
+                      "conversations_in_input": generated, "ratio_personabot_to_bare": ratios, "whatsapp_peak_under_2gb": memory_goal,
                       "problems": problems}))
 
 
