@@ -23,9 +23,11 @@ peak memory is the child's own VmHWM from /proc/self/status, so it includes the 
 shown apart as "before". Variants run interleaved round-robin (the order rotates each round), `--repeats`
 times each (at least 3), all with OMP_NUM_THREADS=1. Medians and the min-max spread are reported; a ratio
 (of wall times, and of CPU times against the one-thread bare reads) is printed only when both variants' own
-runs agree within 50% (max <= 1.5 x min), otherwise the line says that they disagree. The goals (issue 10): personabot within 3x of the bare read, and a 1,000,000-message
-WhatsApp export imported with less than 2 GB of peak memory. A `PROBLEM:` line says when personabot read
-fewer messages than the input holds, or another number of conversations (they are a day of silence apart).
+runs agree within 50% (max <= 1.5 x min), otherwise the line says that they disagree.
+
+The goals (issue 10): personabot within 3x of the bare read, and a 1,000,000-message WhatsApp export imported
+with less than 2 GB of peak memory. A `PROBLEM:` line says when personabot read fewer messages than the
+input holds, or another number of conversations (they are a day of silence apart).
 
     .venv/bin/python bench/import_throughput.py                      # 1,000,000 rows, 5 repeats
     .venv/bin/python bench/import_throughput.py --rows 200000 --repeats 5
@@ -189,7 +191,8 @@ def child(variant: str, path: Path, profile: bool) -> None:
     start, cpu_start = time.perf_counter(), time.process_time()
     messages = read()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "messages": messages, "peak_mb": _status_mb("VmHWM"),
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "messages": messages,
+                      "peak_mb": _status_mb("VmHWM"),
                       "before_mb": before, "format": ",".join(detected) or None,
                       "conversations": sum(conversations) if detected else None}))
 
@@ -312,7 +315,8 @@ def measure(rows: int, repeats: int, limit: float) -> None:
         print("PROBLEM: " + problem)
     print(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "repeats": repeats,
                       "cpus": os.cpu_count(), "input_bytes": sizes, "variants": summary,
-                      "conversations_in_input": generated, "ratio_personabot_to_bare": ratios, "whatsapp_peak_under_2gb": memory_goal,
+                      "conversations_in_input": generated, "ratio_personabot_to_bare": ratios,
+                      "whatsapp_peak_under_2gb": memory_goal,
                       "problems": problems}))
 
 
