@@ -10,33 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from script_layout import BREAK, break_labels, layout, only_thread, parse
 
 from training import formats
-from training.conversation import Message, SceneBreak
+from training.conversation import Message
 from training.errors import DataError
-from training.formats.base import ImportOptions, ParseResult, Source, Thread
+from training.formats.base import Source
 
 FIXTURES_DIR = Path(__file__).parent.parent / "fixtures"
 NEW_FORMATS = ("script-kaggle", "script-transcript", "fountain")
-BREAK = "--"
-
-
-def parse(format_name: str, path: Path, options: ImportOptions | None = None) -> ParseResult:
-    return formats.get(format_name).parse(Source(path), options or ImportOptions())
-
-
-def only_thread(result: ParseResult) -> Thread:
-    [thread] = result.threads
-    return thread
-
-
-def layout(thread: Thread) -> list[tuple[str, str] | str]:
-    """Messages as (speaker, text) and scene breaks as BREAK, in order."""
-    return [(i.speaker, i.text) if isinstance(i, Message) else BREAK for i in thread.items]
-
-
-def break_labels(thread: Thread) -> list[str]:
-    return [i.label for i in thread.items if isinstance(i, SceneBreak)]
 
 
 # --- script-kaggle ------------------------------------------------------------------------------------------

@@ -9,33 +9,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from script_layout import BREAK, break_labels, layout, only_thread, parse
 
 from training import formats
-from training.conversation import Message, SceneBreak
+from training.conversation import Message
 from training.errors import DataError
-from training.formats.base import ImportOptions, ParseResult, Source, Thread
+from training.formats.base import ImportOptions, Source
 from training.loader import load_corpus
 
 SCRIPT_FORMATS = ("script-table", "script-markdown", "script-blocks", "script-play")
-BREAK = "--"
-
-
-def parse(format_name: str, path: Path, options: ImportOptions | None = None) -> ParseResult:
-    return formats.get(format_name).parse(Source(path), options or ImportOptions())
-
-
-def only_thread(result: ParseResult) -> Thread:
-    [thread] = result.threads
-    return thread
-
-
-def layout(thread: Thread) -> list[tuple[str, str] | str]:
-    """Messages as (speaker, text) and scene breaks as BREAK, in order."""
-    return [(i.speaker, i.text) if isinstance(i, Message) else BREAK for i in thread.items]
-
-
-def break_labels(thread: Thread) -> list[str]:
-    return [i.label for i in thread.items if isinstance(i, SceneBreak)]
 
 
 # --- detection ----------------------------------------------------------------------------------------------
