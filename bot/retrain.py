@@ -197,7 +197,7 @@ class Retrainer:
         base = current.info.data.get("from_scratch")
         # `--opt=value`: a value that starts with "-" (a speaker's name) is never read as an option.
         args = [self.python, "-m", "training", "--data", *map(str, files), f"--speaker={speaker}",
-                f"--out={out}", "--progress", "json"]
+                f"--out={out}", "--progress", "json", f"--stop-with-parent={os.getpid()}"]
         args += ["--from-scratch", base] if base else [f"--base={current.info.data.get('base') or 'gpt2'}"]
         if epochs is not None:
             args += ["--epochs", str(epochs)]
@@ -208,11 +208,17 @@ class Retrainer:
         args += self.extra_args
         log.info("retraining %s on %d file(s) into %s", speaker, len(files), out)
         try:
+            # No preexec_fn: forking this threaded process to run Python in the child is slow and unsafe; the
+            # child asks for its own SIGTERM when the bot dies (--stop-with-parent), and is niced from here.
             self._proc = await asyncio.create_subprocess_exec(
-                *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_environment(),
-                preexec_fn=_child_setup)
+                *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_environment())
         except OSError as e:
             raise RetrainError(f"cannot start the training process: {e}") from e
+        try:
+            # Training must never starve the replies.
+            os.setpriority(os.PRIO_PROCESS, self._proc.pid, CHILD_NICENESS)
+        except OSError as e:
+            log.warning("the training process runs at normal priority (%s)", e)
         errors = asyncio.ensure_future(self._proc.stderr.read())
         async for raw in self._proc.stdout:
             try:
@@ -338,18 +344,6 @@ def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The bot's environment without its secrets, for the training child."""
     environ = dict(os.environ if environ is None else environ)
     return {k: v for k, v in environ.items() if not k.upper().startswith(CHILD_SECRET_PREFIXES)}
-
-
-def _child_setup() -> None:
-    """In the child, before training starts: a lower priority (training must never starve the replies),
-    and on Linux a SIGTERM when the bot dies, so a killed bot leaves no orphan training on."""
-    os.nice(CHILD_NICENESS)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _finite(value: Any) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bot.config import load_settings
 from bot.discord_bot import PersonaBot
 from bot.engine import Engine
 from bot.filters import OutputFilter
-from bot.retrain import Retrainer
+from bot.retrain import CHILD_NICENESS, Retrainer
 from bot.store import Store
 
 pytestmark = pytest.mark.slow
@@ -436,6 +437,7 @@ async def test_stopping_the_bot_during_a_retrain_waits_for_the_child_and_says_wh
         await admin.slash(general, "retrain start", epochs=100.0)
     child = env.bot.retrainer._proc
     assert child is not None and child.returncode is None
+    assert os.getpriority(os.PRIO_PROCESS, child.pid) == CHILD_NICENESS     # training never starves replies
     env.settle_timeout = 60.0
     await env.bot.retrainer.shutdown()                         # what SIGTERM runs before closing the gateway
     assert child.returncode is not None                        # reaped, not orphaned

@@ -131,13 +131,15 @@ def test_hostile_opt_outs_cannot_break_a_retrain(tmp_path, alice_artifact, data_
 
 
 def test_a_training_child_dies_with_the_bot(tmp_path):
-    """A bot killed with SIGKILL leaves no training running on: the child gets SIGTERM from the kernel."""
+    """A bot killed with SIGKILL leaves no training running on: the child (started, as the bot starts it,
+    with --stop-with-parent) gets SIGTERM from the kernel."""
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
-            import subprocess, sys, time
-            from bot.retrain import _child_setup
-            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                                     preexec_fn=_child_setup)
+            import os, subprocess, sys, time
+            child = subprocess.Popen([sys.executable, "-c", "import sys, time; from training.cli import "
+                                      f"stop_with_parent; stop_with_parent({os.getpid()}); print('ready', flush=True); "
+                                      "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+            assert child.stdout.readline() == "ready\\n"     # it has asked the kernel
             print(child.pid, flush=True)
             time.sleep(120)
         """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})

@@ -308,5 +308,24 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description="Train a persona (same options "
                                      "as `personabot train`).")
     add_train_arguments(parser)
+    parser.add_argument("--stop-with-parent", type=int, metavar="PID",
+                        help="stop (as on SIGTERM: a checkpoint is saved) when process PID ends: the bot passes its "
+                             "own, so that a bot that dies leaves no training running on")
     args = parser.parse_args(argv)
+    if args.stop_with_parent is not None:
+        stop_with_parent(args.stop_with_parent)
     return run_command(cmd_train, args)
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when our parent ends (Linux); if `parent_pid` is not our parent any more,
+    it ended before we asked: stop now."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        raise SystemExit(f"personabot: the process that started this training ({parent_pid}) has ended")
