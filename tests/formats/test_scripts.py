@@ -42,7 +42,8 @@ def test_table_json_in_the_star_wars_layout_keeps_names_and_typos_as_written(fix
 
 
 def test_table_json_columns_are_case_insensitive_with_speaker_text_names(fixtures_dir: Path) -> None:
-    result = parse("script-table", fixtures_dir / "script-table" / "harbour-speaker-text.json")
+    # (with its scene column, detection gives this file to the table importer; read as a script table)
+    result = parse("script-table", fixtures_dir / "table" / "harbour-speaker-text.json")
     assert layout(only_thread(result)) == [
         ("Mara", "Ropes at 6/8, not 7/8."),
         ("Old Tobin", "Knots don't read fractions."),
@@ -64,7 +65,8 @@ def test_table_csv_with_crlf_and_quoted_fields(fixtures_dir: Path) -> None:
 
 
 def test_table_tsv_with_name_line_columns_and_an_extra_column(fixtures_dir: Path) -> None:
-    result = parse("script-table", fixtures_dir / "script-table" / "ferry.tsv")
+    # (with its Episode column, detection gives this file to the table importer; read as a script table)
+    result = parse("script-table", fixtures_dir / "table" / "ferry.tsv")
     assert layout(only_thread(result)) == [
         ("FERRYMAN", "Two coins for the crossing."),
         ("TRAVELLER", "I have one coin and a good story."),

@@ -207,3 +207,15 @@ def test_columns_can_be_named_on_the_command_line(cli, tmp_path):
     unnamed = cli("data", "inspect", str(table))
     assert unnamed.returncode == 2 and "no column holds the text (handle, body_text)" in unnamed.stderr
     assert "--columns" in unnamed.stderr and "Traceback" not in unnamed.stderr
+
+
+def test_a_speaker_and_text_table_with_times_keeps_its_times_and_conversations(tmp_path):
+    """Such a table once went to the script-table importer, which reads speaker and line only: a million
+    rows over months became one conversation without times."""
+    path = tmp_path / "posts.csv"
+    path.write_text("id,date,speaker,text\n1,2024-05-01 10:00,ann,morning\n2,2024-05-01 10:02,bob,hi ann\n"
+                    "3,2024-05-03 18:00,ann,two days later\n")
+    corpus = load_corpus([path])
+    assert corpus.files[0].format == "table"
+    assert [[m.text for m in c.messages] for c in corpus.conversations] == [["morning", "hi ann"], ["two days later"]]
+    assert corpus.messages()[0].timestamp.isoformat() == "2024-05-01T10:00:00"

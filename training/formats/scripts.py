@@ -100,6 +100,15 @@ def _markdown_plain(text: str) -> str:
     return _ENTITY.sub(lambda m: html.unescape(m.group(0)), _MD_ESCAPE.sub(r"\1", text))
 
 
+def _has_table_roles(columns: Iterable[str]) -> bool:
+    """Whether a table has a time or conversation column: a script table would ignore them (all rows one
+    conversation, no times), so such a table is the general table importer's."""
+    from training.formats.tables import ROLE_NAMES
+
+    names = {str(c).strip().casefold() for c in columns}
+    return any(n in names for role in ("time", "conversation", "turns") for n in ROLE_NAMES[role])
+
+
 def _first_json_element(head: str) -> Any:
     """The first element of a JSON array at the start of `head` (which may be cut off), or None."""
     stripped = head.lstrip()
@@ -126,7 +135,8 @@ class ScriptTableImporter(Importer):
         first = _first_json_element(head)
         if isinstance(first, dict):
             columns = _pick_columns(first)
-            if columns is None or not all(isinstance(first[c], (str, type(None))) for c in columns):
+            if columns is None or not all(isinstance(first[c], (str, type(None))) for c in columns) \
+                    or _has_table_roles(first):
                 return 0.0
             return 0.9 if len(first) == 2 else 0.7
         if head.lstrip().startswith(("[", "{")):
@@ -135,7 +145,7 @@ class ScriptTableImporter(Importer):
         if header is None:
             return 0.0
         fields, _ = header
-        if _pick_columns(fields) is None:
+        if _pick_columns(fields) is None or _has_table_roles(fields):
             return 0.0
         return 0.85 if len(fields) == 2 else 0.7
 
