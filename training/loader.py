@@ -265,16 +265,16 @@ def _split(thread: Thread, items: list[Message | SceneBreak], options: ImportOpt
                                               thread.title, single_voice=thread.single_voice))
             current.clear()
 
-    last: Message | None = None
+    last_time: float | None = None      # the previous message's sort key (each message's is taken once)
     for item in items:
         if isinstance(item, SceneBreak):
             close()
-            last = None
+            last_time = None
             continue
-        if (last is not None and last.timestamp is not None and item.timestamp is not None
-                and sort_key(item.timestamp) - sort_key(last.timestamp) > gap):
+        time = sort_key(item.timestamp) if item.timestamp is not None else None
+        if last_time is not None and time is not None and time - last_time > gap:
             close()
         current.append(item)
-        last = item
+        last_time = time
     close()
     return conversations

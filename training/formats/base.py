@@ -69,11 +69,13 @@ class ImportOptions:
 
     def is_excluded(self, *names: str | None) -> bool:
         """True when any of the given names or ids belongs to someone left out."""
-        return any(n is not None and n.casefold() in self.excluded_names for n in names)
+        return bool(self.excluded_names) and any(n is not None and n.casefold() in self.excluded_names
+                                                 for n in names)
 
     def is_bot_name(self, *names: str | None) -> bool:
         """True when any of the given names or ids is one the user listed as a bot."""
-        return any(n is not None and n.casefold() in self.bot_names for n in names)
+        # Asked for every message: no list, no work.
+        return bool(self.bot_names) and any(n is not None and n.casefold() in self.bot_names for n in names)
 
 
 @dataclass(slots=True)

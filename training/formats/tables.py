@@ -28,7 +28,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +66,10 @@ class ColumnRoles:
     conversation: str | None = None
     time: str | None = None
     turns: str | None = None
+
+    def columns(self) -> list[str]:
+        """The columns that play a role."""
+        return list(dict.fromkeys(c for c in (getattr(self, role) for role in ROLES) if c is not None))
 
     @property
     def single_voice(self) -> bool:
@@ -140,9 +144,13 @@ def table_kind(source: Source) -> str | None:
     return None
 
 
-def read_rows(source: Source, kind: str) -> tuple[list[str], Iterator[tuple[str, dict[str, Any]]]]:
-    """The table's column names and its rows as (place, row) pairs: `row 12` counts the header as row 1,
-    as a spreadsheet does; JSON Lines rows are `line N`, JSON array rows `$[N]`, Parquet rows `row N`."""
+Rows = Callable[[Sequence[str]], Iterator[tuple[str, dict[str, Any]]]]
+
+
+def read_rows(source: Source, kind: str) -> tuple[list[str], Rows]:
+    """The table's column names, and a function giving its rows as (place, row) pairs, `row 12` counting
+    the header as row 1 as a spreadsheet does (JSON Lines rows are `line N`, JSON array rows `$[N]`). It is
+    told the columns needed: a Parquet file reads only those."""
     if kind == "parquet":
         return _parquet_rows(source)
     if kind in ("csv", "tsv"):
@@ -166,7 +174,7 @@ def _csv_rows(source: Source, delimiter: str | None):
     except csv.Error as e:
         raise DataError(source.path, f"is not valid CSV: {e}", where="row 1") from e
 
-    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    def rows(wanted: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
         number = 1
         try:
             for number, row in enumerate(reader, start=2):
@@ -183,7 +191,7 @@ def _csv_rows(source: Source, delimiter: str | None):
             raise DataError(source.path, f"is not valid CSV: {e}", where=f"row {number + 1}",
                             hint="a quoted field is not closed; export the table again") from e
 
-    return header, rows()
+    return header, rows
 
 
 def _json_rows(source: Source):
@@ -195,13 +203,13 @@ def _json_rows(source: Source):
         if isinstance(row, dict):
             columns.update(dict.fromkeys(row))
 
-    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    def rows(wanted: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(data):
             if not isinstance(row, dict):
                 raise DataError(source.path, "expected an object (one row)", where=f"$[{i}]")
             yield f"$[{i}]", row
 
-    return list(columns), rows()
+    return list(columns), rows
 
 
 def _jsonl_rows(source: Source):
@@ -214,7 +222,7 @@ def _jsonl_rows(source: Source):
             if isinstance(row, dict):
                 columns.update(dict.fromkeys(row))
 
-    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    def rows(wanted: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -223,7 +231,7 @@ def _jsonl_rows(source: Source):
                 raise DataError(source.path, "expected an object (one row per line)", where=f"line {number}")
             yield f"line {number}", row
 
-    return list(columns), rows()
+    return list(columns), rows
 
 
 def _parquet_rows(source: Source):
@@ -235,20 +243,22 @@ def _parquet_rows(source: Source):
                         hint="export or download the table again") from e
     header = list(table.schema_arrow.names)
 
-    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    def rows(wanted: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
         number = 1
         try:
-            for batch in table.iter_batches(batch_size=65536):
-                for row in batch.to_pylist():
+            # Only the columns with a role, converted a column at a time (a dict per row costs more).
+            for batch in table.iter_batches(batch_size=65536, columns=list(wanted) or None):
+                names = batch.schema.names
+                for values in zip(*(column.to_pylist() for column in batch.columns)):
                     number += 1
-                    yield f"row {number}", row
+                    yield f"row {number}", dict(zip(names, values))
         except DataError:
             raise
         except Exception as e:
             raise DataError(source.path, f"the Parquet data is damaged ({e})", where=f"row {number + 1}",
                             hint="export or download the table again") from e
 
-    return header, rows()
+    return header, rows
 
 
 def _pyarrow_parquet():
@@ -261,6 +271,7 @@ def _pyarrow_parquet():
 
 # --- rows -> messages ---------------------------------------------------------------------------------------
 _TWITTER_TIME = "%a %b %d %H:%M:%S %z %Y"
+_UNIX_TIME = re.compile(r"-?\d{1,13}(?:\.\d+)?")
 
 
 def parse_time(value: Any, label: str | Path, where: str) -> datetime | None:
@@ -277,13 +288,16 @@ def parse_time(value: Any, label: str | Path, where: str) -> datetime | None:
         except (OverflowError, OSError, ValueError):
             raise DataError(label, f"the time {value!r} is out of range", where=where) from None
     text = str(value).strip()
-    if re.fullmatch(r"-?\d{1,13}(?:\.\d+)?", text):
+    try:
+        return datetime.fromisoformat(text)      # the common case first (3.11 reads a trailing Z too)
+    except ValueError:
+        pass
+    if _UNIX_TIME.fullmatch(text):
         return parse_time(float(text), label, where)
-    for parse in (datetime.fromisoformat, lambda t: datetime.strptime(t, _TWITTER_TIME)):
-        try:
-            return parse(text.replace("Z", "+00:00") if parse is datetime.fromisoformat else text)
-        except ValueError:
-            continue
+    try:
+        return datetime.strptime(text, _TWITTER_TIME)
+    except ValueError:
+        pass
     raise DataError(label, f"cannot read the time {text[:60]!r}", where=where,
                     hint="times must be ISO 8601 (2024-05-01 20:15:00), Twitter's created_at, or Unix seconds; "
                          "name another column with --columns time=COLUMN")
@@ -416,8 +430,8 @@ class TableImporter(Importer):
         roles = find_roles(columns, options.columns, source.path)
         result = ParseResult()
         result.notes.append(f"columns: {roles.describe()}")
-        rows_to_threads(rows, roles, source.path, f"{self.name}:{source.path.resolve()}", source.path.stem,
-                        options, result)
+        rows_to_threads(rows(roles.columns()), roles, source.path, f"{self.name}:{source.path.resolve()}",
+                        source.path.stem, options, result)
         return result
 
 
