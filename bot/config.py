@@ -152,11 +152,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
 
     def ids(name: str) -> frozenset[int]:
         raw = [part.strip() for part in env.get(name, "").replace(" ", ",").split(",") if part.strip()]
-        bad = [part for part in raw if not part.isdigit()]
+        good = [part for part in raw if part.isascii() and part.isdigit()]   # isdigit alone takes "²"
+        bad = [part for part in raw if part not in good]
         if bad:
             problems.append(f"{name}: {', '.join(bad)} not a Discord id (ids are numbers; enable Developer Mode "
                             "in Discord, then right-click a user or role and Copy ID)")
-        return frozenset(int(part) for part in raw if part.isdigit())
+        return frozenset(int(part) for part in good)
 
     def flag(name: str, default: bool) -> bool:
         raw = env.get(name, "").strip().lower()

@@ -209,3 +209,13 @@ def test_settings_and_training_runs_round_trip(tmp_path):
     assert setting == [1, 2] and interrupted == 1
     assert runs[0]["id"] == other and runs[0]["status"] == "failed"
     assert runs[1]["status"] == "done" and runs[1]["metrics"] == '{"val_loss": 1.5}'
+
+
+def test_ids_that_only_look_like_digits_are_a_settings_problem_not_a_crash():
+    from bot.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as error:
+        load_settings({"ADMIN_USER_IDS": "123,\u00b2", "ADMIN_ROLE_IDS": "\u0664\u0662"}, dotenv_path=None)
+    assert "ADMIN_USER_IDS: \u00b2 not a Discord id" in str(error.value)
+    assert "ADMIN_ROLE_IDS: \u0664\u0662 not a Discord id" in str(error.value)
+    assert load_settings({"ADMIN_USER_IDS": "123, 456"}, dotenv_path=None).admin_user_ids == {123, 456}
