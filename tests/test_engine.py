@@ -157,6 +157,55 @@ def test_a_cancelled_caller_frees_its_slot_and_the_others_are_answered(alice_art
     assert len(done) == 3 and all(r.persona == "Alice" for r in done) and after.persona == "Alice"
 
 
+def test_a_request_cancelled_while_it_generates_leaves_its_batch_at_the_next_token(alice_artifact):
+    # The test above cancels while the request may still be queued; here it is cancelled mid-generation,
+    # batched with three others. The worker is held inside its third forward pass while the caller
+    # cancels, so "mid-generation" does not depend on timing; the long request is recognised in each
+    # forward pass by its attention mask, longer than any other row's can become.
+    import threading
+
+    persona = Persona.load(alice_artifact, backend="torch")
+    persona.output_filter = OutputFilter()   # only the cancellation matters here
+    long_chat = [("Bob" if i % 2 else "Carol", f"message {i} pizza tonight movie rain bus") for i in range(40)]
+    endless = {"max_new_tokens": 100, "top_k": 0, "temperature": 1.0}
+    threshold = len(persona.prompt(long_chat, persona.settings.with_overrides(**endless)))
+    short = {"max_new_tokens": 8}
+    assert max(len(persona.prompt(channel(i), persona.settings.with_overrides(**short))) for i in range(3)) + 9 \
+        < threshold
+    passes: list[tuple[int, bool]] = []     # (rows, whether the long request was one of them) per forward pass
+    reached, resume = threading.Event(), threading.Event()
+
+    def watch(module, args, kwargs):
+        rows = kwargs["attention_mask"].sum(-1).tolist()
+        passes.append((len(rows), any(n >= threshold for n in rows)))
+        if len(passes) == 3:
+            reached.set()
+            resume.wait(timeout=300)
+
+    persona.backend.model.register_forward_pre_hook(watch, with_kwargs=True)
+
+    async def main():
+        async with Engine(persona, max_batch=4, batch_window_s=5.0) as engine:
+            long = asyncio.ensure_future(engine.reply(long_chat, overrides=endless, seed=1))
+            others = [asyncio.ensure_future(engine.reply(channel(i), overrides=short, seed=i)) for i in range(3)]
+            try:
+                assert await asyncio.to_thread(reached.wait, 300)
+                long.cancel()
+            finally:
+                resume.set()
+            done = await asyncio.gather(*others)
+            with pytest.raises(asyncio.CancelledError):
+                await long
+            return done, await engine.reply(TURNS, seed=9)
+
+    done, after = run(main())
+    assert passes[0][0] == 4                                  # the four requests went in one batch
+    assert all(long for _, long in passes[:3])                # the long request was generating when cancelled
+    assert not any(long for _, long in passes[3:])            # ... and left the batch at the next token
+    assert len(done) == 3 and all(r.persona == "Alice" and r.tokens <= 8 for r in done)
+    assert after.persona == "Alice"
+
+
 def test_generated_mentions_never_ping(alice_artifact):
     persona = Persona.load(alice_artifact)
     persona.output_filter = OutputFilter()  # Alice's lines are all in her training text; only mentions here
@@ -206,17 +255,21 @@ def test_a_sample_the_blocklist_rejects_is_replaced_by_a_new_one(alice_artifact)
 
 def test_the_leak_guard_stops_training_text_coming_back_word_for_word(alice_artifact):
     # Alice's replies in training follow one template; a persona that learnt it repeats whole training lines.
+    # At her default settings nearly every sample is a training line, so every reply would be the fallback
+    # and "none got out" would hold vacuously: sample more freely, so that some replies are her own.
     persona = Persona.load(alice_artifact)
+    free = {"temperature": 1.5, "top_k": 0, "top_p": 1.0}
 
     async def main():
-        async with Engine(persona, max_tries=2) as engine:
-            return await asyncio.gather(*(engine.reply(channel(i), seed=i) for i in range(8)))
+        async with Engine(persona, max_tries=3) as engine:
+            return await asyncio.gather(*(engine.reply(channel(i), seed=i, overrides=free) for i in range(16)))
 
     replies = run(main())
     guard = persona.output_filter.leak_guard
     reasons = [reason for r in replies for reason in r.rejected]
     assert any("training" in reason for reason in reasons)        # leaks were caught ...
     assert all(guard.check(r.text) is None for r in replies if not r.fallback)   # ... and none got out
+    assert any(not r.fallback for r in replies)     # ... and not because nothing but the fallback came out
 
 
 def test_hot_swap_under_load_loses_no_request_and_the_next_reply_comes_from_the_new_model(
@@ -253,6 +306,33 @@ def test_a_failed_swap_leaves_the_old_persona_serving(alice_artifact, tmp_path):
             return await engine.reply(TURNS, seed=2)
 
     reply = run(main())
+    assert reply.persona == "Alice" and reply.artifact == alice_artifact
+
+
+def test_a_swap_to_an_artifact_that_loads_but_cannot_generate_fails_and_the_old_one_keeps_serving(
+        alice_artifact, tmp_path):
+    # A tokenizer that does not match the model: every id is past the model's embeddings. The artifact
+    # loads (files, weights and tokenizer are all readable); only generating finds the mismatch.
+    import json
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(alice_artifact, mismatched)
+    tokenizer = json.loads((mismatched / "tokenizer.json").read_text(encoding="utf-8"))
+    past = 100_000
+    tokenizer["model"]["vocab"] = {token: i + past for token, i in tokenizer["model"]["vocab"].items()}
+    for added in tokenizer["added_tokens"]:
+        added["id"] += past
+    (mismatched / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    assert Persona.load(mismatched).name == "Alice"          # it loads
+
+    async def main():
+        async with Engine.load(alice_artifact) as engine:
+            with pytest.raises(SwapError, match="mismatched"):
+                await engine.swap(mismatched)
+            return engine.persona, await engine.reply(TURNS, seed=2)
+
+    serving, reply = run(main())
+    assert serving.path == alice_artifact
     assert reply.persona == "Alice" and reply.artifact == alice_artifact
 
 
