@@ -8,7 +8,7 @@ import torch
 from training import transcript
 from training.conversation import Conversation, Message
 from training.dataset import (CONTEXT, NO_LOSS, RESPONSE, DatasetConfig, attention_mask, build_dataset,
-                              match_speaker)
+                              conversation_turns, match_speaker, split_units)
 from training.errors import DataError
 from training.loader import load_corpus
 from training.modelling import scratch_model, train_tokenizer
@@ -104,6 +104,29 @@ def test_split_is_by_conversation_without_leakage_and_deterministic(tokenizer):
     other = build_dataset(convs, "alice", tokenizer, DatasetConfig(block_size=128, context_tokens=48,
                                                                      val_fraction=0.2, seed=1))
     assert {u.id for u in other.val_units} != {u.id for u in ds.val_units}
+
+
+def test_a_long_conversation_is_cut_into_units_that_share_no_turn(tokenizer):
+    # Long enough to be cut three times (`unit_responses` responses a unit): each turn goes to exactly one
+    # unit, in order, so a held-out unit's context cannot come from a training unit.
+    per_unit, exchanges = 6, 3 * 6 + 4
+    long = Conversation("long", [Message(s, f"{s.lower()} says number {i:03d}")
+                                 for i in range(exchanges) for s in ("Bob", "Alice")])
+    speaker = match_speaker([long], "alice")
+    units = split_units([long], speaker, per_unit)
+    assert [u.id for u in units] == ["long/0", "long/1", "long/2", "long/3"]
+    assert [u.responses for u in units] == [6, 6, 6, 4]
+    turns = conversation_turns(long, speaker)
+    assert [(t.speaker, t.text) for u in units for t in u.turns] == [(t.speaker, t.text) for t in turns]
+    # Through the whole dataset, held-out units included: no text of a validation unit is in training.
+    config = DatasetConfig(block_size=256, context_tokens=200, unit_responses=per_unit, val_fraction=0.3,
+                           standalone_share=0.0)
+    ds = build_dataset([long], "alice", tokenizer, config)
+    assert ds.train_units and ds.val_units
+    train_text = "".join(tokenizer.decode(ids) for ids, _ in windows_of(ds.train))
+    val_texts = [t.text for u in ds.val_units for t in u.turns]
+    assert val_texts and not [t for t in val_texts if t in train_text]
+    assert [t.text for u in ds.train_units for t in u.turns if t.text in train_text]   # the check can fail
 
 
 def test_context_of_a_window_is_the_newest_whole_turns_within_the_budget(tokenizer):
