@@ -8,6 +8,7 @@ import logging
 import time
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
@@ -33,12 +34,23 @@ def intents_for(settings: Settings) -> discord.Intents:
     return intents
 
 
+class PersonaTree(app_commands.CommandTree):
+    """The bot's command tree. Its `on_error` is the one place that answers a slash command that did not run
+    (the cogs have no error handlers of their own). It is a method of the tree's class, not an attribute set in
+    `setup_hook`, so that whatever wraps `tree.on_error` after the bot is built (simcord records errors that
+    way) still reaches it."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await refuse(interaction, error)
+
+
 class PersonaBot(commands.Bot):
     def __init__(self, settings: Settings, engine: Engine, store: Store, *,
                  retrainer: Retrainer | None = None, interrupted_runs: list[dict] | None = None) -> None:
         # No prefix commands: everything is a slash command or a mention.
         super().__init__(command_prefix=lambda bot, message: [], intents=intents_for(settings),
-                         allowed_mentions=discord.AllowedMentions.none(), help_command=None)
+                         allowed_mentions=discord.AllowedMentions.none(), help_command=None,
+                         tree_cls=PersonaTree)
         self.settings = settings
         self.engine = engine
         self.store = store
@@ -110,10 +122,33 @@ class PersonaBot(commands.Bot):
         return guild.id if guild is not None else None
 
 
+async def refuse(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    """The command tree's error handler: tell the user, privately, why a command did not run. Never raises:
+    an interaction older than 15 minutes has a dead token, and answering it fails (logged, once)."""
+    if isinstance(error, app_commands.CommandOnCooldown):
+        text = f"Slow down: try again in {error.retry_after:.0f} s."
+    elif isinstance(error, app_commands.CheckFailure):
+        text = str(error) or "You cannot use this command here."
+    else:
+        log.error("command %s failed", _command_name(interaction), exc_info=error)
+        text = "Something went wrong; the bot's log has the details."
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as e:     # the token expired (or Discord is down): nobody to tell any more
+        log.warning("could not tell %s why command %s did not run: %s", interaction.user.id,
+                    _command_name(interaction), e)
+
+
+def _command_name(interaction: discord.Interaction) -> str | None:
+    command = interaction.command
+    return command.qualified_name if command is not None else None
+
+
 def owners_only():
     """An app-command check: the bot's owners only (global powers, see `bot.tenancy`)."""
-    from discord import app_commands
-
     async def predicate(interaction: discord.Interaction) -> bool:
         bot = interaction.client
         if isinstance(bot, PersonaBot) and (await bot.authority(interaction)).is_owner:
@@ -125,8 +160,6 @@ def owners_only():
 
 def guild_admins_only():
     """An app-command check: admins of the guild the command is used in, or the bot's owners."""
-    from discord import app_commands
-
     async def predicate(interaction: discord.Interaction) -> bool:
         bot = interaction.client
         if isinstance(bot, PersonaBot) and (await bot.authority(interaction)).may_govern_guild:

@@ -16,7 +16,6 @@ from discord.ext import commands
 from bot.discord_bot import PersonaBot, owners_only
 from bot.retrain import Progress, Retrainer, RetrainError
 from bot.tenancy import Authority
-from cogs.chat import refuse
 from cogs.utils.live_message import LiveMessage
 from training.errors import DataError
 from training.progress import format_duration
@@ -222,11 +221,6 @@ class Admin(commands.Cog):
             lines.append(f"post {post['slot'] or ''} → {post['target']}: {post['status']}"
                          f"{' ' + repr(text) if text else ''}{' (' + post['error'] + ')' if post['error'] else ''}")
         return lines
-
-    async def cog_app_command_error(self, interaction: discord.Interaction,
-                                    error: app_commands.AppCommandError) -> None:
-        await refuse(interaction, error)
-
 
 def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "?"

@@ -165,25 +165,5 @@ class Chat(commands.Cog):
             disabled.add(interaction.channel_id)
         await self.bot.store.set_setting(DISABLED, sorted(disabled))
 
-    async def cog_app_command_error(self, interaction: discord.Interaction,
-                                    error: app_commands.AppCommandError) -> None:
-        await refuse(interaction, error)
-
-
-async def refuse(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-    """Tell the user, privately, why a command did not run."""
-    if isinstance(error, app_commands.CommandOnCooldown):
-        text = f"Slow down: try again in {error.retry_after:.0f} s."
-    elif isinstance(error, app_commands.CheckFailure):
-        text = str(error) or "You cannot use this command here."
-    else:
-        log.error("command %s failed", interaction.command and interaction.command.name, exc_info=error)
-        text = "Something went wrong; the bot's log has the details."
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True)
-    else:
-        await interaction.response.send_message(text, ephemeral=True)
-
-
 async def setup(bot: PersonaBot) -> None:
     await bot.add_cog(Chat(bot))

@@ -15,7 +15,6 @@ from bot.config import POST_TARGET_HELP
 from bot.discord_bot import PersonaBot, guild_admins_only
 from bot.store import StoreError
 from bot.tenancy import Authority
-from cogs.chat import refuse
 
 log = logging.getLogger("personabot.posts")
 
@@ -170,11 +169,6 @@ class Posts(commands.Cog):
             detail = o.get("text") or o.get("error") or ""
             lines.append(f"{o['target']}: {o['status']}" + (f" — {detail[:150]}" if detail else ""))
         await interaction.edit_original_response(content="\n".join(lines))
-
-    async def cog_app_command_error(self, interaction: discord.Interaction,
-                                    error: app_commands.AppCommandError) -> None:
-        await refuse(interaction, error)
-
 
 async def setup(bot: PersonaBot) -> None:
     await bot.add_cog(Posts(bot))

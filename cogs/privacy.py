@@ -10,7 +10,6 @@ from discord.ext import commands
 
 from bot.discord_bot import PersonaBot
 from bot.store import StoreError
-from cogs.chat import refuse
 
 log = logging.getLogger("personabot.privacy")
 
@@ -72,11 +71,6 @@ class Privacy(commands.Cog):
         await interaction.edit_original_response(
             content=f"Done: {deleted} stored message(s) deleted, and you are excluded from future training.",
             view=None)
-
-    async def cog_app_command_error(self, interaction: discord.Interaction,
-                                    error: app_commands.AppCommandError) -> None:
-        await refuse(interaction, error)
-
 
 async def setup(bot: PersonaBot) -> None:
     await bot.add_cog(Privacy(bot))

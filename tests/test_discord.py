@@ -520,3 +520,19 @@ async def test_checking_a_big_upload_never_holds_the_event_loop(world, tmp_path)
     assert (await env.bot.store.runs())[0]["status"] == "done"
     print(watch)
     watch.check()                                                    # ...and no callback held the loop
+
+
+async def test_a_command_that_fails_inside_gets_a_private_answer_and_one_log_line(world, caplog):
+    """One error handler on the command tree: a command that raises (here the database is closed under
+    /schedule list) tells the caller privately, and the bot's log gets the traceback exactly once."""
+    import logging
+
+    env, general, other, admin, bob, carol = world
+    await env.bot.store.close()
+    with caplog.at_level(logging.WARNING):
+        failed = await admin.slash(general, "schedule list")
+    assert failed.ephemeral and "Something went wrong; the bot's log has the details" in failed.response.content
+    error = simcord.assert_error(env, app_commands.CommandInvokeError)
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(logged) == 1 and "schedule list" in logged[0].getMessage()
+    assert logged[0].exc_info is not None and logged[0].exc_info[1] is error      # with the traceback
