@@ -299,6 +299,20 @@ def test_plain_ascii_counts_like_len():
         assert tweet_length(text) == len(text)
 
 
+def test_a_bare_domain_with_an_unknown_ending_counts_its_own_length_when_that_is_more_than_a_link():
+    # Twitter may not know the ending and then does not link it: it costs its own length, which a limit
+    # must allow for (as 23 a tweet of them could exceed 280).
+    domain = "averylongprojectname.example.unknownend"
+    assert len(domain) > 23
+    assert tweet_length("see " + domain) == 4 + len(domain)
+    assert tweet_length("see " + domain + "/path") == 4 + len(domain) + 5
+    assert tweet_length("see my.foobar") == 4 + 23      # shorter than a link: 23, in case Twitter links it
+    text = " ".join([domain] * 8)
+    assert len(text) > TWEET_LIMIT
+    out = OutputFilter().finish(text, TWITTER)
+    assert out.endswith("…") and len(out) <= TWEET_LIMIT
+
+
 # --- cutting ------------------------------------------------------------------------------------------------
 
 def test_text_that_fits_is_unchanged():
