@@ -103,6 +103,33 @@ def test_two_processes_on_one_database_post_a_slot_once(bob_artifact, tmp_path):
     assert len(sent) == 1 and len(posts) == 1
 
 
+def test_processes_fired_seconds_apart_by_their_clocks_claim_one_slot_the_minute(bob_artifact, tmp_path):
+    # Each process's APScheduler fires at its own moment; the slot they claim must be the minute itself.
+    async def main():
+        terminal = Terminal()
+        path = tmp_path / "bot.sqlite3"
+        async with await Store.open(path) as a, await Store.open(path) as b, Engine.load(bob_artifact) as engine:
+            one, two = PostScheduler(engine, a, TerminalOnly(terminal)), PostScheduler(engine, b, TerminalOnly(terminal))
+            for attempt in range(5):
+                schedule = await a.add_schedule(f"shared {attempt}", cron="* * * * *", targets=["terminal"],
+                                                mode="line")
+                if datetime.now(timezone.utc).second >= 55:      # start early in a minute
+                    await asyncio.sleep(61 - datetime.now(timezone.utc).second)
+                before = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+                await one._fire_now(schedule)
+                await asyncio.sleep(1.5)                          # seconds apart
+                await two._fire_now(schedule)
+                if datetime.now(timezone.utc).replace(second=0, microsecond=0) == before:
+                    break                                         # (else a minute began between them: again)
+            else:
+                pytest.fail("never fired twice within one minute")
+            return before, [p for p in await a.posts(limit=100) if p["schedule_id"] == schedule]
+
+    minute, posts = asyncio.run(main())
+    assert len(posts) == 1                                        # claimed once, by the first
+    assert datetime.fromisoformat(posts[0]["slot"]) == minute
+
+
 def test_a_line_that_fails_the_filters_is_never_posted_and_the_slot_says_why(bob_artifact, tmp_path):
     persona = Persona.load(bob_artifact, blocklist=Blocklist([r"re:\w"]))
 
