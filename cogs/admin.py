@@ -7,7 +7,6 @@ import logging
 import secrets
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import discord
 from discord import app_commands
