@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from bot.engine import Engine, SwapError
 from bot.store import Store, StoreError
 from training.artifact import ArtifactError, read_persona
+from training.progress import ProgressState
 
 log = logging.getLogger("personabot.retrain")
 
@@ -33,19 +34,6 @@ CHILD_NICENESS = 10
 
 class RetrainError(Exception):
     """A retrain that could not start or whose result was not used; the message says why."""
-
-
-@dataclass
-class Progress:
-    """What the training child reported last."""
-
-    phase: str = "starting"
-    step: int = 0
-    total_steps: int | None = None
-    loss: float | None = None
-    val_loss: float | None = None
-    eta_s: float | None = None
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -72,7 +60,7 @@ class Retrainer:
         self.python = python
         self.extra_args = list(extra_args)   # e.g. ["--time-budget", "600"] from the settings
         self.include_logged = include_logged  # also learn from the channel messages in the store
-        self.progress: Progress | None = None
+        self.progress: ProgressState | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._cancelled = False
         self._shutting_down = False
@@ -89,7 +77,7 @@ class Retrainer:
 
     async def run(self, *, speaker: str | None = None, epochs: float | None = None, force: bool = False,
                   requested_by: int | None = None,
-                  on_progress: Callable[[Progress], Awaitable[None]] | None = None,
+                  on_progress: Callable[[ProgressState], Awaitable[None]] | None = None,
                   progress_message: tuple[int, int] | None = None) -> RetrainResult:
         """Train, check and swap in a new artifact. Raises `RetrainError` with the reason when the current
         model stays. `progress_message` (channel id, message id) is recorded with the run, so that a bot
@@ -98,7 +86,7 @@ class Retrainer:
             raise RetrainError("a retrain is already running; wait for it, or cancel it first")
         async with self._lock:
             self._cancelled = False
-            self.progress = Progress()
+            self.progress = ProgressState()
             current = self.engine.persona
             speaker = speaker or current.name
             files = self.data_files()
@@ -221,11 +209,10 @@ class Retrainer:
             log.warning("the training process runs at normal priority (%s)", e)
         errors = asyncio.ensure_future(self._proc.stderr.read())
         async for raw in self._proc.stdout:
-            try:
-                event = json.loads(raw)
-            except ValueError:
+            if not self.progress.read_line(raw):
                 continue
-            self._update(event)
+            if self.progress.done:
+                self.progress.phase = "checking the new model"
             if on_progress is not None:
                 try:
                     await on_progress(self.progress)
@@ -268,25 +255,6 @@ class Retrainer:
             await self.store.set_setting(PREVIOUS, str(previous))
         except StoreError as e:
             log.warning("the swap to %s is not recorded (a restart will load the earlier model): %s", current, e)
-
-    def _update(self, event: dict[str, Any]) -> None:
-        p = self.progress
-        kind = event.get("event")
-        if kind == "phase":
-            p.phase = str(event.get("phase", p.phase))
-        elif kind == "start":
-            p.phase = "training"
-            p.total_steps = event.get("total_steps", p.total_steps)
-        elif kind == "step":
-            p.phase = "training"
-            p.step = int(event.get("step", p.step))
-            p.total_steps = event.get("total_steps", p.total_steps)
-            p.loss = event.get("loss", p.loss)
-            p.eta_s = event.get("eta_s", p.eta_s)
-        elif kind == "eval":
-            p.val_loss = event.get("val_loss", p.val_loss)
-        elif kind == "done":
-            p.phase = "checking the new model"
 
     async def cancel(self) -> bool:
         """Stop a running retrain (the child saves nothing we keep). False when none is running."""

@@ -13,11 +13,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot import PersonaBot, owners_only
-from bot.retrain import Progress, Retrainer, RetrainError
+from bot.retrain import Retrainer, RetrainError
 from bot.tenancy import Authority
 from cogs.utils.live_message import LiveMessage
 from training.errors import DataError
-from training.progress import format_duration
+from training.progress import ProgressState, format_duration
 
 log = logging.getLogger("personabot.admin")
 
@@ -38,7 +38,7 @@ def upload_file_name(filename: str) -> str | None:
     return name
 
 
-def progress_text(p: Progress) -> str:
+def progress_text(p: ProgressState) -> str:
     """A progress bar with step, loss and ETA."""
     if not p.total_steps:
         return f"Retraining: {p.phase}..."
@@ -89,7 +89,7 @@ class Admin(commands.Cog):
                                       pointer=f"Retrain started by {interaction.user.mention}; progress:")
         last_edit = 0.0
 
-        async def show(progress: Progress) -> None:
+        async def show(progress: ProgressState) -> None:
             nonlocal last_edit
             # Wall-clock time: Discord's rate limit is in real seconds.
             if time.time() - last_edit >= EDIT_EVERY_S:

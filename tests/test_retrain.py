@@ -169,3 +169,25 @@ def test_stored_channel_messages_become_training_data_when_enabled(alice_artifac
     assert json.loads((result.artifact / "persona.json").read_text())["speaker"] == "Dana"
     assert not any(t.startswith("bot line") for t in texts)      # the bot's own lines were not
     assert not any(p.name.startswith(".logged") for p in (tmp_path / "models").iterdir())
+
+
+def test_progress_events_read_back_what_the_child_wrote():
+    """The JSON progress lines are a contract: what `Progress` writes, `ProgressState` reads."""
+    import io
+
+    from training.progress import Progress, ProgressState
+
+    out = io.StringIO()
+    child = Progress("json", stream=out)
+    child.phase("reading exports", "chat.txt")
+    child.start(total_steps=40)
+    child.step(12, loss=2.5, lr=1e-4)
+    child.evaluation(12, val_loss=2.75, best=True)
+    state = ProgressState()
+    seen = [state.read_line(line) for line in ["not json", "[1, 2]", *out.getvalue().splitlines()]]
+    assert seen == [False, False, True, True, True, True]
+    assert (state.phase, state.step, state.total_steps, state.loss, state.val_loss) == ("training", 12, 40, 2.5, 2.75)
+    assert state.eta_s is not None and not state.done
+    child.done(out="x")
+    state.read_line(out.getvalue().splitlines()[-1])
+    assert state.done

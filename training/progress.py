@@ -1,14 +1,20 @@
 """Progress of long work: a bar with loss and ETA on a terminal, JSON lines for a parent process, plain
-log lines otherwise. Progress goes to stderr except in JSON mode, where stdout carries only JSON lines."""
+log lines otherwise. Progress goes to stderr except in JSON mode, where stdout carries only JSON lines.
+
+The JSON lines are a contract between a training child and the bot that started it: `Progress` writes the
+events and `ProgressState` reads them back, here in one module, so that the two sides cannot drift."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 MODES = ("auto", "bar", "json", "log", "none")
+# The events of JSON mode, one object per line: {"event": NAME, ...fields}.
+PHASE, START, STEP, EVAL, DONE = "phase", "start", "step", "eval", "done"
 
 
 class Progress:
@@ -33,7 +39,7 @@ class Progress:
     def phase(self, name: str, detail: str = "", **fields: Any) -> None:
         """A stage of the work starts (loading data, training the tokenizer, evaluating...)."""
         if self.mode == "json":
-            self._json({"event": "phase", "phase": name, "detail": detail, **fields})
+            self._json({"event": PHASE, "phase": name, "detail": detail, **fields})
         elif self.mode != "none":
             self._write(f"{name}{': ' + detail if detail else ''}")
 
@@ -47,7 +53,7 @@ class Progress:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=self.stream,
                              dynamic_ncols=True, desc="training")
         elif self.mode == "json":
-            self._json({"event": "start", "total_steps": total_steps, "step": start_step})
+            self._json({"event": START, "total_steps": total_steps, "step": start_step})
 
     def set_total(self, total_steps: int) -> None:
         """The run got a new length (a time budget measured the speed)."""
@@ -63,7 +69,7 @@ class Progress:
             self._bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             self._bar.refresh()
         elif self.mode == "json":
-            self._json({"event": "step", "step": step, "total_steps": self._total, "loss": round(loss, 5),
+            self._json({"event": STEP, "step": step, "total_steps": self._total, "loss": round(loss, 5),
                         "lr": lr, "eta_s": None if eta is None else round(eta, 1), **fields})
         elif self.mode == "log":
             now = time.monotonic()
@@ -74,14 +80,14 @@ class Progress:
 
     def evaluation(self, step: int, val_loss: float, best: bool) -> None:
         if self.mode == "json":
-            self._json({"event": "eval", "step": step, "val_loss": round(val_loss, 5), "best": best})
+            self._json({"event": EVAL, "step": step, "val_loss": round(val_loss, 5), "best": best})
         elif self.mode != "none":
             self._write(f"step {step}: validation loss {val_loss:.4f}{' (best so far)' if best else ''}")
 
     def done(self, **fields: Any) -> None:
         self.close()
         if self.mode == "json":
-            self._json({"event": "done", **fields})
+            self._json({"event": DONE, **fields})
 
     def close(self) -> None:
         if self._bar is not None:
@@ -105,6 +111,50 @@ class Progress:
         else:
             self.stream.write(line + "\n")
             self.stream.flush()
+
+
+@dataclass
+class ProgressState:
+    """What a parent knows of a training child from the JSON lines `Progress` writes: the reading side."""
+
+    phase: str = "starting"
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    eta_s: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    done: bool = False
+
+    def read_line(self, line: str | bytes) -> bool:
+        """Take in one line of the child's output; False (and nothing changed) when it is no event."""
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(event, dict) or "event" not in event:
+            return False
+        self.apply(event)
+        return True
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Take in one event; fields an event lacks keep their last value."""
+        kind = event.get("event")
+        if kind == PHASE:
+            self.phase = str(event.get("phase", self.phase))
+        elif kind == START:
+            self.phase = "training"
+            self.total_steps = event.get("total_steps", self.total_steps)
+        elif kind == STEP:
+            self.phase = "training"
+            self.step = int(event.get("step", self.step))
+            self.total_steps = event.get("total_steps", self.total_steps)
+            self.loss = event.get("loss", self.loss)
+            self.eta_s = event.get("eta_s", self.eta_s)
+        elif kind == EVAL:
+            self.val_loss = event.get("val_loss", self.val_loss)
+        elif kind == DONE:
+            self.done = True
 
 
 def format_duration(seconds: float) -> str:
