@@ -219,3 +219,13 @@ def test_a_speaker_and_text_table_with_times_keeps_its_times_and_conversations(t
     assert corpus.files[0].format == "table"
     assert [[m.text for m in c.messages] for c in corpus.conversations] == [["morning", "hi ann"], ["two days later"]]
     assert corpus.messages()[0].timestamp.isoformat() == "2024-05-01T10:00:00"
+
+
+def test_a_turn_list_cell_with_an_unknown_role_names_the_file_and_the_turn(tmp_path):
+    path = tmp_path / "chats.parquet"
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": "hi"}, {"role": "narrator", "content": "x"}]]}),
+                   path)
+    with pytest.raises(DataError) as error:
+        load_corpus([path])
+    assert error.value.path == str(path) and error.value.where == "row 2.messages[1].role"
+    assert "unknown role 'narrator'" in error.value.message

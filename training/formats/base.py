@@ -398,6 +398,25 @@ def _json_name(value: Any) -> str:
     return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
+def keep_message(result: "ParseResult", items: list[Message | SceneBreak], options: ImportOptions,
+                 message: Message) -> bool:
+    """Append `message`, or count why it is no training text (no text at all, a bot's); True when kept."""
+    if not message.text:
+        result.skip(Skip.EMPTY)
+    elif options.is_bot_name(message.speaker):
+        result.skip(Skip.BOT)
+    else:
+        items.append(message)
+        return True
+    return False
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split at LF or CRLF only: `str.splitlines` would also split at U+2028, form feeds and other
+    characters that a message or a JSON string may hold."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def squash(lines: Iterable[str]) -> str:
     """Join lines into message text: trailing spaces dropped, outer blank lines removed."""
     return "\n".join(line.rstrip() for line in lines).strip("\n").strip()

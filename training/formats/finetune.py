@@ -263,3 +263,16 @@ class ShareGPTImporter(_RecordsImporter):
                 continue
             _add(result, items, options, speaker, value.strip(), f"{index}.{number}")
         return items
+
+
+def read_turn_list(turns: list[Any], label: Path | str, where: str, options: ImportOptions,
+                   result: ParseResult) -> list[Message | SceneBreak]:
+    """The messages of one conversation given as a list of turns in either shape, `{role, content}` or
+    `{from, value}` (a `messages` or `conversations` column of a table or data set), read by the rules of
+    the format whose shape it has."""
+    first = turns[0] if turns else None
+    reader = ChatMessagesImporter if isinstance(first, dict) and "role" in first else ShareGPTImporter
+    try:
+        return reader()._read({}, turns, Path(label), 0, where, options, result)
+    except DataError as e:    # some of the readers' errors leave the file to their caller to name
+        raise DataError(label, e.message, where=e.where, hint=reader.shape) from None

@@ -14,7 +14,7 @@ from training.conversation import Message, SceneBreak
 from training.errors import DataError
 from training.formats import register
 from training.formats.base import (ImportOptions, Importer, ParseResult, Skip, Source, Thread, json_at,
-                                   json_field, loads_json, parse_json)
+                                   json_field, keep_message, loads_json, parse_json, split_lines)
 
 USER = "User"
 ASSISTANT = "Assistant"
@@ -25,17 +25,7 @@ SYSTEM = "System"
 
 def _add(result: ParseResult, items: list[Message | SceneBreak], options: ImportOptions, speaker: str,
          text: str, msg_id: str) -> None:
-    if not text:
-        result.skip(Skip.EMPTY)
-    elif options.is_bot_name(speaker):
-        result.skip(Skip.BOT)
-    else:
-        items.append(Message(speaker=speaker, text=text, id=msg_id))
-
-
-def _lines(text: str) -> list[str]:
-    """Lines split at LF or CRLF only: a JSON string may hold a raw U+2028, where `str.splitlines` splits."""
-    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    keep_message(result, items, options, Message(speaker=speaker, text=text, id=msg_id))
 
 
 # --- alpaca ------------------------------------------------------------------------------------------------
@@ -77,7 +67,7 @@ class AlpacaImporter(Importer):
         else:
             # JSON Lines: one record per line; blank lines hold no record.
             index = 0
-            for number, line in enumerate(_lines(text), start=1):
+            for number, line in enumerate(split_lines(text), start=1):
                 if not line.strip():
                     continue
                 record = loads_json(line, source.path, first_line=number, what="JSON Lines",
@@ -147,7 +137,7 @@ class ChatTokensImporter(Importer):
     description = "One conversation per line with <|USER|> / <|ASSISTANT|> / <|SYSTEM|> turn markers"
 
     def sniff(self, source: Source) -> float:
-        lines = [line for line in _lines(source.head_text()) if line.strip()]
+        lines = [line for line in split_lines(source.head_text()) if line.strip()]
         if len(source.head()) >= Source.HEAD_BYTES:
             lines = lines[:-1]  # the last line may be cut off
         if not lines:
@@ -164,7 +154,7 @@ class ChatTokensImporter(Importer):
         result = ParseResult()
         first_unmarked: int | None = None
         marked = 0
-        for number, line in enumerate(_lines(text), start=1):
+        for number, line in enumerate(split_lines(text), start=1):
             if not line.strip():
                 continue
             roles = list(_ROLE.finditer(line))

@@ -14,15 +14,10 @@ from __future__ import annotations
 from training.conversation import Message, SceneBreak
 from training.errors import DataError
 from training.formats import register
-from training.formats.base import ImportOptions, Importer, ParseResult, Source, Thread, squash
+from training.formats.base import ImportOptions, Importer, ParseResult, Source, Thread, split_lines, squash
 
 # Fewer non-blank lines than this in the sniffed head: a note, not a corpus of posts.
 MIN_POSTS = 10
-
-
-def _lines(text: str) -> list[str]:
-    """Lines split at LF or CRLF only (a post may hold U+2028 or a form feed)."""
-    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 def split_posts(lines: list[str]) -> tuple[list[tuple[int, str]], bool]:
@@ -60,7 +55,7 @@ class PostsTextImporter(Importer):
         head = source.head()
         if b"\x00" in head:
             return 0.0
-        lines = [line for line in _lines(source.head_text()) if line.strip()]
+        lines = [line for line in split_lines(source.head_text()) if line.strip()]
         return 0.5 if len(lines) >= MIN_POSTS else 0.0
 
     def parse(self, source: Source, options: ImportOptions) -> ParseResult:
@@ -68,7 +63,7 @@ class PostsTextImporter(Importer):
         if not text.strip():
             raise DataError(source.path, "the file is empty", hint="put one post per line")
         result = ParseResult()
-        posts, by_block = split_posts(_lines(text))
+        posts, by_block = split_posts(split_lines(text))
         result.notes.append("one voice, " + ("a post per block of lines between blank lines" if by_block
                                              else "a post per line"))
         items: list[Message | SceneBreak] = []

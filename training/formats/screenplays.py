@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from training.conversation import Message, SceneBreak
 from training.errors import DataError
 from training.formats import register
-from training.formats.base import ImportOptions, Importer, ParseResult, Skip, Source, Thread
+from training.formats.base import ImportOptions, Importer, ParseResult, Skip, Source, Thread, split_lines
 from training.formats.scripts import (SPEAKER_COLUMNS, TEXT_COLUMNS, _add_break, _add_line, _finish,
-                                      _lines, _thread_key)
+                                      _thread_key)
 
 # Skip reason this module adds to the shared `Skip` ones: a writer's note to themselves (Fountain `[[note]]`,
 # `/* boneyard */`, `= synopsis`), never said by anyone.
@@ -96,7 +96,7 @@ class ScriptKaggleImporter(Importer):
                    "get SW_EpisodeIV/V/VI.txt from the Kaggle data set 'Star Wars Movie Scripts'")
 
     def sniff(self, source: Source) -> float:
-        lines = [line for line in _lines(source.head_text()) if line.strip()]
+        lines = [line for line in split_lines(source.head_text()) if line.strip()]
         if len(source.head()) >= Source.HEAD_BYTES:
             lines = lines[:-1]  # the last line may be cut off
         if len(lines) < 2:
@@ -227,7 +227,7 @@ class ScriptTranscriptImporter(Importer):
         head = source.head_text()
         if head.lstrip().startswith(("{", "<")):
             return 0.0
-        lines = _lines(head)
+        lines = split_lines(head)
         if len(source.head()) >= Source.HEAD_BYTES:
             lines = lines[:-1]
         named: list[str] = []
@@ -455,7 +455,7 @@ class FountainImporter(Importer):
             return 0.0
         if source.path.suffix.lower() in FOUNTAIN_SUFFIXES:
             return 0.95 if head.strip() else 0.0
-        lines = _lines(head)
+        lines = split_lines(head)
         if len(source.head()) >= Source.HEAD_BYTES:
             lines = lines[:-1]
         headings, names = _fountain_cue_count(lines)

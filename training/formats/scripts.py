@@ -25,7 +25,7 @@ from training.conversation import Message, SceneBreak
 from training.errors import DataError
 from training.formats import register
 from training.formats.base import (ImportOptions, Importer, ParseResult, Skip, Source, Thread, json_at,
-                                   squash)
+                                   keep_message, split_lines, squash)
 
 SPEAKER_COLUMNS = ("character", "speaker", "name")
 TEXT_COLUMNS = ("line", "text", "dialogue")
@@ -48,11 +48,6 @@ def _pick_columns(names: Iterable[str]) -> tuple[str, str] | None:
     return (speaker, text) if speaker is not None and text is not None else None
 
 
-def _lines(text: str) -> list[str]:
-    """Lines split at LF or CRLF only: `str.splitlines` would also split at U+2028 and form feeds in text."""
-    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-
-
 def _thread_key(importer: str, source: Source) -> str:
     return f"{importer}:{source.path.resolve()}"
 
@@ -62,12 +57,8 @@ def _add_line(result: ParseResult, items: list[Message | SceneBreak], options: I
     """Append one script line, or count why it is not training text."""
     if not speaker:
         result.skip(Skip.NO_SPEAKER)
-    elif not text:
-        result.skip(Skip.EMPTY)
-    elif options.is_bot_name(speaker):
-        result.skip(Skip.BOT)
     else:
-        items.append(Message(speaker=speaker, text=text, id=msg_id))
+        keep_message(result, items, options, Message(speaker=speaker, text=text, id=msg_id))
 
 
 def _add_break(items: list[Message | SceneBreak], label: str = "") -> None:
@@ -321,7 +312,7 @@ class ScriptMarkdownImporter(Importer):
     description = "Script as Markdown tables with a | Speaker | Text | (or | Character | Line |) header"
 
     def sniff(self, source: Source) -> float:
-        lines = _lines(source.head_text())
+        lines = split_lines(source.head_text())
         for header, separator in zip(lines, lines[1:]):
             if (_is_row(header) and _is_separator(separator)
                     and _pick_columns(_split_row(header, 0)) is not None):
@@ -332,7 +323,7 @@ class ScriptMarkdownImporter(Importer):
         text = source.read_text()
         if not text.strip():
             raise DataError(source.path, "the file is empty", hint="export the script again")
-        lines = _lines(text)
+        lines = split_lines(text)
         result = ParseResult()
         items: list[Message | SceneBreak] = []
         title = ""
@@ -436,7 +427,7 @@ class ScriptBlocksImporter(Importer):
         head = source.head_text()
         if head.lstrip().startswith(("{", "[", "<")):
             return 0.0
-        blocks = _blocks(_lines(head))
+        blocks = _blocks(split_lines(head))
         if len(source.head()) >= Source.HEAD_BYTES:
             blocks = blocks[:-1]  # the last block may be cut off
         if len(blocks) < 3:
@@ -459,7 +450,7 @@ class ScriptBlocksImporter(Importer):
         result = ParseResult()
         items: list[Message | SceneBreak] = []
         named = 0
-        for number, block in _blocks(_lines(text)):
+        for number, block in _blocks(split_lines(text)):
             speaker = _block_name(block[0])
             if speaker is None:
                 # A paragraph with no "Name:" line before it: nobody is named as saying it.
@@ -513,7 +504,7 @@ class ScriptPlayImporter(Importer):
     description = "Play script in Markdown: # Title, ## ACT, ### SCENE, **SPEAKER** then verse lines"
 
     def sniff(self, source: Source) -> float:
-        lines = _lines(source.head_text())
+        lines = split_lines(source.head_text())
         speakers = [match.group("name") for line, after in zip(lines, lines[1:])
                     if (match := _PLAY_SPEAKER.fullmatch(line.strip())) and after.strip()]
         if len(speakers) < 2:
@@ -545,7 +536,7 @@ class ScriptPlayImporter(Importer):
             speaker = None
             speech.clear()
 
-        for number, raw in enumerate(_lines(text), start=1):
+        for number, raw in enumerate(split_lines(text), start=1):
             line = raw.strip()
             if closer is not None:
                 # A blank line also ends it, so one missing underscore cannot swallow the rest of the play.

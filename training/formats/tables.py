@@ -37,7 +37,8 @@ from typing import Any
 from training.conversation import Message, SceneBreak
 from training.errors import DataError
 from training.formats import register
-from training.formats.base import ImportOptions, Importer, ParseResult, Skip, Source, Thread, loads_json
+from training.formats.base import (ImportOptions, Importer, ParseResult, Skip, Source, Thread, keep_message,
+                                   loads_json)
 
 # Role -> accepted column names, most specific first.
 ROLE_NAMES: dict[str, tuple[str, ...]] = {
@@ -154,21 +155,24 @@ def read_rows(source: Source, kind: str) -> tuple[list[str], Rows]:
     if kind == "parquet":
         return _parquet_rows(source)
     if kind in ("csv", "tsv"):
-        return _csv_rows(source, "\t" if kind == "tsv" else None)
+        return _csv_rows(source, kind)
     if kind == "json":
         return _json_rows(source)
     return _jsonl_rows(source)
 
 
-def _csv_rows(source: Source, delimiter: str | None):
+def _delimiter(kind: str, header: str) -> str:
+    """A TSV's tab; for CSV, the one of , ; tab that splits the header line most."""
+    return "\t" if kind == "tsv" else max((",", ";", "\t"), key=header.count)
+
+
+def _csv_rows(source: Source, kind: str):
     text = source.read_text()
     first = text.split("\n", 1)[0]
     if not first.strip():
         raise DataError(source.path, "the first line is not a header row", where="row 1",
                         hint="the first row must name the columns, e.g. text,date,likes")
-    if delimiter is None:   # the one of , ; tab that splits the header most
-        delimiter = max((",", ";", "\t"), key=first.count)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(kind, first), strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except csv.Error as e:
@@ -315,10 +319,6 @@ def cell_text(value: Any, label: str | Path, where: str) -> str:
                     hint="name the text column with --columns text=COLUMN")
 
 
-_TURN_ROLES = {"user": "User", "human": "User", "assistant": "Assistant", "gpt": "Assistant",
-               "model": "Assistant", "bot": "Assistant", "system": "System"}
-
-
 def rows_to_threads(rows: Iterable[tuple[str, dict[str, Any]]], roles: ColumnRoles, label: str | Path,
                     key: str, voice: str, options: ImportOptions, result: ParseResult) -> None:
     """Turn rows into threads in `result` (see the module docstring for the shapes)."""
@@ -328,7 +328,7 @@ def rows_to_threads(rows: Iterable[tuple[str, dict[str, Any]]], roles: ColumnRol
     by_conversation: dict[str, list[Message | SceneBreak]] = {}
     for place, row in rows:
         if roles.turns is not None and row.get(roles.turns) not in (None, "", []):
-            items = _row_turns(row[roles.turns], label, f"{place}.{roles.turns}", options, result)
+            items = _row_turns(row[roles.turns], label, place, roles.turns, options, result)
             if items:
                 result.threads.append(Thread(f"{key}:{place}", f"{voice} {place}", items))
             continue
@@ -339,12 +339,12 @@ def rows_to_threads(rows: Iterable[tuple[str, dict[str, Any]]], roles: ColumnRol
             if turns:
                 items = []
                 for n, (speaker, piece) in enumerate(turns):
-                    _add(result, items, options, Message(speaker, piece, when, id=f"{place}.{n}"))
+                    keep_message(result, items, options, Message(speaker, piece, when, id=f"{place}.{n}"))
                 if items:
                     result.threads.append(Thread(f"{key}:{place}", f"{voice} {place}", items))
                 continue
         if roles.single_voice:
-            if _add(result, one_thread, options, Message(voice, text, when, id=place)):
+            if keep_message(result, one_thread, options, Message(voice, text, when, id=place)):
                 one_thread.append(SceneBreak())      # every post stands alone
             continue
         speaker = cell_text(row.get(roles.speaker), label, f"{place}.{roles.speaker}")
@@ -355,44 +355,24 @@ def rows_to_threads(rows: Iterable[tuple[str, dict[str, Any]]], roles: ColumnRol
         if roles.conversation is not None:
             conversation = cell_text(row.get(roles.conversation), label, f"{place}.{roles.conversation}")
             target = by_conversation.setdefault(conversation, [])
-        _add(result, target, options, Message(speaker, text, when, id=place))
+        keep_message(result, target, options, Message(speaker, text, when, id=place))
     if one_thread:
         result.threads.append(Thread(key, voice, one_thread, single_voice=roles.single_voice))
     for conversation, items in by_conversation.items():
         result.threads.append(Thread(f"{key}#{conversation}", f"{voice} {conversation}", items))
 
 
-def _row_turns(value: Any, label: str | Path, where: str, options: ImportOptions,
+def _row_turns(value: Any, label: str | Path, place: str, column: str, options: ImportOptions,
                result: ParseResult) -> list[Message | SceneBreak]:
-    """A `messages` / `conversations` cell: [{role, content}] or [{from, value}] turns."""
+    """A `messages` / `conversations` cell, a list (or JSON text of one) of turns as fine-tuning data has
+    them: read by those formats' own rules (their places name the turn list: `row 2.messages[1]`)."""
+    from training.formats.finetune import read_turn_list
+
     if isinstance(value, str):
         value = loads_json(value, label, what="JSON in a cell")
     if not isinstance(value, list):
-        raise DataError(label, "expected a list of turns", where=where)
-    items: list[Message | SceneBreak] = []
-    for n, turn in enumerate(value):
-        if not isinstance(turn, dict):
-            raise DataError(label, "expected a turn object", where=f"{where}[{n}]")
-        role = turn.get("role", turn.get("from"))
-        text = turn.get("content", turn.get("value"))
-        speaker = _TURN_ROLES.get(str(role).strip().casefold()) if isinstance(role, str) else None
-        if speaker is None:
-            raise DataError(label, f"unknown role {role!r}", where=f"{where}[{n}]",
-                            hint="roles are user/human, assistant/gpt and system")
-        _add(result, items, options, Message(speaker, cell_text(text, label, f"{where}[{n}]"), id=f"{where}[{n}]"))
-    return items
-
-
-def _add(result: ParseResult, items: list[Message | SceneBreak], options: ImportOptions, message: Message) -> bool:
-    """Keep a message, or count why not; True when kept."""
-    if not message.text:
-        result.skip(Skip.EMPTY)
-    elif options.is_bot_name(message.speaker):
-        result.skip(Skip.BOT)
-    else:
-        items.append(message)
-        return True
-    return False
+        raise DataError(label, "expected a list of turns", where=f"{place}.{column}")
+    return read_turn_list(value, label, place, options, result)
 
 
 @register
@@ -440,8 +420,7 @@ def _head_columns(source: Source, kind: str) -> list[str]:
     text = source.head_text()
     if kind in ("csv", "tsv"):
         first = text.split("\n", 1)[0]
-        delimiter = "\t" if kind == "tsv" else max((",", ";", "\t"), key=first.count)
-        return next(csv.reader([first], delimiter=delimiter))
+        return next(csv.reader([first], delimiter=_delimiter(kind, first)))
     if kind == "jsonl":
         first = json.loads(text.split("\n", 1)[0])
     else:
