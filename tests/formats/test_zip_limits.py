@@ -148,12 +148,15 @@ def test_a_zip_of_many_small_files_is_read_in_linear_time_and_closed(tmp_path: P
     files (10,000 Slack day files took over ten minutes)."""
     small, large = _slack_zip(tmp_path / "small.zip", 500), _slack_zip(tmp_path / "large.zip", 4_000)
     before = _open_files()
-    times = []
-    for path in (small, large):
-        start = time.perf_counter()
-        result = get("slack").parse(Source(path), ImportOptions())
-        times.append(time.perf_counter() - start)
-        assert result.kept == int(path.stem == "small" and 500 or 4_000)
+    times = [float("inf"), float("inf")]
+    # Best of three, the sizes taken in turn: one run of the small zip lasts milliseconds, so a single
+    # timing is at the mercy of whatever else the machine does at that moment.
+    for _ in range(3):
+        for i, path in enumerate((small, large)):
+            start = time.perf_counter()
+            result = get("slack").parse(Source(path), ImportOptions())
+            times[i] = min(times[i], time.perf_counter() - start)
+            assert result.kept == int(path.stem == "small" and 500 or 4_000)
     assert _open_files() == before  # the zip was closed when parsing ended
     ratio = times[1] / times[0]
     assert ratio < 24, f"8x the files took {ratio:.0f}x the time"  # linear: about 8; quadratic: about 64
