@@ -69,10 +69,7 @@ class Persona:
 
     def line_prompt(self, start: str = "") -> list[int]:
         """The prompt for a stand-alone line (no context), which starts with `start` when given."""
-        ids = transcript.encode_prefix(self.tokenizer, self.name)
-        if start.strip():
-            ids = ids + self.tokenizer.encode(" " + start.strip(), add_special_tokens=False)
-        return ids
+        return transcript.encode_line_prompt(self.tokenizer, self.name, start)
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: Sequence[GenerationSettings],
                  seeds: Sequence[int | None], cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:

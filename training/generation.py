@@ -217,6 +217,12 @@ def decode(model, tokenizer, prompts: Sequence[Sequence[int]],
     return [cut_reply(ids, tokenizer)[0] for ids in generated]
 
 
+def attempt_seed(seed: int | None, attempt: int, stride: int = 1) -> int | None:
+    """The seed of draw number `attempt` (from 0) when each draw takes `stride` seeds: every resampling loop
+    derives its seeds here, so that a seeded run repeats and no two draws share a seed. None stays None."""
+    return None if seed is None else seed + attempt * stride
+
+
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: GenerationSettings,
              *, seed: int | None = None) -> list[list[int]]:
     """Sample one continuation per prompt (token ids) in one batch; returns the reply ids."""
@@ -228,17 +234,15 @@ def sample_lines(model, tokenizer, persona: str, n: int, settings: GenerationSet
     """`n` stand-alone lines in the persona's voice (no context), each optionally starting with `start`.
 
     Empty lines are sampled again, up to `max_tries` rounds; what is still empty stays empty."""
-    prompt = transcript.encode_prefix(tokenizer, persona)
-    if start:
-        prompt = prompt + tokenizer.encode(" " + start.strip(), add_special_tokens=False)
+    prompt = transcript.encode_line_prompt(tokenizer, persona, start)
     lines: list[str | None] = [None] * n
     for attempt in range(max_tries):
         todo = [i for i, line in enumerate(lines) if not line]
         if not todo:
             break
         replies = generate(model, tokenizer, [prompt] * len(todo), settings,
-                           seed=None if seed is None else seed + attempt)
+                           seed=attempt_seed(seed, attempt))
         for i, ids in zip(todo, replies):
             text = tokenizer.decode(ids).strip()
-            lines[i] = f"{start.strip()} {text}".strip() if start else text
+            lines[i] = transcript.join_line(start, text)
     return [line or "" for line in lines]

@@ -57,6 +57,19 @@ def encode_prefix(tokenizer: TokenizerLike, persona: str) -> list[int]:
     return tokenizer.encode(f"{speaker_label(persona)}:", add_special_tokens=False)
 
 
+def encode_line_prompt(tokenizer: TokenizerLike, persona: str, start: str = "") -> list[int]:
+    """The prompt for a stand-alone line (no context): the persona's cue, then `start` when it has words."""
+    ids = encode_prefix(tokenizer, persona)
+    if start.strip():
+        ids = ids + tokenizer.encode(" " + start.strip(), add_special_tokens=False)
+    return ids
+
+
+def join_line(start: str, said: str) -> str:
+    """A stand-alone line as read: `start` (when it has words) and what the model said after it."""
+    return f"{start.strip()} {said}".strip() if start.strip() else said
+
+
 def encode_response(tokenizer: TokenizerLike, text: str) -> list[int]:
     """The persona's words (with the space after the colon) and the end marker."""
     return tokenizer.encode(" " + clean_text(text), add_special_tokens=False) + [end_marker_id(tokenizer)]
