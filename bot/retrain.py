@@ -182,6 +182,35 @@ class Retrainer:
 
     async def _train_check_swap(self, current, speaker: str, epochs: float | None, force: bool,
                                 files: list[Path], out: Path, on_progress) -> RetrainResult:
+        """Run the training child -> accept its artifact -> swap it in."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        exclusions = await self._write_exclusions(out)
+        try:
+            code, stderr = await self._run_child(self._child_args(current, speaker, epochs, files, out, exclusions),
+                                                 on_progress)
+        finally:
+            if exclusions is not None:
+                exclusions.unlink(missing_ok=True)   # it lists private names; the child is done with it
+        if self._cancelled:
+            if self._shutting_down:
+                raise RetrainError("the bot is shutting down, so the retrain was stopped")
+            raise RetrainError("cancelled; the current model keeps serving")
+        if code != 0:
+            reason = _last_error(stderr) or f"the training process exited with code {code}"
+            raise RetrainError(f"training failed: {reason}")
+        info = self._accept(current, out, force)
+        self.progress.phase = "loading the new model"
+        try:
+            previous = await self.engine.swap(out)
+        except SwapError as e:
+            raise RetrainError(f"the new model did not load: {e}") from e
+        await self._remember_swap(out, previous.path)
+        plot = out / "loss.png"
+        return RetrainResult(out, info.metrics, previous.path, plot if plot.is_file() else None)
+
+    def _child_args(self, current, speaker: str, epochs: float | None, files: list[Path], out: Path,
+                    exclusions: Path | None) -> list[str]:
+        """The training child's command line: the current persona's base (or from-scratch preset) again."""
         base = current.info.data.get("from_scratch")
         # `--opt=value`: a value that starts with "-" (a speaker's name) is never read as an option.
         args = [self.python, "-m", "training", "--data", *map(str, files), f"--speaker={speaker}",
@@ -189,12 +218,13 @@ class Retrainer:
         args += ["--from-scratch", base] if base else [f"--base={current.info.data.get('base') or 'gpt2'}"]
         if epochs is not None:
             args += ["--epochs", str(epochs)]
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        exclusions = await self._write_exclusions(out)
         if exclusions is not None:
             args += [f"--exclude-file={exclusions}"]
-        args += self.extra_args
         log.info("retraining %s on %d file(s) into %s", speaker, len(files), out)
+        return args + self.extra_args
+
+    async def _run_child(self, args: list[str], on_progress) -> tuple[int, str]:
+        """Run the training child at low priority, reporting its progress events; (exit code, stderr)."""
         try:
             # No preexec_fn: forking this threaded process to run Python in the child is slow and unsafe; the
             # child asks for its own SIGTERM when the bot dies (--stop-with-parent), and is niced from here.
@@ -219,17 +249,12 @@ class Retrainer:
                 except Exception:  # showing progress must never stop the training
                     log.exception("progress report failed")
         code = await self._proc.wait()
-        stderr = (await errors).decode("utf-8", "replace")
         self._proc = None
-        if exclusions is not None:
-            exclusions.unlink(missing_ok=True)   # it lists private names; the child is done with it
-        if self._cancelled:
-            if self._shutting_down:
-                raise RetrainError("the bot is shutting down, so the retrain was stopped")
-            raise RetrainError("cancelled; the current model keeps serving")
-        if code != 0:
-            reason = _last_error(stderr) or f"the training process exited with code {code}"
-            raise RetrainError(f"training failed: {reason}")
+        return code, (await errors).decode("utf-8", "replace")
+
+    def _accept(self, current, out: Path, force: bool):
+        """The new artifact's persona.json, if it may replace the current one: it reads, and its validation
+        loss is not worse than the current one's by more than the margin (unless `force`)."""
         try:
             info = read_persona(out)
         except ArtifactError as e:
@@ -240,14 +265,7 @@ class Retrainer:
             raise RetrainError(f"the new model's validation loss {new_loss:.3f} is worse than the current "
                                f"{old_loss:.3f} by more than {self.loss_margin}; kept the current one (use "
                                "force to swap anyway)")
-        self.progress.phase = "loading the new model"
-        try:
-            previous = await self.engine.swap(out)
-        except SwapError as e:
-            raise RetrainError(f"the new model did not load: {e}") from e
-        await self._remember_swap(out, previous.path)
-        plot = out / "loss.png"
-        return RetrainResult(out, info.metrics, previous.path, plot if plot.is_file() else None)
+        return info
 
     async def _remember_swap(self, current: Path, previous: Path) -> None:
         try:
