@@ -1,14 +1,16 @@
-"""Settings from the environment and `.env`, checked at start with one clear message per problem."""
+"""Settings from the environment and `.env`, checked at start with one clear message per problem.
+
+Each variable is declared once in `VARIABLES` (name, how its text is read, default, bound, help); one generic
+loader reads them all, and `.env.example` is checked against the declarations by tests/test_config.py."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DEMO_DIR = Path("models/demo")
 # Where scheduled posts can go: "twitter", "terminal", or "discord:<channel id>".
 POST_TARGET_HELP = "twitter, terminal or discord:<channel id>"
 
@@ -38,50 +40,272 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    persona_model: Path | None          # PERSONA_MODEL: artifact directory; unset means the demo persona
-    demo_dir: Path                      # DEMO_DIR: where the demo persona is built when needed
-    demo_time_budget_s: float           # DEMO_TIME_BUDGET: seconds of training for the demo persona
-    discord_token: str | None = field(repr=False)  # DISCORD_TOKEN: never printed
-    chat_user_name: str = "You"         # CHAT_USER_NAME: your name in the terminal chat
-    torch_threads: int | None = None    # TORCH_THREADS: CPU threads for generation (default: half the cores)
-    generation: dict[str, Any] = field(default_factory=dict)  # GEN_*: overrides of persona.json defaults
-    backend: str = "auto"               # BACKEND: auto, torch, torch-int8 or ctranslate2
-    blocklist_file: Path | None = None  # BLOCKLIST_FILE: words or re:patterns the bot must never send
-    leak_ngram_words: int = 8           # LEAK_NGRAM_WORDS: a run this long shared with training text is a leak
-    max_batch: int = 8                  # MAX_BATCH: requests generated together at most
-    # --- the Discord bot ---
-    database_path: Path = Path("data/personabot.sqlite3")  # DATABASE_PATH: the SQLite store
-    train_data_dir: Path = Path("data/exports")  # TRAIN_DATA_DIR: exports that /retrain trains on
-    models_dir: Path = Path("models")   # MODELS_DIR: where /retrain writes new artifacts
-    admin_user_ids: frozenset[int] = frozenset()  # ADMIN_USER_IDS: the bot's owners (global powers)
-    admin_role_ids: frozenset[int] = frozenset()  # ADMIN_ROLE_IDS: admins of their own server only
-    message_content: bool = True        # MESSAGE_CONTENT: read channel messages for context (privileged intent)
-    reply_in_dms: bool = False          # REPLY_IN_DMS: answer direct messages
-    user_cooldown_s: float = 10.0       # USER_COOLDOWN: seconds between two replies to one person
-    channel_cooldown_s: float = 3.0     # CHANNEL_COOLDOWN: seconds between two replies in one channel
-    retention_days: float = 30.0        # MESSAGE_RETENTION_DAYS: stored channel messages are deleted after
-    retrain_loss_margin: float = 0.05   # RETRAIN_LOSS_MARGIN: how much worse a retrained model may validate
-    log_messages_for_training: bool = False  # LOG_MESSAGES_FOR_TRAINING: /retrain learns from stored messages
-    max_upload_mb: float = 25.0         # RETRAIN_MAX_UPLOAD_MB: largest export attached to /retrain start
-    # --- scheduled posts ---
-    post_schedule: str | None = None    # POST_SCHEDULE: a crontab line ("0 20 * * *"), seeds the first schedule
-    post_timezone: str = "UTC"          # POST_TIMEZONE: the schedule's time zone
-    post_targets: tuple[str, ...] = ("terminal",)  # POST_TARGETS: twitter, discord:<channel id>, terminal
-    post_mode: str = "confession"       # POST_MODE: confession (seeded line) or line
-    post_grace_minutes: float = 60.0    # POST_GRACE_MINUTES: a slot missed longer ago is not caught up
-    twitter_keys: tuple[str, str, str, str] | None = field(default=None, repr=False)  # TWITTER_*: never printed
+    """Every setting, one field per variable of `VARIABLES` (whose declarations hold the defaults and help);
+    `generation` gathers the GEN_* overrides and `twitter_keys` the four TWITTER_* keys."""
+
+    persona_model: Path | None
+    demo_dir: Path
+    demo_time_budget_s: float
+    discord_token: str | None = field(repr=False)    # never printed
+    chat_user_name: str
+    torch_threads: int | None
+    generation: dict[str, Any]
+    backend: str
+    blocklist_file: Path | None
+    leak_ngram_words: int
+    max_batch: int
+    database_path: Path
+    train_data_dir: Path
+    models_dir: Path
+    admin_user_ids: frozenset[int]
+    admin_role_ids: frozenset[int]
+    message_content: bool
+    reply_in_dms: bool
+    user_cooldown_s: float
+    channel_cooldown_s: float
+    retention_days: float
+    retrain_loss_margin: float
+    log_messages_for_training: bool
+    max_upload_mb: float
+    post_schedule: str | None
+    post_timezone: str
+    post_targets: tuple[str, ...]
+    post_mode: str
+    post_grace_minutes: float
+    twitter_keys: tuple[str, str, str, str] | None = field(repr=False)   # never printed
 
     @property
     def model_dir(self) -> Path:
         return self.persona_model or self.demo_dir
 
 
-_GENERATION_VARS = {
-    "GEN_TEMPERATURE": ("temperature", float), "GEN_TOP_K": ("top_k", int), "GEN_TOP_P": ("top_p", float),
-    "GEN_REPETITION_PENALTY": ("repetition_penalty", float),
-    "GEN_NO_REPEAT_NGRAM_SIZE": ("no_repeat_ngram_size", int), "GEN_MAX_NEW_TOKENS": ("max_new_tokens", int),
-    "CONTEXT_TOKENS": ("context_tokens", int),
-}
+# A reader turns a variable's stripped, non-empty text into its value, or adds a problem and returns None.
+Reader = Callable[["Variable", str, list[str]], Any]
+# A check looks at a read value (and the text it came from) and says what is wrong with it, if anything.
+Check = Callable[[Any, str], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: the `Settings` field it fills (a key of that field's dict or tuple when
+    `group` is set), how its text is read, its default (what an unset or empty variable means), its lower
+    bound, its help, and a check of the value beyond its type."""
+
+    name: str
+    field: str
+    read: Reader
+    default: Any
+    help: str
+    minimum: float | None = None
+    check: Check | None = None
+    group: str | None = None
+
+
+def _text(var: Variable, raw: str, problems: list[str]) -> str:
+    return raw
+
+
+def _path(var: Variable, raw: str, problems: list[str]) -> Path:
+    return Path(raw).expanduser()
+
+
+def _number(kind: type) -> Reader:
+    def read(var: Variable, raw: str, problems: list[str]) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            problems.append(f"{var.name}={raw!r} is not {'a whole number' if kind is int else 'a number'}")
+            return None
+        if var.minimum is not None and value < var.minimum:
+            problems.append(f"{var.name}={raw} must be at least {var.minimum}")
+            return None
+        return value
+
+    return read
+
+
+def _flag(var: Variable, raw: str, problems: list[str]) -> bool | None:
+    raw = raw.lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    problems.append(f"{var.name}={raw!r} must be true or false")
+    return None
+
+
+def _ids(var: Variable, raw: str, problems: list[str]) -> frozenset[int]:
+    parts = [part.strip() for part in raw.replace(" ", ",").split(",") if part.strip()]
+    good = [part for part in parts if part.isascii() and part.isdigit()]   # isdigit alone takes "²"
+    bad = [part for part in parts if part not in good]
+    if bad:
+        problems.append(f"{var.name}: {', '.join(bad)} not a Discord id (ids are numbers; enable Developer Mode "
+                        "in Discord, then right-click a user or role and Copy ID)")
+    return frozenset(int(part) for part in good)
+
+
+def _list(var: Variable, raw: str, problems: list[str]) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _not_a_file(value: Path, raw: str) -> list[str]:
+    if value.exists() and not value.is_dir():
+        return [f"PERSONA_MODEL={raw} is a file; it must name an artifact directory"]
+    return []
+
+
+def _backend(value: str, raw: str) -> list[str]:
+    return [] if value in BACKENDS else [f"BACKEND={value!r} is not one of {', '.join(BACKENDS)}"]
+
+
+def _blocklist(value: Path, raw: str) -> list[str]:
+    if not value.is_file():
+        return [f"BLOCKLIST_FILE={raw} does not exist (or is not a file)"]
+    from bot.filters import Blocklist
+
+    try:
+        Blocklist.from_file(value)
+    except ValueError as e:
+        return [f"BLOCKLIST_FILE: {e}"]
+    return []
+
+
+def _database(value: Path, raw: str) -> list[str]:
+    return [f"DATABASE_PATH={value} is a directory; it must name a file"] if value.is_dir() else []
+
+
+def _time_zone(value: str, raw: str) -> list[str]:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError, OSError):
+        return [f"POST_TIMEZONE={value!r} is not a time zone (use a name like Europe/Berlin or UTC)"]
+    return []
+
+
+def _crontab(value: str, raw: str) -> list[str]:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as e:
+        return [f"POST_SCHEDULE={value!r} is not a crontab line (minute hour day month weekday, e.g. "
+                f"'0 20 * * *'): {e}"]
+    return []
+
+
+def _post_targets(value: tuple[str, ...], raw: str) -> list[str]:
+    return [f"POST_TARGETS: {target!r} is not {POST_TARGET_HELP}" for target in value if not is_post_target(target)]
+
+
+def _post_mode(value: str, raw: str) -> list[str]:
+    return [] if value in ("confession", "line") else [f"POST_MODE={value!r} must be confession or line"]
+
+
+def _generation(name: str, key: str) -> Check:
+    def check(value: Any, raw: str) -> list[str]:
+        from training.generation import GenerationSettings
+
+        # Checked alone, so that each problem is reported under the variable that causes it.
+        return [f"{name}: {p}" for p in GenerationSettings().with_overrides(**{key: value}).check()]
+
+    return check
+
+
+def _gen(name: str, key: str, kind: type) -> Variable:
+    return Variable(name, key, _number(kind), None, f"overrides persona.json's {key}",
+                    check=_generation(name, key), group="generation")
+
+
+def _twitter(name: str, index: int) -> Variable:
+    return Variable(name, str(index), _text, None, "Twitter/X OAuth 1.0a key (never printed)", group="twitter_keys")
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PERSONA_MODEL", "persona_model", _path, None, "artifact directory; unset means the demo persona",
+             check=_not_a_file),
+    Variable("DEMO_DIR", "demo_dir", _path, Path("models/demo"), "where the demo persona is built when needed"),
+    Variable("DEMO_TIME_BUDGET", "demo_time_budget_s", _number(float), 200.0,
+             "seconds of training for the demo persona", minimum=10),
+    Variable("DISCORD_TOKEN", "discord_token", _text, None, "the bot's token; unset means the terminal chat"),
+    Variable("CHAT_USER_NAME", "chat_user_name", _text, "You", "your name in the terminal chat"),
+    Variable("TORCH_THREADS", "torch_threads", _number(int), None,
+             "CPU threads for generation (default: half the cores)", minimum=1),
+    _gen("CONTEXT_TOKENS", "context_tokens", int),
+    _gen("GEN_TEMPERATURE", "temperature", float),
+    _gen("GEN_TOP_K", "top_k", int),
+    _gen("GEN_TOP_P", "top_p", float),
+    _gen("GEN_REPETITION_PENALTY", "repetition_penalty", float),
+    _gen("GEN_NO_REPEAT_NGRAM_SIZE", "no_repeat_ngram_size", int),
+    _gen("GEN_MAX_NEW_TOKENS", "max_new_tokens", int),
+    Variable("BACKEND", "backend", _text, "auto", "auto, torch, torch-int8 or ctranslate2", check=_backend),
+    Variable("BLOCKLIST_FILE", "blocklist_file", _path, None, "words or re:patterns the bot must never send",
+             check=_blocklist),
+    Variable("LEAK_NGRAM_WORDS", "leak_ngram_words", _number(int), 8,
+             "a run this long shared with training text is a leak", minimum=2),
+    Variable("MAX_BATCH", "max_batch", _number(int), 8, "requests generated together at most", minimum=1),
+    # --- the Discord bot ---
+    Variable("DATABASE_PATH", "database_path", _path, Path("data/personabot.sqlite3"), "the SQLite store",
+             check=_database),
+    Variable("TRAIN_DATA_DIR", "train_data_dir", _path, Path("data/exports"), "exports that /retrain trains on"),
+    Variable("MODELS_DIR", "models_dir", _path, Path("models"), "where /retrain writes new artifacts"),
+    Variable("ADMIN_USER_IDS", "admin_user_ids", _ids, frozenset(), "the bot's owners (global powers)"),
+    Variable("ADMIN_ROLE_IDS", "admin_role_ids", _ids, frozenset(), "admins of their own server only"),
+    Variable("MESSAGE_CONTENT", "message_content", _flag, True,
+             "read channel messages for context (privileged intent)"),
+    Variable("REPLY_IN_DMS", "reply_in_dms", _flag, False, "answer direct messages"),
+    Variable("USER_COOLDOWN", "user_cooldown_s", _number(float), 10.0, "seconds between two replies to one person",
+             minimum=0),
+    Variable("CHANNEL_COOLDOWN", "channel_cooldown_s", _number(float), 3.0,
+             "seconds between two replies in one channel", minimum=0),
+    Variable("MESSAGE_RETENTION_DAYS", "retention_days", _number(float), 30.0,
+             "stored channel messages are deleted after this many days (0 keeps them)", minimum=0),
+    Variable("RETRAIN_LOSS_MARGIN", "retrain_loss_margin", _number(float), 0.05,
+             "how much worse a retrained model may validate", minimum=0),
+    Variable("LOG_MESSAGES_FOR_TRAINING", "log_messages_for_training", _flag, False,
+             "/retrain learns from stored messages"),
+    Variable("RETRAIN_MAX_UPLOAD_MB", "max_upload_mb", _number(float), 25.0,
+             "largest export attached to /retrain start", minimum=0.001),
+    # --- scheduled posts ---
+    Variable("POST_SCHEDULE", "post_schedule", _text, None, "a crontab line that seeds the first schedule",
+             check=_crontab),
+    Variable("POST_TIMEZONE", "post_timezone", _text, "UTC", "the schedule's time zone", check=_time_zone),
+    Variable("POST_TARGETS", "post_targets", _list, ("terminal",), POST_TARGET_HELP, check=_post_targets),
+    Variable("POST_MODE", "post_mode", _text, "confession", "confession (seeded line) or line", check=_post_mode),
+    Variable("POST_GRACE_MINUTES", "post_grace_minutes", _number(float), 60.0,
+             "a slot missed longer ago is not caught up", minimum=0),
+    _twitter("TWITTER_CONSUMER_KEY", 0),
+    _twitter("TWITTER_CONSUMER_SECRET", 1),
+    _twitter("TWITTER_ACCESS_TOKEN", 2),
+    _twitter("TWITTER_ACCESS_TOKEN_SECRET", 3),
+)
+
+
+def example_value(default: Any) -> str:
+    """How a default is written in `.env.example` (empty for none)."""
+    if default is None:
+        return ""
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    if isinstance(default, (tuple, frozenset)):
+        return ",".join(str(part) for part in default)
+    return str(default)
+
+
+def read_variable(var: Variable, env: Mapping[str, str], problems: list[str]) -> Any:
+    """The value of one variable: its default when unset, empty or wrong (each problem added to `problems`)."""
+    raw = env.get(var.name, "").strip()
+    if not raw:
+        return var.default
+    value = var.read(var, raw, problems)
+    if value is None:
+        return var.default
+    wrong = var.check(value, raw) if var.check is not None else []
+    problems.extend(wrong)
+    return var.default if wrong else value
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:
@@ -94,136 +318,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
             load_dotenv(dotenv_path, override=False)
         env = os.environ
     problems: list[str] = []
-
-    def number(name: str, kind: type, default: Any, minimum: float | None = None) -> Any:
-        raw = env.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            value = kind(raw)
-        except ValueError:
-            problems.append(f"{name}={raw!r} is not {'a whole number' if kind is int else 'a number'}")
-            return default
-        if minimum is not None and value < minimum:
-            problems.append(f"{name}={raw} must be at least {minimum}")
-            return default
-        return value
-
-    model = env.get("PERSONA_MODEL", "").strip()
-    persona_model = Path(model).expanduser() if model else None
-    if persona_model is not None and persona_model.exists() and not persona_model.is_dir():
-        problems.append(f"PERSONA_MODEL={model} is a file; it must name an artifact directory")
-    demo_dir = Path(env.get("DEMO_DIR", "").strip() or DEFAULT_DEMO_DIR).expanduser()
-    budget = number("DEMO_TIME_BUDGET", float, 200.0, minimum=10)
-    threads = number("TORCH_THREADS", int, None, minimum=1)
-    token = env.get("DISCORD_TOKEN", "").strip() or None
-    user = env.get("CHAT_USER_NAME", "").strip() or "You"
-    from training.generation import GenerationSettings
-
-    generation = {}
-    for var, (key, kind) in _GENERATION_VARS.items():
-        value = number(var, kind, None)
-        if value is None:
-            continue
-        # Checked alone, so that each problem is reported under the variable that causes it.
-        wrong = GenerationSettings().with_overrides(**{key: value}).check()
-        problems.extend(f"{var}: {p}" for p in wrong)
-        if not wrong:
-            generation[key] = value
-    backend = env.get("BACKEND", "").strip() or "auto"
-    if backend not in BACKENDS:
-        problems.append(f"BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
-    blocklist = env.get("BLOCKLIST_FILE", "").strip()
-    blocklist_file = Path(blocklist).expanduser() if blocklist else None
-    if blocklist_file is not None and not blocklist_file.is_file():
-        problems.append(f"BLOCKLIST_FILE={blocklist} does not exist (or is not a file)")
-    elif blocklist_file is not None:
-        from bot.filters import Blocklist
-
-        try:
-            Blocklist.from_file(blocklist_file)
-        except ValueError as e:
-            problems.append(f"BLOCKLIST_FILE: {e}")
-    leak_words = number("LEAK_NGRAM_WORDS", int, 8, minimum=2)
-    max_batch = number("MAX_BATCH", int, 8, minimum=1)
-
-    def path(name: str, default: str) -> Path:
-        return Path(env.get(name, "").strip() or default).expanduser()
-
-    def ids(name: str) -> frozenset[int]:
-        raw = [part.strip() for part in env.get(name, "").replace(" ", ",").split(",") if part.strip()]
-        good = [part for part in raw if part.isascii() and part.isdigit()]   # isdigit alone takes "²"
-        bad = [part for part in raw if part not in good]
-        if bad:
-            problems.append(f"{name}: {', '.join(bad)} not a Discord id (ids are numbers; enable Developer Mode "
-                            "in Discord, then right-click a user or role and Copy ID)")
-        return frozenset(int(part) for part in good)
-
-    def flag(name: str, default: bool) -> bool:
-        raw = env.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        problems.append(f"{name}={raw!r} must be true or false")
-        return default
-
-    database = path("DATABASE_PATH", "data/personabot.sqlite3")
-    if database.is_dir():
-        problems.append(f"DATABASE_PATH={database} is a directory; it must name a file")
-    bot_settings = dict(
-        database_path=database, train_data_dir=path("TRAIN_DATA_DIR", "data/exports"),
-        models_dir=path("MODELS_DIR", "models"), admin_user_ids=ids("ADMIN_USER_IDS"),
-        admin_role_ids=ids("ADMIN_ROLE_IDS"), message_content=flag("MESSAGE_CONTENT", True),
-        reply_in_dms=flag("REPLY_IN_DMS", False), user_cooldown_s=number("USER_COOLDOWN", float, 10.0, minimum=0),
-        channel_cooldown_s=number("CHANNEL_COOLDOWN", float, 3.0, minimum=0),
-        retention_days=number("MESSAGE_RETENTION_DAYS", float, 30.0, minimum=0),
-        retrain_loss_margin=number("RETRAIN_LOSS_MARGIN", float, 0.05, minimum=0),
-        log_messages_for_training=flag("LOG_MESSAGES_FOR_TRAINING", False),
-        max_upload_mb=number("RETRAIN_MAX_UPLOAD_MB", float, 25.0, minimum=0.001),
-        **_post_settings(env, problems, number))
+    values: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {"generation": {}, "twitter_keys": {}}
+    for var in VARIABLES:
+        value = read_variable(var, env, problems)
+        if var.group is None:
+            values[var.field] = value
+        elif value is not None:
+            groups[var.group][var.field] = value
+    keys = groups["twitter_keys"]
+    if keys and len(keys) < 4:
+        missing = [var.name for var in VARIABLES if var.group == "twitter_keys" and var.field not in keys]
+        problems.append(f"Twitter needs all four keys; missing: {', '.join(missing)}")
     if problems:
         raise ConfigError(problems)
-    return Settings(persona_model, demo_dir, budget, token, user, threads, generation, backend,
-                    blocklist_file, leak_words, max_batch, **bot_settings)
-
-
-_TWITTER_VARS = ("TWITTER_CONSUMER_KEY", "TWITTER_CONSUMER_SECRET", "TWITTER_ACCESS_TOKEN",
-                 "TWITTER_ACCESS_TOKEN_SECRET")
-
-
-def _post_settings(env: Mapping[str, str], problems: list[str], number) -> dict[str, Any]:
-    """POST_* and TWITTER_* settings, each problem added to `problems`."""
-    schedule = env.get("POST_SCHEDULE", "").strip() or None
-    tz = env.get("POST_TIMEZONE", "").strip() or "UTC"
-    try:
-        from zoneinfo import ZoneInfo
-
-        ZoneInfo(tz)
-    except (ValueError, KeyError, OSError):
-        problems.append(f"POST_TIMEZONE={tz!r} is not a time zone (use a name like Europe/Berlin or UTC)")
-        tz = "UTC"
-    if schedule:
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(schedule, timezone="UTC")
-        except ValueError as e:
-            problems.append(f"POST_SCHEDULE={schedule!r} is not a crontab line "
-                            f"(minute hour day month weekday, e.g. '0 20 * * *'): {e}")
-    targets = tuple(t.strip() for t in (env.get("POST_TARGETS", "") or "terminal").split(",") if t.strip())
-    for target in targets:
-        if not is_post_target(target):
-            problems.append(f"POST_TARGETS: {target!r} is not {POST_TARGET_HELP}")
-    mode = env.get("POST_MODE", "").strip() or "confession"
-    if mode not in ("confession", "line"):
-        problems.append(f"POST_MODE={mode!r} must be confession or line")
-    keys = [env.get(name, "").strip() for name in _TWITTER_VARS]
-    if any(keys) and not all(keys):
-        missing = [name for name, key in zip(_TWITTER_VARS, keys) if not key]
-        problems.append(f"Twitter needs all four keys; missing: {', '.join(missing)}")
-    return {"post_schedule": schedule, "post_timezone": tz, "post_targets": targets, "post_mode": mode,
-            "post_grace_minutes": number("POST_GRACE_MINUTES", float, 60.0, minimum=0),
-            "twitter_keys": tuple(keys) if all(keys) else None}
+    twitter_keys = tuple(keys[str(i)] for i in range(4)) if len(keys) == 4 else None
+    return Settings(**values, generation=groups["generation"], twitter_keys=twitter_keys)
