@@ -62,6 +62,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 async def _sample(engine, n: int, start: str, seed: int | None, target) -> tuple[list[str], int]:
     """`n` lines that pass the filters, drawing again for rejected ones (bounded): (lines, rejections)."""
+    from training.generation import attempt_seed
+
     lines: list[str] = []
     rejected = 0
     async with engine:
@@ -69,8 +71,7 @@ async def _sample(engine, n: int, start: str, seed: int | None, target) -> tuple
             todo = n - len(lines)
             if todo <= 0:
                 break
-            batch = await engine.lines(todo, start=start, target=target,
-                                       seed=None if seed is None else seed + attempt * n)
+            batch = await engine.lines(todo, start=start, target=target, seed=attempt_seed(seed, attempt, n))
             lines += [line.text for line in batch if line.rejected is None]
             rejected += sum(line.rejected is not None for line in batch)
     return lines, rejected

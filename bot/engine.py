@@ -1,6 +1,6 @@
 """The generation engine: one worker thread off the event loop, a request queue, micro-batching, hot swap.
 
-Callers `await engine.reply(turns)` (or `lines(...)`). Requests that arrive together (within
+Callers `await engine.reply(turns, target=...)` (or `lines(...)`). Requests that arrive together (within
 `batch_window_s` of the first, up to `max_batch`) are generated in one left-padded batch, each with its own
 sampling settings, seed and stops. A caller that is cancelled frees its row: a queued request is dropped,
 a running one leaves the batch at the next token.
@@ -11,7 +11,8 @@ beside the old one (in another thread), checks that it generates, and replaces i
 failed load leaves the old one serving. Every reply passes the persona's output filter: candidates the
 leak guard or the blocklist reject are sampled again, a bounded number of times.
 
-The engine knows nothing of Discord: targets (`bot.filters.Target`) only say how long a text may be.
+The engine names no platform: every caller passes the `bot.filters.Target` its text goes to, built by its
+adapter, and the target finishes the text its own way (its length limit, its mention names).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from typing import Any
 import torch
 
 from bot.backends import generation_threads
-from bot.filters import DISCORD, Target
+from bot.filters import Target
 from bot.persona import FALLBACK_REPLY, Persona
-from training.generation import GenerationSettings
+from training.generation import GenerationSettings, attempt_seed
+from training.transcript import join_line
 
 log = logging.getLogger("personabot.engine")
 
@@ -155,35 +157,33 @@ class Engine:
         """Tokens a message takes in a prompt of the persona serving now (for context windows)."""
         return self.persona.count_tokens(speaker, text)
 
-    async def reply(self, turns: Sequence[tuple[str, str]], *, target: Target = DISCORD,
-                    overrides: dict[str, Any] | None = None, seed: int | None = None,
-                    names: Callable[[str, str], str | None] | None = None) -> Reply:
+    async def reply(self, turns: Sequence[tuple[str, str]], *, target: Target,
+                    overrides: dict[str, Any] | None = None, seed: int | None = None) -> Reply:
         """The persona's next turn after `turns` ((speaker, text), oldest first), filtered for `target`.
 
         Empty or rejected samples are drawn again up to `max_tries` times; then the fallback line is used."""
         rejected: list[str] = []
         persona = self.persona
         for attempt in range(self.max_tries):
-            persona, ids = await self._submit(list(turns), "", overrides,
-                                              None if seed is None else seed + attempt)
+            persona, ids = await self._submit(list(turns), "", overrides, attempt_seed(seed, attempt))
             text = persona.text(ids)
             reason = "empty" if not text else persona.output_filter.reject(text)
             if reason is None:
-                return Reply(persona.output_filter.finish(text, target, names=names), persona.name, persona.path,
-                             attempt + 1, len(ids), rejected)
+                return Reply(persona.output_filter.finish(text, target), persona.name, persona.path, attempt + 1,
+                             len(ids), rejected)
             rejected.append(reason)
             log.info("sample %d for a reply rejected: %s", attempt + 1, reason)
         return Reply(FALLBACK_REPLY, persona.name, persona.path, self.max_tries, 0, rejected, fallback=True)
 
-    async def lines(self, n: int, *, start: str = "", target: Target = DISCORD,
+    async def lines(self, n: int, *, target: Target, start: str = "",
                     overrides: dict[str, Any] | None = None, seed: int | None = None) -> list[Line]:
         """`n` stand-alone candidate lines (one batch), each checked by the filters: a rejected line keeps
         its reason and is never to be sent. Accepted lines are finished for `target`."""
-        jobs = [self._submit(None, start, overrides, None if seed is None else seed + i) for i in range(n)]
+        jobs = [self._submit(None, start, overrides, attempt_seed(seed, i)) for i in range(n)]
         out = []
         for persona, ids in await asyncio.gather(*jobs):
             said = persona.text(ids)
-            text = f"{start.strip()} {said}".strip() if start.strip() else said
+            text = join_line(start, said)
             reason = "empty" if not said else persona.output_filter.reject(text)
             out.append(Line(text if reason else persona.output_filter.finish(text, target), reason))
         return out

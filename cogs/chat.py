@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.discord_bot import PersonaBot, guild_admins_only
 from bot.engine import EngineClosed
-from bot.filters import DISCORD
+from bot.filters import DISCORD, Target
 from bot.store import StoreError
 
 log = logging.getLogger("personabot.chat")
@@ -120,7 +120,7 @@ class Chat(commands.Cog):
         turns = window.turns() or [(message.author.display_name, text or "...")]
         try:
             async with message.channel.typing():
-                reply = await self.bot.engine.reply(turns, target=DISCORD, names=self._names(message.guild))
+                reply = await self.bot.engine.reply(turns, target=discord_target(message.guild))
         except EngineClosed:
             return
         except Exception:  # a failed generation must not take the bot down; the user gets a word
@@ -129,19 +129,6 @@ class Chat(commands.Cog):
             return
         sent = await message.reply(reply.text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
         await self._remember(sent, reply.persona, reply.text)
-
-    @staticmethod
-    def _names(guild: discord.Guild | None):
-        def name(kind: str, ident: str) -> str | None:
-            if guild is None or not ident.isdigit():
-                return None
-            if kind == "role":
-                role = guild.get_role(int(ident))
-                return role.name if role else None
-            member = guild.get_member(int(ident))
-            return member.display_name if member else None
-
-        return name
 
     @channel.command(name="disable")
     @guild_admins_only()
@@ -164,6 +151,22 @@ class Chat(commands.Cog):
         else:
             disabled.add(interaction.channel_id)
         await self.bot.store.set_setting(DISABLED, sorted(disabled))
+
+def discord_target(guild: discord.Guild | None) -> Target:
+    """Discord as a target for a reply in `guild`: its 2,000 characters, and mentions turned into the names of
+    that guild's members and roles (in a DM, or for someone unknown there: "@user", "@role")."""
+
+    def name(kind: str, ident: str) -> str | None:
+        if guild is None or not ident.isdigit():
+            return None
+        if kind == "role":
+            role = guild.get_role(int(ident))
+            return role.name if role else None
+        member = guild.get_member(int(ident))
+        return member.display_name if member else None
+
+    return DISCORD.with_names(name)
+
 
 async def setup(bot: PersonaBot) -> None:
     await bot.add_cog(Chat(bot))

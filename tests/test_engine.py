@@ -121,7 +121,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_settings(alice_ar
             # (tested on its own) would turn most of them into the fallback, which has no tokens.
             engine.persona.output_filter = OutputFilter()
             lengths = [1, 2, 3, 5, 8, 13]
-            replies = await asyncio.gather(*(engine.reply(channel(i), overrides={"max_new_tokens": n}, seed=i)
+            replies = await asyncio.gather(*(engine.reply(channel(i), overrides={"max_new_tokens": n}, seed=i,
+                                                          target=DISCORD)
                                              for i, n in enumerate(lengths)))
             return engine, lengths, replies
 
@@ -135,9 +136,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_settings(alice_ar
 def test_bad_settings_are_refused_before_they_reach_a_shared_batch(alice_artifact):
     async def main():
         async with Engine.load(alice_artifact) as engine:
-            good = asyncio.ensure_future(engine.reply(TURNS, seed=1))
+            good = asyncio.ensure_future(engine.reply(TURNS, seed=1, target=DISCORD))
             with pytest.raises(ValueError, match="temperature"):
-                await engine.reply(TURNS, overrides={"temperature": 0})
+                await engine.reply(TURNS, overrides={"temperature": 0}, target=DISCORD)
             return await good
 
     assert run(main()).persona == "Alice"
@@ -146,15 +147,16 @@ def test_bad_settings_are_refused_before_they_reach_a_shared_batch(alice_artifac
 def test_a_cancelled_caller_frees_its_slot_and_the_others_are_answered(alice_artifact):
     async def main():
         async with Engine.load(alice_artifact, batch_window_s=0.05) as engine:
-            long = asyncio.ensure_future(engine.reply(TURNS, overrides={"max_new_tokens": 200, "top_k": 0}))
-            others = [asyncio.ensure_future(engine.reply(channel(i), seed=i)) for i in range(3)]
+            long = asyncio.ensure_future(engine.reply(TURNS, overrides={"max_new_tokens": 200, "top_k": 0},
+                                                      target=DISCORD))
+            others = [asyncio.ensure_future(engine.reply(channel(i), seed=i, target=DISCORD)) for i in range(3)]
             await asyncio.sleep(0.02)
             long.cancel()
             done = await asyncio.gather(*others)
             with pytest.raises(asyncio.CancelledError):
                 await long
             # The engine is free again: a new request is answered.
-            return done, await engine.reply(TURNS, seed=9)
+            return done, await engine.reply(TURNS, seed=9, target=DISCORD)
 
     done, after = run(main())
     assert len(done) == 3 and all(r.persona == "Alice" for r in done) and after.persona == "Alice"
@@ -189,8 +191,9 @@ def test_a_request_cancelled_while_it_generates_leaves_its_batch_at_the_next_tok
 
     async def main():
         async with Engine(persona, max_batch=4, batch_window_s=5.0) as engine:
-            long = asyncio.ensure_future(engine.reply(long_chat, overrides=endless, seed=1))
-            others = [asyncio.ensure_future(engine.reply(channel(i), overrides=short, seed=i)) for i in range(3)]
+            long = asyncio.ensure_future(engine.reply(long_chat, overrides=endless, seed=1, target=DISCORD))
+            others = [asyncio.ensure_future(engine.reply(channel(i), overrides=short, seed=i, target=DISCORD))
+                      for i in range(3)]
             try:
                 assert await asyncio.to_thread(reached.wait, 300)
                 long.cancel()
@@ -199,7 +202,7 @@ def test_a_request_cancelled_while_it_generates_leaves_its_batch_at_the_next_tok
             done = await asyncio.gather(*others)
             with pytest.raises(asyncio.CancelledError):
                 await long
-            return done, await engine.reply(TURNS, seed=9)
+            return done, await engine.reply(TURNS, seed=9, target=DISCORD)
 
     done, after = run(main())
     assert passes[0][0] == 4                                  # the four requests went in one batch
@@ -228,7 +231,7 @@ def test_rejected_samples_are_drawn_again_a_bounded_number_of_times(alice_artifa
 
     async def main():
         async with Engine(persona, max_tries=4) as engine:
-            return await engine.reply(TURNS, seed=3)
+            return await engine.reply(TURNS, seed=3, target=DISCORD)
 
     reply = run(main())
     assert reply.fallback and reply.text == FALLBACK_REPLY and reply.tries == 4 and len(reply.rejected) == 4
@@ -237,7 +240,7 @@ def test_rejected_samples_are_drawn_again_a_bounded_number_of_times(alice_artifa
 def test_a_sample_the_blocklist_rejects_is_replaced_by_a_new_one(alice_artifact):
     async def first_text(persona: Persona) -> str:
         async with Engine(persona) as engine:
-            return (await engine.reply(TURNS, seed=11)).text
+            return (await engine.reply(TURNS, seed=11, target=DISCORD)).text
 
     plain = Persona.load(alice_artifact)
     plain.output_filter = OutputFilter()
@@ -250,7 +253,7 @@ def test_a_sample_the_blocklist_rejects_is_replaced_by_a_new_one(alice_artifact)
 
     async def main():
         async with Engine(blocking) as engine:
-            return await engine.reply(TURNS, seed=11)
+            return await engine.reply(TURNS, seed=11, target=DISCORD)
 
     reply = run(main())
     assert reply.tries >= 2 and reply.rejected[0].startswith("matches a blocked pattern") and reply.text != first
@@ -265,7 +268,8 @@ def test_the_leak_guard_stops_training_text_coming_back_word_for_word(alice_arti
 
     async def main():
         async with Engine(persona, max_tries=3) as engine:
-            return await asyncio.gather(*(engine.reply(channel(i), seed=i, overrides=free) for i in range(16)))
+            return await asyncio.gather(*(engine.reply(channel(i), seed=i, overrides=free, target=DISCORD)
+                                          for i in range(16)))
 
     replies = run(main())
     guard = persona.output_filter.leak_guard
@@ -279,13 +283,13 @@ def test_hot_swap_under_load_loses_no_request_and_the_next_reply_comes_from_the_
         alice_artifact, bob_artifact):
     async def main():
         async with Engine.load(alice_artifact, batch_window_s=0.005) as engine:
-            waves = [asyncio.ensure_future(engine.reply(channel(i), seed=i)) for i in range(12)]
+            waves = [asyncio.ensure_future(engine.reply(channel(i), seed=i, target=DISCORD)) for i in range(12)]
             swap = asyncio.ensure_future(engine.swap(bob_artifact))
-            waves += [asyncio.ensure_future(engine.reply(channel(i), seed=i)) for i in range(12, 24)]
+            waves += [asyncio.ensure_future(engine.reply(channel(i), seed=i, target=DISCORD)) for i in range(12, 24)]
             old = await swap
-            waves += [asyncio.ensure_future(engine.reply(channel(i), seed=i)) for i in range(24, 30)]
+            waves += [asyncio.ensure_future(engine.reply(channel(i), seed=i, target=DISCORD)) for i in range(24, 30)]
             replies = await asyncio.gather(*waves)
-            return old, replies, await engine.reply(TURNS, seed=1)
+            return old, replies, await engine.reply(TURNS, seed=1, target=DISCORD)
 
     old, replies, after = run(main())
     assert old.name == "Alice"
@@ -306,7 +310,7 @@ def test_a_failed_swap_leaves_the_old_persona_serving(alice_artifact, tmp_path):
                 await engine.swap(broken)
             with pytest.raises(SwapError, match="does not exist"):
                 await engine.swap(tmp_path / "nothing-here")
-            return await engine.reply(TURNS, seed=2)
+            return await engine.reply(TURNS, seed=2, target=DISCORD)
 
     reply = run(main())
     assert reply.persona == "Alice" and reply.artifact == alice_artifact
@@ -332,7 +336,7 @@ def test_a_swap_to_an_artifact_that_loads_but_cannot_generate_fails_and_the_old_
         async with Engine.load(alice_artifact) as engine:
             with pytest.raises(SwapError, match="mismatched"):
                 await engine.swap(mismatched)
-            return engine.persona, await engine.reply(TURNS, seed=2)
+            return engine.persona, await engine.reply(TURNS, seed=2, target=DISCORD)
 
     serving, reply = run(main())
     assert serving.path == alice_artifact
@@ -344,7 +348,8 @@ def test_the_event_loop_keeps_ticking_while_the_engine_generates_and_swaps(alice
     async def main():
         with LoopWatch() as watch:
             async with Engine.load(alice_artifact) as engine:
-                replies = await asyncio.gather(*(engine.reply(channel(i), overrides={"max_new_tokens": 60}, seed=i)
+                replies = await asyncio.gather(*(engine.reply(channel(i), overrides={"max_new_tokens": 60}, seed=i,
+                                                              target=DISCORD)
                                                  for i in range(16)), engine.swap(bob_artifact))
         return watch, replies
 
@@ -359,7 +364,7 @@ def test_stand_alone_lines_report_what_the_filters_rejected(alice_artifact):
 
     async def main():
         async with Engine(persona) as engine:
-            return await engine.lines(8, start="my secret is", seed=5)
+            return await engine.lines(8, start="my secret is", seed=5, target=DISCORD)
 
     lines = run(main())
     assert len(lines) == 8 and all(line.text.startswith("my secret is") for line in lines)
@@ -375,7 +380,7 @@ def test_a_closed_engine_refuses_new_work(alice_artifact):
         engine = Engine.load(alice_artifact).start()
         await engine.close()
         with pytest.raises(EngineClosed):
-            await engine.reply(TURNS)
+            await engine.reply(TURNS, target=DISCORD)
 
     run(main())
 
@@ -412,7 +417,8 @@ def test_ctranslate2_backend_converts_once_and_answers_like_the_others(alice_art
 
     async def main():
         async with Engine(persona) as engine:
-            return await asyncio.gather(*(engine.reply(channel(i), overrides={"max_new_tokens": 5 + i}, seed=i)
+            return await asyncio.gather(*(engine.reply(channel(i), overrides={"max_new_tokens": 5 + i}, seed=i,
+                                                       target=DISCORD)
                                           for i in range(4)))
 
     replies = run(main())

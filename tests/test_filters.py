@@ -398,7 +398,7 @@ def test_reject_asks_the_leak_guard_first_then_the_blocklist():
 
 def test_finish_for_discord_neutralises_mentions_then_cuts():
     text = "<@123> @everyone " + "blah " * 600
-    out = OutputFilter().finish(text, names=lookup)
+    out = OutputFilter().finish(text, DISCORD.with_names(lookup))
     assert out.startswith(f"@{ZWSP}Alice @{ZWSP}everyone blah")
     assert len(out) <= DISCORD_LIMIT and out.endswith("blah…")
     assert OutputFilter().finish("<@1> hi", DISCORD) == f"@{ZWSP}user hi"
@@ -414,7 +414,7 @@ def test_finish_for_twitter_uses_the_weighted_length():
 
 def test_finish_for_the_terminal_does_not_cut():
     text = "<@&5> " + "word " * 1000
-    out = OutputFilter().finish(text, TERMINAL, names=lookup)
+    out = OutputFilter().finish(text, TERMINAL.with_names(lookup))
     assert out == f"@{ZWSP}mods " + "word " * 1000
 
 

@@ -12,7 +12,8 @@ One module per algorithm, each with its own reasons at the top:
     mentions     neutralise_mentions: a reply never pings anyone
     twitter      tweet_length, has_link: Twitter's weighted length and what it links
     cut          cut_to_length: shorten to a limit without breaking a word, an emoji or an accent
-    output       Target (DISCORD, TWITTER, TERMINAL) and OutputFilter, which combines the above
+    output       Target (DISCORD, TWITTER, TERMINAL; each with its limit, length and mention names) and
+                 OutputFilter, which combines the above
 
 Every public name is importable from `bot.filters` itself, as before the split.
 """
@@ -23,10 +24,10 @@ from bot.filters.blocklist import Blocklist, FilterConfigError
 from bot.filters.cut import cut_to_length
 from bot.filters.leak_guard import LeakGuard
 from bot.filters.mentions import neutralise_mentions
-from bot.filters.output import DISCORD, DISCORD_LIMIT, TERMINAL, TWITTER, OutputFilter, Target
+from bot.filters.output import DISCORD, DISCORD_LIMIT, TERMINAL, TWITTER, NameResolver, OutputFilter, Target
 from bot.filters.twitter import TWEET_LIMIT, has_link, tweet_length
 
 __all__ = [
     "DISCORD", "DISCORD_LIMIT", "TERMINAL", "TWEET_LIMIT", "TWITTER", "Blocklist", "FilterConfigError",
-    "LeakGuard", "OutputFilter", "Target", "cut_to_length", "has_link", "neutralise_mentions", "tweet_length",
+    "LeakGuard", "NameResolver", "OutputFilter", "Target", "cut_to_length", "has_link", "neutralise_mentions", "tweet_length",
 ]

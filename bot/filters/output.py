@@ -1,13 +1,16 @@
 """Targets and the `OutputFilter` that combines the checks: every text passes here before it leaves the bot.
 
 `OutputFilter.reject` says whether a candidate reply must be sampled again (the leak guard, then the
-blocklist); `OutputFilter.finish` makes an accepted reply safe to send to a `Target`: mentions neutralised,
-then cut to the target's limit measured its way (Discord's 2,000 characters, a tweet's 280 weighted
-characters, no limit in the terminal). A target is data, so the engine needs to know no platform.
+blocklist); `OutputFilter.finish` makes an accepted reply safe to send to a `Target`. A target carries its
+own finishing: mentions neutralised with its own name resolver (a Discord target built for a guild names
+that guild's members and roles), then cut to its limit measured its way (Discord's 2,000 characters, a
+tweet's 280 weighted characters, no limit in the terminal). Each adapter builds its target, so the engine
+needs to know no platform.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,14 +22,31 @@ from bot.filters.twitter import TWEET_LIMIT, tweet_length
 
 DISCORD_LIMIT = 2000
 
+# Who a mention names where the text goes: (kind "user" or "role", id) -> a display name, or None.
+NameResolver = Callable[[str, str], "str | None"]
+
 
 @dataclass(frozen=True)
 class Target:
-    """Where a text goes: its name, its length limit (None: none) and how that limit is measured."""
+    """Where a text goes: its name, its length limit (None: none), how that limit is measured, and who the
+    mentions in a text name there (`names(kind, id)`; None: nobody is named, see `neutralise_mentions`)."""
 
     name: str
     limit: int | None
     length: Callable[[str], int]
+    names: NameResolver | None = None
+
+    def with_names(self, names: NameResolver | None) -> "Target":
+        """This target, with mentions resolved by `names` (e.g. the members and roles of one guild)."""
+        return dataclasses.replace(self, names=names)
+
+    def finish(self, text: str) -> str:
+        """`text` ready to send here: mentions neutralised, then cut to the limit. Links are left alone."""
+        # Mentions first: a name is longer than "<@123>", and the limit applies to what is sent.
+        text = neutralise_mentions(text, names=self.names)
+        if self.limit is not None:
+            text = cut_to_length(text, self.limit, length=self.length)
+        return text
 
 
 DISCORD = Target("discord", DISCORD_LIMIT, len)
@@ -50,13 +70,7 @@ class OutputFilter:
             return reason
         return None
 
-    def finish(self, text: str, target: Target = DISCORD, *,
-               names: Callable[[str, str], str | None] | None = None) -> str:
-        """`text` ready to send to `target`: mentions neutralised (see `neutralise_mentions`), then cut to the
-        target's limit. Links are left alone; `has_link` tells whether there are any."""
-        # Mentions first: a name is longer than "<@123>", and the limit applies to what is sent.
-        text = neutralise_mentions(text, names=names)
-        if target.limit is not None:
-            text = cut_to_length(text, target.limit, length=target.length)
-        return text
-
+    def finish(self, text: str, target: Target) -> str:
+        """`text` ready to send to `target`, finished its way (see `Target.finish`); `has_link` tells whether
+        it has links."""
+        return target.finish(text)
