@@ -1,5 +1,6 @@
 """Talking in character: the bot answers when mentioned or replied to, with the channel's recent messages
-as context. Admins can switch it off per channel."""
+as context. Admins can switch it off per channel. What the bot remembers is `bot.channel_memory`'s; this cog
+translates between Discord and it."""
 
 from __future__ import annotations
 
@@ -9,14 +10,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.channel_memory import HeardMessage
 from bot.discord_bot import PersonaBot, guild_admins_only
 from bot.engine import EngineClosed
 from bot.filters import DISCORD, Target
-from bot.store import StoreError
 
 log = logging.getLogger("personabot.chat")
-
-DISABLED = "disabled_channels"
 
 
 class Chat(commands.Cog):
@@ -28,50 +27,9 @@ class Chat(commands.Cog):
         self.per_user = commands.CooldownMapping.from_cooldown(1, settings.user_cooldown_s, commands.BucketType.user)
         self.per_channel = commands.CooldownMapping.from_cooldown(1, settings.channel_cooldown_s,
                                                                   commands.BucketType.channel)
-        self._restored: set[int] = set()
-        self._disabled: set[int] | None = None
 
     channel = app_commands.Group(name="channel", description="Where the persona talks",
                                  guild_only=True)
-
-    async def disabled(self) -> set[int]:
-        if self._disabled is None:
-            self._disabled = set(await self.bot.store.get_setting(DISABLED, []))
-        return self._disabled
-
-    async def _window(self, channel_id: int):
-        """The channel's context window, restored from the store the first time (it survives a restart)."""
-        if channel_id not in self._restored:
-            self._restored.add(channel_id)
-            window = self.bot.contexts.window(channel_id)
-            try:
-                stored = await self.bot.store.recent_messages(channel_id)
-            except StoreError as e:
-                log.warning("cannot restore the context of channel %s: %s", channel_id, e)
-                stored = []
-            for message in stored:
-                window.add(message.author_name, message.content)
-        return self.bot.contexts.window(channel_id)
-
-    async def _remember(self, message: discord.Message, speaker: str, text: str) -> None:
-        """Into the store (which refuses people who opted out) and, if stored, the context window."""
-        window = await self._window(message.channel.id)   # restored first, so this message is not in it twice
-        try:
-            stored = await self.bot.store.add_message(
-                channel_id=message.channel.id, guild_id=message.guild.id if message.guild else None,
-                message_id=message.id, author_id=message.author.id, author_name=speaker, content=text,
-                is_bot=message.author.bot, created_at=message.created_at.isoformat(timespec="seconds"))
-        except StoreError as e:
-            log.warning("message %s not stored: %s", message.id, e)
-            stored = not await self._opted_out(message.author.id)
-        if stored:
-            window.add(speaker, text)
-
-    async def _opted_out(self, user_id: int) -> bool:
-        try:
-            return await self.bot.store.is_opted_out(user_id)
-        except StoreError:
-            return True   # in doubt, keep nothing of theirs
 
     async def _addressed(self, message: discord.Message) -> bool:
         me = self.bot.user
@@ -109,15 +67,15 @@ class Chat(commands.Cog):
             return
         if message.guild is None and not self.bot.settings.reply_in_dms:
             return
-        if message.channel.id in await self.disabled():
+        memory = self.bot.memory
+        if await memory.disabled(message.channel.id):
             return
         text = message.clean_content.strip()
         if text:
-            await self._remember(message, message.author.display_name, text)
+            await memory.remember(heard(message, message.author.display_name, text))
         if not await self._addressed(message) or self._on_cooldown(message):
             return
-        window = await self._window(message.channel.id)
-        turns = window.turns() or [(message.author.display_name, text or "...")]
+        turns = await memory.context(message.channel.id) or [(message.author.display_name, text or "...")]
         try:
             async with message.channel.typing():
                 reply = await self.bot.engine.reply(turns, target=discord_target(message.guild))
@@ -128,29 +86,29 @@ class Chat(commands.Cog):
             await message.reply("(I lost my train of thought; try again in a moment.)", mention_author=False)
             return
         sent = await message.reply(reply.text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
-        await self._remember(sent, reply.persona, reply.text)
+        await memory.remember(heard(sent, reply.persona, reply.text))
 
     @channel.command(name="disable")
     @guild_admins_only()
     async def channel_disable(self, interaction: discord.Interaction) -> None:
         """Stop the persona from talking (and listening) in this channel."""
-        await self._switch(interaction, enabled=False)
+        await self.bot.memory.set_disabled(interaction.channel_id, True)
         await interaction.response.send_message("I will keep quiet in this channel.", ephemeral=True)
 
     @channel.command(name="enable")
     @guild_admins_only()
     async def channel_enable(self, interaction: discord.Interaction) -> None:
         """Let the persona talk in this channel again."""
-        await self._switch(interaction, enabled=True)
+        await self.bot.memory.set_disabled(interaction.channel_id, False)
         await interaction.response.send_message("I will answer here again.", ephemeral=True)
 
-    async def _switch(self, interaction: discord.Interaction, *, enabled: bool) -> None:
-        disabled = await self.disabled()
-        if enabled:
-            disabled.discard(interaction.channel_id)
-        else:
-            disabled.add(interaction.channel_id)
-        await self.bot.store.set_setting(DISABLED, sorted(disabled))
+
+def heard(message: discord.Message, speaker: str, text: str) -> HeardMessage:
+    """`message` as channel memory keeps it, said by `speaker` (a display name) in words `text`."""
+    return HeardMessage(channel_id=message.channel.id, guild_id=message.guild.id if message.guild else None,
+                        message_id=message.id, author_id=message.author.id, author_name=speaker, text=text,
+                        is_bot=message.author.bot, created_at=message.created_at.isoformat(timespec="seconds"))
+
 
 def discord_target(guild: discord.Guild | None) -> Target:
     """Discord as a target for a reply in `guild`: its 2,000 characters, and mentions turned into the names of

@@ -1,4 +1,5 @@
-"""Privacy: /forget-me deletes what the bot stored of you and keeps you out of every future training run."""
+"""Privacy: /forget-me deletes what the bot stored of you and keeps you out of every future training run.
+The forgetting is `bot.channel_memory`'s; this cog asks, confirms and answers."""
 
 from __future__ import annotations
 
@@ -57,16 +58,14 @@ class Privacy(commands.Cog):
         if not view.confirmed:
             await interaction.edit_original_response(content="Nothing was deleted.", view=None)
             return
-        names = {interaction.user.name, interaction.user.display_name}
         try:
-            deleted = await self.bot.store.forget_user(interaction.user.id, *sorted(names))
+            deleted = await self.bot.memory.forget(interaction.user.id,
+                                                   (interaction.user.name, interaction.user.display_name))
         except StoreError as e:
             log.error("forget-me for %s failed: %s", interaction.user.id, e)
             await interaction.edit_original_response(
                 content="The database is busy; nothing was deleted yet. Please try again in a minute.", view=None)
             return
-        for name in names:
-            self.bot.contexts.forget_speaker(name)
         log.info("forgot user %s: %d stored messages deleted", interaction.user.id, deleted)
         await interaction.edit_original_response(
             content=f"Done: {deleted} stored message(s) deleted, and you are excluded from future training.",

@@ -106,7 +106,7 @@ async def test_a_mention_gets_an_in_character_reply_from_that_channels_context(w
     assert reply.author == me and reply.reference.message_id == asked.id
     assert "again? classic" in reply.content                    # her catchphrase: in character
     assert any(r.path == f"/channels/{general.id}/typing" for r in env.http_requests)
-    window = env.bot.contexts.turns(general.id)
+    window = env.bot.memory.turns(general.id)
     assert window.count(("Carol", "coffee lunch beach")) == 1 and ("Carol", "rain bus movie") not in window
     assert window[-1] == ("Alice", reply.content)              # its own reply is part of the context
 
@@ -239,7 +239,7 @@ async def test_forget_me_removes_the_callers_rows_after_confirmation(world):
     rows = await env.bot.store.recent_messages(general.id)
     assert [m.author_name for m in rows] == ["Carol"]
     assert "Bob" in await env.bot.store.opted_out_names()
-    assert all("secret" not in text for _, text in env.bot.contexts.turns(general.id))
+    assert all("secret" not in text for _, text in env.bot.memory.turns(general.id))
     await bob.send(general, "bob again")                        # never stored again
     assert [m.author_name for m in await env.bot.store.recent_messages(general.id)] == ["Carol"]
 
@@ -248,9 +248,9 @@ async def test_context_survives_a_restart_on_the_same_database(world, settings, 
     env, general, other, admin, bob, carol = world
     await carol.send(general, "remember the beach party")
     await env.restart_bot(make_bot(settings, engine, store))
-    assert env.bot.contexts.turns(general.id) == []            # a fresh process knows nothing yet...
+    assert env.bot.memory.turns(general.id) == []              # a fresh process knows nothing yet...
     await bob.send(general, f"{env.bot.user.mention} cake")
-    turns = env.bot.contexts.turns(general.id)
+    turns = env.bot.memory.turns(general.id)
     assert ("Carol", "remember the beach party") in turns      # ...until it reads the channel's history back
 
 
