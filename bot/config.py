@@ -11,19 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Where scheduled posts can go: "twitter", "terminal", or "discord:<channel id>".
-POST_TARGET_HELP = "twitter, terminal or discord:<channel id>"
+from bot.posting import DEFAULT_MODE, MODES, POST_TARGET_HELP, PostTarget
 
 
+# bot.tenancy still reads targets through these two; they only ask `PostTarget`, the one parser.
 def discord_channel_id(target: str) -> int | None:
-    """The channel id of a `discord:<channel id>` post target, else None (ASCII digits only: `str.isdigit`
-    also accepts superscripts, which `int` refuses)."""
-    digits = target[8:] if target.startswith("discord:") else ""
-    return int(digits) if digits.isascii() and digits.isdigit() else None
+    """The channel id of a `discord:<channel id>` post target, else None."""
+    parsed = PostTarget.parse(target)
+    return parsed.channel_id if parsed is not None else None
 
 
 def is_post_target(name: str) -> bool:
-    return name in ("twitter", "terminal") or discord_channel_id(name) is not None
+    return PostTarget.parse(name) is not None
 
 
 # Generation backends (bot.backends); "auto" picks the fastest on this machine.
@@ -69,7 +68,7 @@ class Settings:
     max_upload_mb: float
     post_schedule: str | None
     post_timezone: str
-    post_targets: tuple[str, ...]
+    post_targets: tuple[PostTarget, ...]
     post_mode: str
     post_grace_minutes: float
     twitter_keys: tuple[str, str, str, str] | None = field(repr=False)   # never printed
@@ -144,8 +143,11 @@ def _ids(var: Variable, raw: str, problems: list[str]) -> frozenset[int]:
     return frozenset(int(part) for part in good)
 
 
-def _list(var: Variable, raw: str, problems: list[str]) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+def _post_targets(var: Variable, raw: str, problems: list[str]) -> tuple[PostTarget, ...] | None:
+    texts = [part.strip() for part in raw.split(",") if part.strip()]
+    wrong = [f"POST_TARGETS: {text!r} is not {POST_TARGET_HELP}" for text in texts if PostTarget.parse(text) is None]
+    problems.extend(wrong)
+    return None if wrong else tuple(PostTarget.parse(text) for text in texts)
 
 
 def _not_a_file(value: Path, raw: str) -> list[str]:
@@ -195,12 +197,8 @@ def _crontab(value: str, raw: str) -> list[str]:
     return []
 
 
-def _post_targets(value: tuple[str, ...], raw: str) -> list[str]:
-    return [f"POST_TARGETS: {target!r} is not {POST_TARGET_HELP}" for target in value if not is_post_target(target)]
-
-
 def _post_mode(value: str, raw: str) -> list[str]:
-    return [] if value in ("confession", "line") else [f"POST_MODE={value!r} must be confession or line"]
+    return [] if value in MODES else [f"POST_MODE={value!r} must be {' or '.join(MODES)}"]
 
 
 def _generation(name: str, key: str) -> Check:
@@ -271,8 +269,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("POST_SCHEDULE", "post_schedule", _text, None, "a crontab line that seeds the first schedule",
              check=_crontab),
     Variable("POST_TIMEZONE", "post_timezone", _text, "UTC", "the schedule's time zone", check=_time_zone),
-    Variable("POST_TARGETS", "post_targets", _list, ("terminal",), POST_TARGET_HELP, check=_post_targets),
-    Variable("POST_MODE", "post_mode", _text, "confession", "confession (seeded line) or line", check=_post_mode),
+    Variable("POST_TARGETS", "post_targets", _post_targets, (PostTarget("terminal"),), POST_TARGET_HELP),
+    Variable("POST_MODE", "post_mode", _text, DEFAULT_MODE, "confession (seeded line) or line", check=_post_mode),
     Variable("POST_GRACE_MINUTES", "post_grace_minutes", _number(float), 60.0,
              "a slot missed longer ago is not caught up", minimum=0),
     _twitter("TWITTER_CONSUMER_KEY", 0),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import discord
 from discord import app_commands
@@ -74,7 +75,7 @@ class PersonaBot(commands.Bot):
         if self.poster is None:
             from bot.scheduler import start_posting
 
-            self.poster = await start_posting(self.engine, self.store, self.settings, discord_client=self)
+            self.poster = await start_posting(self.engine, self.store, self.settings, discord_sender=self.send_post)
         await self._announce_interrupted_runs()
 
     async def _announce_interrupted_runs(self) -> None:
@@ -115,6 +116,23 @@ class PersonaBot(commands.Bot):
                            or any(role.id in self.settings.admin_role_ids for role in user.roles))
         return Authority(user.id, interaction.guild_id, owner, guild_admin or owner)
 
+    async def send_post(self, channel_id: int, text: str, guild_id: int | None = None) -> str:
+        """The scheduler's Discord sender: post `text` in a channel, pinging nobody; returns the message id.
+        A guild's post (`guild_id`) never goes outside that guild, whatever its stored targets say."""
+        from bot.posting import PostError
+
+        channel = self.get_channel(channel_id)
+        try:
+            if channel is None:
+                channel = await self.fetch_channel(channel_id)
+            channel_guild = getattr(getattr(channel, "guild", None), "id", None)
+            if guild_id is not None and channel_guild != guild_id:
+                raise PostError(f"channel {channel_id} is not in the schedule's server")
+            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as e:
+            raise PostError(f"Discord refused the post in channel {channel_id}: {e}") from e
+        return str(message.id)
+
     def guild_of_channel(self, channel_id: int) -> int | None:
         """The guild a channel (or thread) belongs to, when the bot knows it."""
         channel = self.get_channel(channel_id)
@@ -147,23 +165,22 @@ def _command_name(interaction: discord.Interaction) -> str | None:
     return command.qualified_name if command is not None else None
 
 
-def owners_only():
-    """An app-command check: the bot's owners only (global powers, see `bot.tenancy`)."""
+def _power_check(refusal: str, holds: Callable[[Authority], bool]):
+    """An app-command check: passes when the user's `Authority` `holds`, else refuses with `refusal`."""
     async def predicate(interaction: discord.Interaction) -> bool:
         bot = interaction.client
-        if isinstance(bot, PersonaBot) and (await bot.authority(interaction)).is_owner:
+        if isinstance(bot, PersonaBot) and holds(await bot.authority(interaction)):
             return True
-        raise app_commands.CheckFailure(OWNERS_ONLY)
+        raise app_commands.CheckFailure(refusal)
 
     return app_commands.check(predicate)
+
+
+def owners_only():
+    """An app-command check: the bot's owners only (global powers, see `bot.tenancy`)."""
+    return _power_check(OWNERS_ONLY, lambda authority: authority.is_owner)
 
 
 def guild_admins_only():
     """An app-command check: admins of the guild the command is used in, or the bot's owners."""
-    async def predicate(interaction: discord.Interaction) -> bool:
-        bot = interaction.client
-        if isinstance(bot, PersonaBot) and (await bot.authority(interaction)).may_govern_guild:
-            return True
-        raise app_commands.CheckFailure(GUILD_ADMINS_ONLY)
-
-    return app_commands.check(predicate)
+    return _power_check(GUILD_ADMINS_ONLY, lambda authority: authority.may_govern_guild)

@@ -1,4 +1,5 @@
-"""Persona posts: picking a line that may be posted, and the Twitter/X target.
+"""Persona posts: where they go (`PostTarget`), how a line starts (`MODES`), picking a line that may be posted,
+and the Twitter/X target.
 
 A line is sampled from the engine as stand-alone candidates (optionally seeded, "my deepest, darkest secret
 is"), and the first that passes every filter wins: the persona's output filter (leak guard, blocklist), no
@@ -16,11 +17,47 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-from bot.engine import Engine
-from bot.filters import TERMINAL, Target, has_link
+from bot.filters import DISCORD, TERMINAL, TWITTER, Target, has_link
+
+if TYPE_CHECKING:        # the engine (and torch) load only where posts are made, not where targets are read
+    from bot.engine import Engine
 
 log = logging.getLogger("personabot.posting")
+
+# How each post mode starts its line: "confession" posts are seeded, "line" posts start from nothing.
+MODES = {"confession": "my deepest, darkest secret is", "line": ""}
+DEFAULT_MODE = "confession"
+
+# Where posts can go, as written in POST_TARGETS and /schedule add.
+POST_TARGET_HELP = "twitter, terminal or discord:<channel id>"
+
+
+@dataclass(frozen=True, slots=True)
+class PostTarget:
+    """One place a post goes: Twitter, the terminal, or one Discord channel. Parsed once from its text
+    (`twitter`, `terminal`, `discord:<channel id>`) and written back the same way by `str`."""
+
+    kind: Literal["twitter", "terminal", "discord"]
+    channel_id: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "PostTarget | None":
+        """The target `text` names, or None. Channel ids are ASCII digits only (`str.isdigit` also accepts
+        superscripts, which `int` refuses)."""
+        if text in ("twitter", "terminal"):
+            return cls(text)
+        digits = text[8:] if text.startswith("discord:") else ""
+        return cls("discord", int(digits)) if digits.isascii() and digits.isdigit() else None
+
+    def __str__(self) -> str:
+        return f"discord:{self.channel_id}" if self.kind == "discord" else self.kind
+
+    @property
+    def output(self) -> Target:
+        """How a line's length is measured and limited there."""
+        return {"twitter": TWITTER, "discord": DISCORD}.get(self.kind, TERMINAL)
 
 # A mention in any form, defused or not: "@name", "@\u200beveryone".
 _MENTION = re.compile(r"(?<![\w@])@\u200b?\w")
@@ -39,11 +76,13 @@ class Choice:
 async def pick_line(engine: Engine, target: Target, *, start: str = "", recent: Iterable[str] = (),
                     candidates: int = 6, rounds: int = 3, seed: int | None = None) -> Choice:
     """The first sampled line that passes every filter for `target`, or None with every reason."""
+    from training.generation import attempt_seed   # here: targets and modes are read without torch loaded
+
     seen = {_key(t) for t in recent}
     rejected: list[str] = []
     for round_ in range(rounds):
         lines = await engine.lines(candidates, start=start, target=TERMINAL,
-                                   seed=None if seed is None else seed + round_ * candidates)
+                                   seed=attempt_seed(seed, round_, stride=candidates))
         for line in lines:
             reason = line.rejected or _post_problem(line.text, target, seen)
             if reason is None:
@@ -153,36 +192,3 @@ def _api_message(error) -> str:
 def _is_duplicate(error) -> bool:
     text = " ".join([*(getattr(error, "api_messages", None) or []), str(error)]).casefold()
     return 187 in (getattr(error, "api_codes", None) or []) or "duplicate" in text
-
-
-@dataclass
-class Published:
-    text: str
-    remote_id: str
-    rejected: list[str]
-
-
-async def publish_tweet(engine: Engine, twitter: TwitterTarget, *, start: str = "", recent: Iterable[str] = (),
-                        attempts: int = 3, seed: int | None = None) -> Published:
-    """Pick a line and tweet it; a line Twitter calls a duplicate is replaced by a new one (bounded).
-    Raises `PostError` (or a subclass) when nothing was posted, with the reason."""
-    import asyncio
-
-    from bot.filters import TWITTER
-
-    recent = list(recent)
-    rejected: list[str] = []
-    for attempt in range(attempts):
-        choice = await pick_line(engine, TWITTER, start=start, recent=recent,
-                                 seed=None if seed is None else seed + 1000 * attempt)
-        rejected += choice.rejected
-        if choice.text is None:
-            raise PostError("no sampled line passed the filters: " + "; ".join(sorted(set(rejected))[:5]))
-        try:
-            remote_id = await asyncio.to_thread(twitter.post, choice.text)
-        except DuplicateContent:
-            rejected.append("Twitter: duplicate of an earlier tweet")
-            recent.append(choice.text)
-            continue
-        return Published(choice.text, remote_id, rejected)
-    raise PostError(f"Twitter called {attempts} different lines duplicates; this slot is skipped")

@@ -1,6 +1,11 @@
 """Scheduled persona posts: APScheduler 3 (`AsyncIOScheduler`, jobs in memory) fires the schedules stored in
 the database; each firing posts one line per target, recorded before it is sent.
 
+The scheduler owns its schedules: `add`, `remove`, `pause` and `describe` write the store and re-arm the jobs
+together, so a caller (the /schedule cog) only translates its platform to these calls. Where a post goes is a
+`PostTarget`; how it is sent is a `Sender` from `Senders`, to which the Discord adapter registers its channel
+sender (this module imports no Discord).
+
 Nothing lost, nothing doubled:
 - a slot is claimed in the store (one row per schedule, slot and target, unique) before anything is sampled,
   so two bot processes on one database never both post it;
@@ -13,47 +18,87 @@ Nothing lost, nothing doubled:
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from bot.config import discord_channel_id
-from bot.engine import Engine
-from bot.filters import DISCORD, TERMINAL, TWITTER, Target
-from bot.posting import DuplicateContent, PostError, pick_line
-from bot.store import Store, StoreError
+from bot.posting import DEFAULT_MODE, MODES, DuplicateContent, PostError, PostTarget, TwitterTarget, pick_line
+from bot.store import Schedule, Store, StoreError
+from training.generation import attempt_seed
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.engine import Engine
 
 log = logging.getLogger("personabot.schedule")
 
-# A seed for "confession" posts; "line" posts start from nothing.
-MODES = {"confession": "my deepest, darkest secret is", "line": ""}
-
-# target name -> (how its length is measured, how a line is sent: text -> remote id)
+# How a line is sent to one target: text -> the remote id of what was posted.
 Sender = Callable[[str], Awaitable[str]]
+# How a line is sent to a Discord channel: (channel id, text, the owning guild or None) -> remote id. The
+# Discord adapter registers one; it must refuse a channel outside the owning guild.
+ChannelSender = Callable[[int, str, "int | None"], Awaitable[str]]
+# A post whose every line was a duplicate is skipped after this many lines.
+DUPLICATE_ATTEMPTS = 3
 
 
-def trigger_for(schedule: dict[str, Any]):
+class ScheduleError(Exception):
+    """A schedule cannot be added as asked; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostOutcome:
+    """What happened to one post: posted (with its text and remote id), failed or skipped (with the reason),
+    or not made because its slot was already claimed (`already-claimed`) or could not be (`not-claimed`)."""
+
+    target: PostTarget
+    status: str
+    text: str | None = None
+    remote_id: str | None = None
+    error: str | None = None
+    rejected: tuple[str, ...] = ()      # why the lines before it were not posted
+
+    def describe(self) -> str:
+        detail = self.text or self.error or ""
+        return f"{self.target}: {self.status}" + (f" — {detail[:150]}" if detail else "")
+
+
+def trigger_for(schedule: Schedule):
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
-    if schedule["cron"]:
-        return CronTrigger.from_crontab(schedule["cron"], timezone=schedule["timezone"])
-    return IntervalTrigger(seconds=int(schedule["interval_s"]), timezone=schedule["timezone"],
-                           start_date=datetime.fromisoformat(schedule["created_at"]))
+    if schedule.cron:
+        return CronTrigger.from_crontab(schedule.cron, timezone=schedule.timezone)
+    return IntervalTrigger(seconds=int(schedule.interval_s), timezone=schedule.timezone,
+                           start_date=datetime.fromisoformat(schedule.created_at))
 
 
-def target_kind(name: str) -> Target:
-    return TWITTER if name == "twitter" else DISCORD if name.startswith("discord:") else TERMINAL
+def check_cron(cron: str, timezone_name: str) -> None:
+    """Raise `ScheduleError` unless `cron` is a crontab line and `timezone_name` a time zone."""
+    from zoneinfo import ZoneInfo
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        ZoneInfo(timezone_name)
+        CronTrigger.from_crontab(cron, timezone=timezone_name)
+    except (ValueError, KeyError, OSError) as e:
+        raise ScheduleError(f"`{cron}` in `{timezone_name}` is not a schedule I can use: {e}") from e
 
 
 class PostScheduler:
-    def __init__(self, engine: Engine, store: Store, senders, *, grace_s: float = 3600.0) -> None:
+    def __init__(self, engine: Engine, store: Store, senders, *, grace_s: float = 3600.0,
+                 seed: int | None = None) -> None:
         self.engine = engine
         self.store = store
-        self.senders = senders       # .get(target) -> Sender: "twitter", "discord:<channel id>", "terminal"
+        self.senders = senders       # .get(target: PostTarget, guild_id=...) -> Sender | None
         self.grace_s = grace_s
+        self.seed = seed             # a seeded scheduler samples the same lines each run (tests)
         self.scheduler = None
+        self.twitter: TwitterTarget | None = None
 
     async def start(self) -> None:
         """Mark interrupted posts unknown, catch up once per schedule, then schedule every unpaused one."""
@@ -64,28 +109,72 @@ class PostScheduler:
             log.warning("%d post(s) were being sent when the bot stopped; marked unknown (see /status)", unknown)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         for schedule in await self.store.schedules():
-            if not schedule["paused"]:
+            if not schedule.paused:
                 await self.catch_up(schedule)
         await self.reload()
         self.scheduler.start()
 
     async def reload(self) -> None:
-        """Jobs for exactly the unpaused schedules in the store (after /schedule add, remove, pause...)."""
+        """Jobs for exactly the unpaused schedules in the store."""
+        if self.scheduler is None:
+            return
         for job in self.scheduler.get_jobs():
             job.remove()
         for schedule in await self.store.schedules():
-            if schedule["paused"]:
+            if schedule.paused:
                 continue
-            self.scheduler.add_job(self._fire_now, trigger_for(schedule), args=[schedule["id"]],
-                                   id=f"schedule-{schedule['id']}", misfire_grace_time=int(self.grace_s),
+            self.scheduler.add_job(self._fire_now, trigger_for(schedule), args=[schedule.id],
+                                   id=f"schedule-{schedule.id}", misfire_grace_time=int(self.grace_s),
                                    coalesce=True, max_instances=1)
 
-    async def post_now(self, targets: list[str], mode: str = "confession",
-                       guild_id: int | None = None) -> list[dict[str, Any]]:
+    # -- managing schedules: the store and the jobs change together --------------------------------------
+    async def add(self, name: str, *, cron: str, targets: Sequence[PostTarget], timezone_name: str = "UTC",
+                  mode: str = DEFAULT_MODE, guild_id: int | None = None) -> Schedule:
+        """Add a schedule and arm it. Raises `ScheduleError` for a line or zone it cannot use and
+        `StoreError` when the name is taken."""
+        check_cron(cron, timezone_name)
+        schedule_id = await self.store.add_schedule(name, cron=cron, targets=list(targets),
+                                                    timezone_name=timezone_name, mode=mode, guild_id=guild_id)
+        await self.reload()
+        return await self.store.schedule(schedule_id)
+
+    async def named(self, name: str, owners: Iterable[int | None]) -> Schedule | None:
+        """The schedule called `name` among those of `owners`, searched in their order (a guild's own first,
+        then global ones)."""
+        for owner in owners:
+            for schedule in await self.store.schedules([owner]):
+                if schedule.name == name:
+                    return schedule
+        return None
+
+    async def remove(self, schedule: Schedule) -> bool:
+        """Remove a schedule and its job (its past posts stay recorded)."""
+        done = await self.store.remove_schedule(schedule.id)
+        await self.reload()
+        return done
+
+    async def pause(self, schedule: Schedule, paused: bool = True) -> bool:
+        """Pause (or, with `paused=False`, resume) a schedule, and its job with it."""
+        done = await self.store.set_paused(schedule.id, paused)
+        await self.reload()
+        return done
+
+    def describe(self, schedule: Schedule) -> str:
+        """One line for /schedule list: the schedule, where it posts, and when it runs next."""
+        nxt = self.next_runs().get(schedule.id)
+        when = "paused" if schedule.paused else f"next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else "not running"
+        scope = " (global)" if schedule.guild_id is None else ""
+        every = schedule.cron or f"{schedule.interval_s} s"
+        return (f"`{schedule.name}`{scope}: `{every}` ({schedule.timezone}) → "
+                f"{', '.join(map(str, schedule.targets))}, {schedule.mode}; {when}")
+
+    # -- posting ---------------------------------------------------------------------------------------
+    async def post_now(self, targets: Sequence[PostTarget], mode: str = DEFAULT_MODE,
+                       guild_id: int | None = None) -> list[PostOutcome]:
         """One post to each target right away (/post now), recorded like scheduled ones, owned by `guild_id`
         (None: global) and, for a guild, sent only to that guild's channels."""
         slot = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        adhoc = {"id": None, "name": "post now", "mode": mode, "guild_id": guild_id}
+        adhoc = Schedule(None, guild_id, "post now", None, None, "UTC", tuple(targets), mode, False, None, slot)
         return [await self._post(adhoc, slot, target) for target in targets]
 
     def stop(self) -> None:
@@ -97,10 +186,10 @@ class PostScheduler:
             return {}
         return {int(job.id.split("-")[1]): job.next_run_time for job in self.scheduler.get_jobs()}
 
-    async def catch_up(self, schedule: dict[str, Any], now: datetime | None = None) -> bool:
+    async def catch_up(self, schedule: Schedule, now: datetime | None = None) -> bool:
         """Post the latest slot missed while the bot was down, if it is within the grace period."""
         now = now or datetime.now(timezone.utc)
-        since = datetime.fromisoformat(schedule["last_run"] or schedule["created_at"])
+        since = datetime.fromisoformat(schedule.last_run or schedule.created_at)
         trigger = trigger_for(schedule)
         missed, slot = None, trigger.get_next_fire_time(None, since + timedelta(seconds=1))
         while slot is not None and slot <= now:
@@ -109,92 +198,105 @@ class PostScheduler:
         if missed is None:
             return False
         if (now - missed).total_seconds() > self.grace_s:
-            log.info("schedule %s missed %s, beyond the grace period: not posted", schedule["name"], missed)
-            await self.store.set_last_run(schedule["id"], missed.isoformat())
+            log.info("schedule %s missed %s, beyond the grace period: not posted", schedule.name, missed)
+            await self.store.set_last_run(schedule.id, missed.isoformat())
             return False
-        await self.fire(schedule["id"], missed)
+        await self.fire(schedule.id, missed)
         return True
 
     async def _fire_now(self, schedule_id: int) -> None:
         # APScheduler calls this at the slot: the slot is now, to the minute (what two processes agree on).
         await self.fire(schedule_id, datetime.now(timezone.utc).replace(second=0, microsecond=0))
 
-    async def fire(self, schedule_id: int, slot: datetime) -> list[dict[str, Any]]:
+    async def fire(self, schedule_id: int, slot: datetime) -> list[PostOutcome]:
         """Post one line per target of the schedule for `slot`; returns what happened per target."""
-        schedules = {s["id"]: s for s in await self.store.schedules()}
-        schedule = schedules.get(schedule_id)
+        schedule = await self.store.schedule(schedule_id)
         if schedule is None:
             return []
         stamp = slot.astimezone(timezone.utc).isoformat()
         await self.store.set_last_run(schedule_id, stamp)
-        outcomes = []
-        for target in schedule["targets"]:
-            outcomes.append(await self._post(schedule, stamp, target))
-        return outcomes
+        return [await self._post(schedule, stamp, target) for target in schedule.targets]
 
-    async def _post(self, schedule: dict[str, Any], slot: str, target: str) -> dict[str, Any]:
+    async def _post(self, schedule: Schedule, slot: str, target: PostTarget) -> PostOutcome:
         try:
-            post_id = await self.store.claim_post(schedule["id"], slot, target, schedule.get("guild_id"))
+            post_id = await self.store.claim_post(schedule.id, slot, str(target), schedule.guild_id)
         except StoreError as e:
-            log.error("cannot record a post for %s: %s; not posting", schedule["name"], e)
-            return {"target": target, "status": "not-claimed", "error": str(e)}
+            log.error("cannot record a post for %s: %s; not posting", schedule.name, e)
+            return PostOutcome(target, "not-claimed", error=str(e))
         if post_id is None:
-            return {"target": target, "status": "already-claimed"}
-        sender = self.senders.get(target, guild_id=schedule.get("guild_id"))
+            return PostOutcome(target, "already-claimed")
+        sender = self.senders.get(target, guild_id=schedule.guild_id)
         if sender is None:
             await self.store.update_post(post_id, "failed", error=f"no such target here: {target}")
-            return {"target": target, "status": "failed"}
+            return PostOutcome(target, "failed")
+        outcome = await self._send_a_line(schedule, post_id, target, sender)
+        if outcome.status == "skipped":
+            log.info("schedule %s, %s: slot skipped (%s)", schedule.name, target, outcome.error)
+        return outcome
+
+    async def _send_a_line(self, schedule: Schedule, post_id: int, target: PostTarget,
+                           sender: Sender) -> PostOutcome:
+        """Pick a line and send it; a line the target calls a duplicate is replaced by a new one (bounded).
+        The line is recorded before it is sent, and every outcome is recorded."""
         recent = await self.store.recent_post_texts()
-        start = MODES.get(schedule["mode"], schedule["mode"])
-        for _attempt in range(3):
-            choice = await pick_line(self.engine, target_kind(target), start=start, recent=recent)
+        start = MODES.get(schedule.mode, schedule.mode)
+        rejected: list[str] = []
+        for attempt in range(DUPLICATE_ATTEMPTS):
+            choice = await pick_line(self.engine, target.output, start=start, recent=recent,
+                                     seed=attempt_seed(self.seed, attempt, stride=1000))
+            rejected += choice.rejected
             if choice.text is None:
                 reason = "no line passed the filters: " + "; ".join(sorted(set(choice.rejected))[:5])
                 await self.store.update_post(post_id, "skipped", error=reason)
-                log.info("schedule %s, %s: slot skipped (%s)", schedule["name"], target, reason)
-                return {"target": target, "status": "skipped", "error": reason}
+                return PostOutcome(target, "skipped", error=reason, rejected=tuple(rejected))
             await self.store.update_post(post_id, "pending", text=choice.text)   # recorded before it is sent
             try:
                 remote_id = await sender(choice.text)
             except DuplicateContent:
+                rejected.append(f"{target}: duplicate of an earlier post")
                 recent.append(choice.text)
                 continue
             except PostError as e:
                 await self.store.update_post(post_id, "failed", error=str(e))
-                return {"target": target, "status": "failed", "error": str(e)}
+                return PostOutcome(target, "failed", error=str(e), rejected=tuple(rejected))
             await self.store.update_post(post_id, "posted", remote_id=remote_id)
-            return {"target": target, "status": "posted", "text": choice.text, "remote_id": remote_id}
-        await self.store.update_post(post_id, "skipped", error="every line was a duplicate")
-        return {"target": target, "status": "skipped"}
+            return PostOutcome(target, "posted", text=choice.text, remote_id=remote_id, rejected=tuple(rejected))
+        reason = "every line was a duplicate"
+        await self.store.update_post(post_id, "skipped", error=reason)
+        return PostOutcome(target, "skipped", error=reason, rejected=tuple(rejected))
 
 
 class Senders:
-    """Where posts go. Without Twitter credentials or a Discord connection, a post for that target goes to
-    the terminal and is recorded with a remote id that says so."""
+    """Where posts go. Without Twitter credentials, or without a Discord sender registered (no Discord
+    connection), a post for that target goes to the terminal and is recorded with a remote id that says so."""
 
-    def __init__(self, persona_name: Callable[[], str], *, twitter=None, discord_client=None, out=None) -> None:
-        import sys
-
+    def __init__(self, persona_name: Callable[[], str], *, twitter: TwitterTarget | None = None,
+                 out: IO[str] | None = None) -> None:
         self.persona_name = persona_name
         self.twitter = twitter
-        self.discord = discord_client
+        self.discord: ChannelSender | None = None
         self.out = out or sys.stdout
 
-    def get(self, target: str, guild_id: int | None = None) -> Sender | None:
-        """How to send to `target`; for a guild's schedule (`guild_id`), Discord channels of that guild only."""
-        if target == "terminal":
+    def register_discord(self, send: ChannelSender) -> None:
+        """Send Discord targets through `send` (the Discord adapter's, once it is connected)."""
+        self.discord = send
+
+    def get(self, target: PostTarget, guild_id: int | None = None) -> Sender | None:
+        """How to send to `target`; for a guild's schedule (`guild_id`), Discord channels of that guild only
+        (the registered channel sender refuses the others)."""
+        if target.kind == "terminal":
             return self._terminal("terminal")
-        if target == "twitter":
+        if target.kind == "twitter":
             return self._tweet if self.twitter is not None else self._terminal("terminal:no-twitter-credentials")
-        channel_id = discord_channel_id(target)
-        if channel_id is not None:
+        if target.kind == "discord" and target.channel_id is not None:
             if self.discord is None:
                 return self._terminal("terminal:no-discord-token")
+            send, channel_id = self.discord, target.channel_id
 
-            async def send(text: str) -> str:
-                return await self._discord(channel_id, text, guild_id)
+            async def to_channel(text: str) -> str:
+                return await send(channel_id, text, guild_id)
 
-            return send
+            return to_channel
         return None
 
     def _terminal(self, marker: str) -> Sender:
@@ -206,39 +308,21 @@ class Senders:
         return send
 
     async def _tweet(self, text: str) -> str:
-        import asyncio
-
         return await asyncio.to_thread(self.twitter.post, text)
 
-    async def _discord(self, channel_id: int, text: str, guild_id: int | None = None) -> str:
-        import discord
 
-        channel = self.discord.get_channel(channel_id)
-        try:
-            if channel is None:
-                channel = await self.discord.fetch_channel(channel_id)
-            channel_guild = getattr(getattr(channel, "guild", None), "id", None)
-            if guild_id is not None and channel_guild != guild_id:
-                # A guild's schedule never posts outside that guild, whatever its stored targets say.
-                raise PostError(f"channel {channel_id} is not in the schedule's server")
-            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
-        except discord.HTTPException as e:
-            raise PostError(f"Discord refused the post in channel {channel_id}: {e}") from e
-        return str(message.id)
-
-
-async def start_posting(engine: Engine, store: Store, settings, *, discord_client=None, out=None) -> PostScheduler:
-    """Seed the first schedule from POST_SCHEDULE (first start only), then start the scheduler."""
+async def start_posting(engine: Engine, store: Store, settings: Settings, *,
+                        discord_sender: ChannelSender | None = None, out: IO[str] | None = None) -> PostScheduler:
+    """Seed the first schedule from POST_SCHEDULE (first start only), then start the scheduler. The Discord
+    adapter passes its `discord_sender`; without one, Discord targets go to the terminal."""
     if settings.post_schedule and not await store.schedules():
         await store.add_schedule("default", cron=settings.post_schedule, targets=list(settings.post_targets),
                                  timezone_name=settings.post_timezone, mode=settings.post_mode)
         log.info("schedule 'default' created from POST_SCHEDULE: %s", settings.post_schedule)
-    twitter = None
-    if settings.twitter_keys:
-        from bot.posting import TwitterTarget
-
-        twitter = TwitterTarget(*settings.twitter_keys)
-    senders = Senders(lambda: engine.persona.name, twitter=twitter, discord_client=discord_client, out=out)
+    twitter = TwitterTarget(*settings.twitter_keys) if settings.twitter_keys else None
+    senders = Senders(lambda: engine.persona.name, twitter=twitter, out=out)
+    if discord_sender is not None:
+        senders.register_discord(discord_sender)
     scheduler = PostScheduler(engine, store, senders, grace_s=settings.post_grace_minutes * 60)
     scheduler.twitter = twitter
     await scheduler.start()

@@ -12,13 +12,15 @@ import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from bot.posting import DEFAULT_MODE, PostTarget
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -36,6 +38,28 @@ class StoredMessage:
     content: str
     is_bot: bool
     created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A posting schedule: a crontab line or an interval, in a time zone, posting `mode` lines to `targets`;
+    owned by a guild (`guild_id`) or global (None: the bot owners')."""
+
+    id: int | None             # None: an ad-hoc post (/post now), never stored as a schedule
+    guild_id: int | None
+    name: str
+    cron: str | None
+    interval_s: int | None
+    timezone: str
+    targets: tuple[PostTarget, ...]
+    mode: str
+    paused: bool
+    last_run: str | None
+    created_at: str
+
+    def __getitem__(self, key: str) -> Any:
+        # For readers not yet moved to attributes (cogs/admin.py's /status); remove once they are.
+        return getattr(self, key)
 
 
 def migrations() -> list[tuple[int, Path]]:
@@ -258,31 +282,40 @@ class Store:
 
 
     # -- schedules and posts ---------------------------------------------------------------------------
-    async def add_schedule(self, name: str, *, targets: list[str], cron: str | None = None,
+    async def add_schedule(self, name: str, *, targets: Sequence[PostTarget | str], cron: str | None = None,
                            interval_s: int | None = None, timezone_name: str = "UTC",
-                           mode: str = "confession", guild_id: int | None = None) -> int:
+                           mode: str = DEFAULT_MODE, guild_id: int | None = None) -> int:
         """Add a schedule owned by `guild_id` (None: a global one, the bot owners'). Names are unique per
-        owner."""
+        owner. Targets given as text are parsed by `PostTarget.parse`."""
         if (cron is None) == (interval_s is None):
             raise ValueError("a schedule has either a cron line or an interval")
+        parsed = [t if isinstance(t, PostTarget) else PostTarget.parse(t) for t in targets]
+        if None in parsed:
+            raise ValueError(f"not post targets: {targets!r}")
         try:
             cursor = await self._execute(
                 "INSERT INTO schedules (guild_id, name, cron, interval_s, timezone, targets, mode, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (guild_id, name, cron, interval_s, timezone_name, json.dumps(targets), mode, now()))
+                (guild_id, name, cron, interval_s, timezone_name, json.dumps([str(t) for t in parsed]), mode,
+                 now()))
         except sqlite3.IntegrityError as e:
             raise StoreError(f"a schedule named {name!r} exists already") from e
         return int(cursor.lastrowid)
 
-    async def schedules(self, owners: Iterable[int | None] | None = None) -> list[dict[str, Any]]:
+    async def schedules(self, owners: Iterable[int | None] | None = None) -> list[Schedule]:
         """Schedules, oldest first: every one, or only those owned by one of `owners` (guild ids; None
         stands for the global ones)."""
-        rows = await self._query("SELECT * FROM schedules ORDER BY id")
-        found = [{**dict(r), "targets": json.loads(r["targets"]), "paused": bool(r["paused"])} for r in rows]
+        rows = await self._query("SELECT id, guild_id, name, cron, interval_s, timezone, targets, mode, paused, "
+                                 "last_run, created_at FROM schedules ORDER BY id")
+        found = [Schedule(*r[:6], _targets(r[6]), r[7], bool(r[8]), r[9], r[10]) for r in rows]
         if owners is None:
             return found
         wanted = set(owners)
-        return [s for s in found if s["guild_id"] in wanted]
+        return [s for s in found if s.guild_id in wanted]
+
+    async def schedule(self, schedule_id: int) -> Schedule | None:
+        """The schedule with this id, if it still exists."""
+        return next((s for s in await self.schedules() if s.id == schedule_id), None)
 
     async def remove_schedule(self, schedule_id: int) -> bool:
         return (await self._execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))).rowcount > 0
@@ -337,6 +370,12 @@ class Store:
         cursor = await self._execute("UPDATE posts SET status = 'unknown', error = 'the bot stopped while "
                                      "sending; check the target', updated_at = ? WHERE status = 'pending'", (now(),))
         return cursor.rowcount
+
+
+def _targets(stored: str) -> tuple[PostTarget, ...]:
+    """A schedule's targets as stored (a JSON list of their texts); one no longer understood is left out."""
+    parsed = (PostTarget.parse(text) for text in json.loads(stored))
+    return tuple(target for target in parsed if target is not None)
 
 
 def _operational(path: Path, error: sqlite3.OperationalError) -> str:

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from bot.config import VARIABLES, Settings, example_value, load_settings
+from bot.posting import PostTarget
 
 EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
@@ -32,7 +33,7 @@ def test_env_example_names_every_declared_variable_with_its_default_and_nothing_
 def test_the_example_read_as_an_environment_gives_the_defaults():
     defaults = load_settings({}, dotenv_path=None)
     assert load_settings(_example(), dotenv_path=None) == defaults
-    assert defaults.post_targets == ("terminal",) and defaults.post_mode == "confession"
+    assert defaults.post_targets == (PostTarget("terminal"),) and defaults.post_mode == "confession"
     assert defaults.generation == {} and defaults.twitter_keys is None and defaults.persona_model is None
 
 

@@ -377,7 +377,7 @@ async def test_a_servers_admins_govern_that_server_only(world, guild_b, bob_arti
         assert "No schedule `daily`" in answer.response.content
     assert len(sent_messages(env)) == before                                      # nothing was posted in A
     [daily] = await env.bot.store.schedules()
-    assert daily["guild_id"] == env.guild.id and not daily["paused"]
+    assert daily.guild_id == env.guild.id and not daily.paused
 
     # Server B's own: the same name is free there, and /post now posts in B's channel by default.
     own = await mallory.slash(b_general, "schedule add", name="daily", cron="0 8 * * *",

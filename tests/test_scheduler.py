@@ -4,14 +4,17 @@ downtime that posts at most once, two processes on one database, filters, interr
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import responses
 
 from bot.engine import Engine
 from bot.filters import Blocklist
 from bot.persona import Persona
-from bot.scheduler import PostScheduler
+from bot.posting import PostTarget, TwitterTarget
+from bot.scheduler import PostScheduler, Senders
 from bot.store import Store
 
 pytestmark = pytest.mark.slow
@@ -34,8 +37,8 @@ class TerminalOnly:
     def __init__(self, terminal: Terminal) -> None:
         self.terminal = terminal
 
-    def get(self, target: str, guild_id: int | None = None) -> Terminal | None:
-        return self.terminal if target == "terminal" else None
+    def get(self, target: PostTarget, guild_id: int | None = None) -> Terminal | None:
+        return self.terminal if target == PostTarget("terminal") else None
 
 
 def minutes_ago(n: float) -> str:
@@ -79,7 +82,7 @@ def test_after_downtime_at_most_one_catch_up_post_and_only_within_grace(bob_arti
             old = await store.add_schedule("old", cron="* * * * *", targets=["terminal"], mode="line")
             await backdate(store, old, minutes_ago(120), minutes_ago(100))
             scheduler.grace_s = 0.001                                            # the last slot is too old
-            late = await scheduler.catch_up([s for s in await store.schedules() if s["id"] == old][0])
+            late = await scheduler.catch_up(await store.schedule(old))
             return first, again, late, terminal.sent, await store.posts()
 
     first, again, late, sent, posts = asyncio.run(main())
@@ -99,7 +102,7 @@ def test_two_processes_on_one_database_post_a_slot_once(bob_artifact, tmp_path):
             return one + two, terminal.sent, await a.posts()
 
     outcomes, sent, posts = asyncio.run(main())
-    assert sorted(o["status"] for o in outcomes) == ["already-claimed", "posted"]
+    assert sorted(o.status for o in outcomes) == ["already-claimed", "posted"]
     assert len(sent) == 1 and len(posts) == 1
 
 
@@ -142,7 +145,7 @@ def test_a_line_that_fails_the_filters_is_never_posted_and_the_slot_says_why(bob
             return outcome, terminal.sent, await store.posts()
 
     outcome, sent, posts = asyncio.run(main())
-    assert sent == [] and outcome[0]["status"] == "skipped"
+    assert sent == [] and outcome[0].status == "skipped"
     assert posts[0]["status"] == "skipped" and "blocked pattern" in posts[0]["error"] and posts[0]["text"] is None
 
 
@@ -162,5 +165,66 @@ def test_a_post_interrupted_by_a_crash_becomes_unknown_and_is_not_resent(bob_art
 
     posts, again, sent, next_runs = asyncio.run(main())
     assert posts[-1]["status"] == "unknown" and posts[-1]["text"] == "half sent"
-    assert again[0]["status"] == "already-claimed" and sent == []
+    assert again[0].status == "already-claimed" and sent == []
     assert list(next_runs) == [1] and next_runs[1] is not None
+
+
+TWEETS = "https://api.twitter.com/2/tweets"
+DUPLICATE = {"detail": "You are not allowed to create a Tweet with duplicate content.", "status": 403,
+             "title": "Forbidden", "type": "about:blank"}
+CREATED = {"json": {"data": {"id": "11", "text": "x", "edit_history_tweet_ids": ["11"]}}, "status": 201}
+
+
+def twitter_only() -> Senders:
+    return Senders(lambda: "Bob", twitter=TwitterTarget("ck", "cs", "at", "ats", backoff_s=0.5, sleep=lambda s: None))
+
+
+def test_a_duplicate_tweet_is_replaced_by_a_different_line(bob_artifact, tmp_path):
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
+            schedule = await store.add_schedule("tweets", cron="0 * * * *", targets=["twitter"], mode="line")
+            with responses.RequestsMock() as mock:
+                mock.add(responses.POST, TWEETS, status=403, json=DUPLICATE)
+                mock.add(responses.POST, TWEETS, **CREATED)
+                [outcome] = await PostScheduler(engine, store, twitter_only(), seed=3).fire(
+                    schedule, datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc))
+                bodies = [json.loads(c.request.body)["text"] for c in mock.calls]
+            return outcome, bodies, await store.posts()
+
+    outcome, bodies, posts = asyncio.run(main())
+    assert outcome.remote_id == "11" and len(bodies) == 2 and bodies[0] != bodies[1]
+    assert outcome.text == bodies[1] and "duplicate" in " ".join(outcome.rejected)
+    assert [(p["status"], p["text"], p["remote_id"]) for p in posts] == [("posted", bodies[1], "11")]
+
+
+def test_a_seeded_scheduler_picks_the_same_lines(bob_artifact, tmp_path):
+    async def main():
+        texts = []
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
+            for attempt in range(2):
+                schedule = await store.add_schedule(f"s{attempt}", cron="0 * * * *", targets=["terminal"])
+                terminal = Terminal()
+                await PostScheduler(engine, store, TerminalOnly(terminal), seed=5).fire(
+                    schedule, datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc))
+                await store._execute("UPDATE posts SET text = NULL")     # not a repeat of a recent post
+                texts += terminal.sent
+        return texts
+
+    texts = asyncio.run(main())
+    assert len(texts) == 2 and texts[0] == texts[1]
+
+
+def test_a_line_that_fails_a_filter_is_never_tweeted(bob_artifact, tmp_path):
+    persona = Persona.load(bob_artifact, blocklist=Blocklist([r"re:\w"]))   # refuses every line
+
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine(persona) as engine:
+            schedule = await store.add_schedule("tweets", cron="0 * * * *", targets=["twitter"], mode="line")
+            with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+                mock.add(responses.POST, TWEETS, **CREATED)
+                [outcome] = await PostScheduler(engine, store, twitter_only(), seed=1).fire(
+                    schedule, datetime(2026, 11, 22, 9, 0, tzinfo=timezone.utc))
+                return outcome, len(mock.calls)
+
+    outcome, calls = asyncio.run(main())
+    assert outcome.status == "skipped" and "no line passed the filters" in outcome.error and calls == 0

@@ -63,9 +63,9 @@ def test_schedules_become_global_and_keep_their_posts_when_tenancy_arrives(tmp_p
             return await new.schedules(), await new.posts(), await new.schedules([77]), same_name_elsewhere
 
     schedules, posts, guild_77, other = run(main())
-    assert [(s["name"], s["guild_id"]) for s in schedules] == [("nightly", None), ("nightly", 77)]
-    assert posts[0]["schedule_id"] == schedules[0]["id"] and posts[0]["guild_id"] is None
-    assert [s["id"] for s in guild_77] == [other]
+    assert [(s.name, s.guild_id) for s in schedules] == [("nightly", None), ("nightly", 77)]
+    assert posts[0]["schedule_id"] == schedules[0].id and posts[0]["guild_id"] is None
+    assert [s.id for s in guild_77] == [other]
 
 
 def test_a_damaged_database_is_an_error_and_is_left_untouched(tmp_path):
