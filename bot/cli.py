@@ -7,10 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import BACKENDS
 from training.cli import EXIT_BAD_INPUT, add_commands, run_command
 from training.terminal_text import shown
+
+if TYPE_CHECKING:   # imported when used: the engine pulls in torch, which `personabot --help` need not load
+    from bot.engine import Engine
+    from bot.filters import Target
 
 
 def _generation_overrides(args: argparse.Namespace) -> dict:
@@ -29,7 +34,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, help="CPU threads for generation (default: half the cores)")
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace) -> Engine:
     from bot.engine import Engine
 
     return Engine.load(args.dir, backend=args.backend, threads=args.threads,
@@ -60,7 +65,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sample(engine, n: int, start: str, seed: int | None, target) -> tuple[list[str], int]:
+async def _sample(engine: Engine, n: int, start: str, seed: int | None, target: Target) -> tuple[list[str], int]:
     """`n` lines that pass the filters, drawing again for rejected ones (bounded): (lines, rejections)."""
     from training.generation import attempt_seed
 
