@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.posting import DEFAULT_MODE, MODES, POST_TARGET_HELP, PostTarget
+from bot.scheduler import GRACE_MINUTES
 
 
 # bot.tenancy still reads targets through these two; they only ask `PostTarget`, the one parser.
@@ -271,7 +272,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("POST_TIMEZONE", "post_timezone", _text, "UTC", "the schedule's time zone", check=_time_zone),
     Variable("POST_TARGETS", "post_targets", _post_targets, (PostTarget("terminal"),), POST_TARGET_HELP),
     Variable("POST_MODE", "post_mode", _text, DEFAULT_MODE, "confession (seeded line) or line", check=_post_mode),
-    Variable("POST_GRACE_MINUTES", "post_grace_minutes", _number(float), 60.0,
+    Variable("POST_GRACE_MINUTES", "post_grace_minutes", _number(float), GRACE_MINUTES,
              "a slot missed longer ago is not caught up", minimum=0),
     _twitter("TWITTER_CONSUMER_KEY", 0),
     _twitter("TWITTER_CONSUMER_SECRET", 1),

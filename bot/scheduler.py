@@ -28,7 +28,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 from bot.posting import DEFAULT_MODE, MODES, DuplicateContent, PostError, PostTarget, TwitterTarget, pick_line
 from bot.store import Schedule, Store, StoreError
-from training.generation import attempt_seed
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -43,6 +42,8 @@ Sender = Callable[[str], Awaitable[str]]
 ChannelSender = Callable[[int, str, "int | None"], Awaitable[str]]
 # A post whose every line was a duplicate is skipped after this many lines.
 DUPLICATE_ATTEMPTS = 3
+# A slot missed longer ago than this (while the bot was down) is not caught up (POST_GRACE_MINUTES).
+GRACE_MINUTES = 60.0
 
 
 class ScheduleError(Exception):
@@ -90,7 +91,7 @@ def check_cron(cron: str, timezone_name: str) -> None:
 
 
 class PostScheduler:
-    def __init__(self, engine: Engine, store: Store, senders, *, grace_s: float = 3600.0,
+    def __init__(self, engine: Engine, store: Store, senders, *, grace_s: float = GRACE_MINUTES * 60,
                  seed: int | None = None) -> None:
         self.engine = engine
         self.store = store
@@ -238,6 +239,8 @@ class PostScheduler:
                            sender: Sender) -> PostOutcome:
         """Pick a line and send it; a line the target calls a duplicate is replaced by a new one (bounded).
         The line is recorded before it is sent, and every outcome is recorded."""
+        from training.generation import attempt_seed   # here: settings read this module without torch loaded
+
         recent = await self.store.recent_post_texts()
         start = MODES.get(schedule.mode, schedule.mode)
         rejected: list[str] = []
