@@ -79,11 +79,11 @@ def test_fine_tune_a_local_base_in_full_and_with_lora(make_chat, tmp_path, tiny_
                           max_steps=25, epochs=100, batch_size=4, lora=mode == "lora", lr=3e-3, threads=1, samples=1)
         results[mode] = train(cfg)
         persona = Persona.load(tmp_path / mode)
-        assert persona.info.data["base"] == str(tiny_base)
+        assert persona.info.base == str(tiny_base)
         ids = persona.generate([persona.prompt([("Bob", "pizza tonight")])], [persona.settings], [1])[0]
         assert persona.text(ids)
     for mode, result in results.items():
-        assert result.metrics["trained"]["val_loss"] < result.metrics["base"]["val_loss"], mode
+        assert result.metrics.trained.val_loss < result.metrics.base.val_loss, mode
     # LoRA adapters are merged: the artifact is a plain model of the base's shape.
     from safetensors import safe_open
 
@@ -281,3 +281,78 @@ def test_excluded_people_are_left_out_of_the_data_by_any_of_their_names(make_cha
     carol = before["speakers"]["Carol"]
     assert carol > 0 and "Carol" not in after["speakers"] and after["speakers"]["Bob"] == before["speakers"]["Bob"]
     assert after["files"][0]["skipped"]["excluded"] == carol
+
+
+def _artifact_files(directory):
+    """The files `read_persona` asks for, empty: persona.json is what these tests look at."""
+    directory.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_text.jsonl.gz"):
+        (directory / name).write_bytes(b"")
+    return directory
+
+
+def _persona_info(path):
+    from training.artifact import DataSummary, LoraInfo, LossFigures, Metrics, PersonaInfo, TrainingSummary
+    from training.dataset import DatasetConfig
+    from training.generation import GenerationSettings
+
+    return PersonaInfo(
+        path=path, speaker="Alice", generation=GenerationSettings(temperature=0.7, context_tokens=128),
+        metrics=Metrics(LossFigures(4.5, 90.0, 300), LossFigures(3.25, 25.8, 300), best_step=40),
+        speaker_names=["Alice", "alice"], speaker_ids=["42"], base="gpt2", base_label="gpt2",
+        lora=LoraInfo(8, 16), corpus_kind="conversations", created_at="2026-01-01T00:00:00+00:00",
+        sources=DataSummary(fingerprint="abc", files=[{"path": "chat.txt", "format": "whatsapp"}],
+                            conversations=3, messages=120, speaker_messages=60, train={"responses": 50},
+                            val={"responses": 10}, training_text_entries=110),
+        dataset=DatasetConfig(context_tokens=128, block_size=256),
+        training=TrainingSummary(steps=40, stopped="completed", lr=5e-5, device="cpu", precision="fp32"),
+        history={"train": [[1, 4.0]], "val": [[40, 3.25]]}, samples=["hi", "pizza?"])
+
+
+def test_persona_info_writes_and_reads_every_field(tmp_path):
+    from training.artifact import read_persona
+
+    out = _artifact_files(tmp_path / "p")
+    info = _persona_info(out)
+    info.write(out)
+    assert read_persona(out) == info
+    written = json.loads((out / "persona.json").read_text())
+    assert list(written) == ["personabot_artifact", "prompt_format", "speaker", "speaker_names", "speaker_ids",
+                             "base", "from_scratch", "base_label", "lora", "corpus_kind", "created_at", "data",
+                             "dataset", "training", "metrics", "history", "generation", "samples"]
+    assert written["metrics"]["trained"]["val_loss"] == 3.25 and written["lora"]["merged"] is True
+    assert info.trained_val_loss == 3.25 and info.base_val_loss == 4.5
+
+
+def test_an_older_persona_json_without_some_keys_still_reads(tmp_path):
+    from training.artifact import read_persona
+
+    out = _artifact_files(tmp_path / "p")
+    _persona_info(out).write(out)
+    written = json.loads((out / "persona.json").read_text())
+    for key in ("speaker_names", "speaker_ids", "lora", "corpus_kind", "data", "dataset", "training", "history",
+                "samples", "base_label"):
+        del written[key]
+    del written["metrics"]["base"]
+    (out / "persona.json").write_text(json.dumps(written))
+    info = read_persona(out)
+    assert info.speaker == "Alice" and info.base == "gpt2" and info.dataset is None and info.lora is None
+    assert info.trained_val_loss == 3.25 and info.base_val_loss is None and info.samples == []
+    assert info.generation.context_tokens == 128 and info.training.steps is None
+
+
+def test_a_persona_json_of_the_wrong_shape_is_a_clear_error(tmp_path):
+    from training.artifact import ArtifactError, read_persona
+
+    out = _artifact_files(tmp_path / "p")
+    _persona_info(out).write(out)
+    written = json.loads((out / "persona.json").read_text())
+    (out / "persona.json").write_text(json.dumps({**written, "metrics": [1, 2]}))
+    with pytest.raises(ArtifactError, match=r"persona.json: \"metrics\" must be an object"):
+        read_persona(out)
+    (out / "persona.json").write_text(json.dumps({**written, "lora": {"rank": 8}}))
+    with pytest.raises(ArtifactError, match=r"persona.json is damaged"):
+        read_persona(out)
+    (out / "persona.json").write_text(json.dumps({k: v for k, v in written.items() if k != "speaker"}))
+    with pytest.raises(ArtifactError, match="lacks speaker"):
+        read_persona(out)

@@ -13,11 +13,12 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from training import transcript
+from training.dataset import DatasetConfig
 from training.generation import GenerationSettings
 from training.terminal_text import shown
 
@@ -35,18 +36,178 @@ class ArtifactError(Exception):
     """A directory that is not a whole, loadable persona artifact."""
 
 
+def _known(cls, data: Any) -> dict[str, Any]:
+    """The entries of a persona.json object that are fields of `cls` (an older file lacks some: defaults)."""
+    if not isinstance(data, dict):
+        return {}
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+class _Record:
+    """A part of persona.json: written as its fields, read back from whichever of them a file has."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Any:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True, slots=True)
+class LossFigures(_Record):
+    """Validation loss of one model on the held-out responses (None when an older file does not say)."""
+
+    val_loss: float | None = None
+    val_perplexity: float | None = None
+    val_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The base model's and the trained model's validation figures, and the step of the kept weights."""
+
+    base: LossFigures = field(default_factory=LossFigures)
+    trained: LossFigures = field(default_factory=LossFigures)
+    best_step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base.to_json(), "trained": self.trained.to_json(), "best_step": self.best_step}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Metrics":
+        data = data if isinstance(data, dict) else {}
+        return cls(LossFigures.from_json(data.get("base")), LossFigures.from_json(data.get("trained")),
+                   data.get("best_step"))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Transitional: the JSON form's entry, for readers not yet on the typed fields."""
+        return self.to_json().get(key, default)
+
+
+@dataclass(frozen=True, slots=True)
+class LoraInfo(_Record):
+    """The LoRA adapters a run trained (merged into the saved weights)."""
+
+    r: int
+    alpha: int
+    merged: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DataSummary(_Record):
+    """What the persona learnt from: the inputs as each was read (`FileReport.to_json`) and the counts."""
+
+    fingerprint: str | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    conversations: int | None = None
+    messages: int | None = None
+    speaker_messages: int | None = None
+    train: dict[str, Any] = field(default_factory=dict)    # the dataset's split statistics
+    val: dict[str, Any] = field(default_factory=dict)
+    training_text_entries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSummary(_Record):
+    """How the run went and the settings it ran with."""
+
+    steps: int | None = None
+    planned_steps: int | None = None
+    stopped: str | None = None
+    best_step: int | None = None
+    epochs: float | None = None
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    warmup: float | None = None
+    weight_decay: float | None = None
+    clip: float | None = None
+    patience: int | None = None
+    seed: int | None = None
+    context_loss_weight: float | None = None
+    device: str | None = None
+    precision: str | None = None
+    seconds: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PersonaInfo:
-    """What persona.json says, checked."""
+    """persona.json, typed: the one writer (`write`, `to_json`) and reader (`read_persona`) of every field.
+
+    Fields an older artifact lacks read as None or empty; `speaker`, `generation` and `metrics` are required."""
 
     path: Path
     speaker: str
     generation: GenerationSettings
-    data: dict[str, Any]
+    metrics: Metrics
+    speaker_names: list[str] = field(default_factory=list)
+    speaker_ids: list[str] = field(default_factory=list)
+    base: str | None = None               # the pretrained base; None from scratch
+    from_scratch: str | None = None       # the from-scratch preset
+    base_label: str | None = None
+    lora: LoraInfo | None = None
+    corpus_kind: str | None = None
+    created_at: str | None = None
+    sources: DataSummary = field(default_factory=DataSummary)        # persona.json's "data"
+    dataset: DatasetConfig | None = None  # how examples were cut; None in an older file
+    training: TrainingSummary = field(default_factory=TrainingSummary)
+    history: dict[str, list] = field(default_factory=dict)          # {"train": [[step, loss]], "val": ...}
+    samples: list[str] = field(default_factory=list)
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        return self.data.get("metrics", {})
+    def trained_val_loss(self) -> float | None:
+        return self.metrics.trained.val_loss
+
+    @property
+    def base_val_loss(self) -> float | None:
+        return self.metrics.base.val_loss
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Transitional: the JSON form, for readers not yet on the typed fields."""
+        return self.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        """persona.json's content, keys in the order written since version 1."""
+        return {
+            "personabot_artifact": ARTIFACT_VERSION, "prompt_format": transcript.FORMAT_VERSION,
+            "speaker": self.speaker, "speaker_names": list(self.speaker_names), "speaker_ids": list(self.speaker_ids),
+            "base": self.base, "from_scratch": self.from_scratch, "base_label": self.base_label,
+            "lora": self.lora.to_json() if self.lora else None, "corpus_kind": self.corpus_kind,
+            "created_at": self.created_at, "data": self.sources.to_json(),
+            "dataset": self.dataset.to_json() if self.dataset else None, "training": self.training.to_json(),
+            "metrics": self.metrics.to_json(), "history": self.history, "generation": self.generation.to_json(),
+            "samples": list(self.samples),
+        }
+
+    def write(self, directory: Path) -> None:
+        """Write persona.json into `directory` (an artifact being built)."""
+        (directory / PERSONA_FILE).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, path: Path, data: dict[str, Any]) -> "PersonaInfo":
+        """The typed form of a persona.json object already checked by `read_persona`."""
+        lora = data.get("lora")
+        dataset = data.get("dataset")
+        return cls(
+            path=path, speaker=str(data["speaker"]), generation=GenerationSettings.from_json(data["generation"]),
+            metrics=Metrics.from_json(data["metrics"]), speaker_names=list(data.get("speaker_names") or []),
+            speaker_ids=list(data.get("speaker_ids") or []), base=data.get("base"),
+            from_scratch=data.get("from_scratch"), base_label=data.get("base_label"),
+            lora=LoraInfo.from_json(lora) if isinstance(lora, dict) else None,
+            corpus_kind=data.get("corpus_kind"), created_at=data.get("created_at"),
+            sources=DataSummary.from_json(data.get("data")),
+            dataset=DatasetConfig(**_known(DatasetConfig, dataset)) if isinstance(dataset, dict) else None,
+            training=TrainingSummary.from_json(data.get("training")),
+            history=data.get("history") if isinstance(data.get("history"), dict) else {},
+            samples=list(data.get("samples") or []))
 
 
 def read_persona(directory: str | Path) -> PersonaInfo:
@@ -86,13 +247,17 @@ def read_persona(directory: str | Path) -> PersonaInfo:
     if data["prompt_format"] != transcript.FORMAT_VERSION:
         raise ArtifactError(f"{path} was trained with prompt format {data['prompt_format']}; this personabot "
                             f"uses format {transcript.FORMAT_VERSION}. Train it again with this version.")
-    if not isinstance(data["generation"], dict):
-        raise ArtifactError(f"{path / PERSONA_FILE}: \"generation\" must be an object")
-    generation = GenerationSettings.from_json(data["generation"])
-    problems = generation.check()
+    for key in ("generation", "metrics"):
+        if not isinstance(data[key], dict):
+            raise ArtifactError(f"{path / PERSONA_FILE}: \"{key}\" must be an object; train the persona again")
+    try:
+        info = PersonaInfo.from_json(path, data)
+    except (TypeError, ValueError) as e:    # a field of the wrong shape (a list where an object belongs)
+        raise ArtifactError(f"{path / PERSONA_FILE} is damaged ({e}); train the persona again") from e
+    problems = info.generation.check()
     if problems:
         raise ArtifactError(f"{path / PERSONA_FILE}: bad generation defaults: {'; '.join(problems)}")
-    return PersonaInfo(path, str(data["speaker"]), generation, data)
+    return info
 
 
 def damaged_model_error(path: Path, problem: object) -> ArtifactError:
@@ -150,11 +315,6 @@ def read_training_text(directory: str | Path) -> list[dict[str, Any]]:
     """The index written by `write_training_text`: [{"text": ..., "response": bool}, ...]."""
     with gzip.open(Path(directory) / TRAINING_TEXT_FILE, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def write_persona_json(directory: Path, data: dict[str, Any]) -> None:
-    data = {"personabot_artifact": ARTIFACT_VERSION, "prompt_format": transcript.FORMAT_VERSION, **data}
-    (directory / PERSONA_FILE).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def staging_dir(out: Path) -> Path:

@@ -23,6 +23,8 @@ EXIT_INTERRUPTED = 130
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
+    from training.formats.base import CONVERSATION_GAP_MINUTES
+
     parser.add_argument("--format", metavar="NAME", help="the export format (default: detected from the content; "
                         "`personabot data formats` lists them)")
     parser.add_argument("--bots", metavar="NAMES", default="",
@@ -35,16 +37,18 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", metavar="ROLE=COLUMN,...", default="",
                         help="for tables and data sets: which column is the text, speaker, conversation, time "
                              "(or turns), e.g. text=full_text,speaker=screen_name (default: from the names)")
-    parser.add_argument("--conversation-gap", metavar="MINUTES", type=float, default=180.0,
-                        help="a silence longer than this starts a new conversation (default 180)")
+    parser.add_argument("--conversation-gap", metavar="MINUTES", type=float, default=CONVERSATION_GAP_MINUTES,
+                        help="a silence longer than this starts a new conversation "
+                             f"(default {CONVERSATION_GAP_MINUTES:g})")
 
 
 def import_options(args: argparse.Namespace):
-    from training.formats.base import ImportOptions
-
-    if args.conversation_gap <= 0:
-        raise DataError(None, "--conversation-gap must be above 0 minutes")
+    from training.formats.base import ImportOptions, conversation_gap_problem
     from training.formats.tables import parse_column_mapping
+
+    gap_problem = conversation_gap_problem(args.conversation_gap)
+    if gap_problem:
+        raise DataError(None, gap_problem)
 
     return ImportOptions.from_user(args.bots.split(","), args.conversation_gap, excluded_people(args),
                                    parse_column_mapping(args.columns))
@@ -131,6 +135,9 @@ def cmd_data_formats(args: argparse.Namespace) -> int:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from training.modelling import PRECISIONS, PRESETS
     from training.progress import MODES
+    from training.trainer import TrainConfig
+
+    default = TrainConfig.default
 
     what = parser.add_argument_group("what to train")
     what.add_argument("--data", nargs="+", required=True, metavar="PATH",
@@ -140,46 +147,53 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       "data; required otherwise)")
     what.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write the artifact")
     base = what.add_mutually_exclusive_group()
-    base.add_argument("--base", default="gpt2", metavar="HUB_ID_OR_DIR",
-                      help="pretrained model to fine-tune: a hub id or a local directory (default gpt2)")
+    base.add_argument("--base", default=default("base"), metavar="HUB_ID_OR_DIR",
+                      help=f"pretrained model to fine-tune: a hub id or a local directory (default {default('base')})")
     base.add_argument("--from-scratch", choices=list(PRESETS), metavar="SIZE",
                       help=f"train a new GPT-2 and tokenizer instead: {', '.join(PRESETS)}")
     what.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the artifact)")
-    what.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    what.add_argument("--lora-r", type=int, default=default("lora_r"), help=f"LoRA rank (default {default('lora_r')})")
     add_data_options(what)
 
     how = parser.add_argument_group("how long and how")
-    how.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default 3)")
+    how.add_argument("--epochs", type=float, default=default("epochs"),
+                     help=f"passes over the training data (default {default('epochs'):g})")
     how.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     how.add_argument("--time-budget", type=float, metavar="SECONDS",
                      help="fit the training loop into this many seconds (the schedule adapts)")
     how.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5, LoRA 2e-4, from scratch by size)")
-    how.add_argument("--batch-size", type=int, default=8, help="blocks per micro-batch (default 8)")
-    how.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default 1)")
-    how.add_argument("--warmup", type=float, default=0.05, help="share of steps spent warming up (default 0.05)")
+    how.add_argument("--batch-size", type=int, default=default("batch_size"),
+                     help=f"blocks per micro-batch (default {default('batch_size')})")
+    how.add_argument("--grad-accum", type=int, default=default("grad_accum"),
+                     help=f"micro-batches per optimiser step (default {default('grad_accum')})")
+    how.add_argument("--warmup", type=float, default=default("warmup"),
+                     help=f"share of steps spent warming up (default {default('warmup'):g})")
     how.add_argument("--eval-every", type=int, help="steps between evaluations (default: about 8 per run)")
-    how.add_argument("--patience", type=int, default=3,
-                     help="stop after this many evaluations without improvement (default 3)")
+    how.add_argument("--patience", type=int, default=default("patience"),
+                     help=f"stop after this many evaluations without improvement (default {default('patience')})")
     how.add_argument("--block-size", type=int, help="packed sequence length (default: min(model, 512))")
     how.add_argument("--context-tokens", type=int, help="context budget per response (default: half a block)")
-    how.add_argument("--val-fraction", type=float, default=0.1, help="share held out (default 0.1)")
-    how.add_argument("--standalone-share", type=float, default=0.1,
-                     help="share of turns also trained with no context (default 0.1)")
-    how.add_argument("--min-responses", type=int, default=20,
-                     help="refuse to train on fewer turns of the speaker (default 20)")
+    how.add_argument("--val-fraction", type=float, default=default("val_fraction"),
+                     help=f"share held out (default {default('val_fraction'):g})")
+    how.add_argument("--standalone-share", type=float, default=default("standalone_share"),
+                     help=f"share of turns also trained with no context (default {default('standalone_share'):g})")
+    how.add_argument("--min-responses", type=int, default=default("min_responses"),
+                     help=f"refuse to train on fewer turns of the speaker (default {default('min_responses')})")
     how.add_argument("--context-loss-weight", type=float,
                      help="loss weight on the other speakers' turns (default 0; 0.5 from scratch)")
-    how.add_argument("--seed", type=int, default=0, help="seed for the split, shuffling and sampling")
-    how.add_argument("--samples", type=int, default=5, help="sample lines stored in persona.json (default 5)")
+    how.add_argument("--seed", type=int, default=default("seed"), help="seed for the split, shuffling and sampling")
+    how.add_argument("--samples", type=int, default=default("samples"),
+                     help=f"sample lines stored in persona.json (default {default('samples')})")
 
     run = parser.add_argument_group("running")
     run.add_argument("--threads", type=int, help="CPU threads (default: the cores available)")
-    run.add_argument("--precision", choices=PRECISIONS, default="auto",
+    run.add_argument("--precision", choices=PRECISIONS, default=default("precision"),
                      help="auto: bf16 where the GPU or CPU computes it natively, else fp32")
     run.add_argument("--progress", choices=MODES, default="auto",
                      help="auto (a bar on a terminal), bar, json (JSON lines on stdout), log, none")
-    run.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
-                     help="save a resumable checkpoint this often (default 120; also on Ctrl-C/SIGTERM)")
+    run.add_argument("--checkpoint-every", type=float, default=default("checkpoint_every_s"), metavar="SECONDS",
+                     help=f"save a resumable checkpoint this often (default {default('checkpoint_every_s'):g}; "
+                          "also on Ctrl-C/SIGTERM)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --out")
     run.add_argument("--restart", action="store_true", help="discard an interrupted run instead of resuming it")
 
@@ -214,11 +228,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"personabot: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if progress.mode != "json":
-        base, trained = result.metrics["base"], result.metrics["trained"]
+        base, trained = result.metrics.base, result.metrics.trained
         print(f"wrote {result.out}\n"
-              f"  validation loss {base['val_loss']:.3f} -> {trained['val_loss']:.3f} "
-              f"(perplexity {base['val_perplexity']:.1f} -> {trained['val_perplexity']:.1f}) "
-              f"on {trained['val_tokens']:,} held-out response tokens\n"
+              f"  validation loss {base.val_loss:.3f} -> {trained.val_loss:.3f} "
+              f"(perplexity {base.val_perplexity:.1f} -> {trained.val_perplexity:.1f}) "
+              f"on {trained.val_tokens:,} held-out response tokens\n"
               f"  {result.steps} steps, stopped: {result.stopped}", file=sys.stderr)
     return 0
 

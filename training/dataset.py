@@ -35,12 +35,15 @@ from training.errors import DataError
 # Loss kinds of a token (stored per token; the trainer maps them to weights).
 NO_LOSS, CONTEXT, RESPONSE = 0, 1, 2
 
+# Tokens of earlier turns before each response: what training cuts with and what a reply is prompted with.
+CONTEXT_TOKENS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class DatasetConfig:
     """How examples are cut and packed. Defaults suit fine-tuning GPT-2 on chat logs."""
 
-    context_tokens: int = 256        # context budget before each response (also the inference default)
+    context_tokens: int = CONTEXT_TOKENS  # context budget before each response
     block_size: int = 512            # packed sequence length (<= the model's n_positions)
     val_fraction: float = 0.1        # share of responses held out, whole conversations at a time
     standalone_share: float = 0.1    # share of responses also trained with no context (stand-alone lines)

@@ -27,9 +27,9 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
     corpus = load_corpus(data, format=fmt, options=options)
     torch.set_num_threads(cpu_threads(threads))
     model, tokenizer = load_model(info)
-    stored = info.data.get("dataset", {})
-    config = DatasetConfig(context_tokens=int(stored.get("context_tokens", info.generation.context_tokens)),
-                           block_size=int(stored.get("block_size", 512)), min_responses=1)
+    # An artifact older than the stored dataset settings was cut at its generation context and 512 tokens.
+    stored = info.dataset or DatasetConfig(context_tokens=info.generation.context_tokens, block_size=512)
+    config = DatasetConfig(context_tokens=stored.context_tokens, block_size=stored.block_size, min_responses=1)
     query = speaker or info.speaker
     corpus = single_voice_as(corpus, query)
     match = match_speaker(corpus.conversations, query)
@@ -42,10 +42,9 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
     model.to(device)
     # float32 throughout (no autocast): this is the reference the int8 figures are compared with.
     loss, tokens = evaluate(model, blocks, batch_size, device, None)
-    trained = info.metrics.get("trained", {})
     report = {"artifact": str(info.path), "speaker": info.speaker, "data_speaker": match.name,
               "responses": stats["responses"], "response_tokens": tokens, "loss": loss,
-              "perplexity": perplexity(loss), "artifact_val_loss": trained.get("val_loss")}
+              "perplexity": perplexity(loss), "artifact_val_loss": info.trained_val_loss}
     if int8:
         # The quality cost of the CPU's fast backend: the same responses through the int8 model, in float32
         # arithmetic elsewhere (no autocast), against the float32 model's figures above.

@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from training import transcript
+from training.dataset import CONTEXT_TOKENS
 from training.modelling import max_positions
 
 
@@ -26,7 +27,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.1
     no_repeat_ngram_size: int = 0
     max_new_tokens: int = 60
-    context_tokens: int = 256
+    context_tokens: int = CONTEXT_TOKENS
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,7 +17,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from training import artifact
 from training.dataset import (CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaDataset, attention_mask,
                               build_dataset, fingerprint)
 from training.errors import DataError, TrainingError
-from training.formats.base import ImportOptions
+from training.formats.base import CONVERSATION_GAP_MINUTES, ImportOptions, conversation_gap_problem
 from training.generation import GenerationSettings, sample_lines
 from training.loader import Corpus, corpus_kind, load_corpus, single_voice_as
 from training.modelling import (PRECISIONS, PRESETS, autocast_dtype, cpu_threads, load_base, max_positions,
@@ -76,7 +76,7 @@ class TrainConfig:
     bots: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     columns: dict[str, str] = field(default_factory=dict)   # tables and data sets: column per role
-    conversation_gap_minutes: float = 180.0
+    conversation_gap_minutes: float = CONVERSATION_GAP_MINUTES
     samples: int = 5
     # Settings that do not change the result:
     precision: str = "auto"
@@ -112,13 +112,19 @@ class TrainConfig:
             problems.append("--time-budget must be above 0")
         if self.patience < 1:
             problems.append("--patience must be at least 1")
-        if self.conversation_gap_minutes <= 0:
-            problems.append("--conversation-gap must be above 0")
+        gap_problem = conversation_gap_problem(self.conversation_gap_minutes)
+        if gap_problem:
+            problems.append(gap_problem)
         if self.samples < 0:
             problems.append("--samples must be 0 or more")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of: {', '.join(PRECISIONS)}")
         return problems
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """A setting's default: the command line shows and uses these, never numbers of its own."""
+        return next(f.default for f in fields(cls) if f.name == name)
 
     def effective_context_weight(self) -> float:
         """Loss weight of the other speakers' turns: none when fine-tuning a model that knows the language
@@ -139,8 +145,8 @@ class TrainResult:
     out: Path
     steps: int
     stopped: str
-    metrics: dict[str, Any]
-    persona: dict[str, Any]
+    metrics: artifact.Metrics
+    persona: artifact.PersonaInfo
 
 
 class TrainingInterrupted(Exception):
@@ -238,179 +244,19 @@ class _StopFlag:
 
 
 def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
-    """Run (or resume) a training run and write the artifact at `cfg.out`.
+    """Run (or resume) a training run and write the artifact at `cfg.out`: prepare -> loop -> finish.
 
     Raises `DataError` for bad input, `TrainingError` for impossible settings, `TrainingInterrupted` when
     stopped by a signal (a checkpoint is saved first)."""
-    progress = progress or Progress("none")
-    problems = cfg.check()
-    if problems:
-        raise TrainingError("; ".join(problems))
-    out = Path(cfg.out).expanduser().absolute()
-    if out.exists() and not cfg.overwrite:
-        raise TrainingError(f"{out} already exists; pass --overwrite to replace it (it is replaced only "
-                            "when the new artifact is complete)")
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"{out} is a file; the output must be a directory path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cpu_threads(cfg.threads))
-    device = pick_device()
-    dtype = autocast_dtype(device, cfg.precision)
-
-    progress.phase("reading exports", ", ".join(cfg.data))
-    options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes, cfg.exclude, cfg.columns)
-    # The persona's own speaker is never left out, whoever took their name as a nickname.
-    corpus = load_corpus(cfg.data, format=cfg.format, options=options, protect=[cfg.speaker])
-    corpus = single_voice_as(corpus, cfg.speaker)   # posts that name no speaker are the trained voice's
-    data_fp = fingerprint(corpus.conversations)
-    key = cfg.resume_key(data_fp)
-
-    work = out.parent / f".{out.name}.partial"
-    state = _open_work_dir(work, key, cfg)
-
-    model, tokenizer, base_label = _load_model(cfg, corpus, work, state is not None, progress)
-
-    positions = max_positions(model)
-    block = cfg.block_size or min(positions, 512)
-    if block > positions:
-        raise TrainingError(f"--block-size {block} is longer than the model's {positions} positions")
-    context_tokens = cfg.context_tokens if cfg.context_tokens is not None else block // 2
-    if context_tokens >= block:
-        raise TrainingError(f"--context-tokens ({context_tokens}) must be smaller than the block size ({block})")
-    context_weight = cfg.effective_context_weight()
-    dataset_config = DatasetConfig(context_tokens=context_tokens, block_size=block,
-                                   val_fraction=cfg.val_fraction, standalone_share=cfg.standalone_share,
-                                   min_responses=cfg.min_responses, seed=cfg.seed)
-    progress.phase("building examples", f"speaker {cfg.speaker!r}")
-    dataset = build_dataset(corpus.conversations, cfg.speaker, tokenizer, dataset_config,
-                            context_weighted=context_weight > 0)
-    progress.phase("examples ready", _describe(dataset), **dataset.stats)
-
-    model.to(device)
-    if state is None:
-        progress.phase("measuring the base model", "validation loss before training")
-        base_loss, val_tokens = evaluate(model, dataset.val, cfg.batch_size, device, dtype)
-        base_metrics = {"val_loss": base_loss, "val_perplexity": perplexity(base_loss), "val_tokens": val_tokens}
-    else:
-        base_metrics = state["base_metrics"]
-
-    if cfg.lora:
-        model = _wrap_lora(model, cfg)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.dim() >= 2]
-    no_decay = [p for p in trainable if p.dim() < 2]
-    peak_lr = cfg.lr or (PRESETS[cfg.from_scratch].lr if cfg.from_scratch else (2e-4 if cfg.lora else 5e-5))
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=peak_lr,
-                                  betas=(0.9, 0.95))
-
-    micro_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
-    epoch_steps = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
-    step_limit = min(epoch_steps, cfg.max_steps or epoch_steps)
-    run = _RunState(total=step_limit)
-    if state is not None:
-        run = _RunState(**state["run"])
-        _load_trainable(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        progress.phase("resuming", f"from step {run.step} of {run.total}")
-    else:
-        # The work folder appears only now that the data and settings are known to be good.
-        try:
-            work.mkdir(parents=True)
-            _write_json(work / RUN_FILE, {"key": key, "out": str(out), "started": _now()})
-            if cfg.from_scratch:
-                tokenizer.save_pretrained(work / "tokenizer")  # a resumed run must use the very same tokenizer
-        except OSError as e:
-            shutil.rmtree(work, ignore_errors=True)
-            raise _write_failed("the training folder", work, e, "make room, then run the same command again") from e
-
-    model.train()
-    eval_every = cfg.eval_every or max(1, min(500, run.total // 8))
-    last_checkpoint = time.monotonic()
-    loop_start = time.monotonic()
-    elapsed_before = run.elapsed
-    first_step = run.step
-    train_loss = run.train_history[-1][1] if run.train_history else float("nan")
-    progress.start(run.total, run.step)
-
-    with _StopFlag() as stop:
-        while run.step < run.total and run.stopped is None:
-            step_lr = lr_at(run.step, run.total, peak_lr, max(1, int(cfg.warmup * run.total)))
-            for group in optimizer.param_groups:
-                group["lr"] = step_lr
-            optimizer.zero_grad(set_to_none=True)
-            resp_sum, resp_count = 0.0, 0
-            for micro in range(cfg.grad_accum):
-                batch = _micro_batch(dataset.train, run.step * cfg.grad_accum + micro, cfg.batch_size,
-                                     micro_per_epoch, cfg.seed)
-                weighted, weight, ce, n = block_loss(model, batch, context_weight, device, dtype)
-                if float(weight) > 0:
-                    (weighted / weight / cfg.grad_accum).backward()
-                resp_sum += float(ce.detach())
-                resp_count += n
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
-            optimizer.step()
-            run.step += 1
-            run.elapsed = elapsed_before + (time.monotonic() - loop_start)
-            if resp_count:  # a batch of other speakers' text only (from scratch) has no response loss
-                train_loss = resp_sum / resp_count
-                run.train_history.append((run.step, train_loss))
-
-            if cfg.time_budget_s is not None and (run.step == first_step + 5 or run.step % eval_every == 0):
-                # A time budget sets the run's length from the measured speed (evaluations included), so
-                # that warm-up and cosine decay fit the time available; re-measured at every evaluation.
-                per_step = (time.monotonic() - loop_start) / (run.step - first_step)
-                fits = run.step + int((cfg.time_budget_s - run.elapsed) / per_step)
-                run.total = max(run.step + 1, min(fits, step_limit))
-                run.budget_limited = fits < step_limit
-                eval_every = cfg.eval_every or max(1, min(500, run.total // 8))
-                progress.set_total(run.total)
-            progress.step(run.step, train_loss, step_lr)
-
-            if run.step % eval_every == 0 or run.step >= run.total:
-                _evaluate_step(model, dataset, cfg, device, dtype, run, work, progress)
-                if run.bad_evals >= cfg.patience:
-                    run.stopped = "early-stop"
-            if cfg.time_budget_s is not None and run.elapsed >= cfg.time_budget_s and run.step < run.total:
-                _evaluate_step(model, dataset, cfg, device, dtype, run, work, progress)
-                run.stopped = "time-budget"
-            if stop.requested:
-                _save_checkpoint(work, model, optimizer, run, base_metrics)
-                progress.close()
-                raise TrainingInterrupted(run.step, work)
-            if time.monotonic() - last_checkpoint >= cfg.checkpoint_every_s and run.step < run.total:
-                _save_checkpoint(work, model, optimizer, run, base_metrics)
-                last_checkpoint = time.monotonic()
-    if run.stopped is None:
-        if run.budget_limited:
-            run.stopped = "time-budget"
-        else:
-            run.stopped = "max-steps" if cfg.max_steps and run.step >= cfg.max_steps else "completed"
-    # The final state is saved too: if writing the artifact fails, the same command finishes quickly.
-    _save_checkpoint(work, model, optimizer, run, base_metrics)
-    progress.close()
-
-    if (work / BEST).exists():
-        _load_trainable(model, torch.load(work / BEST, map_location="cpu", weights_only=True))
-    if cfg.lora:
-        model = model.merge_and_unload()
-    model.eval()
-    trained = {"val_loss": run.best_val, "val_perplexity": perplexity(run.best_val),
-               "val_tokens": base_metrics["val_tokens"]}
-    metrics = {"base": base_metrics, "trained": trained, "best_step": run.best_step}
-
-    progress.phase("writing artifact", str(out))
-    persona = _write_artifact(out, work, model, tokenizer, cfg, corpus, dataset, data_fp, base_label, metrics, run,
-                              GenerationSettings(context_tokens=context_tokens), device, dtype, peak_lr)
-    shutil.rmtree(work, ignore_errors=True)
-    progress.done(artifact=str(out), steps=run.step, stopped=run.stopped, metrics=metrics)
-    return TrainResult(out, run.step, run.stopped, metrics, persona)
+    run = _prepare(cfg, progress or Progress("none"))
+    _loop(run)
+    return _finish(run)
 
 
 @dataclass(slots=True)
 class _RunState:
+    """The part of a run that changes as it goes; saved in every checkpoint (its fields are the format)."""
+
     total: int
     step: int = 0
     elapsed: float = 0.0
@@ -423,25 +269,336 @@ class _RunState:
     val_history: list = field(default_factory=list)
 
 
-def _write_artifact(out: Path, work: Path, model, tokenizer, cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset,
-                    data_fp: str, base_label: str, metrics: dict, run: "_RunState",
-                    generation: GenerationSettings, device: torch.device, dtype: torch.dtype | None,
-                    peak_lr: float) -> dict[str, Any]:
-    """Build the artifact in a temporary sibling and rename it into place; returns persona.json's content.
+@dataclass(slots=True)
+class _Run:
+    """One training run: its settings, data, model and optimizer, and its `_RunState`."""
+
+    cfg: TrainConfig
+    progress: Progress
+    out: Path
+    work: Path
+    device: torch.device
+    dtype: torch.dtype | None
+    corpus: Corpus
+    data_fp: str
+    model: Any
+    tokenizer: Any
+    base_label: str
+    dataset: PersonaDataset
+    context_tokens: int
+    base_metrics: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    peak_lr: float
+    step_limit: int           # the length the epochs and --max-steps allow (a time budget may cut it short)
+    micro_per_epoch: int
+    state: _RunState
+
+    @property
+    def context_weight(self) -> float:
+        return self.cfg.effective_context_weight()
+
+    def save_checkpoint(self) -> None:
+        _atomic_save({"model": _trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+                      "rng": torch.get_rng_state(), "run": asdict(self.state), "base_metrics": self.base_metrics},
+                     self.work / CHECKPOINT)
+
+
+# --- prepare --------------------------------------------------------------------------------------------------
+def _prepare(cfg: TrainConfig, progress: Progress) -> _Run:
+    """Check the settings, read the data, load the model, build the examples and the optimizer, and resume
+    from the checkpoint of an interrupted run of the same command."""
+    out = _output_path(cfg)
+    torch.set_num_threads(cpu_threads(cfg.threads))
+    device = pick_device()
+    dtype = autocast_dtype(device, cfg.precision)
+    corpus = _read_corpus(cfg, progress)
+    data_fp = fingerprint(corpus.conversations)
+    key = cfg.resume_key(data_fp)
+    work = out.parent / f".{out.name}.partial"
+    saved = _open_work_dir(work, key, cfg)
+    model, tokenizer, base_label = _load_model(cfg, corpus, work, saved is not None, progress)
+    dataset, context_tokens = _build_examples(cfg, corpus, model, tokenizer, progress)
+
+    model.to(device)
+    if saved is None:
+        progress.phase("measuring the base model", "validation loss before training")
+        base_loss, val_tokens = evaluate(model, dataset.val, cfg.batch_size, device, dtype)
+        base_metrics = {"val_loss": base_loss, "val_perplexity": perplexity(base_loss), "val_tokens": val_tokens}
+    else:
+        base_metrics = saved["base_metrics"]
+    if cfg.lora:
+        model = _wrap_lora(model, cfg)
+    optimizer, peak_lr = _optimizer(model, cfg)
+
+    micro_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
+    epoch_steps = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+    step_limit = min(epoch_steps, cfg.max_steps or epoch_steps)
+    run = _Run(cfg, progress, out, work, device, dtype, corpus, data_fp, model, tokenizer, base_label, dataset,
+               context_tokens, base_metrics, optimizer, peak_lr, step_limit, micro_per_epoch, _RunState(step_limit))
+    if saved is not None:
+        _resume(run, saved)
+    else:
+        _start_work_dir(run, key)
+    return run
+
+
+def _output_path(cfg: TrainConfig) -> Path:
+    """The artifact's absolute path, once the settings are good and `--overwrite` allows what is there."""
+    problems = cfg.check()
+    if problems:
+        raise TrainingError("; ".join(problems))
+    out = Path(cfg.out).expanduser().absolute()
+    if out.exists() and not cfg.overwrite:
+        raise TrainingError(f"{out} already exists; pass --overwrite to replace it (it is replaced only "
+                            "when the new artifact is complete)")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out} is a file; the output must be a directory path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _read_corpus(cfg: TrainConfig, progress: Progress) -> Corpus:
+    progress.phase("reading exports", ", ".join(cfg.data))
+    options = ImportOptions.from_user(cfg.bots, cfg.conversation_gap_minutes, cfg.exclude, cfg.columns)
+    # The persona's own speaker is never left out, whoever took their name as a nickname.
+    corpus = load_corpus(cfg.data, format=cfg.format, options=options, protect=[cfg.speaker])
+    return single_voice_as(corpus, cfg.speaker)   # posts that name no speaker are the trained voice's
+
+
+def _build_examples(cfg: TrainConfig, corpus: Corpus, model, tokenizer,
+                    progress: Progress) -> tuple[PersonaDataset, int]:
+    """The packed training and validation blocks, and the context budget they were cut with."""
+    positions = max_positions(model)
+    block = cfg.block_size or min(positions, 512)
+    if block > positions:
+        raise TrainingError(f"--block-size {block} is longer than the model's {positions} positions")
+    context_tokens = cfg.context_tokens if cfg.context_tokens is not None else block // 2
+    if context_tokens >= block:
+        raise TrainingError(f"--context-tokens ({context_tokens}) must be smaller than the block size ({block})")
+    dataset_config = DatasetConfig(context_tokens=context_tokens, block_size=block,
+                                   val_fraction=cfg.val_fraction, standalone_share=cfg.standalone_share,
+                                   min_responses=cfg.min_responses, seed=cfg.seed)
+    progress.phase("building examples", f"speaker {cfg.speaker!r}")
+    dataset = build_dataset(corpus.conversations, cfg.speaker, tokenizer, dataset_config,
+                            context_weighted=cfg.effective_context_weight() > 0)
+    progress.phase("examples ready", _describe(dataset), **dataset.stats)
+    return dataset, context_tokens
+
+
+def _optimizer(model, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, float]:
+    """AdamW with weight decay on the matrices only, and its peak learning rate."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    peak_lr = cfg.lr or (PRESETS[cfg.from_scratch].lr if cfg.from_scratch else (2e-4 if cfg.lora else 5e-5))
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=peak_lr,
+                                  betas=(0.9, 0.95))
+    return optimizer, peak_lr
+
+
+def _resume(run: _Run, saved: dict) -> None:
+    run.state = _RunState(**saved["run"])
+    _load_trainable(run.model, saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    run.progress.phase("resuming", f"from step {run.state.step} of {run.state.total}")
+
+
+def _start_work_dir(run: _Run, key: str) -> None:
+    """The work folder appears only now that the data and settings are known to be good."""
+    try:
+        run.work.mkdir(parents=True)
+        _write_json(run.work / RUN_FILE, {"key": key, "out": str(run.out), "started": _now()})
+        if run.cfg.from_scratch:
+            run.tokenizer.save_pretrained(run.work / "tokenizer")  # a resumed run must use the very same tokenizer
+    except OSError as e:
+        shutil.rmtree(run.work, ignore_errors=True)
+        raise _write_failed("the training folder", run.work, e, "make room, then run the same command again") from e
+
+
+# --- policies -------------------------------------------------------------------------------------------------
+def _eval_interval(cfg: TrainConfig, total: int) -> int:
+    """Steps between evaluations: --eval-every, or about eight evaluations a run (at most 500 steps apart)."""
+    return cfg.eval_every or max(1, min(500, total // 8))
+
+
+class _TimeBudget:
+    """--time-budget sets the run's length from the measured speed (evaluations included), so that warm-up
+    and cosine decay fit the time available; re-measured at every evaluation."""
+
+    def __init__(self, cfg: TrainConfig, state: _RunState) -> None:
+        self.seconds = cfg.time_budget_s
+        self.first_step = state.step
+        self.started = time.monotonic()
+        self.elapsed_before = state.elapsed
+
+    def tick(self, state: _RunState) -> None:
+        state.elapsed = self.elapsed_before + (time.monotonic() - self.started)
+
+    def should_replan(self, step: int, eval_every: int) -> bool:
+        return self.seconds is not None and (step == self.first_step + 5 or step % eval_every == 0)
+
+    def replan(self, state: _RunState, step_limit: int) -> None:
+        per_step = (time.monotonic() - self.started) / (state.step - self.first_step)
+        fits = state.step + int((self.seconds - state.elapsed) / per_step)
+        state.total = max(state.step + 1, min(fits, step_limit))
+        state.budget_limited = fits < step_limit
+
+    def spent(self, state: _RunState) -> bool:
+        """The budget ran out before the planned end."""
+        return self.seconds is not None and state.elapsed >= self.seconds and state.step < state.total
+
+
+def _out_of_patience(cfg: TrainConfig, state: _RunState) -> bool:
+    """Early stop: --patience evaluations in a row without a new best validation loss."""
+    return state.bad_evals >= cfg.patience
+
+
+class _CheckpointCadence:
+    """A checkpoint every --checkpoint-every seconds while the run goes on (the end saves its own)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def due(self, state: _RunState) -> bool:
+        return time.monotonic() - self.last >= self.every_s and state.step < state.total
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+def _loop(run: _Run) -> None:
+    """Optimizer steps until the planned total, an early stop, the time budget or a stop request."""
+    cfg, state, progress = run.cfg, run.state, run.progress
+    run.model.train()
+    eval_every = _eval_interval(cfg, state.total)
+    budget = _TimeBudget(cfg, state)
+    cadence = _CheckpointCadence(cfg.checkpoint_every_s)
+    train_loss = state.train_history[-1][1] if state.train_history else float("nan")
+    progress.start(state.total, state.step)
+
+    with _StopFlag() as stop:
+        while state.step < state.total and state.stopped is None:
+            # one optimizer step (gradient accumulation over micro-batches)
+            step_lr = lr_at(state.step, state.total, run.peak_lr, max(1, int(cfg.warmup * state.total)))
+            loss = _train_step(run, step_lr)
+            state.step += 1
+            budget.tick(state)
+            if loss is not None:   # a batch of other speakers' text only (from scratch) has no response loss
+                train_loss = loss
+                state.train_history.append((state.step, train_loss))
+
+            # the time budget re-plans the run's length from the measured speed
+            if budget.should_replan(state.step, eval_every):
+                budget.replan(state, run.step_limit)
+                eval_every = _eval_interval(cfg, state.total)
+                progress.set_total(state.total)
+            progress.step(state.step, train_loss, step_lr)
+
+            # evaluate; stop early when out of patience or out of time
+            if state.step % eval_every == 0 or state.step >= state.total:
+                _evaluate_step(run)
+                if _out_of_patience(cfg, state):
+                    state.stopped = "early-stop"
+            if budget.spent(state):
+                _evaluate_step(run)
+                state.stopped = "time-budget"
+
+            # Ctrl-C or SIGTERM: save and stop; otherwise a checkpoint now and then
+            if stop.requested:
+                run.save_checkpoint()
+                progress.close()
+                raise TrainingInterrupted(state.step, run.work)
+            if cadence.due(state):
+                run.save_checkpoint()
+                cadence.saved()
+
+
+def _train_step(run: _Run, step_lr: float) -> float | None:
+    """One optimizer step at `step_lr`; the mean loss on its response tokens (None when it had none)."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group["lr"] = step_lr
+    run.optimizer.zero_grad(set_to_none=True)
+    resp_sum, resp_count = 0.0, 0
+    for micro in range(cfg.grad_accum):
+        batch = _micro_batch(run.dataset.train, run.state.step * cfg.grad_accum + micro, cfg.batch_size,
+                             run.micro_per_epoch, cfg.seed)
+        weighted, weight, ce, n = block_loss(run.model, batch, run.context_weight, run.device, run.dtype)
+        if float(weight) > 0:
+            (weighted / weight / cfg.grad_accum).backward()
+        resp_sum += float(ce.detach())
+        resp_count += n
+    if cfg.clip:
+        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], cfg.clip)
+    run.optimizer.step()
+    return resp_sum / resp_count if resp_count else None
+
+
+def _evaluate_step(run: _Run) -> None:
+    """Validation loss now (once per step); a new best is kept in `best.pt`, otherwise patience runs down."""
+    state = run.state
+    if state.val_history and state.val_history[-1][0] == state.step:
+        return
+    val_loss, _ = evaluate(run.model, run.dataset.val, run.cfg.batch_size, run.device, run.dtype)
+    state.val_history.append((state.step, val_loss))
+    best = val_loss < state.best_val
+    if best:
+        state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
+        _atomic_save(_trainable_state(run.model), run.work / BEST)
+    else:
+        state.bad_evals += 1
+    run.progress.evaluation(state.step, val_loss, best)
+
+
+# --- finish ---------------------------------------------------------------------------------------------------
+def _finish(run: _Run) -> TrainResult:
+    """Say why the run stopped, save its final state, take the best weights and write the artifact."""
+    cfg, state = run.cfg, run.state
+    if state.stopped is None:
+        if state.budget_limited:
+            state.stopped = "time-budget"
+        else:
+            state.stopped = "max-steps" if cfg.max_steps and state.step >= cfg.max_steps else "completed"
+    # The final state is saved too: if writing the artifact fails, the same command finishes quickly.
+    run.save_checkpoint()
+    run.progress.close()
+
+    if (run.work / BEST).exists():
+        _load_trainable(run.model, torch.load(run.work / BEST, map_location="cpu", weights_only=True))
+    if cfg.lora:
+        run.model = run.model.merge_and_unload()
+    run.model.eval()
+    trained = artifact.LossFigures(state.best_val, perplexity(state.best_val), run.base_metrics["val_tokens"])
+    metrics = artifact.Metrics(artifact.LossFigures.from_json(run.base_metrics), trained, state.best_step)
+
+    run.progress.phase("writing artifact", str(run.out))
+    persona = _write_artifact(run, metrics)
+    shutil.rmtree(run.work, ignore_errors=True)
+    run.progress.done(artifact=str(run.out), steps=state.step, stopped=state.stopped, metrics=metrics.to_json())
+    return TrainResult(run.out, state.step, state.stopped, metrics, persona)
+
+
+def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInfo:
+    """Build the artifact in a temporary sibling and rename it into place; returns its persona.json.
 
     A failed write leaves nothing of it behind; the run's final checkpoint in `work` stays for another try."""
+    out, cfg, dataset = run.out, run.cfg, run.dataset
+    generation = GenerationSettings(context_tokens=run.context_tokens)
     staged = artifact.staging_dir(out)
     try:
-        samples = sample_lines(model, tokenizer, dataset.speaker.name, cfg.samples, generation,
+        samples = sample_lines(run.model, run.tokenizer, dataset.speaker.name, cfg.samples, generation,
                                seed=cfg.seed) if cfg.samples else []
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
+        run.model.save_pretrained(staged)
+        run.tokenizer.save_pretrained(staged)
         index_size = artifact.write_training_text(staged, dataset.responses(), dataset.context_texts())
-        artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.train_history), run.val_history,
-                             f"{dataset.speaker.name} ({base_label})")
-        persona = _persona_json(cfg, corpus, dataset, data_fp, base_label, metrics, run, generation, samples,
-                                device, dtype, peak_lr, index_size)
-        artifact.write_persona_json(staged, persona)
+        artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.state.train_history), run.state.val_history,
+                             f"{dataset.speaker.name} ({run.base_label})")
+        persona = _persona_info(run, metrics, generation, samples, index_size)
+        persona.write(staged)
         artifact.commit(staged, out)
     except BaseException as e:
         shutil.rmtree(staged, ignore_errors=True)
@@ -449,7 +606,7 @@ def _write_artifact(out: Path, work: Path, model, tokenizer, cfg: TrainConfig, c
 
         if isinstance(e, (OSError, SafetensorError)):   # a full disk, a read-only folder: a clear error
             kept = f"the artifact already at {out} is untouched; " if out.exists() else ""
-            raise _write_failed("the artifact", out, e, f"{kept}the trained model is saved in {work}: make "
+            raise _write_failed("the artifact", out, e, f"{kept}the trained model is saved in {run.work}: make "
                                 "room, then run the same command again to finish quickly") from e
         raise
     return persona
@@ -476,21 +633,6 @@ def _load_model(cfg: TrainConfig, corpus: Corpus, work: Path, resuming: bool, pr
     return model, tokenizer, f"from scratch ({cfg.from_scratch})"
 
 
-def _evaluate_step(model, dataset: PersonaDataset, cfg: TrainConfig, device, dtype, run: _RunState,
-                   work: Path, progress: Progress) -> None:
-    if run.val_history and run.val_history[-1][0] == run.step:
-        return
-    val_loss, _ = evaluate(model, dataset.val, cfg.batch_size, device, dtype)
-    run.val_history.append((run.step, val_loss))
-    best = val_loss < run.best_val
-    if best:
-        run.best_val, run.best_step, run.bad_evals = val_loss, run.step, 0
-        _atomic_save(_trainable_state(model), work / BEST)
-    else:
-        run.bad_evals += 1
-    progress.evaluation(run.step, val_loss, best)
-
-
 def _micro_batch(blocks: Blocks, index: int, batch_size: int, per_epoch: int, seed: int) -> Blocks:
     """The `index`-th micro-batch of an endless, per-epoch shuffled stream (same order after a resume)."""
     epoch, i = divmod(index, per_epoch)
@@ -511,12 +653,6 @@ def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
         raise TrainingError(f"the checkpoint does not fit this model ({len(missing)} unknown weights); "
                             "run again with --restart")
     model.load_state_dict(state, strict=False)
-
-
-def _save_checkpoint(work: Path, model, optimizer, run: _RunState, base_metrics: dict) -> None:
-    _atomic_save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                  "rng": torch.get_rng_state(), "run": asdict(run), "base_metrics": base_metrics},
-                 work / CHECKPOINT)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -590,46 +726,29 @@ def _describe(dataset: PersonaDataset) -> str:
             f"{dataset.config.block_size} tokens, {s['train']['packing_efficiency']:.0%} filled")
 
 
-def _persona_json(cfg: TrainConfig, corpus: Corpus, dataset: PersonaDataset, data_fp: str, base_label: str,
-                  metrics: dict, run: _RunState, generation: GenerationSettings, samples: list[str],
-                  device: torch.device, dtype: torch.dtype | None, peak_lr: float,
-                  index_size: int) -> dict[str, Any]:
+def _persona_info(run: _Run, metrics: artifact.Metrics, generation: GenerationSettings, samples: list[str],
+                  index_size: int) -> artifact.PersonaInfo:
+    """persona.json for the finished run."""
+    cfg, corpus, dataset, state = run.cfg, run.corpus, run.dataset, run.state
     speaker = dataset.speaker
-    return {
-        "speaker": speaker.name,
-        "speaker_names": sorted(speaker.names),
-        "speaker_ids": sorted(speaker.ids),
-        "base": cfg.base if not cfg.from_scratch else None,
-        "from_scratch": cfg.from_scratch,
-        "base_label": base_label,
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "merged": True} if cfg.lora else None,
-        "corpus_kind": corpus_kind(corpus),
-        "created_at": _now(),
-        "data": {
-            "fingerprint": data_fp,
-            "files": [f.to_json() for f in corpus.files],
-            "conversations": len(corpus.conversations),
-            "messages": sum(len(c.messages) for c in corpus.conversations),
-            "speaker_messages": speaker.messages,
-            "train": dataset.stats["train"],
-            "val": dataset.stats["val"],
-            "training_text_entries": index_size,
-        },
-        "dataset": dataset.config.to_json(),
-        "training": {
-            "steps": run.step, "planned_steps": run.total, "stopped": run.stopped, "best_step": run.best_step,
-            "epochs": cfg.epochs, "max_steps": cfg.max_steps, "time_budget_s": cfg.time_budget_s,
-            "lr": peak_lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "warmup": cfg.warmup,
-            "weight_decay": cfg.weight_decay, "clip": cfg.clip, "patience": cfg.patience, "seed": cfg.seed,
-            "context_loss_weight": cfg.effective_context_weight(),
-            "device": device.type, "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
-            "seconds": round(run.elapsed, 1),
-        },
-        "metrics": metrics,
-        "history": {"train": _thin(run.train_history), "val": run.val_history},
-        "generation": generation.to_json(),
-        "samples": samples,
-    }
+    sources = artifact.DataSummary(
+        fingerprint=run.data_fp, files=[f.to_json() for f in corpus.files], conversations=len(corpus.conversations),
+        messages=sum(len(c.messages) for c in corpus.conversations), speaker_messages=speaker.messages,
+        train=dataset.stats["train"], val=dataset.stats["val"], training_text_entries=index_size)
+    training = artifact.TrainingSummary(
+        steps=state.step, planned_steps=state.total, stopped=state.stopped, best_step=state.best_step,
+        epochs=cfg.epochs, max_steps=cfg.max_steps, time_budget_s=cfg.time_budget_s, lr=run.peak_lr,
+        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
+        clip=cfg.clip, patience=cfg.patience, seed=cfg.seed, context_loss_weight=cfg.effective_context_weight(),
+        device=run.device.type, precision="bf16" if run.dtype == torch.bfloat16 else "fp32",
+        seconds=round(state.elapsed, 1))
+    return artifact.PersonaInfo(
+        path=run.out, speaker=speaker.name, generation=generation, metrics=metrics,
+        speaker_names=sorted(speaker.names), speaker_ids=sorted(speaker.ids),
+        base=cfg.base if not cfg.from_scratch else None, from_scratch=cfg.from_scratch, base_label=run.base_label,
+        lora=artifact.LoraInfo(cfg.lora_r, cfg.lora_alpha, merged=True) if cfg.lora else None,
+        corpus_kind=corpus_kind(corpus), created_at=_now(), sources=sources, dataset=dataset.config,
+        training=training, history={"train": _thin(state.train_history), "val": state.val_history}, samples=samples)
 
 
 def _thin(points: list, keep: int = 400) -> list:

@@ -42,6 +42,15 @@ class Skip:
     EXCLUDED = "excluded"                # by a person who asked to be left out (--exclude, /forget-me)
 
 
+# A silence longer than this many minutes starts a new conversation (--conversation-gap, the bot's retrains).
+CONVERSATION_GAP_MINUTES = 180.0
+
+
+def conversation_gap_problem(minutes: float) -> str | None:
+    """What is wrong with a conversation gap, or None: the one home of its check."""
+    return None if minutes > 0 else "--conversation-gap must be above 0 minutes"
+
+
 @dataclass(frozen=True, slots=True)
 class ImportOptions:
     """Settings that change what an importer keeps."""
@@ -49,7 +58,7 @@ class ImportOptions:
     # Author names or ids (compared case-insensitively) to treat as bots, for formats that do not flag them.
     bot_names: frozenset[str] = frozenset()
     # A silence longer than this starts a new conversation.
-    conversation_gap: timedelta = timedelta(hours=3)
+    conversation_gap: timedelta = timedelta(minutes=CONVERSATION_GAP_MINUTES)
     # Twitter t.co links: "expand" to the real address, or "remove".
     twitter_links: str = "remove"
     # Names or ids (compared case-insensitively) of people whose messages must not be used at all.
@@ -58,7 +67,7 @@ class ImportOptions:
     columns: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_user(cls, bots: Iterable[str] = (), gap_minutes: float = 180.0,
+    def from_user(cls, bots: Iterable[str] = (), gap_minutes: float = CONVERSATION_GAP_MINUTES,
                   exclude: Iterable[str] = (), columns: Mapping[str, str] | None = None) -> "ImportOptions":
         """Options as a user gives them: bot names or ids (any case), the conversation gap in minutes, the
         names or ids of people to leave out, table columns by role."""
