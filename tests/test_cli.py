@@ -46,7 +46,10 @@ def test_dump_writes_one_json_object_per_message(cli):
     inspect = json.loads(cli("data", "inspect", str(WHATSAPP), str(TELEGRAM), "--json").stdout)
     assert len(rows) == sum(f["messages"] for f in inspect["files"])
     for row in rows:
-        assert set(row) == {"conversation", "speaker", "text", "timestamp"}
+        # The account id is written when the export has one (Telegram does, WhatsApp does not).
+        has_id = row["conversation"].startswith("telegram:")
+        assert set(row) == {"conversation", "speaker", "text", "timestamp"} | ({"speaker_id"} if has_id else set())
+        assert not has_id or row["speaker_id"]
         assert row["text"] and row["speaker"]
         assert row["timestamp"] is None or row["timestamp"][:2] == "20"
     assert len({r["conversation"] for r in rows}) == inspect["conversations"]

@@ -110,16 +110,13 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_dump(args: argparse.Namespace) -> int:
-    from training.conversation import iso
+    from training.formats.data_dump import write_dump
     from training.loader import load_corpus
 
     corpus = load_corpus(args.paths, format=args.format, options=import_options(args))
-    out = sys.stdout
-    for conversation in corpus.conversations:
-        for m in conversation.messages:
-            out.write(json.dumps({"conversation": conversation.id, "speaker": m.speaker, "text": m.text,
-                                  "timestamp": iso(m.timestamp)}, ensure_ascii=False) + "\n")
-    out.flush()
+    write_dump(((conversation.id, m.speaker, m.speaker_id, m.text, m.timestamp)
+                for conversation in corpus.conversations for m in conversation.messages), sys.stdout)
+    sys.stdout.flush()
     return 0
 
 

@@ -74,6 +74,10 @@ WRITERS: dict[str, Writer] = {
     "twitter": _write("tweets.js", lambda t: "window.YTD.tweets.part0 = " + json.dumps([{"tweet": {
         "id_str": "1", "full_text": t, "created_at": "Sat Dec 06 18:20:30 +0000 2025",
         "entities": {"urls": [{"url": "https://t.co/abc"}]}}}])),
+    "personabot-jsonl": _write("d.jsonl", lambda t: json.dumps({
+        "conversation": "c", "speaker": "Ana", "speaker_id": "1", "text": t, "timestamp": None}) + "\n"),
+    "personabot-jsonl time": _write("t.jsonl", lambda t: json.dumps({
+        "conversation": "c", "speaker": "Ana", "text": "hi", "timestamp": "2024-01-01" + t}) + "\n"),
     "alpaca": _write("a.json", lambda t: json.dumps([{"instruction": t, "input": "", "output": "x"}])),
     "chat-tokens": _write("c.txt", lambda t: f"<|USER|> {t} <|ASSISTANT|> ok <|End|>\n"),
     "script-table": _write("s.csv", lambda t: "Character,Line\nANA," + _csv(t)),
