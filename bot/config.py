@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.posting import DEFAULT_MODE, MODES, POST_TARGET_HELP, PostTarget
+from bot.posting import DEFAULT_MODE, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
 from bot.scheduler import GRACE_MINUTES
 
 
@@ -271,7 +271,7 @@ VARIABLES: tuple[Variable, ...] = (
              check=_crontab),
     Variable("POST_TIMEZONE", "post_timezone", _text, "UTC", "the schedule's time zone", check=_time_zone),
     Variable("POST_TARGETS", "post_targets", _post_targets, (PostTarget("terminal"),), POST_TARGET_HELP),
-    Variable("POST_MODE", "post_mode", _text, DEFAULT_MODE, "confession (seeded line) or line", check=_post_mode),
+    Variable("POST_MODE", "post_mode", _text, DEFAULT_MODE, MODE_HELP, check=_post_mode),
     Variable("POST_GRACE_MINUTES", "post_grace_minutes", _number(float), GRACE_MINUTES,
              "a slot missed longer ago is not caught up", minimum=0),
     _twitter("TWITTER_CONSUMER_KEY", 0),

@@ -29,6 +29,7 @@ log = logging.getLogger("personabot.posting")
 # How each post mode starts its line: "confession" posts are seeded, "line" posts start from nothing.
 MODES = {"confession": "my deepest, darkest secret is", "line": ""}
 DEFAULT_MODE = "confession"
+MODE_HELP = "confession (seeded lines) or line"
 
 # Where posts can go, as written in POST_TARGETS and /schedule add.
 POST_TARGET_HELP = "twitter, terminal or discord:<channel id>"

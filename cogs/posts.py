@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot import PersonaBot, guild_admins_only
-from bot.posting import DEFAULT_MODE, MODES, POST_TARGET_HELP, PostTarget
+from bot.posting import DEFAULT_MODE, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
 from bot.scheduler import PostScheduler, ScheduleError
 from bot.store import Schedule, StoreError
 from bot.tenancy import Authority
@@ -58,7 +58,7 @@ class Posts(commands.Cog):
     @app_commands.describe(name="a name for it", cron="crontab line: minute hour day month weekday, e.g. 0 20 * * *",
                            targets=f"{POST_TARGET_HELP}, comma-separated",
                            timezone="time zone name, e.g. Europe/Berlin (default UTC)",
-                           mode=f"{' (seeded lines) or '.join(MODES)}")
+                           mode=MODE_HELP)
     @app_commands.choices(mode=[app_commands.Choice(name=mode, value=mode) for mode in MODES])
     @guild_admins_only()
     async def schedule_add(self, interaction: discord.Interaction, name: str, cron: str, targets: str,
