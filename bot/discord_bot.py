@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
-from bot.context import ContextWindows
+from bot.channel_memory import ChannelMemory
 from bot.engine import Engine
 from bot.retrain import Retrainer
 from bot.store import Store
@@ -55,7 +55,7 @@ class PersonaBot(commands.Bot):
         self.settings = settings
         self.engine = engine
         self.store = store
-        self.contexts = ContextWindows(engine.persona.settings.context_tokens, engine.count_tokens)
+        self.memory = ChannelMemory(store, engine.persona.settings.context_tokens, engine.count_tokens)
         self.retrainer = retrainer or Retrainer(engine, store, data_dir=settings.train_data_dir,
                                                 models_dir=settings.models_dir,
                                                 loss_margin=settings.retrain_loss_margin,
