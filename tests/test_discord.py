@@ -122,6 +122,19 @@ async def test_generated_everyone_pings_nobody(world):
     assert all(m["allowed_mentions"] == {"parse": [], "replied_user": False} for m in sent_messages(env))
 
 
+async def test_a_reply_names_the_roles_it_mentions_as_that_server_knows_them(world, guild_b):
+    from cogs.chat import discord_target
+
+    env, general, other, admin, bob, carol = world
+    here = env.bot.get_channel(general.id).guild
+    mods = next(role for role in here.roles if role.name == "Mods")
+    text = f"ask <@&{mods.id}>"
+    assert discord_target(here).finish(text) == "ask @\u200bMods"
+    elsewhere = env.bot.get_channel(guild_b[0].id).guild          # server B has no such role
+    assert discord_target(elsewhere).finish(text) == "ask @\u200brole"
+    assert discord_target(None).finish(text) == "ask @\u200brole"   # a DM names nobody
+
+
 async def test_replies_to_its_messages_but_never_to_bots(world):
     env, general, other, admin, bob, carol = world
     await bob.send(general, f"{env.bot.user.mention} keys")
