@@ -132,6 +132,7 @@ def cmd_data_formats(args: argparse.Namespace) -> int:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from training.modelling import PRECISIONS, PRESETS
     from training.progress import MODES
+    from training.dataset import BLOCK_SIZE
     from training.trainer import TrainConfig
 
     default = TrainConfig.default
@@ -168,7 +169,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--eval-every", type=int, help="steps between evaluations (default: about 8 per run)")
     how.add_argument("--patience", type=int, default=default("patience"),
                      help=f"stop after this many evaluations without improvement (default {default('patience')})")
-    how.add_argument("--block-size", type=int, help="packed sequence length (default: min(model, 512))")
+    how.add_argument("--block-size", type=int, help=f"packed sequence length (default: min(model, {BLOCK_SIZE}))")
     how.add_argument("--context-tokens", type=int, help="context budget per response (default: half a block)")
     how.add_argument("--val-fraction", type=float, default=default("val_fraction"),
                      help=f"share held out (default {default('val_fraction'):g})")
@@ -213,11 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, patience=args.patience, block_size=args.block_size,
         context_tokens=args.context_tokens, val_fraction=args.val_fraction,
         standalone_share=args.standalone_share, min_responses=args.min_responses,
-        context_loss_weight=args.context_loss_weight, seed=args.seed, bots=[b.strip() for b in args.bots.split(",") if b.strip()],
-        exclude=excluded_people(args), columns=parse_column_mapping(args.columns),
-        conversation_gap_minutes=args.conversation_gap, samples=args.samples, threads=args.threads,
-        precision=args.precision,
-        overwrite=args.overwrite, restart=args.restart, checkpoint_every_s=args.checkpoint_every)
+        context_loss_weight=args.context_loss_weight, seed=args.seed,
+        bots=[b.strip() for b in args.bots.split(",") if b.strip()], exclude=excluded_people(args),
+        columns=parse_column_mapping(args.columns), conversation_gap_minutes=args.conversation_gap,
+        samples=args.samples, threads=args.threads, precision=args.precision, overwrite=args.overwrite,
+        restart=args.restart, checkpoint_every_s=args.checkpoint_every)
     progress = Progress(args.progress)
     try:
         result = train(cfg, progress)

@@ -37,6 +37,8 @@ NO_LOSS, CONTEXT, RESPONSE = 0, 1, 2
 
 # Tokens of earlier turns before each response: what training cuts with and what a reply is prompted with.
 CONTEXT_TOKENS = 256
+# The longest packed sequence by default (a model with fewer positions gets as many as it has).
+BLOCK_SIZE = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ class DatasetConfig:
     """How examples are cut and packed. Defaults suit fine-tuning GPT-2 on chat logs."""
 
     context_tokens: int = CONTEXT_TOKENS  # context budget before each response
-    block_size: int = 512            # packed sequence length (<= the model's n_positions)
+    block_size: int = BLOCK_SIZE     # packed sequence length (<= the model's n_positions)
     val_fraction: float = 0.1        # share of responses held out, whole conversations at a time
     standalone_share: float = 0.1    # share of responses also trained with no context (stand-alone lines)
     min_context_share: float = 0.125  # a window trimmed to fill a block keeps at least this share of the budget

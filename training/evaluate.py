@@ -27,8 +27,8 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
     corpus = load_corpus(data, format=fmt, options=options)
     torch.set_num_threads(cpu_threads(threads))
     model, tokenizer = load_model(info)
-    # An artifact older than the stored dataset settings was cut at its generation context and 512 tokens.
-    stored = info.dataset or DatasetConfig(context_tokens=info.generation.context_tokens, block_size=512)
+    # An artifact older than the stored dataset settings was cut at its generation context, default blocks.
+    stored = info.dataset or DatasetConfig(context_tokens=info.generation.context_tokens)
     config = DatasetConfig(context_tokens=stored.context_tokens, block_size=stored.block_size, min_responses=1)
     query = speaker or info.speaker
     corpus = single_voice_as(corpus, query)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from training import artifact
-from training.dataset import (CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaDataset, attention_mask,
+from training.dataset import (BLOCK_SIZE, CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaDataset, attention_mask,
                               build_dataset, fingerprint)
 from training.errors import DataError, TrainingError
 from training.formats.base import CONVERSATION_GAP_MINUTES, ImportOptions, conversation_gap_problem
@@ -369,7 +369,7 @@ def _build_examples(cfg: TrainConfig, corpus: Corpus, model, tokenizer,
                     progress: Progress) -> tuple[PersonaDataset, int]:
     """The packed training and validation blocks, and the context budget they were cut with."""
     positions = max_positions(model)
-    block = cfg.block_size or min(positions, 512)
+    block = cfg.block_size or min(positions, BLOCK_SIZE)
     if block > positions:
         raise TrainingError(f"--block-size {block} is longer than the model's {positions} positions")
     context_tokens = cfg.context_tokens if cfg.context_tokens is not None else block // 2
