@@ -6,7 +6,6 @@ serving and says why. Knows nothing of Discord: the admin cog shows what `progre
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -22,7 +21,8 @@ from typing import Any
 
 from bot.engine import Engine, SwapError
 from bot.store import Store, StoreError
-from training.artifact import ArtifactError, read_persona
+from training.artifact import ArtifactError, Metrics, PersonaInfo, read_persona
+from training.formats.data_dump import DumpRow, write_dump
 from training.progress import ProgressState
 
 log = logging.getLogger("personabot.retrain")
@@ -39,7 +39,7 @@ class RetrainError(Exception):
 @dataclass
 class RetrainResult:
     artifact: Path
-    metrics: dict[str, Any]
+    metrics: Metrics
     previous: Path
     loss_plot: Path | None
 
@@ -114,12 +114,13 @@ class Retrainer:
                 raise
             if logged is not None:
                 shutil.rmtree(logged, ignore_errors=True)
-            await self._finish(run_id, "done", artifact_path=str(out), metrics=result.metrics)
+            await self._finish(run_id, "done", artifact_path=str(out), metrics=result.metrics.to_json())
             return result
 
     async def _dump_logged(self) -> Path | None:
         """The store's channel messages (people who opted out left out, the bot's own lines too: it must not
-        learn from itself) as DiscordChatExporter JSON files, one per channel, in a temporary folder."""
+        learn from itself) in the project's own data dump (`training.formats.data_dump`), one conversation per
+        channel, with each author's account id, in a temporary folder."""
         try:
             messages = [m for m in await self.store.all_messages() if not m.is_bot]
         except StoreError as e:
@@ -128,18 +129,10 @@ class Retrainer:
             return None
         folder = self.models_dir / f".logged-{os.getpid()}-{int(time.time() * 1000)}"
         folder.mkdir(parents=True)
-        channels: dict[int, list] = {}
-        for number, m in enumerate(messages):
-            channels.setdefault(m.channel_id, []).append({
-                "id": str(number + 1), "type": "Default", "timestamp": m.created_at, "content": m.content,
-                "author": {"id": str(m.author_id), "name": m.author_name, "nickname": m.author_name,
-                           "isBot": False}})
-        for channel_id, rows in channels.items():
-            export = {"guild": {"id": "0", "name": "personabot"},
-                      "channel": {"id": str(channel_id), "type": "GuildTextChat", "name": f"channel-{channel_id}"},
-                      "messages": rows, "messageCount": len(rows)}
-            (folder / f"logged-channel-{channel_id}.json").write_text(json.dumps(export, ensure_ascii=False),
-                                                                       encoding="utf-8")
+        rows = (DumpRow(f"channel-{m.channel_id}", m.author_name, str(m.author_id), m.content, m.created_at)
+                for m in messages)
+        with (folder / "logged-messages.jsonl").open("w", encoding="utf-8") as out:
+            write_dump(rows, out)
         return folder
 
     async def _write_exclusions(self, out: Path) -> Path | None:
@@ -211,11 +204,11 @@ class Retrainer:
     def _child_args(self, current, speaker: str, epochs: float | None, files: list[Path], out: Path,
                     exclusions: Path | None) -> list[str]:
         """The training child's command line: the current persona's base (or from-scratch preset) again."""
-        base = current.info.data.get("from_scratch")
+        base = current.info.from_scratch
         # `--opt=value`: a value that starts with "-" (a speaker's name) is never read as an option.
         args = [self.python, "-m", "training", "--data", *map(str, files), f"--speaker={speaker}",
                 f"--out={out}", "--progress", "json", f"--stop-with-parent={os.getpid()}"]
-        args += ["--from-scratch", base] if base else [f"--base={current.info.data.get('base') or 'gpt2'}"]
+        args += ["--from-scratch", base] if base else [f"--base={current.info.base or 'gpt2'}"]
         if epochs is not None:
             args += ["--epochs", str(epochs)]
         if exclusions is not None:
@@ -252,15 +245,14 @@ class Retrainer:
         self._proc = None
         return code, (await errors).decode("utf-8", "replace")
 
-    def _accept(self, current, out: Path, force: bool):
+    def _accept(self, current, out: Path, force: bool) -> PersonaInfo:
         """The new artifact's persona.json, if it may replace the current one: it reads, and its validation
         loss is not worse than the current one's by more than the margin (unless `force`)."""
         try:
             info = read_persona(out)
         except ArtifactError as e:
             raise RetrainError(f"the new model is not usable: {e}") from e
-        new_loss = info.metrics.get("trained", {}).get("val_loss")
-        old_loss = current.info.metrics.get("trained", {}).get("val_loss")
+        new_loss, old_loss = info.trained_val_loss, current.info.trained_val_loss
         if not force and _finite(new_loss) and _finite(old_loss) and new_loss > old_loss + self.loss_margin:
             raise RetrainError(f"the new model's validation loss {new_loss:.3f} is worse than the current "
                                f"{old_loss:.3f} by more than {self.loss_margin}; kept the current one (use "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.engine import Engine
+from bot.filters import DISCORD
 from bot.retrain import PREVIOUS, Retrainer, RetrainError
 from bot.store import Store
 
@@ -41,7 +42,7 @@ def test_a_retrain_shows_progress_swaps_the_model_and_can_be_rolled_back(alice_a
             seen.append((p.phase, p.step, p.total_steps, p.loss))
 
         result = await retrainer.run(epochs=100, force=True, requested_by=42, on_progress=progress)
-        after_swap = await engine.reply([("Bob", "pizza tonight")], seed=1)
+        after_swap = await engine.reply([("Bob", "pizza tonight")], target=DISCORD, seed=1)
         runs = await store.runs()
         previous = await store.get_setting(PREVIOUS)
         now, aside = await retrainer.rollback()
@@ -76,7 +77,7 @@ def test_cancel_and_a_crashed_child_leave_the_current_model_serving(alice_artifa
 
             with pytest.raises(RetrainError) as caught:
                 await retrainer.run(epochs=1000, force=True, on_progress=progress)
-            reply = await engine.reply([("Bob", "still there?")], seed=2)
+            reply = await engine.reply([("Bob", "still there?")], target=DISCORD, seed=2)
             outcomes.append((str(caught.value), reply.artifact))
         runs = await store.runs()
         await engine.close()

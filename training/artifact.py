@@ -83,10 +83,6 @@ class Metrics:
         return cls(LossFigures.from_json(data.get("base")), LossFigures.from_json(data.get("trained")),
                    data.get("best_step"))
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Transitional: the JSON form's entry, for readers not yet on the typed fields."""
-        return self.to_json().get(key, default)
-
 
 @dataclass(frozen=True, slots=True)
 class LoraInfo(_Record):
@@ -167,11 +163,6 @@ class PersonaInfo:
     @property
     def base_val_loss(self) -> float | None:
         return self.metrics.base.val_loss
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """Transitional: the JSON form, for readers not yet on the typed fields."""
-        return self.to_json()
 
     def to_json(self) -> dict[str, Any]:
         """persona.json's content, keys in the order written since version 1."""

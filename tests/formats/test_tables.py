@@ -178,7 +178,7 @@ def test_a_single_voice_persona_trains_samples_posts_and_answers(cli, tmp_path):
 
     async def serve():
         async with Engine.load(out) as engine:
-            answer = await engine.reply([("Bob", "what is your secret")], seed=1)
+            answer = await engine.reply([("Bob", "what is your secret")], target=TERMINAL, seed=1)
             post = await pick_line(engine, TERMINAL, start="my deepest, darkest secret is", seed=1)
             return answer, post
 
