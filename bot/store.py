@@ -57,10 +57,6 @@ class Schedule:
     last_run: str | None
     created_at: str
 
-    def __getitem__(self, key: str) -> Any:
-        # For readers not yet moved to attributes (cogs/admin.py's /status); remove once they are.
-        return getattr(self, key)
-
 
 def migrations() -> list[tuple[int, Path]]:
     """(version, file) of every migration, in order; numbering must be 1, 2, 3, ... without gaps."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.config import discord_channel_id, is_post_target
+from bot.posting import PostTarget
 
 # What a refusal says, for each power (shown to the person who tried).
 OWNERS_ONLY = ("This command is for the bot's owners only (the application's owner or team, or ADMIN_USER_IDS): "
@@ -48,19 +48,17 @@ class Authority:
             scopes.append(None)
         return tuple(scopes)
 
-    def owner_of_new(self, targets: list[str], guild_of: Callable[[int], int | None]) -> int | None:
+    def owner_of_new(self, targets: list[PostTarget], guild_of: Callable[[int], int | None]) -> int | None:
         """Who owns a schedule or post with these targets: this guild when all of them are its channels,
         else nobody's guild (global, which `target_problem` allows the bot's owners only)."""
-        if all(discord_channel_id(t) is not None and guild_of(discord_channel_id(t)) == self.guild_id for t in targets):
+        if all(t.channel_id is not None and guild_of(t.channel_id) == self.guild_id for t in targets):
             return self.guild_id
         return None
 
-    def target_problem(self, target: str, guild_of: Callable[[int], int | None]) -> str | None:
+    def target_problem(self, target: PostTarget, guild_of: Callable[[int], int | None]) -> str | None:
         """Why this person may not post to `target` from here, or None. `guild_of(channel id)` is the
         guild a channel belongs to (None when the bot does not know the channel)."""
-        if not is_post_target(target):
-            return f"`{target}` is not a post target"
-        channel_id = discord_channel_id(target)
+        channel_id = target.channel_id
         if channel_id is None:          # twitter, terminal: global
             return None if self.is_owner else f"`{target}` is global: only the bot's owners may post there"
         if self.is_owner:
@@ -68,4 +66,3 @@ class Authority:
         if not self.is_guild_admin or self.guild_id is None or guild_of(channel_id) != self.guild_id:
             return f"channel {channel_id} is not a channel of this server"
         return None
-

@@ -104,11 +104,10 @@ class Admin(commands.Cog):
             log.warning("retrain by %s ended without a swap: %s", interaction.user.id, e)
             await live.finish(f"Retrain stopped: {e}. The current model keeps serving.")
             return
-        trained = result.metrics.get("trained", {})
-        base = result.metrics.get("base", {})
+        base, trained = result.metrics.base, result.metrics.trained
         summary = (f"Retrained and swapped in: **{self.bot.engine.persona.name}** from `{result.artifact.name}`. "
-                   f"Validation loss {_num(base.get('val_loss'))} → {_num(trained.get('val_loss'))} "
-                   f"(perplexity {_num(trained.get('val_perplexity'))}). `/rollback` restores the previous one.")
+                   f"Validation loss {_num(base.val_loss)} → {_num(trained.val_loss)} "
+                   f"(perplexity {_num(trained.val_perplexity)}). `/rollback` restores the previous one.")
         plot = discord.File(result.loss_plot, filename="loss.png") if result.loss_plot is not None else None
         await live.finish(summary, file=plot)
 
@@ -176,13 +175,13 @@ class Admin(commands.Cog):
     async def status(self, interaction: discord.Interaction) -> None:
         """The persona, its model and metrics, uptime, latency, queue and training state."""
         persona = self.bot.engine.persona
-        trained = persona.info.metrics.get("trained", {})
+        trained = persona.info.metrics.trained
         p = self.retrainer.progress
         training = progress_text(p) if self.retrainer.running and p else "no retrain running"
         latency = self.bot.latency
         lines = [
             f"**{persona.name}** · model `{persona.path.name}` ({persona.backend.name})",
-            f"validation loss {_num(trained.get('val_loss'))} · perplexity {_num(trained.get('val_perplexity'))}",
+            f"validation loss {_num(trained.val_loss)} · perplexity {_num(trained.val_perplexity)}",
             f"up {format_duration(time.time() - self.bot.started)} · gateway latency "
             f"{'?' if latency != latency or latency == float('inf') else f'{latency * 1000:.0f} ms'} · "
             f"queue {self.bot.engine.queue_depth}",
@@ -209,9 +208,9 @@ class Admin(commands.Cog):
             return [f"posts: cannot read the database ({e})"]
         runs = poster.next_runs() if poster is not None else {}
         for schedule in schedules:
-            nxt = runs.get(schedule["id"])
-            when = "paused" if schedule["paused"] else f"next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else "not scheduled"
-            lines.append(f"schedule {schedule['name']} ({schedule['cron'] or schedule['interval_s']}): {when}")
+            nxt = runs.get(schedule.id)
+            when = "paused" if schedule.paused else f"next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else "not scheduled"
+            lines.append(f"schedule {schedule.name} ({schedule.cron or schedule.interval_s}): {when}")
         twitter = getattr(poster, "twitter", None)
         if authority.is_owner and twitter is not None and twitter.disabled:
             lines.append(f"Twitter is disabled: {twitter.disabled}")

@@ -28,15 +28,19 @@ def _targets(raw: str, authority: Authority, bot: PersonaBot) -> list[PostTarget
     texts = [t.strip() for t in raw.split(",") if t.strip()]
     if not texts:
         return f"targets are {POST_TARGET_HELP}, comma-separated (got {raw!r})"
+    targets = []
     for text in texts:
-        problem = authority.target_problem(text, bot.guild_of_channel)
+        target = PostTarget.parse(text)
+        problem = (f"`{text}` is not a post target" if target is None
+                   else authority.target_problem(target, bot.guild_of_channel))
         if problem:
             return f"{problem} (targets are {POST_TARGET_HELP}, comma-separated)"
-    return [PostTarget.parse(text) for text in texts]
+        targets.append(target)
+    return targets
 
 
 def _owner_of_new(targets: list[PostTarget], authority: Authority, bot: PersonaBot) -> int | None:
-    return authority.owner_of_new([str(t) for t in targets], bot.guild_of_channel)
+    return authority.owner_of_new(targets, bot.guild_of_channel)
 
 
 class Posts(commands.Cog):
