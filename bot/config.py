@@ -11,23 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.filters.leak_guard import NGRAM_WORDS
 from bot.posting import DEFAULT_MODE, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
 from bot.scheduler import GRACE_MINUTES
 
 
-# bot.tenancy still reads targets through these two; they only ask `PostTarget`, the one parser.
-def discord_channel_id(target: str) -> int | None:
-    """The channel id of a `discord:<channel id>` post target, else None."""
-    parsed = PostTarget.parse(target)
-    return parsed.channel_id if parsed is not None else None
-
-
-def is_post_target(name: str) -> bool:
-    return PostTarget.parse(name) is not None
-
-
-# Generation backends (bot.backends); "auto" picks the fastest on this machine.
+# Generation backends (bot.backends); "auto" picks the fastest on this machine. Declared here, not in
+# bot.backends or bot.engine, because those load torch and reading settings must not.
 BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2")
+# Requests the engine generates together at most (MAX_BATCH), for the same reason declared here.
+MAX_BATCH = 8
 
 
 class ConfigError(Exception):
@@ -241,9 +234,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BACKEND", "backend", _text, "auto", "auto, torch, torch-int8 or ctranslate2", check=_backend),
     Variable("BLOCKLIST_FILE", "blocklist_file", _path, None, "words or re:patterns the bot must never send",
              check=_blocklist),
-    Variable("LEAK_NGRAM_WORDS", "leak_ngram_words", _number(int), 8,
+    Variable("LEAK_NGRAM_WORDS", "leak_ngram_words", _number(int), NGRAM_WORDS,
              "a run this long shared with training text is a leak", minimum=2),
-    Variable("MAX_BATCH", "max_batch", _number(int), 8, "requests generated together at most", minimum=1),
+    Variable("MAX_BATCH", "max_batch", _number(int), MAX_BATCH, "requests generated together at most", minimum=1),
     # --- the Discord bot ---
     Variable("DATABASE_PATH", "database_path", _path, Path("data/personabot.sqlite3"), "the SQLite store",
              check=_database),

@@ -1,4 +1,4 @@
-"""The discord.py bot: a `commands.Bot` subclass that holds the engine, the store and the context windows,
+"""The discord.py bot: a `commands.Bot` subclass that holds the engine, the store and the channel memory,
 and loads one cog per feature in `setup_hook`. Generated text can never ping anyone: every message goes out
 with `AllowedMentions.none()` (and the filters have already defused mentions in the text)."""
 

@@ -30,7 +30,9 @@ from typing import Any
 import torch
 
 from bot.backends import generation_threads
+from bot.config import MAX_BATCH
 from bot.filters import Target
+from bot.filters.leak_guard import NGRAM_WORDS
 from bot.persona import FALLBACK_REPLY, Persona
 from training.generation import GenerationSettings, attempt_seed
 from training.transcript import join_line
@@ -82,7 +84,7 @@ class Engine:
     """Serves one persona at a time to any number of concurrent callers."""
 
     def __init__(self, persona: Persona, *, loader: Callable[[Path], Persona] | None = None,
-                 max_batch: int = 8, batch_window_s: float = 0.01, threads: int | None = None,
+                 max_batch: int = MAX_BATCH, batch_window_s: float = 0.01, threads: int | None = None,
                  max_tries: int = 3) -> None:
         if max_batch < 1 or max_tries < 1:
             raise ValueError("max_batch and max_tries must be at least 1")
@@ -103,7 +105,7 @@ class Engine:
 
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
-             blocklist=None, leak_ngram_words: int = 8, max_batch: int = 8, batch_window_s: float = 0.01,
+             blocklist=None, leak_ngram_words: int = NGRAM_WORDS, max_batch: int = MAX_BATCH, batch_window_s: float = 0.01,
              max_tries: int = 3, generation: dict[str, Any] | None = None) -> "Engine":
         """An engine serving the artifact in `directory`; swaps load new artifacts with the same options."""
         from functools import partial

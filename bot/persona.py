@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bot.backends import Backend, load_backend
 from bot.filters import Blocklist, LeakGuard, OutputFilter
+from bot.filters.leak_guard import NGRAM_WORDS
 from training import transcript
 from training.artifact import ArtifactError, PersonaInfo, read_persona
 from training.generation import GenerationSettings
@@ -34,7 +35,7 @@ class Persona:
 
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
-             blocklist: Blocklist | None = None, leak_ngram_words: int = 8, **overrides) -> "Persona":
+             blocklist: Blocklist | None = None, leak_ngram_words: int = NGRAM_WORDS, **overrides) -> "Persona":
         """Load and check an artifact. `overrides` replace persona.json's generation defaults (None keeps
         the default); `backend` is one of `bot.backends.BACKENDS`."""
         info = read_persona(directory)

@@ -38,7 +38,7 @@ def demo_plays() -> list[Path]:
     return paths
 
 
-def build_demo(out: Path, *, time_budget_s: float = 200.0, progress: Progress | None = None,
+def build_demo(out: Path, *, time_budget_s: float, progress: Progress | None = None,
                threads: int | None = None) -> TrainResult:
     """Train the demo persona into `out` within about `time_budget_s` seconds of training."""
     cfg = TrainConfig(data=[str(p) for p in demo_plays()], speaker=DEMO_SPEAKER, out=out, format="script-play",

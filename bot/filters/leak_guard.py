@@ -25,6 +25,9 @@ from pathlib import Path
 
 from bot.filters._text import FORMAT_CHARS
 
+# A reply sharing this many consecutive words with the training text is a leak (LEAK_NGRAM_WORDS).
+NGRAM_WORDS = 8
+
 # Markdown and emphasis symbols that wrap words in chat ("*really*", "~~no~~", "||spoiler||", "`code`") besides
 # Unicode punctuation; emoji and currency signs are kept, they are part of what was said.
 _EXTRA_STRIP = "~`|^+<>="
@@ -171,7 +174,7 @@ class LeakGuard:
     `bench/leak_guard.py` measures bytes per training line and microseconds per check.
     """
 
-    def __init__(self, texts: Iterable[tuple[str, bool]], *, ngram_words: int = 8,
+    def __init__(self, texts: Iterable[tuple[str, bool]], *, ngram_words: int = NGRAM_WORDS,
                  min_verbatim_words: int = 3, max_edits: int = 2, rare_lines: int = 32) -> None:
         """`texts`: (text, is_response) pairs, every text the model was trained on."""
         if ngram_words < 2:
