@@ -28,6 +28,7 @@ top folder (a re-zipped export) is read the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -183,15 +184,20 @@ def _person(display: Any, real: Any, handle: Any, is_bot: bool = False) -> _Pers
     return _Person(names[0], tuple(dict.fromkeys(n for n in names[1:] if n != names[0])), is_bot)
 
 
+def _objects(source: Source, layout: _Layout, file: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(label, place, object) of each entry of a metadata file's array; nothing when the export lacks it."""
+    if file not in layout.meta:
+        return
+    label, entries = _read_array(source, layout.root + file)
+    for i, entry in enumerate(entries):
+        where = f"$[{i}]"
+        yield label, where, json_at(entry, dict, label, where)
+
+
 def _read_users(source: Source, layout: _Layout) -> dict[str, _Person]:
     people: dict[str, _Person] = {}
     for file in _USER_FILES:
-        if file not in layout.meta:
-            continue
-        label, users = _read_array(source, layout.root + file)
-        for i, user in enumerate(users):
-            where = f"$[{i}]"
-            user = json_at(user, dict, label, where)
+        for label, where, user in _objects(source, layout, file):
             user_id = json_field(user, "id", str, label, where)
             profile = json_field(user, "profile", dict, label, where, required=False) or {}
             real = profile.get("real_name") or user.get("real_name")
@@ -205,12 +211,7 @@ def _read_channels(source: Source, layout: _Layout, people: dict[str, _Person]) 
     """Conversations by the folder their day files are in."""
     channels: dict[str, _Channel] = {}
     for file, folder_key in _CHANNEL_FILES:
-        if file not in layout.meta:
-            continue
-        label, entries = _read_array(source, layout.root + file)
-        for i, entry in enumerate(entries):
-            where = f"$[{i}]"
-            entry = json_at(entry, dict, label, where)
+        for label, where, entry in _objects(source, layout, file):
             channel_id = json_field(entry, "id", str, label, where)
             folder = json_field(entry, folder_key, str, label, where)
             if file == "dms.json":
