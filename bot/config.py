@@ -18,7 +18,7 @@ from bot.scheduler import GRACE_MINUTES
 
 # Generation backends (bot.backends); "auto" picks the fastest on this machine. Declared here, not in
 # bot.backends or bot.engine, because those load torch and reading settings must not.
-BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2")
+BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2", "openai")
 # Requests the engine generates together at most (MAX_BATCH), for the same reason declared here.
 MAX_BATCH = 8
 
@@ -66,6 +66,17 @@ class Settings:
     post_mode: str
     post_grace_minutes: float
     twitter_keys: tuple[str, str, str, str] | None = field(repr=False)   # never printed
+    # --- past one machine ---
+    inference_url: str | None
+    inference_api_key: str | None = field(repr=False)   # never printed
+    inference_model: str | None
+    inference_timeout_s: float
+    inference_concurrency: int
+    shard_count: int | None
+    shard_ids: tuple[int, ...] | None
+    run_jobs: bool
+    metrics_port: int | None
+    metrics_host: str
 
     @property
     def model_dir(self) -> Path:
@@ -142,6 +153,25 @@ def _post_targets(var: Variable, raw: str, problems: list[str]) -> tuple[PostTar
     wrong = [f"POST_TARGETS: {text!r} is not {POST_TARGET_HELP}" for text in texts if PostTarget.parse(text) is None]
     problems.extend(wrong)
     return None if wrong else tuple(PostTarget.parse(text) for text in texts)
+
+
+def _shard_ids(var: Variable, raw: str, problems: list[str]) -> tuple[int, ...] | None:
+    parts = [part.strip() for part in raw.replace(" ", ",").split(",") if part.strip()]
+    bad = [part for part in parts if not (part.isascii() and part.isdigit())]
+    if bad or not parts:
+        problems.append(f"{var.name}: {', '.join(bad) or repr(raw)} not a shard number (0, 1, ...)")
+        return None
+    return tuple(sorted({int(part) for part in parts}))
+
+
+def _url(value: str, raw: str) -> list[str]:
+    if value.startswith(("http://", "https://")) and len(value) > 8:
+        return []
+    return [f"INFERENCE_URL={value!r} must be an http:// or https:// address, e.g. http://gpu-box:8000/v1"]
+
+
+def _port(value: int, raw: str) -> list[str]:
+    return [] if value <= 65535 else [f"METRICS_PORT={value} is not a port (1 to 65535)"]
 
 
 def _not_a_file(value: Path, raw: str) -> list[str]:
@@ -271,6 +301,24 @@ VARIABLES: tuple[Variable, ...] = (
     _twitter("TWITTER_CONSUMER_SECRET", 1),
     _twitter("TWITTER_ACCESS_TOKEN", 2),
     _twitter("TWITTER_ACCESS_TOKEN_SECRET", 3),
+    # --- past one machine ---
+    Variable("INFERENCE_URL", "inference_url", _text, None,
+             "BACKEND=openai: the OpenAI-compatible server's base address", check=_url),
+    Variable("INFERENCE_API_KEY", "inference_api_key", _text, None, "its API key, if it wants one (never printed)"),
+    Variable("INFERENCE_MODEL", "inference_model", _text, None,
+             "the served model to ask for (default: the one the server lists)"),
+    Variable("INFERENCE_TIMEOUT", "inference_timeout_s", _number(float), 30.0,
+             "seconds one request to the inference server may take", minimum=0.1),
+    Variable("INFERENCE_CONCURRENCY", "inference_concurrency", _number(int), 8,
+             "requests in flight to the inference server at most", minimum=1),
+    Variable("SHARD_COUNT", "shard_count", _number(int), None,
+             "gateway shards in all (default: Discord's recommendation)", minimum=1),
+    Variable("SHARD_IDS", "shard_ids", _shard_ids, None, "the shards this process runs (default: all)"),
+    Variable("RUN_JOBS", "run_jobs", _flag, True,
+             "this process runs scheduled posts and /retrain (false on every process but one)"),
+    Variable("METRICS_PORT", "metrics_port", _number(int), None,
+             "serve /healthz and /metrics on this port (default: off)", minimum=1, check=_port),
+    Variable("METRICS_HOST", "metrics_host", _text, "127.0.0.1", "the address /healthz and /metrics listen on"),
 )
 
 
@@ -322,7 +370,22 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv_path: str | Pa
     if keys and len(keys) < 4:
         missing = [var.name for var in VARIABLES if var.group == "twitter_keys" and var.field not in keys]
         problems.append(f"Twitter needs all four keys; missing: {', '.join(missing)}")
+    problems += _cross_problems(values)
     if problems:
         raise ConfigError(problems)
     twitter_keys = tuple(keys[str(i)] for i in range(4)) if len(keys) == 4 else None
     return Settings(**values, generation=groups["generation"], twitter_keys=twitter_keys)
+
+
+def _cross_problems(values: dict[str, Any]) -> list[str]:
+    """Problems of settings that only make sense together."""
+    problems = []
+    if values["backend"] == "openai" and not values["inference_url"]:
+        problems.append("BACKEND=openai needs INFERENCE_URL (the server's address, e.g. http://gpu-box:8000/v1)")
+    shards, count = values["shard_ids"], values["shard_count"]
+    if shards is not None and count is None:
+        problems.append("SHARD_IDS needs SHARD_COUNT (the number of shards all processes run together)")
+    elif shards is not None and max(shards) >= count:
+        problems.append(f"SHARD_IDS: shard {max(shards)} does not exist with SHARD_COUNT={count} "
+                        f"(shards are numbered 0 to {count - 1})")
+    return problems

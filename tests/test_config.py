@@ -62,3 +62,26 @@ def test_problems_are_reported_under_their_variable():
     settings = load_settings(keys, dotenv_path=None)
     assert settings.twitter_keys == ("a", "b", "c", "d") and settings.generation == {"top_k": 5}
     assert settings.admin_user_ids == {1, 2} and "'a'" not in repr(settings)
+
+
+def test_settings_that_only_make_sense_together_are_checked_together():
+    import pytest
+
+    from bot.config import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        load_settings({"BACKEND": "openai", "SHARD_IDS": "0,1"}, dotenv_path=None)
+    assert error.value.problems == [
+        "BACKEND=openai needs INFERENCE_URL (the server's address, e.g. http://gpu-box:8000/v1)",
+        "SHARD_IDS needs SHARD_COUNT (the number of shards all processes run together)"]
+    with pytest.raises(ConfigError) as error:
+        load_settings({"SHARD_COUNT": "2", "SHARD_IDS": "1, 2", "INFERENCE_URL": "gpu-box:8000",
+                       "METRICS_PORT": "70000"}, dotenv_path=None)
+    assert error.value.problems == [
+        "INFERENCE_URL='gpu-box:8000' must be an http:// or https:// address, e.g. http://gpu-box:8000/v1",
+        "METRICS_PORT=70000 is not a port (1 to 65535)",
+        "SHARD_IDS: shard 2 does not exist with SHARD_COUNT=2 (shards are numbered 0 to 1)"]
+    ok = load_settings({"BACKEND": "openai", "INFERENCE_URL": "http://127.0.0.1:8000/v1", "INFERENCE_API_KEY": "sk-1",
+                        "SHARD_COUNT": "4", "SHARD_IDS": "3,1", "RUN_JOBS": "false"}, dotenv_path=None)
+    assert (ok.backend, ok.shard_ids, ok.run_jobs) == ("openai", (1, 3), False)
+    assert "sk-1" not in repr(ok)                                   # the key is never printed
