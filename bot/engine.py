@@ -102,6 +102,8 @@ class Engine:
         self.batches = 0            # batches generated so far
         self.largest_batch = 0
         self.busy = False           # a batch is running now
+        # Called with each generated batch's size, from the worker thread (metrics); must be quick.
+        self.batch_observers: list[Callable[[int], None]] = []
 
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
@@ -286,6 +288,8 @@ class Engine:
                 self.busy = False
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
+            for observe in self.batch_observers:
+                observe(len(batch))
             for job, ids in zip(batch, replies):
                 self._resolve(job, (persona, ids))
 
