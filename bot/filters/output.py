@@ -6,6 +6,10 @@ own finishing: mentions neutralised with its own name resolver (a Discord target
 that guild's members and roles), then cut to its limit measured its way (Discord's 2,000 characters, a
 tweet's 280 weighted characters, no limit in the terminal). Each adapter builds its target, so the engine
 needs to know no platform.
+
+A reason `reject` gives is a `Rejection`: the reason's text (a str, as logs and /status show it) that also
+names the filter that gave it (`Rejection.filter`), so that counting rejections by filter (bot.metrics)
+never parses the text.
 """
 
 from __future__ import annotations
@@ -21,6 +25,34 @@ from bot.filters.mentions import neutralise_mentions
 from bot.filters.twitter import TWEET_LIMIT, tweet_length
 
 DISCORD_LIMIT = 2000
+
+# The filters a sample can be rejected by (the label `rejection_filter` gives; "other" for a reason from
+# outside the output filter, such as a posting rule).
+LEAK_GUARD, BLOCKLIST, EMPTY_FILTER, OTHER = "leak_guard", "blocklist", "empty", "other"
+
+
+class Rejection(str):
+    """Why a sample was rejected (the text itself), and the filter that rejected it (`filter`)."""
+
+    filter: str
+
+    def __new__(cls, reason: str, filter: str) -> "Rejection":
+        rejection = super().__new__(cls, reason)
+        rejection.filter = filter
+        return rejection
+
+
+# An empty sample: the engine rejects it before the filters see it.
+EMPTY = Rejection("empty", EMPTY_FILTER)
+
+
+def rejection_filter(reason: str) -> str:
+    """The filter that gave `reason`: its `Rejection.filter`; "empty" for the engine's plain "empty"; else
+    "other" (a reason that is not the output filter's)."""
+    if isinstance(reason, Rejection):
+        return reason.filter
+    return EMPTY_FILTER if reason == EMPTY else OTHER
+
 
 # Who a mention names where the text goes: (kind "user" or "role", id) -> a display name, or None.
 NameResolver = Callable[[str, str], "str | None"]
@@ -62,12 +94,13 @@ class OutputFilter:
         self.leak_guard = leak_guard
         self.blocklist = blocklist
 
-    def reject(self, text: str) -> str | None:
-        """None when `text` may be sent, else why not: the leak guard first, then the blocklist."""
+    def reject(self, text: str) -> Rejection | None:
+        """None when `text` may be sent, else why not (naming the filter): the leak guard first, then the
+        blocklist."""
         if self.leak_guard is not None and (reason := self.leak_guard.check(text)):
-            return reason
+            return Rejection(reason, LEAK_GUARD)
         if self.blocklist is not None and (reason := self.blocklist.check(text)):
-            return reason
+            return Rejection(reason, BLOCKLIST)
         return None
 
     def finish(self, text: str, target: Target) -> str:
