@@ -36,6 +36,17 @@ class RetrainError(Exception):
     """A retrain that could not start or whose result was not used; the message says why."""
 
 
+class RetrainRejected(RetrainError):
+    """The training finished but its artifact was not used: unusable, worse than the current model, or it did
+    not load."""
+
+
+# How a retrain that started ends (its status in the run table, and what `Retrainer.outcome_observers` are
+# told): done (swapped in), failed (the child crashed, or the run could not go on), cancelled (/retrain
+# cancel, or the bot stopping), rejected (trained, but the check kept the current model).
+RETRAIN_OUTCOMES = ("done", "failed", "cancelled", "rejected")
+
+
 @dataclass
 class RetrainResult:
     artifact: Path
@@ -65,6 +76,8 @@ class Retrainer:
         self._cancelled = False
         self._shutting_down = False
         self._lock = asyncio.Lock()
+        # Called with each started retrain's outcome (one of RETRAIN_OUTCOMES), e.g. by bot.metrics; quick.
+        self.outcome_observers: list[Callable[[str], None]] = []
 
     @property
     def running(self) -> bool:
@@ -108,14 +121,24 @@ class Retrainer:
             except RetrainError as e:
                 if logged is not None:
                     shutil.rmtree(logged, ignore_errors=True)
-                status = "cancelled" if self._cancelled else "failed"
-                await self._finish(run_id, status, error=str(e))
+                outcome = "cancelled" if self._cancelled else "rejected" if isinstance(e, RetrainRejected) else "failed"
+                await self._finish(run_id, outcome, error=str(e))
                 remove_run_output(out)
+                self._tell(outcome)
                 raise
             if logged is not None:
                 shutil.rmtree(logged, ignore_errors=True)
             await self._finish(run_id, "done", artifact_path=str(out), metrics=result.metrics.to_json())
+            self._tell("done")
             return result
+
+    def _tell(self, outcome: str) -> None:
+        """Tell the outcome observers how a retrain ended; an observer's failure never fails the retrain."""
+        for observe in self.outcome_observers:
+            try:
+                observe(outcome)
+            except Exception:
+                log.exception("a retrain outcome observer failed")
 
     async def _dump_logged(self) -> Path | None:
         """The store's channel messages (people who opted out left out, the bot's own lines too: it must not
@@ -196,7 +219,7 @@ class Retrainer:
         try:
             previous = await self.engine.swap(out)
         except SwapError as e:
-            raise RetrainError(f"the new model did not load: {e}") from e
+            raise RetrainRejected(f"the new model did not load: {e}") from e
         await self._remember_swap(out, previous.path)
         plot = out / "loss.png"
         return RetrainResult(out, info.metrics, previous.path, plot if plot.is_file() else None)
@@ -251,12 +274,12 @@ class Retrainer:
         try:
             info = read_persona(out)
         except ArtifactError as e:
-            raise RetrainError(f"the new model is not usable: {e}") from e
+            raise RetrainRejected(f"the new model is not usable: {e}") from e
         new_loss, old_loss = info.trained_val_loss, current.info.trained_val_loss
         if not force and _finite(new_loss) and _finite(old_loss) and new_loss > old_loss + self.loss_margin:
-            raise RetrainError(f"the new model's validation loss {new_loss:.3f} is worse than the current "
-                               f"{old_loss:.3f} by more than {self.loss_margin}; kept the current one (use "
-                               "force to swap anyway)")
+            raise RetrainRejected(f"the new model's validation loss {new_loss:.3f} is worse than the current "
+                                  f"{old_loss:.3f} by more than {self.loss_margin}; kept the current one (use "
+                                  "force to swap anyway)")
         return info
 
     async def _remember_swap(self, current: Path, previous: Path) -> None:
