@@ -100,6 +100,8 @@ class PostScheduler:
         self.seed = seed             # a seeded scheduler samples the same lines each run (tests)
         self.scheduler = None
         self.twitter: TwitterTarget | None = None
+        # Called with every post's outcome (e.g. by bot.metrics); quick, and never allowed to stop a post.
+        self.outcome_observers: list[Callable[[PostOutcome], None]] = []
 
     async def start(self) -> None:
         """Mark interrupted posts unknown, catch up once per schedule, then schedule every unpaused one."""
@@ -219,6 +221,15 @@ class PostScheduler:
         return [await self._post(schedule, stamp, target) for target in schedule.targets]
 
     async def _post(self, schedule: Schedule, slot: str, target: PostTarget) -> PostOutcome:
+        outcome = await self._claim_and_send(schedule, slot, target)
+        for observe in self.outcome_observers:
+            try:
+                observe(outcome)
+            except Exception:
+                log.exception("a post outcome observer failed")
+        return outcome
+
+    async def _claim_and_send(self, schedule: Schedule, slot: str, target: PostTarget) -> PostOutcome:
         try:
             post_id = await self.store.claim_post(schedule.id, slot, str(target), schedule.guild_id)
         except StoreError as e:
@@ -315,9 +326,11 @@ class Senders:
 
 
 async def start_posting(engine: Engine, store: Store, settings: Settings, *,
-                        discord_sender: ChannelSender | None = None, out: IO[str] | None = None) -> PostScheduler:
+                        discord_sender: ChannelSender | None = None, out: IO[str] | None = None,
+                        outcome_observers: Sequence[Callable[[PostOutcome], None]] = ()) -> PostScheduler:
     """Seed the first schedule from POST_SCHEDULE (first start only), then start the scheduler. The Discord
-    adapter passes its `discord_sender`; without one, Discord targets go to the terminal."""
+    adapter passes its `discord_sender`; without one, Discord targets go to the terminal. `outcome_observers`
+    are told every post's outcome, catch-up posts at start included (e.g. `Metrics.post_made`)."""
     if settings.post_schedule and not await store.schedules():
         await store.add_schedule("default", cron=settings.post_schedule, targets=list(settings.post_targets),
                                  timezone_name=settings.post_timezone, mode=settings.post_mode)
@@ -328,5 +341,6 @@ async def start_posting(engine: Engine, store: Store, settings: Settings, *,
         senders.register_discord(discord_sender)
     scheduler = PostScheduler(engine, store, senders, grace_s=settings.post_grace_minutes * 60)
     scheduler.twitter = twitter
+    scheduler.outcome_observers.extend(outcome_observers)
     await scheduler.start()
     return scheduler
