@@ -1,10 +1,16 @@
-"""The discord.py bot: a `commands.Bot` subclass that holds the engine, the store and the channel memory,
+"""The discord.py bot: a `commands.AutoShardedBot` subclass that holds the engine, the store and the channel memory,
 and loads one cog per feature in `setup_hook`. Generated text can never ping anyone: every message goes out
-with `AllowedMentions.none()` (and the filters have already defused mentions in the text)."""
+with `AllowedMentions.none()` (and the filters have already defused mentions in the text).
+
+It is an `AutoShardedBot`: SHARD_COUNT shards in all (default: Discord's recommendation), of which this process
+runs SHARD_IDS (default: all), so that several processes can split the guilds. Exactly one of them has RUN_JOBS
+on: it runs the scheduled posts, /retrain and /rollback; the others serve replies and follow its model swaps
+through the shared database (`bot.model_watch`)."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -22,6 +28,9 @@ from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
 log = logging.getLogger("personabot.discord")
 
 EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin", "cogs.posts")
+# The store setting where the jobs process (RUN_JOBS=true) says which shards it runs and on which host: the
+# other processes point there when they refuse a job command.
+JOBS_PROCESS = "jobs_process"
 
 
 def intents_for(settings: Settings) -> discord.Intents:
@@ -45,13 +54,14 @@ class PersonaTree(app_commands.CommandTree):
         await refuse(interaction, error)
 
 
-class PersonaBot(commands.Bot):
+class PersonaBot(commands.AutoShardedBot):
     def __init__(self, settings: Settings, engine: Engine, store: Store, *,
                  retrainer: Retrainer | None = None, interrupted_runs: list[dict] | None = None) -> None:
         # No prefix commands: everything is a slash command or a mention.
         super().__init__(command_prefix=lambda bot, message: [], intents=intents_for(settings),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None,
-                         tree_cls=PersonaTree)
+                         tree_cls=PersonaTree, shard_count=settings.shard_count,
+                         shard_ids=list(settings.shard_ids) if settings.shard_ids is not None else None)
         self.settings = settings
         self.engine = engine
         self.store = store
@@ -71,12 +81,58 @@ class PersonaBot(commands.Bot):
         await self.tree.sync()
 
     async def on_ready(self) -> None:
-        # Scheduled posts start once the bot is connected: their Discord targets need the gateway.
-        if self.poster is None:
-            from bot.scheduler import start_posting
+        # Scheduled posts start once the bot is connected (their Discord targets need the gateway), and only
+        # in the jobs process: with several processes, each would post every scheduled line once.
+        if self.settings.run_jobs:
+            await self._record_jobs_process()
+            if self.poster is None:
+                from bot.scheduler import start_posting
 
-            self.poster = await start_posting(self.engine, self.store, self.settings, discord_sender=self.send_post)
+                self.poster = await start_posting(self.engine, self.store, self.settings,
+                                                  discord_sender=self.send_post)
         await self._announce_interrupted_runs()
+
+    async def _record_jobs_process(self) -> None:
+        """Say in the shared database that this process runs the jobs, with its shards and host."""
+        from bot.store import StoreError
+
+        try:
+            await self.store.set_setting(JOBS_PROCESS, {"shards": self.running_shards(), "host": socket.gethostname()})
+        except StoreError as e:
+            log.warning("could not record this process as the jobs process (other processes cannot point "
+                        "to it): %s", e)
+
+    async def jobs_elsewhere(self, guild_id: int | None) -> str | None:
+        """Why a job command (/retrain, /rollback) cannot run in this process, and where it can; None when
+        this is the jobs process (RUN_JOBS=true)."""
+        if self.settings.run_jobs:
+            return None
+        from bot.store import StoreError
+
+        here = f"shard {self.shard_of_guild(guild_id)}" if guild_id is not None else "shard 0"
+        try:
+            jobs = await self.store.get_setting(JOBS_PROCESS)
+        except StoreError:
+            jobs = None
+        if isinstance(jobs, dict) and jobs.get("shards"):
+            one = len(jobs["shards"]) == 1
+            shards = ", ".join(map(str, jobs["shards"]))
+            where = (f"it serves shard{'' if one else 's'} {shards} on host {jobs.get('host', '?')}; use the "
+                     f"command in a server on {'that shard' if one else 'one of those shards'}")
+        else:
+            where = "no such process has connected yet"
+        return (f"Retrains and rollbacks run only in the bot process with RUN_JOBS=true ({where}). This server "
+                f"is on {here}, served by a process that only replies.")
+
+    def running_shards(self) -> list[int]:
+        """The gateway shards this process runs (all of them unless SHARD_IDS names some)."""
+        if self.shard_ids is not None:
+            return sorted(self.shard_ids)
+        return list(range(self.shard_count or 1))
+
+    def shard_of_guild(self, guild_id: int) -> int:
+        """The shard Discord sends a guild's events to (its id's timestamp part modulo the shard count)."""
+        return (guild_id >> 22) % (self.shard_count or 1)
 
     async def _announce_interrupted_runs(self) -> None:
         """Say in each interrupted retrain's progress message that it ended with the restart."""
@@ -179,6 +235,19 @@ def _power_check(refusal: str, holds: Callable[[Authority], bool]):
 def owners_only():
     """An app-command check: the bot's owners only (global powers, see `bot.tenancy`)."""
     return _power_check(OWNERS_ONLY, lambda authority: authority.is_owner)
+
+
+def jobs_process_only():
+    """An app-command check: the command runs only in the jobs process (RUN_JOBS=true); elsewhere it is refused
+    with where to use it. Put it above `owners_only()`, so that others hear "owners only" first."""
+    async def predicate(interaction: discord.Interaction) -> bool:
+        bot = interaction.client
+        refusal = await bot.jobs_elsewhere(interaction.guild_id) if isinstance(bot, PersonaBot) else None
+        if refusal:
+            raise app_commands.CheckFailure(refusal)
+        return True
+
+    return app_commands.check(predicate)
 
 
 def guild_admins_only():

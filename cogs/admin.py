@@ -1,4 +1,5 @@
-"""Admin commands: /retrain start|cancel, /rollback, /status."""
+"""Admin commands: /retrain start|cancel, /rollback (only in the jobs process, RUN_JOBS=true), /status (the
+persona, the backend and its health, this process's shards and their gateway latency)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import PersonaBot, owners_only
+from bot.discord_bot import PersonaBot, jobs_process_only, owners_only
 from bot.retrain import Retrainer, RetrainError
 from bot.tenancy import Authority
 from cogs.utils.live_message import LiveMessage
@@ -69,6 +70,7 @@ class Admin(commands.Cog):
                            epochs="passes over the data (default: the trainer's)",
                            export="a chat export to add to the training data first",
                            force="swap in the new model even if its validation loss is worse")
+    @jobs_process_only()
     @owners_only()
     async def retrain_start(self, interaction: discord.Interaction, speaker: str | None = None,
                             epochs: app_commands.Range[float, 0.1, 100.0] | None = None,
@@ -150,6 +152,7 @@ class Admin(commands.Cog):
         return None
 
     @retrain.command(name="cancel")
+    @jobs_process_only()
     @owners_only()
     async def retrain_cancel(self, interaction: discord.Interaction) -> None:
         """Stop the running retrain; the current model keeps serving."""
@@ -159,6 +162,7 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="rollback")
     @app_commands.guild_only()
+    @jobs_process_only()
     @owners_only()
     async def rollback(self, interaction: discord.Interaction) -> None:
         """Go back to the model that served before the last swap (the bot's owners only)."""
@@ -178,13 +182,13 @@ class Admin(commands.Cog):
         trained = persona.info.metrics.trained
         p = self.retrainer.progress
         training = progress_text(p) if self.retrainer.running and p else "no retrain running"
-        latency = self.bot.latency
+        health = getattr(persona.backend, "health", None)
         lines = [
-            f"**{persona.name}** · model `{persona.path.name}` ({persona.backend.name})",
+            f"**{persona.name}** · model `{persona.path.name}` ({persona.backend.name}"
+            f"{': ' + health if health else ''})",
             f"validation loss {_num(trained.val_loss)} · perplexity {_num(trained.val_perplexity)}",
-            f"up {format_duration(time.time() - self.bot.started)} · gateway latency "
-            f"{'?' if latency != latency or latency == float('inf') else f'{latency * 1000:.0f} ms'} · "
-            f"queue {self.bot.engine.queue_depth}",
+            f"up {format_duration(time.time() - self.bot.started)} · queue {self.bot.engine.queue_depth}",
+            self._shard_line(),
             f"training: {training}",
         ]
         # Schedules and posts are private: a server's admins see that server's, the bot's owners the
@@ -193,6 +197,15 @@ class Admin(commands.Cog):
         if authority.scopes():
             lines += await self._posting_lines(authority)
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    def _shard_line(self) -> str:
+        """The shards this process runs, of how many, each with its gateway latency; and whether it runs
+        the jobs (posts, retrains)."""
+        shards = self.bot.shards
+        each = [f"shard {shard_id} {_ms(shards[shard_id].latency) if shard_id in shards else 'not connected'}"
+                for shard_id in self.bot.running_shards()]
+        jobs = "runs posts and retrains" if self.bot.settings.run_jobs else "only replies (jobs run elsewhere)"
+        return f"gateway: {', '.join(each)} ({self.bot.shard_count or '?'} in all) · this process {jobs}"
 
     async def _posting_lines(self, authority: Authority) -> list[str]:
         """Each schedule's next run, Twitter trouble, and the last posts (unknown ones included), of the
@@ -222,6 +235,11 @@ class Admin(commands.Cog):
 
 def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "?"
+
+
+def _ms(latency: float) -> str:
+    """A gateway latency in milliseconds; "?" before the first heartbeat (discord.py says inf or nan)."""
+    return "?" if latency != latency or latency == float("inf") else f"{latency * 1000:.0f} ms"
 
 
 async def setup(bot: PersonaBot) -> None:
