@@ -1,10 +1,11 @@
 """Talking in character: the bot answers when mentioned or replied to, with the channel's recent messages
 as context. Admins can switch it off per channel. What the bot remembers is `bot.channel_memory`'s; this cog
-translates between Discord and it."""
+translates between Discord and it, and tells the bot's metrics about each reply."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import discord
 from discord import app_commands
@@ -76,6 +77,12 @@ class Chat(commands.Cog):
         if not await self._addressed(message) or self._on_cooldown(message):
             return
         turns = await memory.context(message.channel.id) or [(message.author.display_name, text or "...")]
+        await self._answer(message, turns)
+
+    async def _answer(self, message: discord.Message, turns: list[tuple[str, str]]) -> None:
+        """Reply to `message` in character after `turns`, and count the reply (outcome, seconds from here to
+        sent, rejected samples) in the bot's metrics."""
+        metrics, began = self.bot.metrics, time.perf_counter()
         try:
             async with message.channel.typing():
                 reply = await self.bot.engine.reply(turns, target=discord_target(message.guild))
@@ -83,10 +90,12 @@ class Chat(commands.Cog):
             return
         except Exception:  # a failed generation must not take the bot down; the user gets a word
             log.exception("generation failed in channel %s", message.channel.id)
+            metrics.reply_failed(time.perf_counter() - began)
             await message.reply("(I lost my train of thought; try again in a moment.)", mention_author=False)
             return
         sent = await message.reply(reply.text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
-        await memory.remember(heard(sent, reply.persona, reply.text))
+        metrics.reply_sent(reply, time.perf_counter() - began)
+        await self.bot.memory.remember(heard(sent, reply.persona, reply.text))
 
     @channel.command(name="disable")
     @guild_admins_only()
