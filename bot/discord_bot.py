@@ -21,6 +21,7 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.channel_memory import ChannelMemory
 from bot.engine import Engine
+from bot.metrics import Metrics
 from bot.retrain import Retrainer
 from bot.store import Store
 from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
@@ -56,7 +57,8 @@ class PersonaTree(app_commands.CommandTree):
 
 class PersonaBot(commands.AutoShardedBot):
     def __init__(self, settings: Settings, engine: Engine, store: Store, *,
-                 retrainer: Retrainer | None = None, interrupted_runs: list[dict] | None = None) -> None:
+                 retrainer: Retrainer | None = None, interrupted_runs: list[dict] | None = None,
+                 metrics: Metrics | None = None) -> None:
         # No prefix commands: everything is a slash command or a mention.
         super().__init__(command_prefix=lambda bot, message: [], intents=intents_for(settings),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None,
@@ -70,6 +72,7 @@ class PersonaBot(commands.AutoShardedBot):
                                                 models_dir=settings.models_dir,
                                                 loss_margin=settings.retrain_loss_margin,
                                                 include_logged=settings.log_messages_for_training)
+        self.metrics = (metrics or Metrics()).watch(engine=engine, retrainer=self.retrainer, gateway=self)
         self.started = time.time()
         self.poster = None              # the post scheduler, started once connected
         # Retrains a restart cut short (see bot.retrain.close_interrupted_runs): said in their messages.
