@@ -33,7 +33,8 @@ def settings(tmp_path: Path, data_dir: Path, request):
     marker = request.node.get_closest_marker("env")
     env = {"DATABASE_PATH": str(tmp_path / "bot.sqlite3"), "TRAIN_DATA_DIR": str(data_dir),
            "MODELS_DIR": str(tmp_path / "models"), "USER_COOLDOWN": "0", "CHANNEL_COOLDOWN": "0",
-           **(marker.kwargs if marker else {})}
+           # One shard: the fake gateway has no recommendation to give an AutoShardedBot.
+           "SHARD_COUNT": "1", **(marker.kwargs if marker else {})}
     return load_settings(env, dotenv_path=None)
 
 
