@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatgen import chat_conversations
+from loop_watch import LoopWatch
 
 from bot.config import load_settings
 from bot.engine import FALLBACK_REPLY, Engine
@@ -156,7 +157,7 @@ async def test_healthz_names_a_locked_database_an_unhealthy_backend_and_a_closed
     engine = Engine.load(alice_artifact).start()
     port = free_port()
     server = await serve_metrics(metrics_app(Metrics().watch(engine=engine), engine=engine, store=store,
-                                             health_timeout_s=1.0), "127.0.0.1", port)
+                                             health_timeout_s=2.0), "127.0.0.1", port)
     base = f"http://127.0.0.1:{port}"
     try:
         status, body = await health(base)
@@ -164,7 +165,9 @@ async def test_healthz_names_a_locked_database_an_unhealthy_backend_and_a_closed
 
         other_process = sqlite3.connect(path, isolation_level=None)   # another process holds the write lock
         other_process.execute("BEGIN EXCLUSIVE")
-        locked_status, locked = await health(base)
+        with LoopWatch() as watch:          # the probe waits for the database off the event loop
+            locked_status, locked = await health(base)
+        watch.check(min_callbacks=10)
         other_process.execute("ROLLBACK")
         other_process.close()
         recovered = await _until_healthy(base)
