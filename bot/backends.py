@@ -6,6 +6,9 @@
 - `ctranslate2`: CTranslate2 int8, an optional extra (`pip install personabot[fast]`); the artifact is
   converted once into a `ctranslate2-int8/` folder beside the model.
 
+- `openai`: an OpenAI-compatible inference server (vLLM, TGI, llama.cpp, `transformers serve`) serving the
+  artifact's directory; see `bot.remote`.
+
 `auto` picks the fastest available for the device: a GPU runs `torch`; a CPU runs `torch-int8`
 (bench/reply_latency.py measures all of them against plain `transformers` generate).
 """
@@ -151,6 +154,20 @@ def resolve(name: str) -> str:
     return "torch" if torch.cuda.is_available() else "torch-int8"
 
 
+def _load_remote(info: PersonaInfo, remote):
+    from transformers import AutoTokenizer
+
+    from bot.remote import RemoteBackend
+
+    if remote is None:
+        raise BackendError("BACKEND=openai needs INFERENCE_URL, the inference server serving the persona")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(info.path)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot load the tokenizer of {info.path}: {e}") from e
+    return RemoteBackend.connect(remote, tokenizer), tokenizer
+
+
 def generation_threads(requested: int | None = None) -> int:
     """CPU threads for generation: what was asked, else half the cores (at least one).
 
@@ -164,10 +181,13 @@ def generation_threads(requested: int | None = None) -> int:
     return requested if requested else max(1, cpu_threads(None) // 2)
 
 
-def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None = None):
+def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None = None, remote=None):
     """(backend, tokenizer) for an artifact. Loading failures are `ArtifactError`s, unusable backends
-    `BackendError`s."""
+    `BackendError`s. `openai` needs `remote`, a `bot.remote.RemoteConfig`; it loads the tokenizer only (the
+    weights stay with the inference server) and checks the server at once."""
     name = resolve(name)
+    if name == "openai":
+        return _load_remote(info, remote)
     model, tokenizer = load_model(info)
     if name == "torch":
         if torch.cuda.is_available():

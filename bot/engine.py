@@ -108,12 +108,13 @@ class Engine:
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
              blocklist=None, leak_ngram_words: int = NGRAM_WORDS, max_batch: int = MAX_BATCH, batch_window_s: float = 0.01,
-             max_tries: int = 3, generation: dict[str, Any] | None = None) -> "Engine":
-        """An engine serving the artifact in `directory`; swaps load new artifacts with the same options."""
+             max_tries: int = 3, generation: dict[str, Any] | None = None, remote=None) -> "Engine":
+        """An engine serving the artifact in `directory`; swaps load new artifacts with the same options.
+        `remote` (a `bot.remote.RemoteConfig`) is the inference server of the `openai` backend."""
         from functools import partial
 
         loader = partial(Persona.load, backend=backend, threads=threads, blocklist=blocklist,
-                         leak_ngram_words=leak_ngram_words, **(generation or {}))
+                         leak_ngram_words=leak_ngram_words, remote=remote, **(generation or {}))
         return cls(loader(directory), loader=loader, max_batch=max_batch, batch_window_s=batch_window_s,
                    threads=threads, max_tries=max_tries)
 

@@ -35,9 +35,11 @@ class Persona:
 
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
-             blocklist: Blocklist | None = None, leak_ngram_words: int = NGRAM_WORDS, **overrides) -> "Persona":
+             blocklist: Blocklist | None = None, leak_ngram_words: int = NGRAM_WORDS, remote=None,
+             **overrides) -> "Persona":
         """Load and check an artifact. `overrides` replace persona.json's generation defaults (None keeps
-        the default); `backend` is one of `bot.backends.BACKENDS`."""
+        the default); `backend` is one of `bot.backends.BACKENDS`; `remote` (a `bot.remote.RemoteConfig`)
+        is where the `openai` backend finds its server."""
         info = read_persona(directory)
         settings = info.generation.with_overrides(**overrides)
         problems = settings.check()
@@ -47,7 +49,7 @@ class Persona:
             guard = LeakGuard.from_artifact(info.path, ngram_words=leak_ngram_words)
         except (OSError, EOFError, ValueError) as e:
             raise ArtifactError(f"cannot read the training-text index in {info.path}: {e}") from e
-        engine, tokenizer = load_backend(info, backend, threads=threads)
+        engine, tokenizer = load_backend(info, backend, threads=threads, remote=remote)
         config = json.loads((info.path / "config.json").read_text(encoding="utf-8"))
         positions = config.get("n_positions") or config.get("max_position_embeddings")
         return cls(info, tokenizer, engine, settings, OutputFilter(guard, blocklist), positions)

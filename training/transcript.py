@@ -29,6 +29,8 @@ class TokenizerLike(Protocol):
 
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
+    def decode(self, ids: list[int]) -> str: ...
+
 
 def speaker_label(name: str) -> str:
     """A name as it appears before the colon: no colons or line breaks, which would break the format."""
@@ -140,3 +142,29 @@ def find_new_turn(text: str) -> int | None:
     """Where generated text starts another speaker's turn (the index of its newline), or None."""
     match = _NEW_TURN.search(text)
     return match.start() if match else None
+
+
+# Stops a server may be sent (OpenAI's API and TGI take at most four).
+MAX_STOPS = 4
+_SPEAKER_LINE = re.compile(r"^([^\s:,;!?][^:\n,;!?]{0,39}): ", re.MULTILINE)
+
+
+def stop_strings(tokenizer: TokenizerLike, prompt: str, limit: int = MAX_STOPS) -> list[str]:
+    """Stop strings for a server continuing `prompt` (a transcript ending in the persona's cue), from the
+    format: the end marker, then `\\nName:` for the speakers of the transcript, the latest first (the
+    persona's own cue included). They cannot name every possible speaker: `find_new_turn` and `cut_reply`
+    cut the text again when it comes back."""
+    names: list[str] = []
+    last_line = prompt.rsplit(TURN_END, 1)[-1]
+    cue = [last_line[:-1].strip()] if last_line.endswith(":") else []
+    for label in reversed(_SPEAKER_LINE.findall(prompt) + cue):
+        if label and label not in names:
+            names.append(label)
+    marker = tokenizer.decode([end_marker_id(tokenizer)])
+    return [marker] + [f"{TURN_END}{name}:" for name in names[:max(0, limit - 1)]]
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the first of `stops` (servers differ on whether they return the stop they hit)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]

@@ -1,0 +1,433 @@
+"""The `openai` backend: a persona served by an OpenAI-compatible inference server (vLLM, TGI, llama.cpp's
+server, `transformers serve`), spoken to over its completions API.
+
+The bot still builds every prompt (same transcript, same context window) and still owns every rule about
+what the persona may say: the prompt ids are decoded to text and sent as `prompt`; the stops sent are the
+transcript's (`training.transcript.stop_strings`); the text that comes back is cut at those stops, encoded
+with the artifact's tokenizer and cut again by `training.generation.cut_reply`, so a server that ignores a
+stop still cannot make the persona speak for others. Filters, mention defusing and length cuts stay in the
+bot (`bot.engine`).
+
+Requests go out from a bounded thread pool (`concurrency` in flight, one batch's rows together), each with
+its own timeout, from the engine's worker thread: never from the event loop. Failures (refused connection,
+timeout, 429, 5xx, a malformed body) are retried a bounded number of times with backoff inside one deadline
+per row; a circuit breaker opens after consecutive failures and then answers at once with an empty reply
+(the engine turns that into the fallback line) until a probe after the cooldown succeeds. The API key goes
+in the Authorization header only: it is never logged and never put in an error's text.
+
+Sampling: `temperature`, `top_p`, `max_tokens`, `seed` and `stop` are in every server's API. `top_k` and
+`repetition_penalty` are sent as vLLM (and llama.cpp) take them, as top-level fields; a server that refuses
+them (`transformers serve` answers 422 to unknown fields) gets them in its own `generation_config` field
+instead, and one that refuses that too gets the plain fields only. Each step down is logged once.
+
+The start check (`RemoteBackend.connect`) lists the served models (`GET /models`) and checks the served
+tokenizer against the artifact's, on a probe holding the end marker, the texts of the vocabulary's last
+tokens (its last merges, where two vocabularies part first) and a transcript sample:
+- where the server has a tokenize endpoint (vLLM and llama.cpp `POST /tokenize`, TGI likewise): the ids
+  must be the artifact's ids exactly;
+- otherwise (`transformers serve`): through the prompt token counts a one-token completion reports
+  (`usage.prompt_tokens`): the end marker must be one token, the rest of the probe as many tokens as the
+  artifact's tokenizer makes of it (a count, so a weaker check than the ids: it catches another vocabulary,
+  not the same merges numbered otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from bot.backends import BackendError
+from training import transcript
+from training.generation import GenerationSettings, cut_reply
+
+log = logging.getLogger("personabot.remote")
+
+# Where sampling fields the completions API lacks go, tried in this order (see the module's docstring).
+EXTRA_STYLES = ("top-level", "generation_config", "none")
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+# Tokens of the artifact's vocabulary the start check probes (kept short of a tiny model's 256 positions).
+PROBE_TOKENS = 48
+
+
+class RemoteError(Exception):
+    """One failed request to the inference server (its text never holds the API key)."""
+
+    def __init__(self, message: str, *, retry: bool = True, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry = retry
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """Where the inference server is and how to treat it."""
+
+    url: str                                         # e.g. http://gpu-box:8000/v1
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None                         # None: the one model the server lists
+    timeout_s: float = 30.0                          # one row's deadline, retries included
+    concurrency: int = 8                             # requests in flight at most
+    retries: int = 2                                 # tries after the first, within the deadline
+    backoff_s: float = 0.25                          # first pause between tries; doubles each time
+    max_retry_after_s: float = 5.0                   # a 429's Retry-After is honoured up to this
+    breaker_failures: int = 3                        # consecutive failed requests that open the circuit
+    breaker_cooldown_s: float = 10.0                 # open this long before one probe is let through
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "RemoteConfig":
+        """The remote settings of a `bot.config.Settings` (INFERENCE_URL, _API_KEY, _MODEL, _TIMEOUT,
+        _CONCURRENCY)."""
+        if not settings.inference_url:
+            raise BackendError("BACKEND=openai needs INFERENCE_URL (e.g. http://gpu-box:8000/v1)")
+        return cls(url=settings.inference_url.rstrip("/"), api_key=settings.inference_api_key,
+                   model=settings.inference_model, timeout_s=settings.inference_timeout_s,
+                   concurrency=settings.inference_concurrency)
+
+
+class CircuitBreaker:
+    """closed -> open after `failures` consecutive failures -> half-open (one probe) after `cooldown_s` ->
+    closed on the probe's success, open again on its failure. Thread-safe; logs each state change once."""
+
+    def __init__(self, name: str, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.state = "closed"
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.opened_wall = 0.0
+        self.last_error = ""
+        self._probing = False
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """Whether a request may go out now (in half-open, only the one probe)."""
+        with self._lock:
+            if self.state == "closed":
+                return True
+            if self.state == "open" and self.clock() - self.opened_at >= self.cooldown_s:
+                self._change("half-open", "probing the server once")
+            if self.state == "half-open" and not self._probing:
+                self._probing = True
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            self.consecutive = 0
+            self._probing = False
+            if self.state != "closed":
+                self._change("closed", "the server answers again")
+
+    def failure(self, error: str) -> None:
+        with self._lock:
+            self.consecutive += 1
+            self.last_error = error
+            probe_failed = self.state == "half-open" and self._probing
+            self._probing = False
+            if probe_failed or (self.state == "closed" and self.consecutive >= self.failures):
+                self.opened_at, self.opened_wall = self.clock(), time.time()
+                self._change("open", f"after {self.consecutive} failed requests (last: {error}); replies use "
+                                     f"the fallback line, next probe in {self.cooldown_s:g} s")
+
+    def _change(self, state: str, why: str) -> None:
+        self.state = state
+        level = logging.WARNING if state == "open" else logging.INFO
+        log.log(level, "inference server %s: circuit %s, %s", self.name, state, why)
+
+
+class RemoteBackend:
+    """The `Backend` of bot.backends over an OpenAI-compatible completions endpoint."""
+
+    name = "openai"
+
+    def __init__(self, config: RemoteConfig, tokenizer, model: str) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model = model
+        self.breaker = CircuitBreaker(config.url, config.breaker_failures, config.breaker_cooldown_s)
+        self.extra_style = EXTRA_STYLES[0]
+        self.requests_sent = 0
+        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="personabot-remote")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    # -- start ---------------------------------------------------------------------------------------
+    @classmethod
+    def connect(cls, config: RemoteConfig, tokenizer) -> "RemoteBackend":
+        """A backend for `config`, after checking the server: its model (listed or chosen) and its
+        tokenizer against `tokenizer`. Raises `BackendError` naming both sides when they differ."""
+        probe = cls(config, tokenizer, config.model or "")
+        probe.model = probe.served_model()
+        probe.check_tokenizer()
+        log.info("inference server %s: serving %s with a matching tokenizer", config.url, probe.model)
+        return probe
+
+    def served_model(self) -> str:
+        """The model to ask for: the configured one, or the one the server lists."""
+        try:
+            body = self._request("GET", "/models", None, self.config.timeout_s)
+            listed = [str(m["id"]) for m in body["data"]]
+        except RemoteError as e:
+            raise BackendError(f"cannot list the models of the inference server at {self.config.url}: {e}") from e
+        except (KeyError, TypeError) as e:
+            raise BackendError(f"the inference server at {self.config.url} lists its models in an unknown "
+                               f"form (no data[].id)") from e
+        if self.config.model:
+            if self.config.model not in listed:
+                log.warning("inference server %s does not list %s (it lists %s); asking for it anyway",
+                            self.config.url, self.config.model, ", ".join(listed) or "nothing")
+            return self.config.model
+        if len(listed) != 1:
+            raise BackendError(f"the inference server at {self.config.url} lists "
+                               f"{', '.join(listed) or 'no models'}; set INFERENCE_MODEL to the persona's")
+        return listed[0]
+
+    def check_tokenizer(self) -> None:
+        """Raise `BackendError` unless the server's tokenizer makes of the probe what the artifact's does."""
+        marker, probe = tokenizer_probes(self.tokenizer)
+        mine = self.tokenizer.encode(marker + probe, add_special_tokens=False)
+        theirs = self._server_ids(marker + probe)
+        where = f"the inference server at {self.config.url} (model {self.model})"
+        if theirs is not None:
+            if theirs != mine:
+                raise BackendError(f"{where} tokenizes differently from the artifact: a probe with the end "
+                                   f"marker and the vocabulary's last tokens is {theirs[:12]}... there, "
+                                   f"{mine[:12]}... here; serve the artifact's own directory")
+            return
+        for what, text, expected in (("the end marker", marker, 1),
+                                     ("a probe of its last tokens", probe, len(mine) - 1)):
+            counted = self._prompt_tokens(text)
+            if counted != expected:
+                raise BackendError(f"{where} has another tokenizer than the artifact: {what} {text[:40]!r} is "
+                                   f"{counted} tokens there, {expected} here (the artifact's vocabulary has "
+                                   f"{len(self.tokenizer)} tokens, end marker {marker!r}); serve the "
+                                   f"artifact's own directory")
+
+    def _server_ids(self, text: str) -> list[int] | None:
+        """The server's ids for `text` from its tokenize endpoint, or None when it has none."""
+        root = self.config.url[:-3] if self.config.url.endswith("/v1") else self.config.url
+        body = {"model": self.model, "prompt": text, "content": text, "inputs": text, "add_special_tokens": False}
+        try:
+            answer = self._request("POST", "/tokenize", body, self.config.timeout_s, base=root)
+        except RemoteError:
+            return None
+        if isinstance(answer, dict) and isinstance(answer.get("tokens"), list):
+            return [int(t) for t in answer["tokens"]]       # vLLM, llama.cpp
+        if isinstance(answer, list) and all(isinstance(t, dict) and "id" in t for t in answer):
+            return [int(t["id"]) for t in answer]            # TGI
+        return None
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1}
+        try:
+            answer = self._request("POST", "/completions", body, self.config.timeout_s)
+            return int(answer["usage"]["prompt_tokens"])
+        except (RemoteError, KeyError, TypeError, ValueError) as e:
+            raise BackendError(f"cannot check the tokenizer of the inference server at {self.config.url}: the "
+                               f"server has no tokenize endpoint and its completions report no prompt token "
+                               f"count ({e})") from e
+
+    # -- the Backend protocol ----------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], settings: Sequence[GenerationSettings],
+                 seeds: Sequence[int | None], cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
+        """One reply per prompt, the rows sent together (blocking: call from the engine's worker)."""
+        rows = [self._pool.submit(self._reply_ids, row, list(p), s, seed, cancelled)
+                for row, (p, s, seed) in enumerate(zip(prompts, settings, seeds))]
+        return [future.result() for future in rows]
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.state != "open"
+
+    @property
+    def health(self) -> str:
+        """One line for /status and /healthz."""
+        where = f"openai {self.config.url} model {self.model}"
+        if self.breaker.state == "closed":
+            return f"{where}: ok"
+        since = time.strftime("%H:%M:%S", time.localtime(self.breaker.opened_wall))
+        return f"{where}: circuit {self.breaker.state} since {since}, last error: {self.breaker.last_error}"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- one row -------------------------------------------------------------------------------------
+    def _reply_ids(self, row: int, prompt: list[int], settings: GenerationSettings, seed: int | None,
+                   cancelled: Callable[[int], bool] | None) -> list[int]:
+        prompt_text = self.tokenizer.decode(prompt) if prompt else self.tokenizer.decode(
+            [transcript.end_marker_id(self.tokenizer)])
+        stops = transcript.stop_strings(self.tokenizer, prompt_text)
+        deadline = time.monotonic() + self.config.timeout_s
+        for attempt in range(self.config.retries + 1):
+            if (cancelled is not None and cancelled(row)) or not self.breaker.allow():
+                return []
+            try:
+                text = self._complete(prompt_text, settings, seed, stops, deadline)
+            except RemoteError as e:
+                self.breaker.failure(str(e))
+                pause = e.retry_after_s if e.retry_after_s is not None else self.config.backoff_s * 2 ** attempt
+                pause = min(pause, self.config.max_retry_after_s) * random.uniform(0.8, 1.0)
+                if not e.retry or time.monotonic() + pause >= deadline or attempt == self.config.retries:
+                    log.debug("row %d failed: %s", row, e)
+                    return []
+                time.sleep(pause)
+                continue
+            self.breaker.success()
+            ids = self.tokenizer.encode(transcript.cut_at_stops(text, stops), add_special_tokens=False)
+            return cut_reply(ids[:settings.max_new_tokens], self.tokenizer)[0]
+        return []
+
+    def _complete(self, prompt: str, settings: GenerationSettings, seed: int | None, stops: list[str],
+                  deadline: float) -> str:
+        """The completion text for one prompt; steps down the sampling fields a server refuses."""
+        while True:
+            style = self.extra_style
+            body = completion_body(self.model, prompt, settings, seed, stops, style,
+                                   transcript.end_marker_id(self.tokenizer))
+            try:
+                answer = self._request("POST", "/completions", body, max(0.1, deadline - time.monotonic()))
+            except RemoteError as e:
+                if style != EXTRA_STYLES[-1] and _refuses_extras(str(e), style):
+                    self._step_down(style, str(e))
+                    continue
+                raise
+            try:
+                text = answer["choices"][0]["text"]
+            except (KeyError, IndexError, TypeError):
+                raise RemoteError("malformed answer: no choices[0].text") from None
+            if not isinstance(text, str):
+                raise RemoteError("malformed answer: choices[0].text is not text")
+            return text
+
+    def _step_down(self, style: str, error: str) -> None:
+        with self._lock:
+            if self.extra_style == style:
+                self.extra_style = EXTRA_STYLES[EXTRA_STYLES.index(style) + 1]
+                log.warning("inference server %s refused sampling fields sent %s (%s); sending them %s from now on",
+                            self.config.url, style, error[:200], self.extra_style)
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None) -> Any:
+        """JSON from the server, or `RemoteError` (retryable or not; its text never holds the key)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        url = (base or self.config.url) + path
+        self.requests_sent += 1
+        try:
+            response = session.request(method, url, json=body, headers=headers, timeout=timeout)
+        except requests.Timeout:
+            raise RemoteError(f"no answer from {url} within {timeout:.1f} s") from None
+        except requests.RequestException as e:
+            raise RemoteError(self._redact(f"cannot reach {url}: {type(e).__name__}")) from None
+        if response.status_code != 200:
+            raise RemoteError(self._redact(f"{url} answered {response.status_code}: {response.text[:300]}"),
+                              retry=response.status_code in _RETRY_STATUS,
+                              retry_after_s=_retry_after(response.headers.get("Retry-After")))
+        try:
+            return response.json()
+        except ValueError:
+            raise RemoteError(f"malformed answer from {url}: not JSON") from None
+
+    def _redact(self, text: str) -> str:
+        key = self.config.api_key
+        return text.replace(key, "***") if key else text
+
+
+def completion_body(model: str, prompt: str, settings: GenerationSettings, seed: int | None, stops: list[str],
+                    style: str, end_marker: int) -> dict[str, Any]:
+    """The JSON of one completions request, with the sampling fields the API lacks sent in `style`."""
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": settings.max_new_tokens,
+                            "temperature": settings.temperature, "top_p": settings.top_p, "stop": stops}
+    if seed is not None:
+        body["seed"] = int(seed)
+    if style == "top-level":
+        body["top_k"] = settings.top_k or -1        # vLLM's "off" is -1
+        body["repetition_penalty"] = settings.repetition_penalty
+    elif style == "generation_config":
+        body["generation_config"] = json.dumps({
+            "do_sample": True, "top_k": settings.top_k or None, "repetition_penalty": settings.repetition_penalty,
+            "no_repeat_ngram_size": settings.no_repeat_ngram_size, "eos_token_id": end_marker,
+            "pad_token_id": end_marker})
+    return body
+
+
+def _refuses_extras(error: str, style: str) -> bool:
+    """Whether an error answer is the server refusing the fields `style` adds (a 400 or 422 naming one)."""
+    if " answered 400" not in error and " answered 422" not in error:
+        return False
+    named = ("top_k", "repetition_penalty") if style == "top-level" else ("generation_config",)
+    return any(name in error for name in named)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None   # an HTTP date: the usual backoff applies
+
+
+def tokenizer_probes(tokenizer, tail: int = PROBE_TOKENS) -> tuple[str, str]:
+    """(the end marker's text, a probe text): what the start check compares between the artifact's tokenizer
+    and the server's. The probe holds the texts of the artifact's `tail` highest-numbered tokens that read
+    back as themselves (the last merges a vocabulary learnt, where two vocabularies part first), one a line,
+    then a transcript sample."""
+    marker = tokenizer.decode([transcript.end_marker_id(tokenizer)])
+    highest: list[str] = []
+    for token in range(len(tokenizer) - 1, -1, -1):
+        text = tokenizer.decode([token])
+        if text.strip() and "\n" not in text and tokenizer.encode(text, add_special_tokens=False) == [token]:
+            highest.append(text)
+            if len(highest) == tail:
+                break
+    sample = (transcript.turn_text("Alice", "are you coming tonight? it's at 8, bring snacks!")
+              + transcript.turn_text("Bob", "depends, who's cooking... 🍕") + "Carol:")
+    return marker, "\n".join(highest) + "\n" + sample
+
+
+def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadline_s: float = 120.0,
+                  log_path: str | None = None):
+    """Start `transformers serve DIRECTORY` (the `serving` extra of transformers) on `host:port` in a
+    subprocess, offline, and wait until it lists its model. For the tests and the benchmark; production runs
+    vLLM or the like on its own. Returns the `subprocess.Popen`; the caller stops it (`terminate`, `wait`)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).with_name("transformers")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    server = subprocess.Popen([str(command), "serve", str(directory), "--host", host, "--port", str(port),
+                               "--device", "cpu", "--log-level", "warning"], env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
+    url = f"http://{host}:{port}/v1/models"
+    until = time.monotonic() + deadline_s
+    while time.monotonic() < until:
+        if server.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {server.returncode} before answering")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    server.terminate()
+    server.wait()
+    raise RuntimeError(f"transformers serve did not answer on {url} within {deadline_s:g} s")
+
+
+__all__ = ["RemoteBackend", "RemoteConfig", "RemoteError", "CircuitBreaker", "completion_body", "tokenizer_probes",
+           "serve_locally"]

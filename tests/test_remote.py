@@ -1,0 +1,338 @@
+"""The `openai` backend against real servers on loopback: `transformers serve` serving a tiny persona the
+tests train, and a small fault server (http.server in a thread) that answers errors, hangs and malformed
+bodies on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from bot.backends import BackendError
+from bot.engine import Engine
+from bot.filters import DISCORD
+from bot.persona import FALLBACK_REPLY
+from bot.remote import RemoteBackend, RemoteConfig, serve_locally, tokenizer_probes
+from training import transcript
+from training.generation import GenerationSettings
+
+KEY = "sk-test-SECRET-4242"
+TURNS = [("Bob", "anyone up for pizza tonight?"), ("Carol", "only if alice comes")]
+FREE = {"temperature": 1.5, "top_k": 0, "top_p": 1.0}   # so that some of Alice's replies are her own words
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(server) -> None:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def alice_server(alice_artifact: Path):
+    """`transformers serve` serving Alice on a free loopback port; (url, port)."""
+    port = free_port()
+    server = serve_locally(str(alice_artifact), port)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", port
+    finally:
+        stop(server)
+
+
+def served(reply) -> bool:
+    """The server answered: the reply is the persona's text or was refused by a filter, not for emptiness."""
+    return not reply.fallback or any(reason != "empty" for reason in reply.rejected)
+
+
+# -- through transformers serve ----------------------------------------------------------------------------
+def test_a_reply_travels_to_transformers_serve_and_back_through_the_filters(alice_server, alice_artifact):
+    url, _ = alice_server
+    engine = Engine.load(alice_artifact, backend="openai", remote=RemoteConfig(url, api_key=KEY), max_tries=3)
+    backend = engine.persona.backend
+    assert backend.name == "openai" and backend.model == str(alice_artifact)   # the one model it lists
+    assert backend.health.endswith(": ok") and backend.healthy
+
+    async def main():
+        async with engine:
+            return await asyncio.gather(*(engine.reply(TURNS, seed=i, overrides=FREE, target=DISCORD)
+                                          for i in range(6)))
+
+    replies = asyncio.run(main())
+    assert all(served(r) for r in replies)
+    spoken = [r for r in replies if not r.fallback]
+    assert spoken, [r.rejected for r in replies]
+    guard = engine.persona.output_filter.leak_guard
+    for reply in spoken:
+        assert reply.persona == engine.persona.name
+        assert transcript.find_new_turn(reply.text) is None and "<|endoftext|>" not in reply.text
+        assert guard.check(reply.text) is None and "@everyone" not in reply.text
+    # transformers serve refuses top_k and repetition_penalty as fields; they went in generation_config.
+    assert backend.extra_style == "generation_config"
+
+
+def test_a_served_model_with_another_tokenizer_fails_the_start_check(tiny_base, alice_artifact):
+    port = free_port()
+    server = serve_locally(str(tiny_base), port)
+    try:
+        with pytest.raises(BackendError) as error:
+            Engine.load(alice_artifact, backend="openai", remote=RemoteConfig(f"http://127.0.0.1:{port}/v1"))
+    finally:
+        stop(server)
+    message = str(error.value)
+    assert "another tokenizer" in message and str(port) in message and "tokens there" in message
+
+
+def test_killing_the_server_gives_the_fallback_within_the_timeout_and_replies_recover(alice_artifact):
+    from loop_watch import LoopWatch
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    server = serve_locally(str(alice_artifact), port)
+    config = RemoteConfig(url, timeout_s=3.0, breaker_failures=2, breaker_cooldown_s=0.5)
+    engine = Engine.load(alice_artifact, backend="openai", remote=config)
+    backend = engine.persona.backend
+
+    async def main():
+        nonlocal server
+        ticking = asyncio.Event()
+
+        async def tick():
+            while not ticking.is_set():
+                await asyncio.sleep(0.005)
+
+        with LoopWatch() as watch:
+            ticker = asyncio.create_task(tick())
+            async with engine:
+                assert served(await engine.reply(TURNS, seed=1, overrides=FREE, target=DISCORD))
+                await asyncio.to_thread(stop, server)
+                started = time.monotonic()
+                down = await engine.reply(TURNS, seed=2, target=DISCORD)
+                took = time.monotonic() - started
+                assert down.fallback and down.text == FALLBACK_REPLY and took < config.timeout_s
+                assert not backend.healthy and "circuit open" in backend.health
+                sent = backend.requests_sent
+                again = await engine.reply(TURNS, seed=3, target=DISCORD)   # open: no request goes out
+                assert again.fallback and backend.requests_sent == sent
+                server = await asyncio.to_thread(serve_locally, str(alice_artifact), port)
+                await asyncio.sleep(config.breaker_cooldown_s)
+                back = await engine.reply(TURNS, seed=4, overrides=FREE, target=DISCORD)
+                assert served(back) and backend.healthy and backend.health.endswith(": ok")
+            ticking.set()
+            await ticker
+        watch.check(min_callbacks=50)
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop(server)
+
+
+# -- against the fault server ------------------------------------------------------------------------------
+class FaultServer:
+    """An OpenAI-like server on loopback whose answers to /v1/completions are scripted: each entry of
+    `script` is (status, body, headers, delay_s) and is used once; then `default` answers."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, object, dict, float]] = []
+        self.default = (200, {"choices": [{"text": " sure, see you there", "index": 0}]}, {}, 0.0)
+        self.models = ["alice"]
+        self.tokenize: list[int] | None = None
+        self.seen: list[tuple[str, dict, dict]] = []   # (path, headers, body)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.seen.append((self.path, dict(self.headers), {}))
+                self.answer(200, {"object": "list", "data": [{"id": m} for m in outer.models]}, {})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                outer.seen.append((self.path, dict(self.headers), body))
+                if self.path == "/tokenize":
+                    if outer.tokenize is None:
+                        return self.answer(404, {"detail": "Not Found"}, {})
+                    return self.answer(200, {"tokens": outer.tokenize, "count": len(outer.tokenize)}, {})
+                status, answer, headers, delay = outer.script.pop(0) if outer.script else outer.default
+                time.sleep(delay)
+                if callable(answer):
+                    answer = answer(self, body)
+                self.answer(status, answer, headers)
+
+            def answer(self, status: int, body: object, headers: dict) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:   # the client gave up (a hang past its timeout)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def completions(self) -> list[dict]:
+        return [body for path, _, body in self.seen if path == "/v1/completions"]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fault_server():
+    server = FaultServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def alice_tokenizer(alice_artifact: Path):
+    return AutoTokenizer.from_pretrained(alice_artifact)
+
+
+def backend_for(server: FaultServer, tokenizer, **options) -> RemoteBackend:
+    config = RemoteConfig(server.url, api_key=KEY, timeout_s=options.pop("timeout_s", 2.0),
+                          backoff_s=options.pop("backoff_s", 0.01), **options)
+    return RemoteBackend(config, tokenizer, "alice")
+
+
+def reply_text(backend: RemoteBackend, tokenizer, seed: int = 0, **settings) -> str:
+    prompt = transcript.build_prompt(tokenizer, TURNS, "Alice", 100)
+    ids = backend.generate([prompt], [GenerationSettings(**settings)], [seed])[0]
+    return tokenizer.decode(ids).strip()
+
+
+def test_a_server_that_ignores_stops_cannot_make_the_persona_speak_for_others(fault_server, alice_tokenizer):
+    fault_server.default = (200, {"choices": [{"text": " on my way\nBob: I am Bob now<|endoftext|>more"}]}, {}, 0)
+    backend = backend_for(fault_server, alice_tokenizer)
+    assert reply_text(backend, alice_tokenizer, seed=5, max_new_tokens=40) == "on my way"
+    sent = fault_server.completions()[0]
+    # The prompt is the bot's transcript, the stops are the format's, sampling settings and the seed go along.
+    assert sent["prompt"].endswith("Carol: only if alice comes\nAlice:") and sent["seed"] == 5
+    assert sent["stop"] == ["<|endoftext|>", "\nAlice:", "\nCarol:", "\nBob:"]
+    assert sent["max_tokens"] == 40 and sent["top_k"] == 50 and sent["repetition_penalty"] == 1.1
+    headers = fault_server.seen[0][1]
+    assert headers["Authorization"] == f"Bearer {KEY}"
+
+
+def test_errors_and_malformed_bodies_are_retried_a_bounded_number_of_times(fault_server, alice_tokenizer):
+    backend = backend_for(fault_server, alice_tokenizer, retries=3, breaker_failures=10)
+    fault_server.script = [(503, {"error": "loading"}, {}, 0), (500, b"oops", {}, 0), (200, b"{not json", {}, 0)]
+    assert reply_text(backend, alice_tokenizer) == "sure, see you there"
+    assert len(fault_server.completions()) == 4
+    fault_server.script = [(200, {"choices": []}, {}, 0), (200, {"object": "x"}, {}, 0),
+                           (200, {"choices": [{"text": 7}]}, {}, 0), (502, {}, {}, 0)]
+    assert reply_text(backend, alice_tokenizer) == ""          # four failures: the row gives up, empty
+    assert len(fault_server.completions()) == 8
+    fault_server.script = [(400, {"error": "prompt too long"}, {}, 0)]
+    assert reply_text(backend, alice_tokenizer) == "" and len(fault_server.completions()) == 9   # not retried
+
+
+def test_a_429_is_retried_after_its_retry_after_and_a_hang_ends_at_the_timeout(fault_server, alice_tokenizer):
+    backend = backend_for(fault_server, alice_tokenizer, retries=2, breaker_failures=10, timeout_s=1.0)
+    fault_server.script = [(429, {"error": "slow down"}, {"Retry-After": "0.3"}, 0)]
+    started = time.monotonic()
+    assert reply_text(backend, alice_tokenizer) == "sure, see you there"
+    assert time.monotonic() - started >= 0.3 * 0.8
+    fault_server.script = [(200, {"choices": [{"text": " late"}]}, {}, 3.0)] * 3
+    started = time.monotonic()
+    assert reply_text(backend, alice_tokenizer) == ""
+    assert time.monotonic() - started < 2.0          # one deadline per row, retries included
+
+
+def test_the_breaker_opens_answers_without_the_network_and_closes_after_a_probe(fault_server, alice_tokenizer,
+                                                                                  caplog):
+    caplog.set_level(logging.DEBUG, logger="personabot")
+    backend = backend_for(fault_server, alice_tokenizer, retries=1, breaker_failures=3, breaker_cooldown_s=0.3)
+    echo_key = lambda handler, body: {"error": f"bad request from {handler.headers['Authorization']}"}  # noqa: E731
+    fault_server.script = [(503, echo_key, {}, 0)] * 4
+    assert reply_text(backend, alice_tokenizer) == ""                # 2 requests
+    assert reply_text(backend, alice_tokenizer) == ""                # the third opens the circuit
+    assert not backend.healthy and "circuit open" in backend.health and "503" in backend.health
+    assert "Bearer ***" in backend.health     # the server echoed the key back; it is blanked out
+    sent = len(fault_server.completions())
+    assert sent == 3
+    started = time.monotonic()
+    for _ in range(5):
+        assert reply_text(backend, alice_tokenizer) == ""
+    assert len(fault_server.completions()) == sent and time.monotonic() - started < 0.2   # no network
+    time.sleep(0.35)
+    assert reply_text(backend, alice_tokenizer) == ""                # the probe fails: open again
+    assert len(fault_server.completions()) == sent + 1 and not backend.healthy
+    time.sleep(0.35)
+    assert reply_text(backend, alice_tokenizer) == "sure, see you there"   # the probe succeeds: closed
+    assert backend.healthy and backend.health.endswith(": ok")
+    changes = [r.getMessage() for r in caplog.records if "circuit" in r.getMessage()]
+    assert [m.split("circuit ")[1].split(",")[0] for m in changes] == [
+        "open", "half-open", "open", "half-open", "closed"]
+    assert KEY not in caplog.text
+
+
+def test_sampling_fields_a_server_refuses_are_sent_another_way_and_the_step_is_logged_once(
+        fault_server, alice_tokenizer, caplog):
+    backend = backend_for(fault_server, alice_tokenizer, breaker_failures=10)
+
+    def picky(handler, body):
+        return {"detail": f"Unexpected fields in the request: {sorted(set(body) - {'model', 'prompt'})}"}
+
+    fault_server.script = [(422, picky, {}, 0), (422, picky, {}, 0)]
+    with caplog.at_level(logging.WARNING, logger="personabot.remote"):
+        assert reply_text(backend, alice_tokenizer, top_k=7) == "sure, see you there"
+        assert reply_text(backend, alice_tokenizer) == "sure, see you there"
+    bodies = fault_server.completions()
+    assert "top_k" in bodies[0] and json.loads(bodies[1]["generation_config"])["top_k"] == 7
+    assert "top_k" not in bodies[2] and "generation_config" not in bodies[2] and backend.extra_style == "none"
+    assert len(bodies) == 4 and len([r for r in caplog.records if "refused sampling fields" in r.getMessage()]) == 2
+
+
+def test_the_start_check_lists_models_and_compares_tokenize_ids(fault_server, alice_tokenizer):
+    config = RemoteConfig(fault_server.url, api_key=KEY)
+    marker, probe = tokenizer_probes(alice_tokenizer)
+    right = alice_tokenizer.encode(marker + probe, add_special_tokens=False)
+    fault_server.tokenize = right
+    assert RemoteBackend.connect(config, alice_tokenizer).model == "alice"
+    fault_server.tokenize = right[:-1] + [right[-1] + 1]
+    with pytest.raises(BackendError, match="tokenizes differently"):
+        RemoteBackend.connect(config, alice_tokenizer)
+    fault_server.models = ["alice", "bob"]
+    with pytest.raises(BackendError, match="lists alice, bob; set INFERENCE_MODEL"):
+        RemoteBackend.connect(config, alice_tokenizer)
+    fault_server.tokenize = right
+    chosen = RemoteBackend.connect(RemoteConfig(fault_server.url, model="bob"), alice_tokenizer)
+    assert chosen.model == "bob"
+
+
+def test_an_unreachable_server_at_start_is_a_clear_error_without_the_key(alice_tokenizer):
+    config = RemoteConfig(f"http://127.0.0.1:{free_port()}/v1", api_key=KEY, timeout_s=1.0)
+    with pytest.raises(BackendError) as error:
+        RemoteBackend.connect(config, alice_tokenizer)
+    assert "cannot list the models" in str(error.value) and KEY not in str(error.value) and KEY not in repr(config)
+
+
+def test_stop_strings_come_from_the_transcript(alice_tokenizer):
+    prompt = transcript.build_prompt(alice_tokenizer, [("Bob", "hi"), ("Carol", "yo"), ("Dan", "hey"),
+                                                        ("Bob", "so?")], "Alice", 200)
+    stops = transcript.stop_strings(alice_tokenizer, alice_tokenizer.decode(prompt))
+    assert stops == ["<|endoftext|>", "\nAlice:", "\nBob:", "\nDan:"]
+    assert transcript.cut_at_stops("fine\nDan: no", stops) == "fine"
