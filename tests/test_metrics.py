@@ -77,7 +77,6 @@ async def health(base: str) -> tuple[int, dict]:
     return status, json.loads(text)
 
 
-@pytest.mark.simcord(shard_count=1)
 async def test_metrics_and_health_follow_replies_through_the_chat_path(world, engine, store, settings):
     env, general, other, admin, bob, carol = world
     settings = dataclasses.replace(settings, metrics_port=free_port())
