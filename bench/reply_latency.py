@@ -24,6 +24,12 @@ process, were still busy.
 Variants: `plain` (one fp32 `model.generate` at a time; with --channels N, N of them one after another) and
 `ours:<backend>` (one `engine.reply`; with --channels, N requests arriving together, batched by the engine).
 
+`--backend openai` (or `openai` in --backends) adds the remote backend in the same run: the bench starts
+`transformers serve` on the bench's artifact on a loopback port (its CPU time counts towards the openai
+variants, and towards "idle others" for every other one), or, with `--url`, uses a server that loads the
+artifact by its path (an unpinned `transformers serve` on this machine: the model asked for is the artifact's
+directory; a server serving anything else fails the tokenizer check).
+
 Run by hand (a few minutes on 2 cores):  .venv/bin/python bench/reply_latency.py --repeats 3
 The last line printed is one JSON object with every variant's runs, medians, spreads and the ratios (or why
 a ratio was refused).
@@ -66,7 +72,7 @@ def build_artifact(directory: Path, new_tokens: int) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from training.artifact import write_persona_json, write_training_text
+    from training.artifact import Metrics, PersonaInfo, write_training_text
     from training.demo import DEMO_SPEAKER
     from training.generation import GenerationSettings
     from training.modelling import train_tokenizer
@@ -80,7 +86,7 @@ def build_artifact(directory: Path, new_tokens: int) -> None:
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     settings = GenerationSettings(max_new_tokens=new_tokens, context_tokens=CONTEXT_TOKENS)
-    write_persona_json(directory, {"speaker": DEMO_SPEAKER, "generation": settings.to_json(), "metrics": {}})
+    PersonaInfo(directory, DEMO_SPEAKER, settings, Metrics()).write(directory)
     write_training_text(directory, texts[:2000], [])
 
 
@@ -99,7 +105,8 @@ def channel_turns(tokenizer, seed: int) -> list[tuple[str, str]]:
 
 # --- one variant, in its own process ---------------------------------------------------------------------
 
-def serve_variant(conn, directory: str, kind: str, threads: int, conversations, new_tokens: int) -> None:
+def serve_variant(conn, directory: str, kind: str, threads: int, conversations, new_tokens: int,
+                  url: str | None = None, model: str | None = None) -> None:
     """Load one variant, then answer ("batch1" | "channels", seed) with (seconds, tokens) until None."""
     import torch
 
@@ -114,7 +121,11 @@ def serve_variant(conn, directory: str, kind: str, threads: int, conversations, 
         from bot.engine import Engine
 
         loop = asyncio.new_event_loop()
-        engine = Engine.load(directory, backend=kind.split(":", 1)[1], threads=threads).start()
+        from bot.remote import RemoteConfig
+
+        backend = kind.split(":", 1)[1]
+        remote = RemoteConfig(url, model=model, timeout_s=300) if backend == "openai" else None
+        engine = Engine.load(directory, backend=backend, threads=threads, remote=remote).start()
         run = OurRunner(engine, loop, conversations)
         close = lambda: loop.run_until_complete(engine.close())  # noqa: E731 - joins the worker thread
     run("batch1", 0)   # warm-up
@@ -208,6 +219,21 @@ def ratio(numerator: dict, denominator: dict, names: tuple[str, str]) -> dict:
     return {"ratio": round(numerator["median_s"] / denominator["median_s"], 3)}
 
 
+def start_server(directory: Path, url: str | None):
+    """(server process or None, its URL, the model to ask for) for the openai variants."""
+    if url:
+        return None, url.rstrip("/"), str(directory)
+    import socket
+
+    from bot.remote import serve_locally
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve_locally(str(directory), port, deadline_s=300)
+    return server, f"http://127.0.0.1:{port}/v1", None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of each variant, round-robin (default 5)")
@@ -215,6 +241,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=8,
                         help="requests arriving together in the second measurement (default 8; 0 skips it)")
     parser.add_argument("--backends", default="auto", help="comma-separated backends of ours (default auto)")
+    parser.add_argument("--backend", action="append", default=[], help="one more backend of ours (repeatable)")
+    parser.add_argument("--url", help="for openai: a server that loads the artifact by path (default: start "
+                                      "transformers serve on loopback)")
     args = parser.parse_args()
 
     from bot.backends import generation_threads
@@ -223,7 +252,7 @@ def main() -> None:
     cores = cpu_threads(None)
     plain_default, ours_default = cores, generation_threads(None)
     thread_counts = sorted({plain_default, ours_default})
-    kinds = ["plain", *dict.fromkeys(f"ours:{b}" for b in args.backends.split(",") if b)]
+    kinds = ["plain", *dict.fromkeys(f"ours:{b}" for b in [*args.backends.split(","), *args.backend] if b)]
     variants = [(kind, t) for kind in kinds for t in thread_counts]
     defaults = {"plain": plain_default}
     import torch
@@ -241,11 +270,13 @@ def main() -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(directory)
         conversations = [channel_turns(tokenizer, seed) for seed in range(max(1, args.channels))]
+        server, url, model = start_server(directory, args.url) if "ours:openai" in kinds else (None, None, None)
         children = {}
         for kind, threads in variants:   # loaded one after another, so that loading never overlaps a run
             parent_end, child_end = spawn.Pipe()
             process = spawn.Process(target=serve_variant, daemon=True,
-                                    args=(child_end, str(directory), kind, threads, conversations, args.new_tokens))
+                                    args=(child_end, str(directory), kind, threads, conversations, args.new_tokens,
+                                          url, model))
             process.start()
             hello = parent_end.recv()
             name = f"{kind}@{threads}t"
@@ -261,6 +292,8 @@ def main() -> None:
                 for variant in variants:
                     name, _, conn, pid = children[variant]
                     others = [c[3] for v, c in children.items() if v != variant]
+                    if server is not None and variant[0] != "ours:openai":   # the server works for openai
+                        others.append(server.pid)
                     before = [process_cpu_s(p) for p in others]
                     conn.send((measure, 1000 * (repeat + 1)))
                     answer = conn.recv()
@@ -272,6 +305,9 @@ def main() -> None:
             conn.send(None)
             conn.recv()           # the engine is closed and its worker thread joined
             process.join(timeout=60)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
         results["idle_others_max_cpu_s"] = round(idle_others_s, 3)
 
     table = {}

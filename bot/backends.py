@@ -20,7 +20,7 @@ import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -29,6 +29,9 @@ from training import transcript
 from training.artifact import ArtifactError, PersonaInfo, load_model
 from training.generation import GenerationSettings, cut_reply, decode
 from training.modelling import quantize_int8
+
+if TYPE_CHECKING:
+    from bot.remote import RemoteConfig
 
 CT2_DIR = "ctranslate2-int8"
 
@@ -154,7 +157,7 @@ def resolve(name: str) -> str:
     return "torch" if torch.cuda.is_available() else "torch-int8"
 
 
-def _load_remote(info: PersonaInfo, remote):
+def _load_remote(info: PersonaInfo, remote: RemoteConfig | None):
     from transformers import AutoTokenizer
 
     from bot.remote import RemoteBackend
@@ -181,7 +184,8 @@ def generation_threads(requested: int | None = None) -> int:
     return requested if requested else max(1, cpu_threads(None) // 2)
 
 
-def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None = None, remote=None):
+def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None = None,
+                 remote: RemoteConfig | None = None):
     """(backend, tokenizer) for an artifact. Loading failures are `ArtifactError`s, unusable backends
     `BackendError`s. `openai` needs `remote`, a `bot.remote.RemoteConfig`; it loads the tokenizer only (the
     weights stay with the inference server) and checks the server at once."""

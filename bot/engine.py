@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,10 @@ from bot.filters.leak_guard import NGRAM_WORDS
 from bot.persona import FALLBACK_REPLY, Persona
 from training.generation import GenerationSettings, attempt_seed
 from training.transcript import join_line
+
+if TYPE_CHECKING:
+    from bot.remote import RemoteConfig
+
 
 log = logging.getLogger("personabot.engine")
 
@@ -108,7 +112,8 @@ class Engine:
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
              blocklist=None, leak_ngram_words: int = NGRAM_WORDS, max_batch: int = MAX_BATCH, batch_window_s: float = 0.01,
-             max_tries: int = 3, generation: dict[str, Any] | None = None, remote=None) -> "Engine":
+             max_tries: int = 3, generation: dict[str, Any] | None = None,
+             remote: RemoteConfig | None = None) -> "Engine":
         """An engine serving the artifact in `directory`; swaps load new artifacts with the same options.
         `remote` (a `bot.remote.RemoteConfig`) is the inference server of the `openai` backend."""
         from functools import partial

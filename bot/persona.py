@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.backends import Backend, load_backend
 from bot.filters import Blocklist, LeakGuard, OutputFilter
@@ -19,6 +20,10 @@ from bot.filters.leak_guard import NGRAM_WORDS
 from training import transcript
 from training.artifact import ArtifactError, PersonaInfo, read_persona
 from training.generation import GenerationSettings
+
+if TYPE_CHECKING:
+    from bot.remote import RemoteConfig
+
 
 # What the persona says when every try produced nothing usable.
 FALLBACK_REPLY = "..."
@@ -35,8 +40,8 @@ class Persona:
 
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
-             blocklist: Blocklist | None = None, leak_ngram_words: int = NGRAM_WORDS, remote=None,
-             **overrides) -> "Persona":
+             blocklist: Blocklist | None = None, leak_ngram_words: int = NGRAM_WORDS,
+             remote: RemoteConfig | None = None, **overrides) -> "Persona":
         """Load and check an artifact. `overrides` replace persona.json's generation defaults (None keeps
         the default); `backend` is one of `bot.backends.BACKENDS`; `remote` (a `bot.remote.RemoteConfig`)
         is where the `openai` backend finds its server."""
