@@ -13,6 +13,8 @@ from pathlib import Path
 from bot.config import Settings
 from bot.engine import Engine
 from bot.filters import Blocklist
+from bot.metrics import Metrics, MetricsServerError, start_metrics_server
+from bot.model_watch import ModelWatch
 from bot.retrain import CURRENT, close_interrupted_runs
 from bot.store import Store
 
@@ -36,38 +38,59 @@ async def current_artifact(store: Store, settings: Settings) -> Path:
 async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
     store = await Store.open(settings.database_path)
     try:
-        interrupted = await close_interrupted_runs(store, settings.models_dir)
-        if settings.retention_days:
+        # Only the jobs process owns retrains: another process that starts must not fail the one running there.
+        interrupted = await close_interrupted_runs(store, settings.models_dir) if settings.run_jobs else []
+        if settings.retention_days and settings.run_jobs:
             removed = await store.prune_messages(settings.retention_days)
             if removed:
                 log.info("deleted %d stored messages older than %g days", removed, settings.retention_days)
         model_dir = await current_artifact(store, settings)
-        blocklist = Blocklist.from_file(settings.blocklist_file) if settings.blocklist_file else None
-        engine = await asyncio.to_thread(
-            Engine.load, model_dir, backend=settings.backend, threads=settings.torch_threads, blocklist=blocklist,
-            leak_ngram_words=settings.leak_ngram_words, max_batch=settings.max_batch,
-            generation=settings.generation)
+        engine = await asyncio.to_thread(load_engine, settings, model_dir)
         if not settings.discord_token:
-            from bot.console import chat_async
-
-            print("personabot: no DISCORD_TOKEN set, so chatting in the terminal", file=sys.stderr)
-            from bot.scheduler import start_posting
-
-            poster = await start_posting(engine, store, settings, out=stdout)
-            chat = asyncio.ensure_future(chat_async(engine, user=settings.chat_user_name, stdin=stdin,
-                                                    stdout=stdout))
-            _on_signals(chat.cancel)
-            try:
-                return await chat
-            except asyncio.CancelledError:   # SIGTERM or Ctrl-C: the engine and the store still close
-                log.info("stopped by a signal")
-                return 0
-            finally:
-                poster.stop()
+            return await _terminal(settings, engine, store, stdin=stdin, stdout=stdout)
         async with engine:
             return await _discord(settings, engine, store, interrupted)
     finally:
         await store.close()
+
+
+def load_engine(settings: Settings, model_dir: Path) -> Engine:
+    """The engine for `model_dir` with the settings' backend (an inference server's for BACKEND=openai),
+    filters and batching. Blocking: call it in a thread."""
+    blocklist = Blocklist.from_file(settings.blocklist_file) if settings.blocklist_file else None
+    remote = None
+    if settings.backend == "openai":
+        from bot.remote import RemoteConfig
+
+        remote = RemoteConfig.from_settings(settings)
+    return Engine.load(model_dir, backend=settings.backend, threads=settings.torch_threads, blocklist=blocklist,
+                       leak_ngram_words=settings.leak_ngram_words, max_batch=settings.max_batch,
+                       generation=settings.generation, remote=remote)
+
+
+async def _terminal(settings: Settings, engine: Engine, store: Store, *, stdin, stdout) -> int:
+    """The terminal chat, with scheduled posts printed, and /healthz and /metrics when METRICS_PORT is set."""
+    from bot.console import chat_async
+    from bot.scheduler import start_posting
+
+    print("personabot: no DISCORD_TOKEN set, so chatting in the terminal", file=sys.stderr)
+    metrics = Metrics().watch(engine=engine)
+    try:
+        server = await start_metrics_server(settings, metrics, engine=engine, store=store)
+    except MetricsServerError as e:
+        raise StartError(str(e)) from None
+    poster = await start_posting(engine, store, settings, out=stdout, outcome_observers=[metrics.post_made])
+    chat = asyncio.ensure_future(chat_async(engine, user=settings.chat_user_name, stdin=stdin, stdout=stdout))
+    _on_signals(chat.cancel)
+    try:
+        return await chat
+    except asyncio.CancelledError:   # SIGTERM or Ctrl-C: the engine and the store still close
+        log.info("stopped by a signal")
+        return 0
+    finally:
+        poster.stop()
+        if server is not None:
+            await server.stop()
 
 
 def _on_signals(handler) -> None:
@@ -92,6 +115,14 @@ async def _discord(settings: Settings, engine: Engine, store: Store, interrupted
         asyncio.ensure_future(bot.shutdown())
 
     _on_signals(stop)
+    # A process that only replies follows the model the jobs process swaps in (the shared store records it).
+    watch = None if settings.run_jobs else ModelWatch(engine, store).start()
+    try:
+        server = await start_metrics_server(settings, bot.metrics, engine=engine, store=store, bot=bot)
+    except MetricsServerError as e:
+        if watch is not None:
+            await watch.stop()
+        raise StartError(str(e)) from None
     try:
         async with bot:
             await bot.start(settings.discord_token)
@@ -107,4 +138,8 @@ async def _discord(settings: Settings, engine: Engine, store: Store, interrupted
                          "portal (Bot > Privileged Gateway Intents), or set MESSAGE_CONTENT=false") from None
     finally:
         await bot.retrainer.shutdown()
+        if watch is not None:
+            await watch.stop()
+        if server is not None:
+            await server.stop()
     return 0
