@@ -92,7 +92,8 @@ class PersonaBot(commands.AutoShardedBot):
                 from bot.scheduler import start_posting
 
                 self.poster = await start_posting(self.engine, self.store, self.settings,
-                                                  discord_sender=self.send_post)
+                                                  discord_sender=self.send_post,
+                                                  outcome_observers=[self.metrics.post_made])
         await self._announce_interrupted_runs()
 
     async def _record_jobs_process(self) -> None:

@@ -32,6 +32,7 @@ import torch
 from bot.backends import generation_threads
 from bot.config import MAX_BATCH
 from bot.filters import Target
+from bot.filters.output import EMPTY
 from bot.filters.leak_guard import NGRAM_WORDS
 from bot.persona import FALLBACK_REPLY, Persona
 from training.generation import GenerationSettings, attempt_seed
@@ -159,6 +160,15 @@ class Engine:
             return self._persona
 
     @property
+    def problem(self) -> str | None:
+        """Why this engine cannot answer now, or None: closed, or its worker thread has died."""
+        if self._closed:
+            return "closed"
+        if self._thread is not None and not self._thread.is_alive():
+            return "its worker thread stopped"
+        return None
+
+    @property
     def queue_depth(self) -> int:
         """Requests waiting for a batch."""
         return self._queue.qsize()
@@ -177,7 +187,7 @@ class Engine:
         for attempt in range(self.max_tries):
             persona, ids = await self._submit(list(turns), "", overrides, attempt_seed(seed, attempt))
             text = persona.text(ids)
-            reason = "empty" if not text else persona.output_filter.reject(text)
+            reason = EMPTY if not text else persona.output_filter.reject(text)
             if reason is None:
                 return Reply(persona.output_filter.finish(text, target), persona.name, persona.path, attempt + 1,
                              len(ids), rejected)
@@ -194,7 +204,7 @@ class Engine:
         for persona, ids in await asyncio.gather(*jobs):
             said = persona.text(ids)
             text = join_line(start, said)
-            reason = "empty" if not said else persona.output_filter.reject(text)
+            reason = EMPTY if not said else persona.output_filter.reject(text)
             out.append(Line(text if reason else persona.output_filter.finish(text, target), reason))
         return out
 

@@ -183,12 +183,8 @@ def gateway_problem(bot: Any) -> str | None:
 def engine_problem(engine: Engine) -> str | None:
     """Why the engine cannot answer, or None: it is closed, its worker thread died, or its backend (a remote
     inference server) says it is unhealthy."""
-    # The engine has no public word for these yet; its two fields are read here only.
-    if engine._closed:
-        return "closed"
-    worker = engine._thread
-    if worker is not None and not worker.is_alive():
-        return "its worker thread stopped"
+    if engine.problem is not None:
+        return engine.problem
     backend = engine.persona.backend
     if getattr(backend, "healthy", True) is False:
         return f"backend unhealthy: {getattr(backend, 'health', backend.name)}"
