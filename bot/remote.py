@@ -150,6 +150,8 @@ class RemoteBackend:
     """The `Backend` of bot.backends over an OpenAI-compatible completions endpoint."""
 
     name = "openai"
+    # The weights live on the inference server: a swap here cannot change what it serves (see bot.retrain).
+    serves_elsewhere = True
 
     def __init__(self, config: RemoteConfig, tokenizer, model: str) -> None:
         self.config = config

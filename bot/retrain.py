@@ -97,6 +97,7 @@ class Retrainer:
         restarted mid-run can say there how it ended."""
         if self._lock.locked():
             raise RetrainError("a retrain is already running; wait for it, or cancel it first")
+        self._refuse_remote("retrain")
         async with self._lock:
             self._cancelled = False
             self.progress = ProgressState()
@@ -173,6 +174,14 @@ class Retrainer:
         path.write_text("\n".join(people) + "\n", encoding="utf-8")
         path.chmod(0o600)
         return path
+
+    def _refuse_remote(self, what: str) -> None:
+        """A model served by an inference server (BACKEND=openai) is not swapped here: swapping would only
+        change the tokenizer the bot reads, while the server kept answering with the old weights."""
+        if getattr(self.engine.persona.backend, "serves_elsewhere", False):
+            raise RetrainError(f"cannot {what} here: the model runs on the inference server (BACKEND=openai). "
+                               "Train with `personabot train`, serve the new directory there (e.g. `vllm serve "
+                               "DIR`), and restart the bot with PERSONA_MODEL=DIR")
 
     async def shutdown(self, timeout: float = 60.0) -> None:
         """Stop a running retrain and wait until it has ended (the child is reaped, the run recorded): the
@@ -301,6 +310,7 @@ class Retrainer:
         """Swap back to the previous artifact; returns (now serving, set aside)."""
         if self._lock.locked():
             raise RetrainError("a retrain is running; cancel it or wait before rolling back")
+        self._refuse_remote("roll back")
         previous = await self.store.get_setting(PREVIOUS)
         if not previous:
             raise RetrainError("there is no previous model to roll back to")

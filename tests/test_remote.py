@@ -82,6 +82,33 @@ def test_a_reply_travels_to_transformers_serve_and_back_through_the_filters(alic
     assert backend.extra_style == "generation_config"
 
 
+def test_a_retrain_or_rollback_is_refused_when_the_inference_server_serves_the_model(alice_server, alice_artifact,
+                                                                                      tmp_path, data_dir):
+    """Swapping here would change only the bot's tokenizer while the server kept the old weights."""
+    from bot.retrain import Retrainer, RetrainError
+    from bot.store import Store
+
+    url, _ = alice_server
+    engine = Engine.load(alice_artifact, backend="openai", remote=RemoteConfig(url))
+
+    async def main():
+        store = await Store.open(tmp_path / "bot.sqlite3")
+        retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models")
+        errors = []
+        for attempt in (retrainer.run(force=True), retrainer.rollback()):
+            with pytest.raises(RetrainError) as error:
+                await attempt
+            errors.append(str(error.value))
+        runs = await store.runs()
+        await store.close()
+        return errors, runs
+
+    errors, runs = asyncio.run(main())
+    assert all("inference server" in e and "PERSONA_MODEL" in e for e in errors), errors
+    assert runs == [] and not (tmp_path / "models").exists()      # nothing trained, nothing recorded
+    assert engine.persona.path == alice_artifact
+
+
 def test_a_served_model_with_another_tokenizer_fails_the_start_check(tiny_base, alice_artifact):
     port = free_port()
     server = serve_locally(str(tiny_base), port)
