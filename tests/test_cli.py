@@ -347,3 +347,51 @@ def test_run_catches_up_a_missed_post_once_in_the_terminal(cli, persona_dir, tmp
     assert [r["remote_id"] for r in rows if r["target"] == "twitter"] == ["terminal:no-twitter-credentials"]
     again = cli("run", cwd=tmp_path, env=env, input="")         # restarted at once: nothing missed since
     assert again.returncode == 0 and "[post]" not in again.stdout
+
+
+def test_run_serves_healthz_and_metrics_on_loopback_when_metrics_port_is_set(persona_dir, tmp_path):
+    """The real process: `personabot run` in the terminal with METRICS_PORT answers /healthz (200, its checks)
+    and /metrics, whose batch count grows with the replies it generates."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PERSONA_MODEL": str(persona_dir), "METRICS_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def batches() -> float:
+        lines = [line for line in get("/metrics")[1].splitlines() if line.startswith("personabot_batch_size_count")]
+        return float(lines[0].split()[-1])
+
+    try:
+        assert proc.stdout.readline().startswith("chatting with Alice")
+        status, body = get("/healthz")
+        assert status == 200 and json.loads(body)["checks"]["database"] == "ok", body
+        before = batches()
+        proc.stdin.write("hello there\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while batches() == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert batches() > before
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert "127.0.0.1" in proc.stderr.read()          # it said where it serves, on loopback only
