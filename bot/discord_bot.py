@@ -84,16 +84,18 @@ class PersonaBot(commands.AutoShardedBot):
         await self.tree.sync()
 
     async def on_ready(self) -> None:
-        # Scheduled posts start once the bot is connected (their Discord targets need the gateway), and only
-        # in the jobs process: with several processes, each would post every scheduled line once.
+        # Scheduled posts start once the bot is connected (their Discord targets need the gateway), and fire
+        # only in the jobs process: with several processes, each would post every scheduled line once. The
+        # others manage schedules and post now; the jobs process follows their changes.
         if self.settings.run_jobs:
             await self._record_jobs_process()
-            if self.poster is None:
-                from bot.scheduler import start_posting
+        if self.poster is None:
+            from bot.scheduler import start_posting
 
-                self.poster = await start_posting(self.engine, self.store, self.settings,
-                                                  discord_sender=self.send_post,
-                                                  outcome_observers=[self.metrics.post_made])
+            self.poster = await start_posting(self.engine, self.store, self.settings,
+                                              discord_sender=self.send_post,
+                                              outcome_observers=[self.metrics.post_made],
+                                              run_schedules=self.settings.run_jobs)
         await self._announce_interrupted_runs()
 
     async def _record_jobs_process(self) -> None:

@@ -44,6 +44,9 @@ ChannelSender = Callable[[int, str, "int | None"], Awaitable[str]]
 DUPLICATE_ATTEMPTS = 3
 # A slot missed longer ago than this (while the bot was down) is not caught up (POST_GRACE_MINUTES).
 GRACE_MINUTES = 60.0
+# The store setting a process writes when it changes the schedules, and how often the jobs process looks.
+SCHEDULES_CHANGED = "schedules_changed"
+SYNC_JOB, SYNC_INTERVAL_S = "sync-schedules", 15
 
 
 class ScheduleError(Exception):
@@ -102,6 +105,7 @@ class PostScheduler:
         self.twitter: TwitterTarget | None = None
         # Called with every post's outcome (e.g. by bot.metrics); quick, and never allowed to stop a post.
         self.outcome_observers: list[Callable[[PostOutcome], None]] = []
+        self._seen_change: Any = None
 
     async def start(self) -> None:
         """Mark interrupted posts unknown, catch up once per schedule, then schedule every unpaused one."""
@@ -114,15 +118,42 @@ class PostScheduler:
         for schedule in await self.store.schedules():
             if not schedule.paused:
                 await self.catch_up(schedule)
+        self._seen_change = await self._last_change()
         await self.reload()
+        # Schedules changed by another process (RUN_JOBS=false) reach this one's jobs within a sync interval.
+        self.scheduler.add_job(self.sync, "interval", seconds=SYNC_INTERVAL_S, id=SYNC_JOB, coalesce=True,
+                               max_instances=1)
         self.scheduler.start()
+
+    async def sync(self) -> bool:
+        """Re-arm the jobs when another process changed the stored schedules since the last look."""
+        change = await self._last_change()
+        if change == self._seen_change:
+            return False
+        self._seen_change = change
+        await self.reload()
+        return True
+
+    async def _last_change(self) -> Any:
+        try:
+            return await self.store.get_setting(SCHEDULES_CHANGED)
+        except StoreError as e:
+            log.warning("cannot read whether schedules changed: %s", e)
+            return self._seen_change
+
+    async def _changed(self) -> None:
+        """Say in the shared store that the schedules changed, then re-arm this process's jobs (if it runs
+        them): the jobs process follows a change made anywhere."""
+        await self.store.set_setting(SCHEDULES_CHANGED, datetime.now(timezone.utc).isoformat())
+        await self.reload()
 
     async def reload(self) -> None:
         """Jobs for exactly the unpaused schedules in the store."""
         if self.scheduler is None:
             return
         for job in self.scheduler.get_jobs():
-            job.remove()
+            if job.id != SYNC_JOB:
+                job.remove()
         for schedule in await self.store.schedules():
             if schedule.paused:
                 continue
@@ -138,7 +169,7 @@ class PostScheduler:
         check_cron(cron, timezone_name)
         schedule_id = await self.store.add_schedule(name, cron=cron, targets=list(targets),
                                                     timezone_name=timezone_name, mode=mode, guild_id=guild_id)
-        await self.reload()
+        await self._changed()
         return await self.store.schedule(schedule_id)
 
     async def named(self, name: str, owners: Iterable[int | None]) -> Schedule | None:
@@ -153,13 +184,13 @@ class PostScheduler:
     async def remove(self, schedule: Schedule) -> bool:
         """Remove a schedule and its job (its past posts stay recorded)."""
         done = await self.store.remove_schedule(schedule.id)
-        await self.reload()
+        await self._changed()
         return done
 
     async def pause(self, schedule: Schedule, paused: bool = True) -> bool:
         """Pause (or, with `paused=False`, resume) a schedule, and its job with it."""
         done = await self.store.set_paused(schedule.id, paused)
-        await self.reload()
+        await self._changed()
         return done
 
     def describe(self, schedule: Schedule) -> str:
@@ -187,7 +218,8 @@ class PostScheduler:
     def next_runs(self) -> dict[int, datetime | None]:
         if self.scheduler is None:
             return {}
-        return {int(job.id.split("-")[1]): job.next_run_time for job in self.scheduler.get_jobs()}
+        return {int(job.id.split("-")[1]): job.next_run_time for job in self.scheduler.get_jobs()
+                if job.id != SYNC_JOB}
 
     async def catch_up(self, schedule: Schedule, now: datetime | None = None) -> bool:
         """Post the latest slot missed while the bot was down, if it is within the grace period."""
@@ -327,11 +359,14 @@ class Senders:
 
 async def start_posting(engine: Engine, store: Store, settings: Settings, *,
                         discord_sender: ChannelSender | None = None, out: IO[str] | None = None,
-                        outcome_observers: Sequence[Callable[[PostOutcome], None]] = ()) -> PostScheduler:
+                        outcome_observers: Sequence[Callable[[PostOutcome], None]] = (),
+                        run_schedules: bool = True) -> PostScheduler:
     """Seed the first schedule from POST_SCHEDULE (first start only), then start the scheduler. The Discord
     adapter passes its `discord_sender`; without one, Discord targets go to the terminal. `outcome_observers`
-    are told every post's outcome, catch-up posts at start included (e.g. `Metrics.post_made`)."""
-    if settings.post_schedule and not await store.schedules():
+    are told every post's outcome, catch-up posts at start included (e.g. `Metrics.post_made`). With
+    `run_schedules` false (a process with RUN_JOBS=false) nothing fires here: the scheduler manages the stored
+    schedules and posts now, and the jobs process re-arms what it changes."""
+    if run_schedules and settings.post_schedule and not await store.schedules():
         await store.add_schedule("default", cron=settings.post_schedule, targets=list(settings.post_targets),
                                  timezone_name=settings.post_timezone, mode=settings.post_mode)
         log.info("schedule 'default' created from POST_SCHEDULE: %s", settings.post_schedule)
@@ -342,5 +377,6 @@ async def start_posting(engine: Engine, store: Store, settings: Settings, *,
     scheduler = PostScheduler(engine, store, senders, grace_s=settings.post_grace_minutes * 60)
     scheduler.twitter = twitter
     scheduler.outcome_observers.extend(outcome_observers)
-    await scheduler.start()
+    if run_schedules:
+        await scheduler.start()
     return scheduler

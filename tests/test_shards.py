@@ -131,7 +131,7 @@ async def test_each_process_answers_the_mentions_of_its_own_guilds_only(two_proc
 
 async def test_only_the_jobs_process_posts_and_runs_retrain_and_rollback(two_processes):
     env, jobs, replier, (a_general, a_admin, a_bob), (b_general, b_admin, b_bob) = two_processes
-    assert jobs.poster is not None and replier.poster is None            # scheduled posts: one process only
+    assert jobs.poster.scheduler is not None and replier.poster.scheduler is None   # schedules fire in one
     for command in ("retrain start", "retrain cancel", "rollback"):
         refused = await b_admin.slash(b_general, command)
         answer = refused.response.content
@@ -146,6 +146,21 @@ async def test_only_the_jobs_process_posts_and_runs_retrain_and_rollback(two_pro
     assert cancel.response.content == "No retrain is running."
     rollback = await a_admin.slash(a_general, "rollback")
     assert "no previous model" in rollback.response.content
+
+
+async def test_schedules_changed_in_a_replying_process_fire_in_the_jobs_process(two_processes):
+    env, jobs, replier, (a_general, a_admin, a_bob), (b_general, b_admin, b_bob) = two_processes
+    assert await jobs.poster.sync() is False                              # nothing changed yet
+    added = await b_admin.slash(b_general, "schedule add", name="evening", cron="0 20 * * *",
+                                targets=f"discord:{b_general.id}")
+    assert "added" in added.response.content
+    assert replier.poster.next_runs() == {}                               # nothing fires in the replier
+    schedule = (await jobs.store.schedules())[0]
+    assert schedule.id not in jobs.poster.next_runs()
+    assert await jobs.poster.sync() is True and jobs.poster.next_runs()[schedule.id] is not None
+    assert await jobs.poster.sync() is False                              # re-armed once per change
+    await b_admin.slash(b_general, "schedule pause", name="evening")
+    assert await jobs.poster.sync() is True and schedule.id not in jobs.poster.next_runs()
 
 
 async def test_the_replier_follows_a_rollback_in_the_jobs_process(two_processes, alice_artifact, bob_artifact,
