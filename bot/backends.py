@@ -4,7 +4,12 @@
 - `torch-int8`: the same model with its linear layers quantised to int8 on the fly (dynamic quantisation,
   `training.modelling.quantize_int8`).
 - `ctranslate2`: CTranslate2 int8, an optional extra (`pip install personabot[fast]`); the artifact is
-  converted once into a `ctranslate2-int8/` folder beside the model.
+  converted once into a `ctranslate2-int8/` folder beside the model (a LoRA adapter merged into its base
+  first: that folder is then a whole int8 model, about a quarter of the base's size).
+
+A LoRA adapter artifact runs on every local backend: `training.artifact.load_model` loads its base and
+merges the adapter in memory for `torch` and `torch-int8`. (`openai` does not serve adapters yet: its server
+would need the base and the adapter as a LoRA module.)
 
 - `openai`: an OpenAI-compatible inference server (vLLM, TGI, llama.cpp, `transformers serve`) serving the
   artifact's directory; see `bot.remote`.
@@ -66,7 +71,7 @@ class CTranslate2Backend:
 
     name = "ctranslate2"
 
-    def __init__(self, info: PersonaInfo, tokenizer, threads: int) -> None:
+    def __init__(self, info: PersonaInfo, tokenizer, threads: int, model=None) -> None:
         try:
             import ctranslate2
         except ImportError as e:
@@ -74,7 +79,7 @@ class CTranslate2Backend:
                                "pip install 'personabot[fast]'") from e
         self._ct2 = ctranslate2
         self.tokenizer = tokenizer
-        path = convert_ctranslate2(info)
+        path = convert_ctranslate2(info, model)
         self.generator = ctranslate2.Generator(str(path), device="cpu", compute_type="int8",
                                                intra_threads=threads)
         self._lock = threading.Lock()   # the random seed is global to ctranslate2
@@ -111,17 +116,25 @@ class CTranslate2Backend:
         return out
 
 
-def convert_ctranslate2(info: PersonaInfo) -> Path:
-    """The artifact converted to CTranslate2 int8 (done once; written aside and renamed into place)."""
+def convert_ctranslate2(info: PersonaInfo, model=None) -> Path:
+    """The artifact converted to CTranslate2 int8 (done once; written aside and renamed into place).
+
+    The converter reads whole models only: an adapter artifact is merged into its base first (`model`, the
+    merged model when the caller has it loaded already)."""
     target = info.path / CT2_DIR
     if (target / "model.bin").is_file():
         return target
     from ctranslate2.converters import TransformersConverter
 
     staged = info.path / f".{CT2_DIR}.tmp-{os.getpid()}"
+    merged = info.path / f".{CT2_DIR}.merged-{os.getpid()}"
     shutil.rmtree(staged, ignore_errors=True)
     try:
-        TransformersConverter(str(info.path)).convert(str(staged), quantization="int8", force=True)
+        source = info.path
+        if info.is_adapter:
+            _save_merged(info, merged, model)
+            source = merged
+        TransformersConverter(str(source)).convert(str(staged), quantization="int8", force=True)
         # CTranslate2 wants every special token named; ours only has the end marker.
         import json
 
@@ -137,7 +150,19 @@ def convert_ctranslate2(info: PersonaInfo) -> Path:
     except Exception as e:  # the converter raises many kinds; each is a conversion failure to us
         shutil.rmtree(staged, ignore_errors=True)
         raise BackendError(f"cannot convert {info.path} for ctranslate2: {e}") from e
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
     return target
+
+
+def _save_merged(info: PersonaInfo, where: Path, model=None) -> None:
+    """An adapter artifact's base with the adapter merged in, saved as a whole model (for the converter)."""
+    from transformers import AutoTokenizer
+
+    if model is None:
+        model, _ = load_model(info)
+    model.save_pretrained(where)
+    AutoTokenizer.from_pretrained(info.path).save_pretrained(where)
 
 
 def ctranslate2_available() -> bool:
@@ -204,8 +229,9 @@ def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None =
             raise BackendError(f"cannot quantise {info.path} to int8: {e}") from e
         return TorchBackend(name, model, tokenizer), tokenizer
     if name == "ctranslate2":
+        merged = model if info.is_adapter else None   # what the converter needs of an adapter artifact
         del model
-        return CTranslate2Backend(info, tokenizer, generation_threads(threads)), tokenizer
+        return CTranslate2Backend(info, tokenizer, generation_threads(threads), merged), tokenizer
     raise AssertionError(name)
 
 

@@ -1,6 +1,11 @@
 """The model artifact: a directory holding the model and tokenizer (`save_pretrained`), `persona.json`,
 `loss.png` and the training-text index for the leak guard.
 
+Two kinds: a full model, or a LoRA adapter (`lora.merged` false in persona.json) whose directory holds
+peft's adapter files and the base's config.json in place of the weights, and whose persona.json names the
+base (a hub id, or a local directory by its absolute path). `load_model` serves both: an adapter's base is
+loaded through the one loading path of every base (`training.modelling.load_base`) and the adapter applied.
+
 It is written into a temporary sibling and renamed into place, so a reader sees either the old artifact or
 the new one, never half of one. `read_persona` checks that a directory is whole and says what is missing.
 """
@@ -12,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +35,8 @@ LOSS_PLOT = "loss.png"
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
+ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _REQUIRED_KEYS = ("personabot_artifact", "prompt_format", "speaker", "generation", "metrics")
 
 
@@ -86,7 +94,8 @@ class Metrics:
 
 @dataclass(frozen=True, slots=True)
 class LoraInfo(_Record):
-    """The LoRA adapters a run trained (merged into the saved weights)."""
+    """The LoRA adapter a run trained: merged into the saved weights, or saved as an adapter on the base
+    (`merged` False). Artifacts written before adapters were kept always merged: a missing `merged` is True."""
 
     r: int
     alpha: int
@@ -157,6 +166,11 @@ class PersonaInfo:
     samples: list[str] = field(default_factory=list)
 
     @property
+    def is_adapter(self) -> bool:
+        """A LoRA adapter on `base` rather than a whole model."""
+        return self.lora is not None and not self.lora.merged
+
+    @property
     def trained_val_loss(self) -> float | None:
         return self.metrics.trained.val_loss
 
@@ -213,7 +227,12 @@ def read_persona(directory: str | Path) -> PersonaInfo:
         missing.append(PERSONA_FILE)
     if not (path / "config.json").is_file():
         missing.append("config.json (model configuration)")
-    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+    if _says_adapter(path):
+        if not (path / ADAPTER_CONFIG).is_file():
+            missing.append(f"{ADAPTER_CONFIG} (the LoRA adapter's configuration)")
+        if not any((path / name).is_file() for name in _ADAPTER_WEIGHT_FILES):
+            missing.append("LoRA adapter weights (adapter_model.safetensors)")
+    elif not any((path / name).is_file() for name in _WEIGHT_FILES):
         missing.append("model weights (model.safetensors)")
     if not ((path / "tokenizer.json").is_file() or
             ((path / "vocab.json").is_file() and (path / "merges.txt").is_file())):
@@ -248,7 +267,19 @@ def read_persona(directory: str | Path) -> PersonaInfo:
     problems = info.generation.check()
     if problems:
         raise ArtifactError(f"{path / PERSONA_FILE}: bad generation defaults: {'; '.join(problems)}")
+    if info.is_adapter and not info.base:
+        raise ArtifactError(f"{path / PERSONA_FILE} describes a LoRA adapter but names no base model "
+                            "(\"base\"); train the persona again")
     return info
+
+
+def _says_adapter(path: Path) -> bool:
+    """Whether persona.json, if it reads at all, describes a LoRA adapter (its damage is reported later)."""
+    try:
+        lora = json.loads((path / PERSONA_FILE).read_text(encoding="utf-8")).get("lora")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+    return isinstance(lora, dict) and lora.get("merged") is False
 
 
 def damaged_model_error(path: Path, problem: object) -> ArtifactError:
@@ -270,21 +301,58 @@ def check_weights(directory: Path) -> None:
             raise damaged_model_error(weights, e) from e
 
 
-def load_model(info: PersonaInfo):
-    """The artifact's (model, tokenizer), in evaluation mode; a load failure is an `ArtifactError`."""
+def load_model(info: PersonaInfo, *, merge: bool = True):
+    """The artifact's (model, tokenizer), in evaluation mode; a load failure is an `ArtifactError`.
+
+    An adapter artifact loads its base and applies the adapter: merged into the base's weights in memory
+    (`merge`, the fastest to run alone; the artifact on disk stays an adapter), or as a peft model that keeps
+    the adapter apart (`merge=False`, for serving several adapters on one base)."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_weights(info.path)
+    weights = info.path / ("adapter_model.safetensors" if info.is_adapter else "model.safetensors")
     try:
         tokenizer = AutoTokenizer.from_pretrained(info.path)
-        model = AutoModelForCausalLM.from_pretrained(info.path)
+        model = _load_adapter(info, merge) if info.is_adapter else AutoModelForCausalLM.from_pretrained(info.path)
     except SafetensorError as e:   # damage the header check cannot see (a shard named by an index)
-        raise damaged_model_error(info.path / "model.safetensors", e) from e
+        raise damaged_model_error(weights, e) from e
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load the model in {info.path}: {e}") from e
     model.eval()
     return model, tokenizer
+
+
+def _load_adapter(info: PersonaInfo, merge: bool):
+    """The base named in persona.json with the artifact's LoRA adapter applied (see `load_model`)."""
+    from peft import PeftModel
+
+    from training.errors import TrainingError
+    from training.modelling import first_line, load_base
+
+    config_path = info.path / ADAPTER_CONFIG
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"the LoRA adapter configuration {config_path} is damaged ({e}); train the persona "
+                            "again or restore the artifact from a copy") from e
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise ArtifactError(f"the LoRA adapter configuration {config_path} is damaged (not a peft adapter "
+                            "configuration); train the persona again or restore the artifact from a copy")
+    try:
+        base, _ = load_base(str(info.base))
+    except TrainingError as e:
+        raise ArtifactError(f"{info.path} is a LoRA adapter on the base model {info.base!r} (named in "
+                            f"{info.path / PERSONA_FILE}), which cannot be loaded: {first_line(e)}. Put the base "
+                            "back where it was, or train the persona again on a base that is here") from e
+    try:
+        with warnings.catch_warnings():   # peft asks transformers 5 a question it deprecated: not the user's concern
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
+            model = PeftModel.from_pretrained(base, str(info.path))
+    except RuntimeError as e:    # weights of another shape: an adapter trained on another base
+        raise ArtifactError(f"the LoRA adapter in {info.path} does not fit its base {info.base!r} "
+                            f"({first_line(e)}); train the persona again on this base") from e
+    return model.merge_and_unload() if merge else model
 
 
 def write_training_text(directory: Path, responses: Iterable[str], context: Iterable[str]) -> int:
