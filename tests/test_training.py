@@ -76,7 +76,8 @@ def test_fine_tune_a_local_base_in_full_and_with_lora(make_chat, tmp_path, tiny_
     results = {}
     for mode in ("full", "lora"):
         cfg = TrainConfig(data=[str(chat)], speaker="Alice", out=tmp_path / mode, base=str(tiny_base),
-                          max_steps=25, epochs=100, batch_size=4, lora=mode == "lora", lr=3e-3, threads=1, samples=1)
+                          max_steps=25, epochs=100, batch_size=4, lora=mode == "lora", lora_merge=mode == "lora",
+                          lr=3e-3, threads=1, samples=1)
         results[mode] = train(cfg)
         persona = Persona.load(tmp_path / mode)
         assert persona.info.base == str(tiny_base)
@@ -84,7 +85,7 @@ def test_fine_tune_a_local_base_in_full_and_with_lora(make_chat, tmp_path, tiny_
         assert persona.text(ids)
     for mode, result in results.items():
         assert result.metrics.trained.val_loss < result.metrics.base.val_loss, mode
-    # LoRA adapters are merged: the artifact is a plain model of the base's shape.
+    # With lora_merge (--lora-merge) the adapter is merged: the artifact is a plain model of the base's shape.
     from safetensors import safe_open
 
     with safe_open(tmp_path / "lora" / "model.safetensors", "pt") as f:

@@ -149,7 +149,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"pretrained model to fine-tune: a hub id or a local directory (default {default('base')})")
     base.add_argument("--from-scratch", choices=list(PRESETS), metavar="SIZE",
                       help=f"train a new GPT-2 and tokenizer instead: {', '.join(PRESETS)}")
-    what.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the artifact)")
+    what.add_argument("--lora", action="store_true",
+                      help="train a LoRA adapter on the base: the artifact holds the adapter (megabytes) and "
+                           "names its base, which must still be there (hub id or directory) to load it")
+    what.add_argument("--lora-merge", action="store_true",
+                      help="with --lora: merge the adapter into the base and write a full model artifact instead")
     what.add_argument("--lora-r", type=int, default=default("lora_r"), help=f"LoRA rank (default {default('lora_r')})")
     add_data_options(what)
 
@@ -209,9 +213,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=[str(p) for p in args.data], speaker=speaker, out=args.out, base=args.base,
         from_scratch=args.from_scratch, format=args.format, epochs=args.epochs, max_steps=args.max_steps,
-        time_budget_s=args.time_budget, lora=args.lora, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-        lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
-        eval_every=args.eval_every, patience=args.patience, block_size=args.block_size,
+        time_budget_s=args.time_budget, lora=args.lora, lora_merge=args.lora_merge, lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        warmup=args.warmup, eval_every=args.eval_every, patience=args.patience, block_size=args.block_size,
         context_tokens=args.context_tokens, val_fraction=args.val_fraction,
         standalone_share=args.standalone_share, min_responses=args.min_responses,
         context_loss_weight=args.context_loss_weight, seed=args.seed,

@@ -58,6 +58,7 @@ class TrainConfig:
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
+    lora_merge: bool = False    # a LoRA run writes a full model (adapter merged) instead of an adapter artifact
     lr: float | None = None
     batch_size: int = 8
     grad_accum: int = 1
@@ -92,6 +93,8 @@ class TrainConfig:
             problems.append(f"--from-scratch must be one of: {', '.join(PRESETS)}")
         if self.from_scratch and self.lora:
             problems.append("--lora adapts a pretrained base; it makes no sense with --from-scratch")
+        if self.lora_merge and not self.lora:
+            problems.append("--lora-merge merges a LoRA adapter: it needs --lora")
         if not self.epochs > 0:
             problems.append("--epochs must be above 0")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "block_size"):
@@ -135,7 +138,7 @@ class TrainConfig:
 
     def resume_key(self, data_fingerprint: str) -> str:
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("threads", "overwrite", "restart", "checkpoint_every_s", "out", "data")}
+                if k not in ("threads", "overwrite", "restart", "checkpoint_every_s", "out", "data", "lora_merge")}
         keep["data_fingerprint"] = data_fingerprint
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -569,7 +572,7 @@ def _finish(run: _Run) -> TrainResult:
 
     if (run.work / BEST).exists():
         _load_trainable(run.model, torch.load(run.work / BEST, map_location="cpu", weights_only=True))
-    if cfg.lora:
+    if cfg.lora and cfg.lora_merge:
         run.model = run.model.merge_and_unload()
     run.model.eval()
     trained = artifact.LossFigures(state.best_val, perplexity(state.best_val), run.base_metrics["val_tokens"])
@@ -590,10 +593,10 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
     generation = GenerationSettings(context_tokens=run.context_tokens)
     staged = artifact.staging_dir(out)
     try:
-        samples = sample_lines(run.model, run.tokenizer, dataset.speaker.name, cfg.samples, generation,
+        # An unmerged LoRA model samples through its core, where the adapter layers sit in place.
+        samples = sample_lines(_core(run.model), run.tokenizer, dataset.speaker.name, cfg.samples, generation,
                                seed=cfg.seed) if cfg.samples else []
-        run.model.save_pretrained(staged)
-        run.tokenizer.save_pretrained(staged)
+        _save_model(run, staged)
         index_size = artifact.write_training_text(staged, dataset.responses(), dataset.context_texts())
         artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.state.train_history), run.state.val_history,
                              f"{dataset.speaker.name} ({run.base_label})")
@@ -610,6 +613,27 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
                                 "room, then run the same command again to finish quickly") from e
         raise
     return persona
+
+
+def _save_model(run: _Run, staged: Path) -> None:
+    """The model and tokenizer into the artifact being built. A LoRA run that is not merged saves peft's
+    adapter files (megabytes) and the base's config.json (the model's shape, which the bot reads)."""
+    run.model.save_pretrained(staged)
+    if run.cfg.lora and not run.cfg.lora_merge:
+        _core(run.model).config.save_pretrained(staged)
+        (staged / "README.md").unlink(missing_ok=True)   # peft's empty model card template
+    run.tokenizer.save_pretrained(staged)
+
+
+def _recorded_base(cfg: TrainConfig) -> str | None:
+    """The base as persona.json names it; an adapter's local base by its absolute path (it is loaded from
+    there again, whatever the working directory then)."""
+    if cfg.from_scratch:
+        return None
+    local = Path(cfg.base).expanduser()
+    if cfg.lora and not cfg.lora_merge and local.exists():
+        return str(local.absolute())
+    return cfg.base
 
 
 def _load_model(cfg: TrainConfig, corpus: Corpus, work: Path, resuming: bool, progress: Progress):
@@ -745,8 +769,8 @@ def _persona_info(run: _Run, metrics: artifact.Metrics, generation: GenerationSe
     return artifact.PersonaInfo(
         path=run.out, speaker=speaker.name, generation=generation, metrics=metrics,
         speaker_names=sorted(speaker.names), speaker_ids=sorted(speaker.ids),
-        base=cfg.base if not cfg.from_scratch else None, from_scratch=cfg.from_scratch, base_label=run.base_label,
-        lora=artifact.LoraInfo(cfg.lora_r, cfg.lora_alpha, merged=True) if cfg.lora else None,
+        base=_recorded_base(cfg), from_scratch=cfg.from_scratch, base_label=run.base_label,
+        lora=artifact.LoraInfo(cfg.lora_r, cfg.lora_alpha, merged=cfg.lora_merge) if cfg.lora else None,
         corpus_kind=corpus_kind(corpus), created_at=_now(), sources=sources, dataset=dataset.config,
         training=training, history={"train": _thin(state.train_history), "val": state.val_history}, samples=samples)
 
