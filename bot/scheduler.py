@@ -95,7 +95,7 @@ def check_cron(cron: str, timezone_name: str) -> None:
 
 class PostScheduler:
     def __init__(self, engine: Engine, store: Store, senders, *, grace_s: float = GRACE_MINUTES * 60,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, follow_other_processes: bool = False) -> None:
         self.engine = engine
         self.store = store
         self.senders = senders       # .get(target: PostTarget, guild_id=...) -> Sender | None
@@ -106,6 +106,8 @@ class PostScheduler:
         # Called with every post's outcome (e.g. by bot.metrics); quick, and never allowed to stop a post.
         self.outcome_observers: list[Callable[[PostOutcome], None]] = []
         self._seen_change: Any = None
+        # Other bot processes (SHARD_IDS split the guilds) may change the schedules: look every SYNC_INTERVAL_S.
+        self.follow_other_processes = follow_other_processes
 
     async def start(self) -> None:
         """Mark interrupted posts unknown, catch up once per schedule, then schedule every unpaused one."""
@@ -120,9 +122,10 @@ class PostScheduler:
                 await self.catch_up(schedule)
         self._seen_change = await self._last_change()
         await self.reload()
-        # Schedules changed by another process (RUN_JOBS=false) reach this one's jobs within a sync interval.
-        self.scheduler.add_job(self.sync, "interval", seconds=SYNC_INTERVAL_S, id=SYNC_JOB, coalesce=True,
-                               max_instances=1)
+        if self.follow_other_processes:
+            # Schedules changed by another process (RUN_JOBS=false) reach this one's jobs within an interval.
+            self.scheduler.add_job(self.sync, "interval", seconds=SYNC_INTERVAL_S, id=SYNC_JOB, coalesce=True,
+                                   max_instances=1)
         self.scheduler.start()
 
     async def sync(self) -> bool:
@@ -374,7 +377,9 @@ async def start_posting(engine: Engine, store: Store, settings: Settings, *,
     senders = Senders(lambda: engine.persona.name, twitter=twitter, out=out)
     if discord_sender is not None:
         senders.register_discord(discord_sender)
-    scheduler = PostScheduler(engine, store, senders, grace_s=settings.post_grace_minutes * 60)
+    # A process that runs every shard is the only one (each would otherwise answer every guild twice).
+    scheduler = PostScheduler(engine, store, senders, grace_s=settings.post_grace_minutes * 60,
+                              follow_other_processes=settings.shard_ids is not None)
     scheduler.twitter = twitter
     scheduler.outcome_observers.extend(outcome_observers)
     if run_schedules:

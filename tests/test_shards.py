@@ -150,6 +150,9 @@ async def test_only_the_jobs_process_posts_and_runs_retrain_and_rollback(two_pro
 
 async def test_schedules_changed_in_a_replying_process_fire_in_the_jobs_process(two_processes):
     env, jobs, replier, (a_general, a_admin, a_bob), (b_general, b_admin, b_bob) = two_processes
+    from bot.scheduler import SYNC_JOB
+
+    assert jobs.poster.scheduler.get_job(SYNC_JOB) is not None            # it looks for others' changes
     assert await jobs.poster.sync() is False                              # nothing changed yet
     added = await b_admin.slash(b_general, "schedule add", name="evening", cron="0 20 * * *",
                                 targets=f"discord:{b_general.id}")
