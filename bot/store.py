@@ -367,6 +367,84 @@ class Store:
                                      "sending; check the target', updated_at = ? WHERE status = 'pending'", (now(),))
         return cursor.rowcount
 
+    # -- personas and where they speak -----------------------------------------------------------------
+    async def add_persona(self, name: str, artifact_path: str | Path, *, guild_id: int | None = None,
+                          generation: dict[str, Any] | None = None) -> PersonaEntry:
+        """Register a persona owned by `guild_id` (None: a global one, the bot owners'). Names are unique per
+        owner, case-insensitively. The checks of who may and what is valid live in bot/personas.py."""
+        try:
+            cursor = await self._execute(
+                "INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) VALUES (?, ?, ?, ?, ?)",
+                (guild_id, name, str(artifact_path), json.dumps(generation or {}), now()))
+        except sqlite3.IntegrityError as e:
+            where = "globally" if guild_id is None else f"in guild {guild_id}"
+            raise StoreError(f"a persona named {name!r} exists already {where}") from e
+        return await self._persona_by_id(int(cursor.lastrowid))
+
+    async def personas(self, owners: Iterable[int | None] | None = None) -> list[PersonaEntry]:
+        """Personas by name: every one, or only those owned by one of `owners` (guild ids; None: global)."""
+        rows = await self._query(f"SELECT {_PERSONA_COLUMNS} FROM personas ORDER BY name COLLATE NOCASE, id")
+        found = [_persona(r) for r in rows]
+        if owners is None:
+            return found
+        wanted = set(owners)
+        return [p for p in found if p.guild_id in wanted]
+
+    async def find_persona(self, name: str, guild_id: int | None) -> PersonaEntry | None:
+        """The persona called `name` (any case) as seen from `guild_id`: the guild's own first, then a global
+        one; from no guild (None), global ones only."""
+        rows = await self._query(
+            f"SELECT {_PERSONA_COLUMNS} FROM personas WHERE name = ? COLLATE NOCASE "
+            "AND (guild_id IS NULL OR guild_id = ?) ORDER BY guild_id IS NULL LIMIT 1", (name, guild_id))
+        return _persona(rows[0]) if rows else None
+
+    async def _persona_by_id(self, persona_id: int) -> PersonaEntry:
+        rows = await self._query(f"SELECT {_PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
+        return _persona(rows[0])
+
+    async def remove_persona(self, persona_id: int) -> int | None:
+        """Remove a persona and its assignments: how many assignments went with it, None when it was gone."""
+        async with self._write:
+            try:
+                count = (await (await self._db.execute(
+                    "SELECT count(*) FROM assignments WHERE persona_id = ?", (persona_id,))).fetchone())[0]
+                cursor = await self._db.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
+                await self._db.commit()
+            except sqlite3.OperationalError as e:
+                await self._db.rollback()
+                raise StoreError(_operational(self.path, e)) from e
+        return count if cursor.rowcount else None
+
+    async def assign_persona(self, persona_id: int, scope: str, scope_id: int | None,
+                             guild_id: int | None) -> None:
+        """Make a persona the one at this place (replacing the one there): scope 'bot' (no ids), 'guild'
+        (its id twice) or 'channel' (its id and its guild's)."""
+        await self._execute(
+            "INSERT INTO assignments (scope, scope_id, guild_id, persona_id, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (scope, coalesce(scope_id, 0)) DO UPDATE SET persona_id = excluded.persona_id, "
+            "guild_id = excluded.guild_id, created_at = excluded.created_at",
+            (scope, scope_id, guild_id, persona_id, now()))
+
+    async def unassign_persona(self, scope: str, scope_id: int | None) -> bool:
+        """Clear the assignment at this place; False when there was none."""
+        cursor = await self._execute("DELETE FROM assignments WHERE scope = ? AND coalesce(scope_id, 0) = ?",
+                                     (scope, scope_id or 0))
+        return cursor.rowcount > 0
+
+    async def assignments(self, *, guild_id: int | None = None, bot: bool = False,
+                          places: Iterable[tuple[str, int | None]] = ()) -> list[Assignment]:
+        """Assignments belonging to `guild_id` (its own and its channels'), the bot-wide one when `bot`, and
+        those at each of `places` ((scope, id) pairs); each with its persona."""
+        wanted = list(places)
+        clause = " OR ".join(["a.guild_id = ?"] * (guild_id is not None) + ["a.scope = 'bot'"] * bot
+                             + ["(a.scope = ? AND coalesce(a.scope_id, 0) = ?)"] * len(wanted)) or "0"
+        params = [guild_id] * (guild_id is not None) + [v for s, i in wanted for v in (s, i or 0)]
+        cols = ", ".join(f"p.{c.strip()}" for c in _PERSONA_COLUMNS.split(","))
+        rows = await self._query(
+            f"SELECT a.scope, a.scope_id, a.guild_id, a.created_at, {cols} FROM assignments a "
+            f"JOIN personas p ON p.id = a.persona_id WHERE {clause} ORDER BY a.id", params)
+        return [Assignment(r[0], r[1], r[2], _persona(r[4:]), r[3]) for r in rows]
+
 
 def _targets(stored: str) -> tuple[PostTarget, ...]:
     """A schedule's targets as stored (a JSON list of their texts); one no longer understood is left out."""
@@ -395,3 +473,36 @@ def _writable(path: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaEntry:
+    """A registered persona: a name, its artifact directory, its owner (a guild, or None: global, the bot
+    owners'), and default sampling settings over the artifact's own."""
+
+    id: int
+    guild_id: int | None
+    name: str
+    artifact_path: Path
+    generation: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Which persona speaks at one place: scope 'bot' (scope_id None), 'guild' or 'channel' (its id);
+    `guild_id` is the guild the place belongs to (None for 'bot')."""
+
+    scope: str
+    scope_id: int | None
+    guild_id: int | None
+    persona: PersonaEntry
+    created_at: str
+
+
+_PERSONA_COLUMNS = "id, guild_id, name, artifact_path, generation, created_at"
+
+
+def _persona(row: Sequence[Any]) -> PersonaEntry:
+    """A `personas` row (columns as `_PERSONA_COLUMNS`) as a typed entry."""
+    return PersonaEntry(row[0], row[1], row[2], Path(row[3]), json.loads(row[4]), row[5])

@@ -1,0 +1,214 @@
+"""Several personas in one bot: the rules of the registry and of which persona speaks where, in one place.
+
+* Registering: a name (what people and webhooks see) and a readable persona artifact
+  (`training.artifact.read_persona`: a whole model or a LoRA adapter on a named base), owned by a guild or
+  global. A guild's admins register personas for their guild from MODELS_DIR only (never any directory of the
+  bot's machine); global personas, and any directory, are the bot's owners' (and the `personabot persona`
+  command's, run by whoever runs the bot).
+* Seeing: a guild sees its own personas and the global ones, never another guild's; a name is looked up the
+  same way (the guild's own first).
+* Assigning: a persona for the whole bot (owners, global personas only), for a guild, or for a channel; a
+  guild's admins govern their guild's assignments only. `resolve` gives the persona at a place: the nearest
+  assignment wins (channel, then guild, then the bot's), None meaning "the bot's configured persona".
+
+Who someone is comes from bot/tenancy.py's `Authority`; the rows live in bot/store.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+from bot.store import Assignment, PersonaEntry, Store, StoreError
+from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
+
+Scope = Literal["bot", "guild", "channel"]
+SCOPES: tuple[Scope, ...] = ("channel", "guild", "bot")    # nearest first
+MAX_NAME = 32
+# Letters, digits, spaces and . _ ' - ; a letter or digit first. Discord refuses webhook names containing
+# "discord" or "clyde", so a persona could never speak under one.
+_NAME = re.compile(r"^\w[\w .'-]*$")
+_WEBHOOK_FORBIDDEN = ("discord", "clyde")
+
+
+class PersonaError(Exception):
+    """A persona request that cannot be done; the message says why, for the person who asked."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a persona's name, or None."""
+    if not name or len(name) > MAX_NAME:
+        return f"a persona's name has 1 to {MAX_NAME} characters"
+    if not _NAME.match(name) or name != name.strip():
+        return (f"{name!r} is not a usable persona name: letters, digits, spaces and . _ ' - only, "
+                "starting with a letter or digit")
+    forbidden = next((word for word in _WEBHOOK_FORBIDDEN if word in name.lower()), None)
+    if forbidden:
+        return f"{name!r} contains {forbidden!r}, which Discord does not allow in the name a message is sent under"
+    return None
+
+
+def check_generation(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Default sampling settings for a persona (only those given), checked; PersonaError names the problems."""
+    from training.generation import GenerationSettings
+
+    known = {f.name for f in fields(GenerationSettings)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise PersonaError(f"unknown generation settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    problems = GenerationSettings().with_overrides(**given).check()
+    if problems:
+        raise PersonaError(f"bad generation settings: {'; '.join(problems)}")
+    return given
+
+
+def check_artifact(directory: str | Path) -> Path:
+    """The artifact directory, absolute, when it holds a readable persona artifact; PersonaError names it and
+    what is wrong otherwise. Reads files: call it off the event loop."""
+    from training.artifact import ArtifactError, read_persona
+
+    path = Path(directory).expanduser().resolve()
+    try:
+        read_persona(path)
+    except ArtifactError as e:
+        raise PersonaError(f"cannot register {directory}: {e}") from e
+    return path
+
+
+def _owner_problem(authority: Authority, guild_id: int | None) -> str | None:
+    """Why `authority` may not govern what `guild_id` owns (None: global), or None."""
+    if authority.is_owner:
+        return None
+    if guild_id is None:
+        return OWNERS_ONLY
+    if not authority.is_guild_admin or authority.guild_id != guild_id:
+        return GUILD_ADMINS_ONLY
+    return None
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path.is_relative_to(folder.expanduser().resolve())
+
+
+async def register(store: Store, authority: Authority, name: str, artifact: Path, *,
+                   guild_id: int | None, models_dir: Path | None = None,
+                   generation: dict[str, Any] | None = None) -> PersonaEntry:
+    """Register the artifact at `artifact` (checked by `check_artifact`, off the event loop, first) as
+    `name`, owned by `guild_id` (None: global). Someone not an owner may register for their own guild only,
+    and only an artifact inside `models_dir`."""
+    problem = name_problem(name) or _owner_problem(authority, guild_id)
+    if problem:
+        raise PersonaError(problem)
+    if not artifact.is_absolute():
+        raise PersonaError(f"{artifact}: give the artifact directory as checked (absolute)")
+    if not authority.is_owner and (models_dir is None or not _within(artifact, models_dir)):
+        raise PersonaError(f"{artifact} is not inside MODELS_DIR ({models_dir}): a server's admins register "
+                           "artifacts from there only")
+    try:
+        return await store.add_persona(name, artifact, guild_id=guild_id,
+                                       generation=check_generation(generation or {}))
+    except StoreError as e:
+        if "exists already" in str(e):
+            raise PersonaError(str(e)) from e
+        raise
+
+
+def visible(personas: list[PersonaEntry], guild_id: int | None) -> list[PersonaEntry]:
+    """Of `personas`, those seen from `guild_id`: its own and the global ones (from no guild: global only)."""
+    return [p for p in personas if p.guild_id is None or p.guild_id == guild_id]
+
+
+async def listed(store: Store, guild_id: int | None) -> list[PersonaEntry]:
+    """The personas seen from `guild_id` (its own, then global ones with a name it does not use itself)."""
+    seen = visible(await store.personas(), guild_id)
+    own = {p.name.casefold() for p in seen if p.guild_id is not None}
+    return [p for p in seen if p.guild_id is not None or p.name.casefold() not in own]
+
+
+async def find(store: Store, guild_id: int | None, name: str) -> PersonaEntry:
+    """The persona `name` as seen from `guild_id`; PersonaError when there is none there."""
+    found = await store.find_persona(name, guild_id)
+    if found is None:
+        where = "for this bot" if guild_id is None else "in this server"
+        raise PersonaError(f"there is no persona named {name!r} {where}")
+    return found
+
+
+async def remove(store: Store, authority: Authority, name: str, *, guild_id: int | None) -> int:
+    """Remove the persona `name` owned by `guild_id` (None: the global one): how many assignments went
+    with it. Only that owner's persona is looked at, never a global one from a guild or the reverse."""
+    problem = _owner_problem(authority, guild_id)
+    if problem:
+        raise PersonaError(problem)
+    entry = await store.find_persona(name, guild_id)
+    if entry is None or entry.guild_id != guild_id:
+        owned = "global persona" if guild_id is None else f"persona of guild {guild_id}"
+        raise PersonaError(f"there is no {owned} named {name!r}")
+    dropped = await store.remove_persona(entry.id)
+    return dropped or 0
+
+
+def _place(authority: Authority, scope: Scope, channel_id: int | None,
+           channel_guild_id: int | None) -> tuple[int | None, int | None]:
+    """(scope id, guild id) of the place `authority` means, checked against what they govern."""
+    if scope == "bot":
+        if not authority.is_owner:
+            raise PersonaError(OWNERS_ONLY)
+        return None, None
+    guild_id = authority.guild_id if scope == "guild" else channel_guild_id
+    if guild_id is None:
+        raise PersonaError("a server or channel assignment is made in a server (this is not one)"
+                           if scope == "guild" else "that channel belongs to no server known here")
+    problem = _owner_problem(authority, guild_id)
+    if problem:
+        raise PersonaError(problem if authority.guild_id == guild_id else
+                           "that is not a channel of this server")
+    if scope == "channel" and channel_id is None:
+        raise PersonaError("a channel assignment needs the channel")
+    return (guild_id if scope == "guild" else channel_id), guild_id
+
+
+async def assign(store: Store, authority: Authority, name: str, scope: Scope, *, channel_id: int | None = None,
+                 channel_guild_id: int | None = None) -> PersonaEntry:
+    """Make `name` the persona at `scope`: the bot (owners; a global persona), `authority`'s guild, or the
+    channel `channel_id` of guild `channel_guild_id`. The persona is looked up as that guild sees it."""
+    scope_id, guild_id = _place(authority, scope, channel_id, channel_guild_id)
+    entry = await find(store, guild_id, name)
+    await store.assign_persona(entry.id, scope, scope_id, guild_id)
+    return entry
+
+
+async def unassign(store: Store, authority: Authority, scope: Scope, *, channel_id: int | None = None,
+                   channel_guild_id: int | None = None) -> bool:
+    """Clear the assignment at `scope` (checked as in `assign`); False when there was none."""
+    scope_id, _ = _place(authority, scope, channel_id, channel_guild_id)
+    return await store.unassign_persona(scope, scope_id)
+
+
+def nearest(assignments: list[Assignment], channel_id: int | None, guild_id: int | None) -> Assignment | None:
+    """The assignment that decides who speaks in `channel_id` of `guild_id`: the channel's, else the guild's,
+    else the bot's; None when none of them is set."""
+    wanted = {"channel": channel_id, "guild": guild_id, "bot": None}
+    for scope in SCOPES:
+        if scope != "bot" and wanted[scope] is None:
+            continue
+        match = next((a for a in assignments if a.scope == scope and a.scope_id == wanted[scope]), None)
+        if match is not None:
+            return match
+    return None
+
+
+async def resolve(store: Store, channel_id: int | None, guild_id: int | None) -> PersonaEntry | None:
+    """The persona that speaks in `channel_id` of `guild_id` (None in a DM): the nearest assignment's, or
+    None meaning the bot's configured persona (PERSONA_MODEL)."""
+    places = [("channel", channel_id)] * (channel_id is not None) + [("guild", guild_id)] * (guild_id is not None)
+    found = nearest(await store.assignments(bot=True, places=places), channel_id, guild_id)
+    return found.persona if found else None
+
+
+def operator(guild_id: int | None = None) -> Authority:
+    """Whoever runs the `personabot persona` command on the bot's machine: an owner (global powers)."""
+    return Authority(user_id=0, guild_id=guild_id, is_owner=True, is_guild_admin=True)
