@@ -124,6 +124,71 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_persona(args: argparse.Namespace) -> int:
+    """`personabot persona add|list|remove`: the persona registry in DATABASE_PATH, as the bot's owner."""
+    import asyncio
+
+    from bot.config import ConfigError, load_settings
+    from bot.personas import PersonaError
+    from bot.store import StoreError
+
+    try:
+        settings = load_settings()
+        return asyncio.run(_persona_command(args, settings.database_path))
+    except (ConfigError, StoreError, PersonaError) as e:
+        print(f"personabot: error: {shown(str(e))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+async def _persona_command(args: argparse.Namespace, database: Path) -> int:
+    from bot import personas
+    from bot.store import Store
+
+    authority = personas.operator(args.guild)
+    if args.action == "add":    # the artifact is checked before the database is opened (or created)
+        artifact = personas.check_artifact(args.dir)
+    async with await Store.open(database) as store:
+        if args.action == "add":
+            entry = await personas.register(store, authority, args.name, artifact, guild_id=args.guild,
+                                            generation=_generation_overrides(args))
+            print(f"personabot: registered {shown(entry.name)} ({_owner(entry.guild_id)}): {shown(str(artifact))}")
+        elif args.action == "remove":
+            dropped = await personas.remove(store, authority, args.name, guild_id=args.guild)
+            print(f"personabot: removed {shown(args.name)} ({_owner(args.guild)})"
+                  + (f" and its {dropped} assignment(s)" if dropped else ""))
+        else:
+            found = await (personas.listed(store, args.guild) if args.guild is not None else store.personas())
+            for entry in found:
+                print(f"{shown(entry.name)}\t{_owner(entry.guild_id)}\t{shown(str(entry.artifact_path))}")
+            if not found:
+                print("personabot: no personas registered", file=sys.stderr)
+    return 0
+
+
+def _owner(guild_id: int | None) -> str:
+    return "global" if guild_id is None else f"guild {guild_id}"
+
+
+def _add_persona_commands(sub: argparse._SubParsersAction) -> None:
+    persona = sub.add_parser("persona", help="register personas (artifacts) the bot can speak as, in DATABASE_PATH")
+    actions = persona.add_subparsers(dest="action", required=True, metavar="ACTION")
+    guild = {"type": int, "metavar": "ID", "help": "the guild (server) id that owns it (default: global)"}
+    add = actions.add_parser("add", help="register an artifact directory as a persona")
+    add.add_argument("name", help="the name it speaks under")
+    add.add_argument("dir", type=Path, help="persona artifact directory (a whole model or a LoRA adapter)")
+    add.add_argument("--guild", **guild)
+    sampling = add.add_argument_group("default sampling (over the artifact's persona.json)")
+    for option, kind in (("--temperature", float), ("--top-k", int), ("--top-p", float),
+                         ("--max-new-tokens", int)):
+        sampling.add_argument(option, type=kind)
+    listing = actions.add_parser("list", help="the registered personas: name, owner, artifact (tab-separated)")
+    listing.add_argument("--guild", **{**guild, "help": "only those seen from this guild (its own and global)"})
+    remove = actions.add_parser("remove", help="unregister a persona (its assignments go with it)")
+    remove.add_argument("name")
+    remove.add_argument("--guild", **guild)
+    persona.set_defaults(func=cmd_persona)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personabot", description="A chat bot that talks like a character.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -146,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start the bot (builds the demo persona when there is no model yet)")
     run.set_defaults(func=cmd_run)
+    _add_persona_commands(sub)
     return parser
 
 
