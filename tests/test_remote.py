@@ -127,7 +127,8 @@ def test_killing_the_server_gives_the_fallback_within_the_timeout_and_replies_re
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     server = serve_locally(str(alice_artifact), port)
-    config = RemoteConfig(url, timeout_s=3.0, breaker_failures=2, breaker_cooldown_s=0.5)
+    # A cooldown longer than any gap between two replies here, even on a loaded machine (else a probe goes out).
+    config = RemoteConfig(url, timeout_s=3.0, breaker_failures=2, breaker_cooldown_s=5.0)
     engine = Engine.load(alice_artifact, backend="openai", remote=config)
     backend = engine.persona.backend
 
