@@ -138,10 +138,15 @@ def _flag(var: Variable, raw: str, problems: list[str]) -> bool | None:
     return None
 
 
-def _ids(var: Variable, raw: str, problems: list[str]) -> frozenset[int]:
+def _numbers(raw: str) -> tuple[list[str], list[str]]:
+    """The parts of a comma- or space-separated list of whole numbers: (numbers, everything else)."""
     parts = [part.strip() for part in raw.replace(" ", ",").split(",") if part.strip()]
     good = [part for part in parts if part.isascii() and part.isdigit()]   # isdigit alone takes "²"
-    bad = [part for part in parts if part not in good]
+    return good, [part for part in parts if part not in good]
+
+
+def _ids(var: Variable, raw: str, problems: list[str]) -> frozenset[int]:
+    good, bad = _numbers(raw)
     if bad:
         problems.append(f"{var.name}: {', '.join(bad)} not a Discord id (ids are numbers; enable Developer Mode "
                         "in Discord, then right-click a user or role and Copy ID)")
@@ -156,12 +161,11 @@ def _post_targets(var: Variable, raw: str, problems: list[str]) -> tuple[PostTar
 
 
 def _shard_ids(var: Variable, raw: str, problems: list[str]) -> tuple[int, ...] | None:
-    parts = [part.strip() for part in raw.replace(" ", ",").split(",") if part.strip()]
-    bad = [part for part in parts if not (part.isascii() and part.isdigit())]
-    if bad or not parts:
+    good, bad = _numbers(raw)
+    if bad or not good:
         problems.append(f"{var.name}: {', '.join(bad) or repr(raw)} not a shard number (0, 1, ...)")
         return None
-    return tuple(sorted({int(part) for part in parts}))
+    return tuple(sorted({int(part) for part in good}))
 
 
 def _url(value: str, raw: str) -> list[str]:
