@@ -56,6 +56,7 @@ class Schedule:
     paused: bool
     last_run: str | None
     created_at: str
+    persona_id: int | None = None  # the registered persona that writes its posts; None: the one at each target
 
 
 def migrations() -> list[tuple[int, Path]]:
@@ -280,9 +281,11 @@ class Store:
     # -- schedules and posts ---------------------------------------------------------------------------
     async def add_schedule(self, name: str, *, targets: Sequence[PostTarget | str], cron: str | None = None,
                            interval_s: int | None = None, timezone_name: str = "UTC",
-                           mode: str = DEFAULT_MODE, guild_id: int | None = None) -> int:
+                           mode: str = DEFAULT_MODE, guild_id: int | None = None,
+                           persona_id: int | None = None) -> int:
         """Add a schedule owned by `guild_id` (None: a global one, the bot owners'). Names are unique per
-        owner. Targets given as text are parsed by `PostTarget.parse`."""
+        owner. Targets given as text are parsed by `PostTarget.parse`. `persona_id` names the registered persona
+        that writes its posts (None: the persona assigned where each post goes)."""
         if (cron is None) == (interval_s is None):
             raise ValueError("a schedule has either a cron line or an interval")
         parsed = [t if isinstance(t, PostTarget) else PostTarget.parse(t) for t in targets]
@@ -290,10 +293,10 @@ class Store:
             raise ValueError(f"not post targets: {targets!r}")
         try:
             cursor = await self._execute(
-                "INSERT INTO schedules (guild_id, name, cron, interval_s, timezone, targets, mode, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO schedules (guild_id, name, cron, interval_s, timezone, targets, mode, created_at, "
+                "persona_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (guild_id, name, cron, interval_s, timezone_name, json.dumps([str(t) for t in parsed]), mode,
-                 now()))
+                 now(), persona_id))
         except sqlite3.IntegrityError as e:
             raise StoreError(f"a schedule named {name!r} exists already") from e
         return int(cursor.lastrowid)
@@ -302,8 +305,8 @@ class Store:
         """Schedules, oldest first: every one, or only those owned by one of `owners` (guild ids; None
         stands for the global ones)."""
         rows = await self._query("SELECT id, guild_id, name, cron, interval_s, timezone, targets, mode, paused, "
-                                 "last_run, created_at FROM schedules ORDER BY id")
-        found = [Schedule(*r[:6], _targets(r[6]), r[7], bool(r[8]), r[9], r[10]) for r in rows]
+                                 "last_run, created_at, persona_id FROM schedules ORDER BY id")
+        found = [Schedule(*r[:6], _targets(r[6]), r[7], bool(r[8]), r[9], r[10], r[11]) for r in rows]
         if owners is None:
             return found
         wanted = set(owners)
@@ -369,13 +372,14 @@ class Store:
 
     # -- personas and where they speak -----------------------------------------------------------------
     async def add_persona(self, name: str, artifact_path: str | Path, *, guild_id: int | None = None,
-                          generation: dict[str, Any] | None = None) -> PersonaEntry:
+                          generation: dict[str, Any] | None = None, avatar_url: str | None = None) -> PersonaEntry:
         """Register a persona owned by `guild_id` (None: a global one, the bot owners'). Names are unique per
         owner, case-insensitively. The checks of who may and what is valid live in bot/personas.py."""
         try:
             cursor = await self._execute(
-                "INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) VALUES (?, ?, ?, ?, ?)",
-                (guild_id, name, str(artifact_path), json.dumps(generation or {}), now()))
+                "INSERT INTO personas (guild_id, name, artifact_path, generation, created_at, avatar_url) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (guild_id, name, str(artifact_path), json.dumps(generation or {}), now(), avatar_url))
         except sqlite3.IntegrityError as e:
             where = "globally" if guild_id is None else f"in guild {guild_id}"
             raise StoreError(f"a persona named {name!r} exists already {where}") from e
@@ -401,6 +405,20 @@ class Store:
     async def _persona_by_id(self, persona_id: int) -> PersonaEntry:
         rows = await self._query(f"SELECT {_PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
         return _persona(rows[0])
+
+    async def persona(self, persona_id: int) -> PersonaEntry | None:
+        """The persona with this id, if it still exists."""
+        rows = await self._query(f"SELECT {_PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
+        return _persona(rows[0]) if rows else None
+
+    async def set_persona_artifact(self, persona_id: int, artifact_path: str | Path,
+                                   previous_path: str | Path | None) -> PersonaEntry | None:
+        """Point a persona at another artifact (a retrain's or a rollback's), keeping `previous_path` for the
+        next rollback; None when the persona is gone."""
+        cursor = await self._execute(
+            "UPDATE personas SET artifact_path = ?, previous_artifact_path = ? WHERE id = ?",
+            (str(artifact_path), str(previous_path) if previous_path is not None else None, persona_id))
+        return await self.persona(persona_id) if cursor.rowcount else None
 
     async def remove_persona(self, persona_id: int) -> int | None:
         """Remove a persona and its assignments: how many assignments went with it, None when it was gone."""
@@ -486,6 +504,8 @@ class PersonaEntry:
     artifact_path: Path
     generation: dict[str, Any]
     created_at: str
+    previous_artifact_path: Path | None = None   # what it served before its last retrain or rollback
+    avatar_url: str | None = None                # the image its webhook messages show
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,9 +520,10 @@ class Assignment:
     created_at: str
 
 
-_PERSONA_COLUMNS = "id, guild_id, name, artifact_path, generation, created_at"
+_PERSONA_COLUMNS = "id, guild_id, name, artifact_path, generation, created_at, previous_artifact_path, avatar_url"
 
 
 def _persona(row: Sequence[Any]) -> PersonaEntry:
     """A `personas` row (columns as `_PERSONA_COLUMNS`) as a typed entry."""
-    return PersonaEntry(row[0], row[1], row[2], Path(row[3]), json.loads(row[4]), row[5])
+    return PersonaEntry(row[0], row[1], row[2], Path(row[3]), json.loads(row[4]), row[5],
+                        Path(row[6]) if row[6] else None, row[7])

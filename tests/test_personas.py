@@ -33,7 +33,9 @@ def test_a_version_3_database_gains_the_registry_and_keeps_its_rows(tmp_path, al
         async with await Store.open(path, upto=3) as old:
             assert old.version == 3
             await old.add_message(channel_id=CHANNEL_A1, author_id=7, author_name="Bob", content="still here")
-            await old.add_schedule("nightly", cron="0 20 * * *", targets=["terminal"], guild_id=GUILD_A)
+            # Written as version 3 wrote it (the Store of today writes columns a later migration added).
+            await old._execute("INSERT INTO schedules (guild_id, name, cron, targets, created_at) "
+                               "VALUES (?, 'nightly', '0 20 * * *', '[\"terminal\"]', 'then')", (GUILD_A,))
         async with await Store.open(path) as new:
             before = await new.personas()
             entry = await personas.register(new, OWNER, "Alice", alice_artifact, guild_id=None)
@@ -41,11 +43,12 @@ def test_a_version_3_database_gains_the_registry_and_keeps_its_rows(tmp_path, al
                     await new.personas(), entry)
 
     version, messages, schedules, before, after, entry = run(main())
-    assert version == len(migrations()) == 4
+    assert version == len(migrations()) == 5
     assert [m.content for m in messages] == ["still here"]
-    assert [(s.name, s.guild_id) for s in schedules] == [("nightly", GUILD_A)]
+    assert [(s.name, s.guild_id, s.persona_id) for s in schedules] == [("nightly", GUILD_A, None)]
     assert before == [] and after == [entry]
     assert (entry.name, entry.guild_id, entry.artifact_path, entry.generation) == ("Alice", None, alice_artifact, {})
+    assert (entry.previous_artifact_path, entry.avatar_url) == (None, None)
     with sqlite3.connect(path) as db:       # foreign keys hold after migrating (checked again here)
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
 
