@@ -8,8 +8,9 @@
   first: that folder is then a whole int8 model, about a quarter of the base's size).
 
 A LoRA adapter artifact runs on every local backend: `training.artifact.load_model` loads its base and
-merges the adapter in memory for `torch` and `torch-int8`. (`openai` does not serve adapters yet: its server
-would need the base and the adapter as a LoRA module.)
+merges the adapter in memory for `torch` and `torch-int8`. `openai` asks the inference server for its LoRA
+module of the adapter (vLLM `--enable-lora --lora-modules NAME=DIR`, found by the adapter's directory; see
+`bot.remote`).
 
 - `openai`: an OpenAI-compatible inference server (vLLM, TGI, llama.cpp, `transformers serve`) serving the
   artifact's directory; see `bot.remote`.
@@ -185,7 +186,7 @@ def resolve(name: str) -> str:
 def _load_remote(info: PersonaInfo, remote: RemoteConfig | None):
     from transformers import AutoTokenizer
 
-    from bot.remote import RemoteBackend
+    from bot.remote import RemoteBackend, RemoteConnection
 
     if remote is None:
         raise BackendError("BACKEND=openai needs INFERENCE_URL, the inference server serving the persona")
@@ -193,7 +194,9 @@ def _load_remote(info: PersonaInfo, remote: RemoteConfig | None):
         tokenizer = AutoTokenizer.from_pretrained(info.path)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"cannot load the tokenizer of {info.path}: {e}") from e
-    return RemoteBackend.connect(remote, tokenizer), tokenizer
+    # The artifact tells an adapter (served as the server's LoRA module for it) from a whole model. Every
+    # persona on one server shares one connection: one bound on requests in flight, one circuit breaker.
+    return RemoteBackend.connect(remote, tokenizer, info=info, connection=RemoteConnection.shared(remote)), tokenizer
 
 
 def generation_threads(requested: int | None = None) -> int:

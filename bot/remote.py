@@ -29,6 +29,19 @@ tokens (its last merges, where two vocabularies part first) and a transcript sam
   (`usage.prompt_tokens`): the end marker must be one token, the rest of the probe as many tokens as the
   artifact's tokenizer makes of it (a count, so a weaker check than the ids: it catches another vocabulary,
   not the same merges numbered otherwise).
+
+LoRA personas: an adapter artifact (persona.json names its base) is served as one of the server's LoRA modules
+(vLLM: `--enable-lora --lora-modules NAME=DIR ...`), and each request names that module as its `model`. The
+start check finds the module in the model list (`served_model`): the entry whose `root` is the artifact's
+directory, else the one entry whose `root` ends with the directory's name (a server on another machine, where
+the path differs), else the entry named like the directory; no such entry is a `BackendError` that shows the
+`--lora-modules` argument to add. The tokenizer check runs against the module (an adapter's tokenizer is its
+base's).
+
+Several personas on one server share one `RemoteConnection` (thread pool, circuit breaker, HTTP sessions, the
+sampling-field style the server takes): the server is one thing that is up or down, whichever model a request
+names. `RemoteConnection.shared` hands out one per server settings; `RemoteBackend.for_model` makes a sibling
+backend for another model on its connection.
 """
 
 from __future__ import annotations
@@ -38,15 +51,18 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from bot.backends import BackendError
 from training import transcript
+from training.artifact import PersonaInfo
 from training.generation import GenerationSettings, cut_reply
 
 log = logging.getLogger("personabot.remote")
@@ -146,54 +162,213 @@ class CircuitBreaker:
         log.log(level, "inference server %s: circuit %s, %s", self.name, state, why)
 
 
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """One entry of the server's model list (`GET /models`).
+
+    vLLM lists its models as `ModelCard`s (vllm/entrypoints/openai/protocol.py: id, object "model", created,
+    owned_by "vllm", root, parent, max_model_len, permission). `OpenAIServingModels.show_available_models`
+    (vllm/entrypoints/openai/serving_models.py) lists each base model with `root` its model path and no
+    `parent`, then each LoRA module with `root` its path exactly as given to `--lora-modules NAME=PATH` (not
+    resolved, so possibly relative to the server's working directory) and `parent` its base model's id. Other
+    servers list `id` only: no root, no parent."""
+
+    id: str
+    root: str | None = None
+    parent: str | None = None
+
+    @property
+    def is_module(self) -> bool:
+        """A LoRA module on a base the server also serves."""
+        return self.parent is not None
+
+    def describe(self) -> str:
+        if self.is_module:
+            return f"{self.id} (LoRA module on {self.parent}, from {self.root or 'an unnamed directory'})"
+        return self.id
+
+
+class RemoteConnection:
+    """What every backend speaking to one inference server shares: the thread pool that bounds the requests in
+    flight to `config.concurrency` for the whole server (not per persona), the circuit breaker (the server is
+    down for every model at once), one HTTP session per thread, the sampling-field style the server accepts
+    and the count of requests sent. Closed when the last backend using it closes."""
+
+    # One connection per server settings, for as long as a backend holds it (see `shared`).
+    _shared: "weakref.WeakValueDictionary[RemoteConfig, RemoteConnection]" = weakref.WeakValueDictionary()
+    _shared_lock = threading.Lock()
+
+    def __init__(self, config: RemoteConfig) -> None:
+        self.config = replace(config, model=None)     # the model is each backend's; the rest is the server's
+        self.breaker = CircuitBreaker(config.url, config.breaker_failures, config.breaker_cooldown_s)
+        self.extra_style = EXTRA_STYLES[0]
+        self.requests_sent = 0
+        self.pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="personabot-remote")
+        self._users = 0
+        self._closed = False
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, config: RemoteConfig) -> "RemoteConnection":
+        """The open connection for `config`'s server and settings (any `model`), made on first use. Held
+        weakly: it lives as long as a backend uses it, so a later persona on the same server joins it."""
+        key = replace(config, model=None)
+        with cls._shared_lock:
+            connection = cls._shared.get(key)
+            if connection is None:
+                connection = cls._shared[key] = cls(key)
+            return connection
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def acquire(self) -> None:
+        """One more backend uses this connection. One that its last user closed opens again with a fresh pool
+        (a persona can join between `shared` handing it out and the last other persona closing)."""
+        with self._lock:
+            if self._closed:
+                self.pool = ThreadPoolExecutor(max_workers=self.config.concurrency,
+                                               thread_name_prefix="personabot-remote")
+                self._closed = False
+            self._users += 1
+
+    def release(self) -> None:
+        """A backend is done with it; the last one out shuts the pool (requests still queued are dropped)."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or self._closed:
+                return
+            self._closed = True
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def step_down(self, style: str, error: str) -> None:
+        """Send sampling fields the next way (`EXTRA_STYLES`) from now on, once per refusal of `style`."""
+        with self._lock:
+            if self.extra_style == style:
+                self.extra_style = EXTRA_STYLES[EXTRA_STYLES.index(style) + 1]
+                log.warning("inference server %s refused sampling fields sent %s (%s); sending them %s from now on",
+                            self.config.url, style, error[:200], self.extra_style)
+
+    def request(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None) -> Any:
+        """JSON from the server, or `RemoteError` (retryable or not; its text never holds the key)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        url = (base or self.config.url) + path
+        with self._lock:
+            self.requests_sent += 1
+        try:
+            response = session.request(method, url, json=body, headers=headers, timeout=timeout)
+        except requests.Timeout:
+            raise RemoteError(f"no answer from {url} within {timeout:.1f} s") from None
+        except requests.RequestException as e:
+            raise RemoteError(self.redact(f"cannot reach {url}: {type(e).__name__}")) from None
+        if response.status_code != 200:
+            raise RemoteError(self.redact(f"{url} answered {response.status_code}: {response.text[:300]}"),
+                              retry=response.status_code in _RETRY_STATUS,
+                              retry_after_s=_retry_after(response.headers.get("Retry-After")))
+        try:
+            return response.json()
+        except ValueError:
+            raise RemoteError(f"malformed answer from {url}: not JSON") from None
+
+    def redact(self, text: str) -> str:
+        key = self.config.api_key
+        return text.replace(key, "***") if key else text
+
+    def list_models(self) -> list[ServedModel]:
+        """The server's model list; `BackendError` when it cannot be read."""
+        try:
+            body = self.request("GET", "/models", None, self.config.timeout_s)
+            entries = body["data"]
+            listed = [ServedModel(str(m["id"]), _text_or_none(m.get("root")), _text_or_none(m.get("parent")))
+                      for m in entries]
+        except RemoteError as e:
+            raise BackendError(f"cannot list the models of the inference server at {self.config.url}: {e}") from e
+        except (KeyError, TypeError, AttributeError) as e:
+            raise BackendError(f"the inference server at {self.config.url} lists its models in an unknown "
+                               f"form (no data[].id)") from e
+        return listed
+
+
 class RemoteBackend:
-    """The `Backend` of bot.backends over an OpenAI-compatible completions endpoint."""
+    """The `Backend` of bot.backends over an OpenAI-compatible completions endpoint, for one served model
+    (a whole model or a LoRA module), on a `RemoteConnection` it may share with backends of other models."""
 
     name = "openai"
     # The weights live on the inference server: a swap here cannot change what it serves (see bot.retrain).
     serves_elsewhere = True
 
-    def __init__(self, config: RemoteConfig, tokenizer, model: str) -> None:
+    def __init__(self, config: RemoteConfig, tokenizer, model: str,
+                 connection: RemoteConnection | None = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.model = model
-        self.breaker = CircuitBreaker(config.url, config.breaker_failures, config.breaker_cooldown_s)
-        self.extra_style = EXTRA_STYLES[0]
-        self.requests_sent = 0
-        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="personabot-remote")
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self.connection = connection if connection is not None else RemoteConnection(config)
+        self.connection.acquire()
+        self._closed = False
+
+    # What the connection holds, read through the backend as before it was shared.
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.connection.breaker
+
+    @property
+    def extra_style(self) -> str:
+        return self.connection.extra_style
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests sent to the server by every backend on this connection."""
+        return self.connection.requests_sent
 
     # -- start ---------------------------------------------------------------------------------------
     @classmethod
-    def connect(cls, config: RemoteConfig, tokenizer) -> "RemoteBackend":
-        """A backend for `config`, after checking the server: its model (listed or chosen) and its
-        tokenizer against `tokenizer`. Raises `BackendError` naming both sides when they differ."""
-        probe = cls(config, tokenizer, config.model or "")
-        probe.model = probe.served_model()
-        probe.check_tokenizer()
+    def connect(cls, config: RemoteConfig, tokenizer, *, info: PersonaInfo | None = None,
+                connection: RemoteConnection | None = None) -> "RemoteBackend":
+        """A backend for `config`, after checking the server: its model (listed or chosen; for an adapter
+        artifact `info`, the server's LoRA module for it) and its tokenizer against `tokenizer`. Raises
+        `BackendError` naming both sides when they differ. `connection` (e.g. `RemoteConnection.shared`) is
+        the one to share with other personas on this server; None: a connection of its own."""
+        probe = cls(config, tokenizer, config.model or "", connection)
+        try:
+            probe.model = probe.served_model(info)
+            probe.check_tokenizer()
+        except BaseException:
+            probe.close()
+            raise
         log.info("inference server %s: serving %s with a matching tokenizer", config.url, probe.model)
         return probe
 
-    def served_model(self) -> str:
-        """The model to ask for: the configured one, or the one the server lists."""
-        try:
-            body = self._request("GET", "/models", None, self.config.timeout_s)
-            listed = [str(m["id"]) for m in body["data"]]
-        except RemoteError as e:
-            raise BackendError(f"cannot list the models of the inference server at {self.config.url}: {e}") from e
-        except (KeyError, TypeError) as e:
-            raise BackendError(f"the inference server at {self.config.url} lists its models in an unknown "
-                               f"form (no data[].id)") from e
+    def for_model(self, model: str, tokenizer=None) -> "RemoteBackend":
+        """A backend for another model of this server (another persona's LoRA module) on this backend's
+        connection: one pool, one breaker. Unchecked: use `connect(..., connection=self.connection)` for a
+        persona whose module and tokenizer are still to be checked."""
+        return type(self)(replace(self.config, model=model), self.tokenizer if tokenizer is None else tokenizer,
+                          model, self.connection)
+
+    def served_model(self, info: PersonaInfo | None = None) -> str:
+        """The model to ask for: for an adapter artifact `info`, its LoRA module (see `adapter_module`;
+        INFERENCE_MODEL does not apply, as it names one model for every persona of the bot); otherwise the configured one (INFERENCE_MODEL), or the one model the server lists (when it lists a
+        base and LoRA modules on it, the one entry without a parent)."""
+        listed = self.connection.list_models()
+        if info is not None and info.is_adapter:
+            return adapter_module(listed, info, self.config.url)
+        ids = [m.id for m in listed]
         if self.config.model:
-            if self.config.model not in listed:
+            if self.config.model not in ids:
                 log.warning("inference server %s does not list %s (it lists %s); asking for it anyway",
-                            self.config.url, self.config.model, ", ".join(listed) or "nothing")
+                            self.config.url, self.config.model, ", ".join(ids) or "nothing")
             return self.config.model
-        if len(listed) != 1:
+        # vLLM lists every LoRA module beside its base; a whole model is never one of the modules.
+        whole = [m.id for m in listed if not m.is_module]
+        if len(whole) != 1:
             raise BackendError(f"the inference server at {self.config.url} lists "
-                               f"{', '.join(listed) or 'no models'}; set INFERENCE_MODEL to the persona's")
-        return listed[0]
+                               f"{', '.join(whole) or 'no models'}; set INFERENCE_MODEL to the persona's")
+        return whole[0]
 
     def check_tokenizer(self) -> None:
         """Raise `BackendError` unless the server's tokenizer makes of the probe what the artifact's does."""
@@ -244,7 +419,7 @@ class RemoteBackend:
     def generate(self, prompts: Sequence[Sequence[int]], settings: Sequence[GenerationSettings],
                  seeds: Sequence[int | None], cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
         """One reply per prompt, the rows sent together (blocking: call from the engine's worker)."""
-        rows = [self._pool.submit(self._reply_ids, row, list(p), s, seed, cancelled)
+        rows = [self.connection.pool.submit(self._reply_ids, row, list(p), s, seed, cancelled)
                 for row, (p, s, seed) in enumerate(zip(prompts, settings, seeds))]
         return [future.result() for future in rows]
 
@@ -262,7 +437,10 @@ class RemoteBackend:
         return f"{where}: circuit {self.breaker.state} since {since}, last error: {self.breaker.last_error}"
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Done with the server: the connection closes when no other backend uses it. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.connection.release()
 
     # -- one row -------------------------------------------------------------------------------------
     def _reply_ids(self, row: int, prompt: list[int], settings: GenerationSettings, seed: int | None,
@@ -301,7 +479,7 @@ class RemoteBackend:
                 answer = self._request("POST", "/completions", body, max(0.1, deadline - time.monotonic()))
             except RemoteError as e:
                 if style != EXTRA_STYLES[-1] and _refuses_extras(str(e), style):
-                    self._step_down(style, str(e))
+                    self.connection.step_down(style, str(e))
                     continue
                 raise
             try:
@@ -312,40 +490,8 @@ class RemoteBackend:
                 raise RemoteError("malformed answer: choices[0].text is not text")
             return text
 
-    def _step_down(self, style: str, error: str) -> None:
-        with self._lock:
-            if self.extra_style == style:
-                self.extra_style = EXTRA_STYLES[EXTRA_STYLES.index(style) + 1]
-                log.warning("inference server %s refused sampling fields sent %s (%s); sending them %s from now on",
-                            self.config.url, style, error[:200], self.extra_style)
-
-    # -- HTTP ----------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None) -> Any:
-        """JSON from the server, or `RemoteError` (retryable or not; its text never holds the key)."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
-        url = (base or self.config.url) + path
-        self.requests_sent += 1
-        try:
-            response = session.request(method, url, json=body, headers=headers, timeout=timeout)
-        except requests.Timeout:
-            raise RemoteError(f"no answer from {url} within {timeout:.1f} s") from None
-        except requests.RequestException as e:
-            raise RemoteError(self._redact(f"cannot reach {url}: {type(e).__name__}")) from None
-        if response.status_code != 200:
-            raise RemoteError(self._redact(f"{url} answered {response.status_code}: {response.text[:300]}"),
-                              retry=response.status_code in _RETRY_STATUS,
-                              retry_after_s=_retry_after(response.headers.get("Retry-After")))
-        try:
-            return response.json()
-        except ValueError:
-            raise RemoteError(f"malformed answer from {url}: not JSON") from None
-
-    def _redact(self, text: str) -> str:
-        key = self.config.api_key
-        return text.replace(key, "***") if key else text
+        return self.connection.request(method, path, body, timeout, base=base)
 
 
 def completion_body(model: str, prompt: str, settings: GenerationSettings, seed: int | None, stops: list[str],
@@ -364,6 +510,54 @@ def completion_body(model: str, prompt: str, settings: GenerationSettings, seed:
             "no_repeat_ngram_size": settings.no_repeat_ngram_size, "eos_token_id": end_marker,
             "pad_token_id": end_marker})
     return body
+
+
+def adapter_module(listed: Sequence[ServedModel], info: PersonaInfo, url: str) -> str:
+    """The id of the server's LoRA module serving the adapter artifact `info`, chosen in this order:
+    1. the entry whose `root` is the artifact's directory (both resolved: the server on this machine);
+    2. the one entry whose `root` ends with the directory's name (the server on another machine, where the
+       adapter was copied elsewhere); two or more such entries say nothing, so none is taken;
+    3. the entry whose id is the directory's name.
+    None: `BackendError` naming what the server lists and the `--lora-modules` argument to add."""
+    directory = info.path.resolve()
+    for model in listed:
+        if model.root and _resolved(model.root) == directory:
+            return model.id
+    same_name = [m for m in listed if m.root and _last_part(m.root) == directory.name]
+    if len(same_name) == 1:
+        return same_name[0].id
+    for model in listed:
+        if model.id == directory.name:
+            return model.id
+    modules = [m.describe() for m in listed if m.is_module]
+    lists = (f"lists the LoRA modules {'; '.join(modules)}" if modules else
+             f"lists {', '.join(m.id for m in listed) or 'no models'} and no LoRA module (is it started with "
+             f"--enable-lora?)")
+    ambiguous = (f"; {', '.join(m.id for m in same_name)} all come from a directory named {directory.name!r}, "
+                 "so none is taken for it" if len(same_name) > 1 else "")
+    raise BackendError(f"{info.path} is a LoRA adapter on {info.base}, and the inference server at {url} serves "
+                       f"no LoRA module for it: it {lists}{ambiguous}. Start the server on that base with "
+                       f"--enable-lora --lora-modules {directory.name}={directory} (the directory as the "
+                       f"server's machine sees it; a module named {directory.name!r} is matched wherever it "
+                       f"lies), beside the other personas' modules")
+
+
+def _resolved(path: str) -> Path | None:
+    """`path` as an absolute path here, or None when it cannot be one (a hub id resolves harmlessly)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _last_part(path: str) -> str:
+    """The last part of a path written on any machine (POSIX or Windows separators, a trailing slash)."""
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _text_or_none(value: object) -> str | None:
+    """A model list's optional text field (vLLM writes JSON null for a base model's parent)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _refuses_extras(error: str, style: str) -> bool:
@@ -407,7 +601,6 @@ def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadlin
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     command = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -431,5 +624,5 @@ def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadlin
     raise RuntimeError(f"transformers serve did not answer on {url} within {deadline_s:g} s")
 
 
-__all__ = ["RemoteBackend", "RemoteConfig", "RemoteError", "CircuitBreaker", "completion_body", "tokenizer_probes",
-           "serve_locally"]
+__all__ = ["RemoteBackend", "RemoteConfig", "RemoteConnection", "RemoteError", "CircuitBreaker", "ServedModel",
+           "adapter_module", "completion_body", "tokenizer_probes", "serve_locally"]

@@ -364,3 +364,192 @@ def test_stop_strings_come_from_the_transcript(alice_tokenizer):
     stops = transcript.stop_strings(alice_tokenizer, alice_tokenizer.decode(prompt))
     assert stops == ["<|endoftext|>", "\nAlice:", "\nBob:", "\nDan:"]
     assert transcript.cut_at_stops("fine\nDan: no", stops) == "fine"
+
+
+# -- LoRA personas as a vLLM server's LoRA modules ---------------------------------------------------------
+class FakeVLLM:
+    """vLLM's OpenAI server as the bot sees it when started with `--enable-lora --lora-modules NAME=DIR ...`,
+    on loopback (http.server in a thread). GET /v1/models answers in vLLM's shape (`ModelCard`s of
+    vllm/entrypoints/openai/protocol.py as `OpenAIServingModels.show_available_models` lists them): the base
+    (root: its path, parent: null) and one card per module (root: DIR as given, parent: the base's id).
+    POST /tokenize tokenizes with the base's tokenizer, POST /v1/completions answers "hi from NAME"; a model
+    it does not serve is vLLM's 404. Every request's path and "model" field is recorded."""
+
+    def __init__(self, base: str, modules: dict[str, str], tokenizer) -> None:
+        self.base = base
+        self.modules = modules
+        self.tokenizer = tokenizer
+        self.asked: list[tuple[str, str]] = []     # (path, model)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.asked.append((self.path, ""))
+                if self.path != "/v1/models":
+                    return self.answer(404, {"detail": "Not Found"})
+                self.answer(200, outer.model_list())
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                model = str(body.get("model"))
+                outer.asked.append((self.path, model))
+                if model != outer.base and model not in outer.modules:
+                    return self.answer(404, {"object": "error", "message": f"The model `{model}` does not exist.",
+                                             "type": "NotFoundError", "param": None, "code": 404})
+                ids = outer.tokenizer.encode(body["prompt"], add_special_tokens=False)
+                if self.path == "/tokenize":
+                    return self.answer(200, {"count": len(ids), "max_model_len": 256, "tokens": ids,
+                                             "token_strs": None})
+                text = f" hi from {model}"
+                self.answer(200, {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
+                                  "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop",
+                                               "stop_reason": None, "prompt_logprobs": None}],
+                                  "usage": {"prompt_tokens": len(ids), "total_tokens": len(ids) + 3,
+                                            "completion_tokens": 3}})
+
+            def answer(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def model_list(self) -> dict:
+        permission = [{"id": "modelperm-1", "object": "model_permission", "created": 1,
+                       "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                       "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                       "organization": "*", "group": None, "is_blocking": False}]
+        base = {"id": self.base, "object": "model", "created": 1, "owned_by": "vllm", "root": self.base,
+                "parent": None, "max_model_len": 256, "permission": permission}
+        modules = [{"id": name, "object": "model", "created": 1, "owned_by": "vllm", "root": root,
+                    "parent": self.base, "max_model_len": None, "permission": permission}
+                   for name, root in self.modules.items()]
+        return {"object": "list", "data": [base, *modules]}
+
+    def models_asked(self, path: str) -> list[str]:
+        return [model for p, model in self.asked if p == path]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def lora_personas(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[Path, Path, Path]:
+    """Three LoRA adapter artifacts on `tiny_base`: alice-lora trained through `personabot train --lora` (as in
+    test_lora_artifact.py), bob-lora and carol-lora copies of it under other directory names."""
+    import shutil
+
+    from chatgen import chat_conversations, write_whatsapp
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("lora-personas")
+    chat = write_whatsapp(root / "chat.txt", chat_conversations(24, seed=7))
+    alice = root / "alice-lora"
+    done = run_cli("train", "--data", str(chat), "--speaker", "alice", "--out", str(alice), "--base", str(tiny_base),
+                   "--lora", "--max-steps", "10", "--epochs", "100", "--batch-size", "4", "--threads", "1",
+                   "--samples", "1", "--progress", "none")
+    assert done.returncode == 0, done.stderr
+    copies = []
+    for name in ("bob-lora", "carol-lora"):
+        shutil.copytree(alice, root / name)
+        copies.append(root / name)
+    return alice, copies[0], copies[1]
+
+
+def _say(backend, tokenizer, seeds: list[int]) -> list[str]:
+    prompt = transcript.build_prompt(tokenizer, TURNS, "Alice", 100)
+    replies = backend.generate([prompt] * len(seeds), [GenerationSettings()] * len(seeds), seeds)
+    return [tokenizer.decode(ids).strip() for ids in replies]
+
+
+def test_two_lora_personas_are_served_by_their_own_modules_over_one_connection(lora_personas, tiny_base):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.backends import load_backend
+    from training.artifact import read_persona
+
+    alice, bob, _ = lora_personas
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    # Module names unlike the directories' names: matched by root, alice's here, bob's on "another machine".
+    server = FakeVLLM(str(tiny_base), {"alice": str(alice), "bob": f"/srv/personas/{bob.name}/"}, tokenizer)
+    try:
+        config = RemoteConfig(server.url, api_key=KEY)
+        alice_backend, alice_tokenizer = load_backend(read_persona(alice), "openai", remote=config)
+        bob_backend, bob_tokenizer = load_backend(read_persona(bob), "openai", remote=config)
+        assert (alice_backend.model, bob_backend.model) == ("alice", "bob")
+        assert server.models_asked("/tokenize") == ["alice", "bob"]    # the start check ran against each module
+        # One server, one connection: one pool, one breaker, whichever persona asks.
+        assert alice_backend.connection is bob_backend.connection and alice_backend.breaker is bob_backend.breaker
+        with ThreadPoolExecutor(2) as both:
+            said = both.map(lambda pair: _say(*pair, seeds=[1, 2, 3]),
+                            [(alice_backend, alice_tokenizer), (bob_backend, bob_tokenizer)])
+            alice_said, bob_said = list(said)
+        assert alice_said == ["hi from alice"] * 3 and bob_said == ["hi from bob"] * 3
+        assert sorted(server.models_asked("/v1/completions")) == ["alice"] * 3 + ["bob"] * 3
+        # A sibling for another module shares the connection; one persona closing leaves the others serving.
+        sibling = alice_backend.for_model(str(tiny_base))
+        assert sibling.connection is alice_backend.connection and sibling.model == str(tiny_base)
+        alice_backend.close()
+        assert _say(bob_backend, bob_tokenizer, [4]) == ["hi from bob"]
+        assert _say(sibling, bob_tokenizer, [5]) == [f"hi from {tiny_base}"]
+        bob_backend.close()
+        sibling.close()
+        assert bob_backend.connection.closed
+    finally:
+        server.close()
+
+
+def test_a_lora_persona_without_a_module_names_the_lora_modules_argument_to_add(lora_personas, tiny_base):
+    from bot.backends import load_backend
+    from training.artifact import read_persona
+
+    alice, bob, carol = lora_personas
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    server = FakeVLLM(str(tiny_base), {"alice": str(alice), "bob": str(bob)}, tokenizer)
+    try:
+        with pytest.raises(BackendError) as error:
+            load_backend(read_persona(carol), "openai", remote=RemoteConfig(server.url))
+        message = str(error.value)
+        assert f"--lora-modules carol-lora={carol.resolve()}" in message and "--enable-lora" in message
+        assert f"alice (LoRA module on {tiny_base}, from {alice})" in message and "bob (LoRA module" in message
+        assert server.models_asked("/v1/completions") == [] and server.models_asked("/tokenize") == []
+        # Two modules from directories named like carol's (two machines' copies) say nothing: none is taken.
+        server.modules = {"a": "/srv/one/carol-lora", "b": "/srv/two/carol-lora"}
+        with pytest.raises(BackendError, match="a, b all come from a directory named 'carol-lora'"):
+            load_backend(read_persona(carol), "openai", remote=RemoteConfig(server.url))
+        # A module named like the directory is taken wherever its files lie.
+        server.modules = {"carol-lora": "/mnt/adapters/7"}
+        backend, _ = load_backend(read_persona(carol), "openai", remote=RemoteConfig(server.url))
+        assert backend.model == "carol-lora"
+        backend.close()
+    finally:
+        server.close()
+
+
+def test_a_whole_model_persona_picks_the_base_beside_the_servers_lora_modules(lora_personas, alice_artifact,
+                                                                              alice_tokenizer):
+    from bot.backends import load_backend
+    from training.artifact import read_persona
+
+    alice_lora, bob_lora, _ = lora_personas
+    # The whole-model persona is the served base here; the modules' tokenizer is the base's.
+    server = FakeVLLM(str(alice_artifact), {"alice-lora": str(alice_lora), "bob-lora": str(bob_lora)},
+                      alice_tokenizer)
+    try:
+        backend, tokenizer = load_backend(read_persona(alice_artifact), "openai", remote=RemoteConfig(server.url))
+        assert backend.model == str(alice_artifact)     # the only entry without a parent
+        assert _say(backend, tokenizer, [1]) == [f"hi from {alice_artifact}"]
+        assert server.models_asked("/v1/completions") == [str(alice_artifact)]
+        backend.close()
+    finally:
+        server.close()
