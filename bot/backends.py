@@ -8,9 +8,11 @@
   first: that folder is then a whole int8 model, about a quarter of the base's size).
 
 A LoRA adapter artifact runs on every local backend: `training.artifact.load_model` loads its base and
-merges the adapter in memory for `torch` and `torch-int8`. `openai` asks the inference server for its LoRA
-module of the adapter (vLLM `--enable-lora --lora-modules NAME=DIR`, found by the adapter's directory; see
-`bot.remote`).
+merges the adapter in memory for `torch` and `torch-int8`. Several adapter personas on one base share it
+instead (`SharedBases`, used by the engine's `bot.persona_pool.PersonaPool`): the base is loaded once and
+each adapter added beside the others, a few megabytes each; their rows run in one batch, each through its
+own adapter (peft's mixed-adapter batches). `openai` asks the inference server for its LoRA module of the
+adapter (vLLM `--enable-lora --lora-modules NAME=DIR`, found by the adapter's directory; see `bot.remote`).
 
 - `openai`: an OpenAI-compatible inference server (vLLM, TGI, llama.cpp, `transformers serve`) serving the
   artifact's directory; see `bot.remote`.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -55,6 +58,32 @@ class Backend(Protocol):
         ...
 
 
+def model_bytes(model) -> int:
+    """Bytes of a model's weights as loaded (tied tensors counted once; int8-packed layers at their packed
+    size): what the engine's memory budget counts."""
+    seen: set[int] = set()
+    total = 0
+
+    def count(value) -> None:
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            if value.is_quantized:
+                value = value.int_repr()   # the stored int8 bytes (int_repr copies; the count is the same)
+                total += value.numel() * value.element_size()
+                return
+            if value.data_ptr() in seen:
+                return
+            seen.add(value.data_ptr())
+            total += value.numel() * value.element_size()
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                count(item)
+
+    for value in model.state_dict(keep_vars=True).values():
+        count(value)
+    return total
+
+
 class TorchBackend:
     """Our decode loop (`training.generation.decode`) over a torch model."""
 
@@ -62,6 +91,7 @@ class TorchBackend:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
+        self.memory_bytes = model_bytes(model)
 
     def generate(self, prompts, settings, seeds, cancelled=None) -> list[list[int]]:
         return decode(self.model, self.tokenizer, prompts, settings, seeds=seeds, cancelled=cancelled)
@@ -83,6 +113,7 @@ class CTranslate2Backend:
         path = convert_ctranslate2(info, model)
         self.generator = ctranslate2.Generator(str(path), device="cpu", compute_type="int8",
                                                intra_threads=threads)
+        self.memory_bytes = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         self._lock = threading.Lock()   # the random seed is global to ctranslate2
 
     def generate(self, prompts, settings, seeds, cancelled=None) -> list[list[int]]:
@@ -115,6 +146,199 @@ class CTranslate2Backend:
                 ids = result.sequences_ids[0] if result.sequences_ids else generated[k]
                 out[i] = cut_reply(ids, self.tokenizer)[0]
         return out
+
+
+class SharedBase:
+    """One base model serving many LoRA adapters, each added under its own name beside the others.
+
+    Rows of different adapters run in one batch: peft's mixed-adapter batches send each row through its own
+    adapter in one forward pass. On `torch-int8` the base's layers are quantised except those the adapters
+    wrap (peft cannot add an adapter beside a quantised layer; GPT-2's adapters wrap the attention input
+    projection, a quarter of a block's weights). Adding and removing an adapter waits for the batch running
+    on the base (`lock`)."""
+
+    def __init__(self, base: str, backend: str, model, tokenizer) -> None:
+        self.base = base
+        self.name = backend
+        self.model = model              # a peft model once the first adapter is added
+        self.tokenizer = tokenizer
+        self.lock = threading.Lock()
+        self.adapters: dict[str, Path] = {}    # adapter name -> artifact directory
+        self._serial = 0
+        self.base_bytes = model_bytes(model)
+
+    @classmethod
+    def load(cls, base: str, backend: str) -> "SharedBase":
+        """The base named by adapter artifacts (`training.modelling.load_base`: a hub id or a directory)."""
+        from training.errors import TrainingError
+        from training.modelling import conv1d_to_linear, first_line, fuse_gelu, load_base
+
+        try:
+            model, tokenizer = load_base(base)
+        except TrainingError as e:
+            raise ArtifactError(f"cannot load the base model {base!r} that LoRA personas name: {first_line(e)}") from e
+        model.eval()
+        if backend == "torch-int8":
+            conv1d_to_linear(model)     # the int8 layers are nn.Linear; the adapters then wrap Linear layers
+            fuse_gelu(model)
+        elif torch.cuda.is_available():
+            model.to("cuda")
+        return cls(base, backend, model, tokenizer)
+
+    def add(self, info: PersonaInfo) -> tuple[str, int]:
+        """Add the adapter of `info` (an adapter artifact on this base): (its name here, its bytes)."""
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft.utils import load_peft_weights
+
+        from training.artifact import check_weights
+
+        check_weights(info.path)
+        try:
+            config = LoraConfig.from_pretrained(str(info.path))
+            weights = load_peft_weights(str(info.path), device="cpu")
+        except (OSError, ValueError, TypeError) as e:
+            raise ArtifactError(f"cannot read the LoRA adapter in {info.path}: {e}") from e
+        # GPT-2's Conv1D layers store their weights transposed; on int8 they were made Linear (see `load`).
+        config.fan_in_fan_out = self.name != "torch-int8" and _has_conv1d(self.model)
+        with self.lock, warnings.catch_warnings():
+            # peft asks transformers 5 a question it deprecated: not the user's concern.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
+            self._serial += 1
+            name = f"persona{self._serial}"
+            if isinstance(self.model, PeftModel):
+                self.model.add_adapter(name, config)
+            else:
+                self.model = get_peft_model(self.model, config, adapter_name=name)
+                self._quantise()
+            try:
+                added = self._copy_weights(name, weights, info)
+            except ArtifactError:
+                self.model.delete_adapter(name)
+                raise
+            self.model.eval()
+            self.adapters[name] = info.path
+        return name, added
+
+    def _copy_weights(self, name: str, weights: dict, info: PersonaInfo) -> int:
+        """Copy a saved adapter's tensors into the adapter `name` just added. peft's own loader cannot be used
+        beside int8 layers (it loads a state dict through every module, and those refuse a partial one)."""
+        params = {k: v for k, v in self.model.named_parameters() if f".{name}." in k}
+        filled = set()
+        for key, value in weights.items():
+            # Saved: "...c_attn.lora_A.weight"; loaded under its name: "...c_attn.lora_A.<name>.weight".
+            target = key.replace(".lora_A.", f".lora_A.{name}.").replace(".lora_B.", f".lora_B.{name}.")
+            param = params.get(target)
+            if param is None or param.shape != value.shape:
+                raise ArtifactError(f"the LoRA adapter in {info.path} does not fit the base {self.base!r} "
+                                    f"({key}); train the persona again on this base")
+            with torch.no_grad():
+                param.copy_(value)
+            filled.add(target)
+        if filled != set(params):
+            raise ArtifactError(f"the LoRA adapter in {info.path} lacks {len(set(params) - filled)} of its "
+                                "tensors; train the persona again")
+        return sum(p.numel() * p.element_size() for p in params.values())
+
+    def _quantise(self) -> None:
+        """int8 for every Linear layer but the adapters' own and the layers they wrap."""
+        if self.name != "torch-int8":
+            return
+        spec = {n: torch.ao.quantization.default_dynamic_qconfig for n, m in self.model.named_modules()
+                if isinstance(m, torch.nn.Linear) and ".lora_" not in n and not n.endswith("base_layer")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # torch.ao's eager quantisation is what ships with torch
+            torch.ao.quantization.quantize_dynamic(self.model, spec, dtype=torch.qint8, inplace=True)
+        self.base_bytes = model_bytes(self.model) - sum(
+            p.numel() * p.element_size() for n, p in self.model.named_parameters() if ".lora_" in n)
+
+    def remove(self, name: str) -> None:
+        """Unload the adapter `name` (after the batch running now)."""
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # peft says which adapter is "active" now: rows name theirs
+            if self.adapters.pop(name, None) is not None:
+                self.model.delete_adapter(name)
+
+    def generate(self, prompts, settings, seeds, cancelled=None, *, adapters: Sequence[str]) -> list[list[int]]:
+        """One batch over the base, row `i` through the adapter `adapters[i]`."""
+        with self.lock:
+            return decode(self.model, self.tokenizer, prompts, settings, seeds=seeds, cancelled=cancelled,
+                          adapters=adapters)
+
+
+def _has_conv1d(model) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
+class AdapterBackend:
+    """The `Backend` of one adapter persona on a `SharedBase`. The engine batches the rows of every adapter on
+    one base together through `shared.generate`; alone, it runs its own rows the same way."""
+
+    def __init__(self, shared: SharedBase, adapter: str, memory_bytes: int) -> None:
+        self.shared = shared
+        self.adapter = adapter
+        self.name = shared.name
+        self.memory_bytes = memory_bytes
+
+    def generate(self, prompts, settings, seeds, cancelled=None) -> list[list[int]]:
+        return self.shared.generate(prompts, settings, seeds, cancelled, adapters=[self.adapter] * len(prompts))
+
+
+class SharedBases:
+    """The bases that adapter personas share in this process, by (base, backend): loaded with their first
+    adapter, unloaded with their last."""
+
+    def __init__(self) -> None:
+        self._bases: dict[tuple[str, str], SharedBase] = {}
+        self._lock = threading.Lock()
+
+    def serves(self, info: PersonaInfo, backend: str) -> bool:
+        """Whether `info` runs on a shared base with this backend (an adapter on a local torch backend)."""
+        return info.is_adapter and resolve(backend) in ("torch", "torch-int8")
+
+    def adapter_backend(self, info: PersonaInfo, backend: str) -> tuple[AdapterBackend, object]:
+        """(backend, tokenizer) for an adapter artifact, its base loaded first when no persona uses it yet."""
+        from transformers import AutoTokenizer
+
+        name = resolve(backend)
+        key = (str(info.base), name)
+        with self._lock:    # one load of a base even when two personas on it are asked for at once
+            shared = self._bases.get(key)
+            if shared is None:
+                try:
+                    shared = self._bases[key] = SharedBase.load(str(info.base), name)
+                except ArtifactError as e:
+                    raise ArtifactError(f"{info.path} is a LoRA adapter on a base named in its persona.json: "
+                                        f"{e}. Put the base back where it was, or train the persona again on a "
+                                        "base that is here") from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(info.path)
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"cannot load the tokenizer of {info.path}: {e}") from e
+        try:
+            adapter, size = shared.add(info)
+        except ArtifactError:
+            self._drop_if_unused(key, shared)
+            raise
+        return AdapterBackend(shared, adapter, size), tokenizer
+
+    def release(self, backend: AdapterBackend) -> None:
+        """Unload an adapter; its base goes with the last adapter on it."""
+        shared = backend.shared
+        shared.remove(backend.adapter)
+        self._drop_if_unused((shared.base, shared.name), shared)
+
+    def _drop_if_unused(self, key: tuple[str, str], shared: SharedBase) -> None:
+        with self._lock:
+            if not shared.adapters and self._bases.get(key) is shared:
+                del self._bases[key]
+
+    @property
+    def memory_bytes(self) -> int:
+        """The bytes of the bases loaded (their adapters count with their personas)."""
+        with self._lock:
+            return sum(shared.base_bytes for shared in self._bases.values())
 
 
 def convert_ctranslate2(info: PersonaInfo, model=None) -> Path:
@@ -213,13 +437,16 @@ def generation_threads(requested: int | None = None) -> int:
 
 
 def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None = None,
-                 remote: RemoteConfig | None = None):
+                 remote: RemoteConfig | None = None, bases: SharedBases | None = None):
     """(backend, tokenizer) for an artifact. Loading failures are `ArtifactError`s, unusable backends
     `BackendError`s. `openai` needs `remote`, a `bot.remote.RemoteConfig`; it loads the tokenizer only (the
-    weights stay with the inference server) and checks the server at once."""
+    weights stay with the inference server) and checks the server at once. With `bases`, an adapter artifact
+    on a local torch backend is added to its shared base instead of being merged into a base of its own."""
     name = resolve(name)
     if name == "openai":
         return _load_remote(info, remote)
+    if bases is not None and bases.serves(info, name):
+        return bases.adapter_backend(info, name)
     model, tokenizer = load_model(info)
     if name == "torch":
         if torch.cuda.is_available():
@@ -239,4 +466,5 @@ def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None =
 
 
 __all__ = ["ArtifactError", "Backend", "BackendError", "BACKENDS", "TorchBackend", "CTranslate2Backend",
-           "load_backend", "quantize_int8", "resolve", "ctranslate2_available"]
+           "load_backend", "quantize_int8", "resolve", "ctranslate2_available", "SharedBase", "SharedBases",
+           "AdapterBackend", "model_bytes"]

@@ -21,6 +21,8 @@ from bot.scheduler import GRACE_MINUTES
 BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2", "openai")
 # Requests the engine generates together at most (MAX_BATCH), for the same reason declared here.
 MAX_BATCH = 8
+# Memory for registered personas loaded on demand (PERSONA_MEMORY_MB; bot.persona_pool), likewise.
+PERSONA_MEMORY_MB = 2048.0
 
 
 class ConfigError(Exception):
@@ -47,6 +49,7 @@ class Settings:
     blocklist_file: Path | None
     leak_ngram_words: int
     max_batch: int
+    persona_memory_mb: float
     database_path: Path
     train_data_dir: Path
     models_dir: Path
@@ -271,6 +274,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LEAK_NGRAM_WORDS", "leak_ngram_words", _number(int), NGRAM_WORDS,
              "a run this long shared with training text is a leak", minimum=2),
     Variable("MAX_BATCH", "max_batch", _number(int), MAX_BATCH, "requests generated together at most", minimum=1),
+    Variable("PERSONA_MEMORY_MB", "persona_memory_mb", _number(float), PERSONA_MEMORY_MB,
+             "memory for registered personas loaded on demand", minimum=1),
     # --- the Discord bot ---
     Variable("DATABASE_PATH", "database_path", _path, Path("data/personabot.sqlite3"), "the SQLite store",
              check=_database),

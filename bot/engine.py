@@ -13,6 +13,12 @@ leak guard or the blocklist reject are sampled again, a bounded number of times.
 
 The engine names no platform: every caller passes the `bot.filters.Target` its text goes to, built by its
 adapter, and the target finishes the text its own way (its length limit, its mention names).
+
+Several personas: a request may name a registered persona (`bot.persona.PersonaRef`); the engine's
+`bot.persona_pool.PersonaPool` loads it on demand within PERSONA_MEMORY_MB and holds it while the request
+runs. A batch mixes personas: rows of LoRA adapters on one shared base run in one pass (each row through its
+own adapter), whole models each run their own rows. Without a persona, a request is the bot's configured
+persona's, the one `swap` replaces.
 """
 
 from __future__ import annotations
@@ -22,20 +28,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bot.backends import generation_threads
-from bot.config import MAX_BATCH
+from bot.backends import AdapterBackend, generation_threads
+from bot.config import MAX_BATCH, PERSONA_MEMORY_MB
 from bot.filters import Target
 from bot.filters.output import EMPTY
 from bot.filters.leak_guard import NGRAM_WORDS
-from bot.persona import FALLBACK_REPLY, Persona
-from training.generation import GenerationSettings, attempt_seed
+from bot.persona import FALLBACK_REPLY, Persona, PersonaRef
+from bot.persona_pool import PersonaPool
+from training.generation import attempt_seed
 from training.transcript import join_line
 
 if TYPE_CHECKING:
@@ -82,19 +90,24 @@ class _Job:
     seed: int | None
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    persona: Persona | None = None              # a registered persona (leased); None: the one serving then
+    speaks_as: str | None = None                # the name its own turns carry in `turns`, when not its speaker's
     queued: float = field(default_factory=time.monotonic)
 
 
 class Engine:
-    """Serves one persona at a time to any number of concurrent callers."""
+    """Serves the bot's persona, and registered personas on demand, to any number of concurrent callers."""
 
     def __init__(self, persona: Persona, *, loader: Callable[[Path], Persona] | None = None,
                  max_batch: int = MAX_BATCH, batch_window_s: float = 0.01, threads: int | None = None,
-                 max_tries: int = 3) -> None:
+                 max_tries: int = 3, pool: PersonaPool | None = None) -> None:
         if max_batch < 1 or max_tries < 1:
             raise ValueError("max_batch and max_tries must be at least 1")
         self._persona = persona
         self._loader = loader or Persona.load
+        # Registered personas; without a pool of its own the engine loads them with its loader, unbudgeted.
+        self.pool = pool or PersonaPool(lambda directory, bases=None, **o: self._loader(directory, **o),
+                                        budget_bytes=1 << 62, check=check_generates)
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
         self.threads = threads
@@ -104,7 +117,7 @@ class Engine:
         self._swap_lock: asyncio.Lock | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.batches = 0            # batches generated so far
+        self.batches = 0            # batches generated so far (or being generated)
         self.largest_batch = 0
         self.busy = False           # a batch is running now
         # Called with each generated batch's size, from the worker thread (metrics); must be quick.
@@ -114,15 +127,20 @@ class Engine:
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
              blocklist=None, leak_ngram_words: int = NGRAM_WORDS, max_batch: int = MAX_BATCH, batch_window_s: float = 0.01,
              max_tries: int = 3, generation: dict[str, Any] | None = None,
-             remote: RemoteConfig | None = None) -> "Engine":
-        """An engine serving the artifact in `directory`; swaps load new artifacts with the same options.
-        `remote` (a `bot.remote.RemoteConfig`) is the inference server of the `openai` backend."""
+             remote: RemoteConfig | None = None, persona_memory_mb: float = PERSONA_MEMORY_MB) -> "Engine":
+        """An engine serving the artifact in `directory`; swaps and registered personas load artifacts with
+        the same options (a registered persona's own sampling defaults over them), the registered ones within
+        `persona_memory_mb`. `remote` (a `bot.remote.RemoteConfig`) is the inference server of `openai`."""
         from functools import partial
+
+        from bot.backends import SharedBases
 
         loader = partial(Persona.load, backend=backend, threads=threads, blocklist=blocklist,
                          leak_ngram_words=leak_ngram_words, remote=remote, **(generation or {}))
+        pool = PersonaPool(loader, budget_bytes=int(persona_memory_mb * 1024 * 1024), bases=SharedBases(),
+                           check=check_generates)
         return cls(loader(directory), loader=loader, max_batch=max_batch, batch_window_s=batch_window_s,
-                   threads=threads, max_tries=max_tries)
+                   threads=threads, max_tries=max_tries, pool=pool)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -177,36 +195,57 @@ class Engine:
         """Tokens a message takes in a prompt of the persona serving now (for context windows)."""
         return self.persona.count_tokens(speaker, text)
 
-    async def reply(self, turns: Sequence[tuple[str, str]], *, target: Target,
+    async def reply(self, turns: Sequence[tuple[str, str]], *, target: Target, persona: PersonaRef | None = None,
                     overrides: dict[str, Any] | None = None, seed: int | None = None) -> Reply:
-        """The persona's next turn after `turns` ((speaker, text), oldest first), filtered for `target`.
+        """The next turn of `persona` (default: the bot's) after `turns` ((speaker, text), oldest first),
+        filtered for `target`. A registered persona's own earlier turns are those under its `name`.
 
         Empty or rejected samples are drawn again up to `max_tries` times; then the fallback line is used."""
-        rejected: list[str] = []
-        persona = self.persona
-        for attempt in range(self.max_tries):
-            persona, ids = await self._submit(list(turns), "", overrides, attempt_seed(seed, attempt))
-            text = persona.text(ids)
-            reason = EMPTY if not text else persona.output_filter.reject(text)
-            if reason is None:
-                return Reply(persona.output_filter.finish(text, target), persona.name, persona.path, attempt + 1,
-                             len(ids), rejected)
-            rejected.append(reason)
-            log.info("sample %d for a reply rejected: %s", attempt + 1, reason)
-        return Reply(FALLBACK_REPLY, persona.name, persona.path, self.max_tries, 0, rejected, fallback=True)
+        async with self._leased(persona) as registered:
+            rejected: list[str] = []
+            speaker = self.persona if registered is None else registered
+            for attempt in range(self.max_tries):
+                speaker, ids = await self._submit(list(turns), "", overrides, attempt_seed(seed, attempt),
+                                                  registered, persona.name if persona else None)
+                text = speaker.text(ids)
+                reason = EMPTY if not text else speaker.output_filter.reject(text)
+                if reason is None:
+                    return Reply(speaker.output_filter.finish(text, target), _name(persona, speaker), speaker.path,
+                                 attempt + 1, len(ids), rejected)
+                rejected.append(reason)
+                log.info("sample %d for a reply rejected: %s", attempt + 1, reason)
+            return Reply(FALLBACK_REPLY, _name(persona, speaker), speaker.path, self.max_tries, 0, rejected,
+                         fallback=True)
 
-    async def lines(self, n: int, *, target: Target, start: str = "",
+    async def lines(self, n: int, *, target: Target, start: str = "", persona: PersonaRef | None = None,
                     overrides: dict[str, Any] | None = None, seed: int | None = None) -> list[Line]:
-        """`n` stand-alone candidate lines (one batch), each checked by the filters: a rejected line keeps
-        its reason and is never to be sent. Accepted lines are finished for `target`."""
-        jobs = [self._submit(None, start, overrides, attempt_seed(seed, i)) for i in range(n)]
-        out = []
-        for persona, ids in await asyncio.gather(*jobs):
-            said = persona.text(ids)
-            text = join_line(start, said)
-            reason = EMPTY if not said else persona.output_filter.reject(text)
-            out.append(Line(text if reason else persona.output_filter.finish(text, target), reason))
-        return out
+        """`n` stand-alone candidate lines of `persona` (default: the bot's) in one batch, each checked by the
+        filters: a rejected line keeps its reason and is never to be sent. Accepted lines are finished for
+        `target`."""
+        async with self._leased(persona) as registered:
+            jobs = [self._submit(None, start, overrides, attempt_seed(seed, i), registered) for i in range(n)]
+            out = []
+            for speaker, ids in await asyncio.gather(*jobs):
+                said = speaker.text(ids)
+                text = join_line(start, said)
+                reason = EMPTY if not said else speaker.output_filter.reject(text)
+                out.append(Line(text if reason else speaker.output_filter.finish(text, target), reason))
+            return out
+
+    async def load_persona(self, ref: PersonaRef) -> Persona:
+        """Load a registered persona now (checked to generate), e.g. a retrained artifact before the registry
+        points at it. Raises `SwapError` when it does not load or generate; nothing else changes then."""
+        try:
+            async with self._leased(ref) as persona:
+                return persona
+        except EngineClosed:
+            raise
+        except Exception as e:  # any failure to load is reported; whatever served keeps serving
+            raise SwapError(f"could not load {ref.artifact}: {e}") from e
+
+    async def forget(self, artifact: str | Path) -> int:
+        """Unload the registered personas of an artifact that nothing names any more (how many)."""
+        return await self.pool.forget(Path(artifact))
 
     async def swap(self, directory: str | Path) -> Persona:
         """Load the artifact in `directory` beside the serving one and switch to it between batches.
@@ -229,19 +268,33 @@ class Engine:
     # -- internals ----------------------------------------------------------------------------------
     def _load_checked(self, directory: Path) -> Persona:
         persona = self._loader(directory)
-        quick = persona.settings.with_overrides(max_new_tokens=2)
-        persona.generate([persona.line_prompt()], [quick], [0])
+        check_generates(persona)
         return persona
 
-    async def _submit(self, turns, start: str, overrides, seed) -> tuple[Persona, list[int]]:
+    @asynccontextmanager
+    async def _leased(self, ref: PersonaRef | None) -> AsyncIterator[Persona | None]:
+        """The registered persona of `ref`, held while the block runs; None for the bot's own."""
+        if ref is None:
+            yield None
+            return
         if self._closed:
             raise EngineClosed("the engine is shut down")
-        problems = self.persona.settings.with_overrides(**(overrides or {})).check()
+        persona = await self.pool.lease(ref)
+        try:
+            yield persona
+        finally:
+            self.pool.give_back(ref)
+
+    async def _submit(self, turns, start: str, overrides, seed, persona: Persona | None = None,
+                      speaks_as: str | None = None) -> tuple[Persona, list[int]]:
+        if self._closed:
+            raise EngineClosed("the engine is shut down")
+        problems = (persona or self.persona).settings.with_overrides(**(overrides or {})).check()
         if problems:  # refused here, so that one caller's bad settings never fail a shared batch
             raise ValueError("bad generation settings: " + "; ".join(problems))
         self.start()
         loop = asyncio.get_running_loop()
-        job = _Job(turns, start, dict(overrides or {}), seed, loop.create_future(), loop)
+        job = _Job(turns, start, dict(overrides or {}), seed, loop.create_future(), loop, persona, speaks_as)
         self._queue.put(job)
         return await job.future
 
@@ -287,28 +340,71 @@ class Engine:
             if not batch:
                 continue
             with self._lock:
-                persona = self._persona
-            self.busy = True
-            try:
-                settings = [self._settings(persona, job) for job in batch]
-                prompts = [persona.prompt(job.turns, s) if job.turns is not None else persona.line_prompt(job.start)
-                           for job, s in zip(batch, settings)]
-                replies = persona.generate(prompts, settings, [job.seed for job in batch],
-                                           cancelled=lambda row, batch=batch: batch[row].future.cancelled())
-            except Exception as e:  # a failed batch fails its callers, never the worker
-                log.exception("generation failed")
-                for job in batch:
-                    self._resolve(job, error=e)
-                continue
-            finally:
-                self.busy = False
+                serving = self._persona
+            # Counted before its callers are answered, so that a caller reads counts that include its batch.
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
             for observe in self.batch_observers:
                 observe(len(batch))
-            for job, ids in zip(batch, replies):
-                self._resolve(job, (persona, ids))
+            self.busy = True
+            try:
+                for group in _groups(batch, serving):
+                    self._run_group(group)
+            finally:
+                self.busy = False
 
-    @staticmethod
-    def _settings(persona: Persona, job: _Job) -> GenerationSettings:
-        return persona.settings.with_overrides(**job.overrides)
+    def _run_group(self, group: list[tuple[_Job, Persona]]) -> None:
+        """Generate one group of a batch (rows that run in one pass) and settle its callers."""
+        try:
+            settings = [persona.settings.with_overrides(**job.overrides) for job, persona in group]
+            prompts = [persona.prompt(_as_trained(job.turns, job.speaks_as, persona.name), s)
+                       if job.turns is not None else persona.line_prompt(job.start)
+                       for (job, persona), s in zip(group, settings)]
+            seeds = [job.seed for job, _ in group]
+
+            def cancelled(row: int) -> bool:
+                return group[row][0].future.cancelled()
+
+            backend = group[0][1].backend
+            if isinstance(backend, AdapterBackend):   # each row through its own adapter, in one pass
+                adapters = [persona.backend.adapter for _, persona in group]
+                replies = backend.shared.generate(prompts, settings, seeds, cancelled, adapters=adapters)
+            else:
+                replies = group[0][1].generate(prompts, settings, seeds, cancelled=cancelled)
+        except Exception as e:  # a failed group fails its callers, never the worker
+            log.exception("generation failed")
+            for job, _ in group:
+                self._resolve(job, error=e)
+            return
+        for (job, persona), ids in zip(group, replies):
+            self._resolve(job, (persona, ids))
+
+
+def check_generates(persona: Persona) -> None:
+    """Raise unless `persona` generates (two tokens of a line): a model that loads can still fail to run."""
+    quick = persona.settings.with_overrides(max_new_tokens=2)
+    persona.generate([persona.line_prompt()], [quick], [0])
+
+
+def _groups(batch: list[_Job], serving: Persona) -> list[list[tuple[_Job, Persona]]]:
+    """The batch's jobs with the persona each runs, grouped by what runs together: the adapters of one shared
+    base, or one persona's own model."""
+    groups: dict[int, list[tuple[_Job, Persona]]] = {}
+    for job in batch:
+        persona = job.persona or serving
+        backend = persona.backend
+        key = id(backend.shared) if isinstance(backend, AdapterBackend) else id(persona)
+        groups.setdefault(key, []).append((job, persona))
+    return list(groups.values())
+
+
+def _as_trained(turns: Sequence[tuple[str, str]] | None, speaks_as: str | None,
+                speaker: str) -> Sequence[tuple[str, str]] | None:
+    """`turns` with the persona's own (under the name it speaks as) under the speaker name it was trained on."""
+    if turns is None or not speaks_as or speaks_as == speaker:
+        return turns
+    return [(speaker if who == speaks_as else who, text) for who, text in turns]
+
+
+def _name(ref: PersonaRef | None, persona: Persona) -> str:
+    return ref.name if ref is not None else persona.name

@@ -64,6 +64,12 @@ class _ReadWhenScraped(Collector):
         if self.engine is not None:
             yield GaugeMetricFamily("personabot_queue_depth", "Requests waiting for a generation batch",
                                     value=self.engine.queue_depth)
+            pool = self.engine.pool
+            yield GaugeMetricFamily("personabot_personas_loaded", "Registered personas loaded now",
+                                    value=len(pool.loaded()))
+            yield GaugeMetricFamily("personabot_persona_memory_bytes",
+                                    "Weights of the registered personas loaded now (PERSONA_MEMORY_MB)",
+                                    value=pool.memory_bytes)
         if self.gateway is not None:
             gauge = GaugeMetricFamily("personabot_gateway_latency_seconds",
                                       "Discord gateway heartbeat latency, per shard", labels=["shard"])

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from bot.backends import Backend, load_backend
+from bot.backends import Backend, SharedBases, load_backend
 from bot.filters import Blocklist, LeakGuard, OutputFilter
 from bot.filters.leak_guard import NGRAM_WORDS
 from training import transcript
@@ -29,6 +29,29 @@ if TYPE_CHECKING:
 FALLBACK_REPLY = "..."
 
 
+@dataclass(frozen=True, slots=True)
+class PersonaRef:
+    """A registered persona as a request names it (see bot/personas.py): the artifact to run, the name it
+    speaks under (a webhook's name; prompts keep the speaker name the artifact was trained on), and default
+    sampling settings over the artifact's own."""
+
+    artifact: Path
+    name: str
+    generation: tuple[tuple[str, Any], ...] = ()
+    avatar_url: str | None = field(default=None, compare=False)   # what its webhook messages show
+
+    @classmethod
+    def of(cls, entry: Any) -> "PersonaRef":
+        """The ref of a `bot.store.PersonaEntry`."""
+        return cls(Path(entry.artifact_path), entry.name, tuple(sorted(entry.generation.items())),
+                   getattr(entry, "avatar_url", None))
+
+    @property
+    def key(self) -> tuple[Path, tuple[tuple[str, Any], ...]]:
+        """What a loaded persona is shared by: two names of one artifact with one set of settings share it."""
+        return self.artifact, self.generation
+
+
 @dataclass(slots=True)
 class Persona:
     info: PersonaInfo
@@ -41,10 +64,11 @@ class Persona:
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
              blocklist: Blocklist | None = None, leak_ngram_words: int = NGRAM_WORDS,
-             remote: RemoteConfig | None = None, **overrides) -> "Persona":
+             remote: RemoteConfig | None = None, bases: SharedBases | None = None, **overrides) -> "Persona":
         """Load and check an artifact. `overrides` replace persona.json's generation defaults (None keeps
         the default); `backend` is one of `bot.backends.BACKENDS`; `remote` (a `bot.remote.RemoteConfig`)
-        is where the `openai` backend finds its server."""
+        is where the `openai` backend finds its server; with `bases`, a LoRA adapter shares its base with the
+        other adapter personas on it instead of being merged into a base of its own."""
         info = read_persona(directory)
         settings = info.generation.with_overrides(**overrides)
         problems = settings.check()
@@ -54,7 +78,7 @@ class Persona:
             guard = LeakGuard.from_artifact(info.path, ngram_words=leak_ngram_words)
         except (OSError, EOFError, ValueError) as e:
             raise ArtifactError(f"cannot read the training-text index in {info.path}: {e}") from e
-        engine, tokenizer = load_backend(info, backend, threads=threads, remote=remote)
+        engine, tokenizer = load_backend(info, backend, threads=threads, remote=remote, bases=bases)
         config = json.loads((info.path / "config.json").read_text(encoding="utf-8"))
         positions = config.get("n_positions") or config.get("max_position_embeddings")
         return cls(info, tokenizer, engine, settings, OutputFilter(guard, blocklist), positions)

@@ -65,7 +65,7 @@ def load_engine(settings: Settings, model_dir: Path) -> Engine:
         remote = RemoteConfig.from_settings(settings)
     return Engine.load(model_dir, backend=settings.backend, threads=settings.torch_threads, blocklist=blocklist,
                        leak_ngram_words=settings.leak_ngram_words, max_batch=settings.max_batch,
-                       generation=settings.generation, remote=remote)
+                       generation=settings.generation, remote=remote, persona_memory_mb=settings.persona_memory_mb)
 
 
 async def _terminal(settings: Settings, engine: Engine, store: Store, *, stdin, stdout) -> int:

@@ -93,6 +93,22 @@ def bob_artifact(tmp_path_factory: pytest.TempPathFactory, persona_chat: Path) -
     return _train_persona(tmp_path_factory.mktemp("artifacts") / "bob", "bob", 20, persona_chat)
 
 
+@pytest.fixture(scope="session")
+def lora_personas(tmp_path_factory: pytest.TempPathFactory, alice_artifact: Path, persona_chat: Path) -> dict[str, Path]:
+    """LoRA adapter personas of one base, as several personas of one bot would be: Alice, Bob and Carol, each
+    trained for a few seconds. Their base is `alice_artifact`, a model that has learnt these chats already (a
+    random tiny base would teach an adapter nothing in seconds), loaded as a base from its directory."""
+    from training.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("lora-personas")
+    out = {}
+    for speaker in ("alice", "bob", "carol"):
+        out[speaker] = root / speaker
+        train(TrainConfig(data=[str(persona_chat)], speaker=speaker, out=out[speaker], base=str(alice_artifact),
+                          lora=True, max_steps=40, epochs=100, batch_size=4, lr=3e-3, threads=1, samples=0))
+    return out
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path, persona_chat: Path) -> Path:
     """TRAIN_DATA_DIR for retraining: a folder holding the persona chat export."""

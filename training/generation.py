@@ -112,20 +112,26 @@ def cache_argument(model) -> str:
 
     transformers 5 renamed `past_key_values` to `cache` and warns at every call that uses the old name (a
     FutureWarning in the middle of a terminal chat); releases before the rename only know the old one. The
-    cache object is updated in place, so it is passed on from step to step without reading it back."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache object is updated in place, so it is passed on from step to step without reading it back. A peft
+    model passes its keyword arguments through to the model it wraps, whose signature decides."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 @torch.inference_mode()
 def decode(model, tokenizer, prompts: Sequence[Sequence[int]],
            settings: GenerationSettings | Sequence[GenerationSettings], *,
            seeds: Sequence[int | None] | int | None = None,
-           cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
+           cancelled: Callable[[int], bool] | None = None,
+           adapters: Sequence[str] | None = None) -> list[list[int]]:
     """Sample a persona's turn after each prompt, all rows in one left-padded batch with a key-value cache.
 
     Each row has its own sampling settings, seed and stop: the end marker, the start of another speaker's
     turn, its own `max_new_tokens`, or `cancelled(row)` turning true. Finished rows leave the batch, so one
     long reply does not make the others pay for its length. Returns each row's reply ids, already cut.
+
+    `adapters` names each row's LoRA adapter when `model` is a peft model holding several (peft's mixed-adapter
+    batches: one forward pass, each row through its own adapter).
     """
     n = len(prompts)
     if n == 0:
@@ -133,8 +139,8 @@ def decode(model, tokenizer, prompts: Sequence[Sequence[int]],
     per_row = list(settings) if isinstance(settings, Sequence) else [settings] * n
     if isinstance(seeds, int) or seeds is None:
         seeds = [None if seeds is None else seeds + i for i in range(n)]
-    if len(per_row) != n or len(seeds) != n:
-        raise ValueError("decode: one settings and one seed per prompt")
+    if len(per_row) != n or len(seeds) != n or (adapters is not None and len(adapters) != n):
+        raise ValueError("decode: one settings, one seed (and one adapter, when given) per prompt")
     eos = transcript.end_marker_id(tokenizer)
     device = next(model.parameters()).device
     limit = max_positions(model)
@@ -175,8 +181,11 @@ def decode(model, tokenizer, prompts: Sequence[Sequence[int]],
     attention = mask
     cache_arg = cache_argument(model)
     while active:
+        extra = {cache_arg: past}
+        if adapters is not None:     # rows leave the batch as they finish: name the adapters of those left
+            extra["adapter_names"] = [adapters[row] for row in active]
         out = model(input_ids=step_ids.to(device), attention_mask=attention.to(device),
-                    position_ids=step_pos.to(device), use_cache=True, logits_to_keep=1, **{cache_arg: past})
+                    position_ids=step_pos.to(device), use_cache=True, logits_to_keep=1, **extra)
         logits = out.logits[:, -1, :].float().cpu()
         chosen = torch.empty(len(active), dtype=torch.long)
         for b, row in enumerate(active):
