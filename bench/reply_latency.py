@@ -30,6 +30,17 @@ variants, and towards "idle others" for every other one), or, with `--url`, uses
 artifact by its path (an unpinned `transformers serve` on this machine: the model asked for is the artifact's
 directory; a server serving anything else fails the tokenizer check).
 
+`--personas N` adds several personas in one bot (issue 13), in the same run: N LoRA adapters (rank 8 on the
+attention input, random weights) on the bench's model as their base, each written as an adapter artifact.
+- Latency: `personas:one` sends the --channels requests all to one adapter persona, `personas:mixed` spreads
+  the same requests over the N personas (request i to persona i mod N); both are `engine.reply` with
+  `persona=`, at our default threads and backend, in their own processes, round-robin with the rest; and
+  `personas:merged` is the one persona served the way a single-persona bot serves it (PERSONA_MODEL: the
+  adapter merged into its base). Goal: mixed at most 1.5x one.
+- Memory, each in a fresh process: the growth of its resident memory (VmRSS) and the weights the engine's
+  pool counts, when loading N LoRA personas, one whole-model persona (the base itself), and N whole models
+  (copies of it under other names). Goal: N LoRA personas under 1.3x one whole model.
+
 Run by hand (a few minutes on 2 cores):  .venv/bin/python bench/reply_latency.py --repeats 3
 The last line printed is one JSON object with every variant's runs, medians, spreads and the ratios (or why
 a ratio was refused).
@@ -103,10 +114,94 @@ def channel_turns(tokenizer, seed: int) -> list[tuple[str, str]]:
     return turns
 
 
+def build_adapters(base: Path, root: Path, n: int) -> list[Path]:
+    """`n` LoRA adapter artifacts on the artifact `base`, each with its own random adapter weights."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.artifact import LoraInfo, PersonaInfo, read_persona
+
+    info = read_persona(base)
+    out = []
+    for i in range(n):
+        directory = root / f"adapter{i}"
+        torch.manual_seed(100 + i)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", init_lora_weights=False))
+        model.save_pretrained(directory)
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "training_text.jsonl.gz"):
+            if (base / name).exists():
+                shutil.copy(base / name, directory / name)
+        PersonaInfo(directory, f"{info.speaker}{i}", info.generation, info.metrics, base=str(base),
+                    lora=LoraInfo(8, 16, merged=False)).write(directory)
+        out.append(directory)
+    return out
+
+
+def full_copies(base: Path, root: Path, n: int) -> list[Path]:
+    """`n` whole-model artifacts that are the base under other names. Copied, not linked: loading maps the
+    weights' files, and linked files would share their pages as different models never do."""
+    import shutil
+
+    out = []
+    for i in range(n):
+        directory = root / f"full{i}"
+        shutil.copytree(base, directory)
+        out.append(directory)
+    return out
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_child(conn, directory: str, artifacts: list[str], threads: int) -> None:
+    """Load the bench's persona as the bot's own, then the registered personas `artifacts`; send back how
+    much resident memory and counted weights the registered ones added."""
+    import gc
+
+    from bot.engine import Engine
+    from bot.persona import PersonaRef
+    from training.modelling import quiet_library_output
+
+    quiet_library_output()
+    loop = asyncio.new_event_loop()
+    engine = Engine.load(directory, threads=threads).start()
+    gc.collect()
+    before = rss_bytes()
+    for path in artifacts:
+        loop.run_until_complete(engine.load_persona(PersonaRef(Path(path), Path(path).name)))
+    gc.collect()
+    conn.send({"rss_growth": rss_bytes() - before, "counted": engine.pool.memory_bytes,
+               "backend": engine.persona.backend.name})
+    loop.run_until_complete(engine.close())
+
+
+def measure_memory(directory: Path, cases: dict[str, list[Path]], threads: int) -> dict:
+    spawn = mp.get_context("spawn")
+    out = {}
+    for name, artifacts in cases.items():
+        parent_end, child_end = spawn.Pipe()
+        process = spawn.Process(target=memory_child, args=(child_end, str(directory), [str(a) for a in artifacts],
+                                                           threads), daemon=True)
+        process.start()
+        out[name] = parent_end.recv()
+        process.join(timeout=120)
+        print(f"# memory, {name}: resident +{out[name]['rss_growth'] / 2**20:.0f} MB, counted "
+              f"{out[name]['counted'] / 2**20:.0f} MB", file=sys.stderr)
+    return out
+
+
 # --- one variant, in its own process ---------------------------------------------------------------------
 
 def serve_variant(conn, directory: str, kind: str, threads: int, conversations, new_tokens: int,
-                  url: str | None = None, model: str | None = None) -> None:
+                  url: str | None = None, model: str | None = None, adapters: list[str] | None = None) -> None:
     """Load one variant, then answer ("batch1" | "channels", seed) with (seconds, tokens) until None."""
     import torch
 
@@ -117,6 +212,22 @@ def serve_variant(conn, directory: str, kind: str, threads: int, conversations, 
         torch.set_num_threads(threads)   # plain transformers runs in this (the main) thread
         run = PlainRunner(directory, conversations, new_tokens)
         close = None
+    elif kind.startswith("personas:"):
+        from bot.engine import Engine
+        from bot.persona import PersonaRef
+
+        loop = asyncio.new_event_loop()
+        how = kind.split(":", 1)[1]
+        if how == "merged":     # one adapter persona as a single-persona bot serves it: merged, the bot's own
+            engine = Engine.load(adapters[0], threads=threads).start()
+            refs = [None]
+        else:
+            engine = Engine.load(directory, threads=threads).start()
+            chosen = adapters[:1] if how == "one" else adapters
+            refs = [PersonaRef(Path(a), Path(a).name) for a in chosen]
+        run = OurRunner(engine, loop, conversations, refs)
+        run("channels", 0)   # every persona loaded before measuring
+        close = lambda: loop.run_until_complete(engine.close())  # noqa: E731
     else:
         from bot.engine import Engine
 
@@ -176,10 +287,11 @@ class PlainRunner:
 
 
 class OurRunner:
-    """`engine.reply` as the bot calls it; for "channels", all conversations at once."""
+    """`engine.reply` as the bot calls it; for "channels", all conversations at once; request i goes to the
+    persona `refs[i % len(refs)]` (None: the bot's own)."""
 
-    def __init__(self, engine, loop: asyncio.AbstractEventLoop, conversations) -> None:
-        self.engine, self.loop, self.conversations = engine, loop, conversations
+    def __init__(self, engine, loop: asyncio.AbstractEventLoop, conversations, refs=(None,)) -> None:
+        self.engine, self.loop, self.conversations, self.refs = engine, loop, conversations, list(refs)
         self.backend = engine.persona.backend.name
 
     def __call__(self, what: str, seed: int) -> dict:
@@ -188,7 +300,8 @@ class OurRunner:
         conversations = self.conversations[:1] if what == "batch1" else self.conversations
 
         async def replies():
-            return await asyncio.gather(*(self.engine.reply(c, target=TERMINAL, seed=seed + i)
+            return await asyncio.gather(*(self.engine.reply(c, target=TERMINAL, seed=seed + i,
+                                                            persona=self.refs[i % len(self.refs)])
                                           for i, c in enumerate(conversations)))
 
         start = time.perf_counter()
@@ -244,6 +357,8 @@ def main() -> None:
     parser.add_argument("--backend", action="append", default=[], help="one more backend of ours (repeatable)")
     parser.add_argument("--url", help="for openai: a server that loads the artifact by path (default: start "
                                       "transformers serve on loopback)")
+    parser.add_argument("--personas", type=int, default=0,
+                        help="also measure N LoRA personas of one base against one (latency, memory); default 0")
     args = parser.parse_args()
 
     from bot.backends import generation_threads
@@ -254,6 +369,8 @@ def main() -> None:
     thread_counts = sorted({plain_default, ours_default})
     kinds = ["plain", *dict.fromkeys(f"ours:{b}" for b in [*args.backends.split(","), *args.backend] if b)]
     variants = [(kind, t) for kind in kinds for t in thread_counts]
+    persona_kinds = ["personas:one", "personas:mixed", "personas:merged"] if args.personas else []
+    variants += [(kind, ours_default) for kind in persona_kinds]
     defaults = {"plain": plain_default}
     import torch
 
@@ -271,16 +388,19 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         conversations = [channel_turns(tokenizer, seed) for seed in range(max(1, args.channels))]
         server, url, model = start_server(directory, args.url) if "ours:openai" in kinds else (None, None, None)
+        adapters = build_adapters(directory, Path(tmp), args.personas) if args.personas else []
         children = {}
         for kind, threads in variants:   # loaded one after another, so that loading never overlaps a run
             parent_end, child_end = spawn.Pipe()
             process = spawn.Process(target=serve_variant, daemon=True,
                                     args=(child_end, str(directory), kind, threads, conversations, args.new_tokens,
-                                          url, model))
+                                          url, model, [str(a) for a in adapters]))
             process.start()
             hello = parent_end.recv()
             name = f"{kind}@{threads}t"
-            if kind != "plain":
+            if kind.startswith("personas:"):
+                name = f"{kind}:{hello['backend']}@{threads}t"
+            elif kind != "plain":
                 name = f"ours:{hello['backend']}@{threads}t"
             children[(kind, threads)] = (name, process, parent_end, hello["ready"])
         measures = ["batch1", *(["channels"] if args.channels > 1 else [])]
@@ -309,6 +429,11 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=60)
         results["idle_others_max_cpu_s"] = round(idle_others_s, 3)
+        if args.personas:
+            fulls = full_copies(directory, Path(tmp), args.personas)
+            results["persona_memory"] = measure_memory(directory, {
+                f"{args.personas} LoRA personas": adapters, "1 whole model": fulls[:1],
+                f"{args.personas} whole models": fulls}, ours_default)
 
     table = {}
     for (variant, measure), values in runs.items():
@@ -323,6 +448,20 @@ def main() -> None:
     print(f"other variants' CPU while one was measured: at most {idle_others_s:.3f} s", file=sys.stderr)
 
     ratios = {}
+    if args.personas:
+        one, mixed, merged = ((kind, ours_default) for kind in persona_kinds)
+        for measure in measures:
+            for a, b in ((mixed, one), (mixed, merged), (one, merged)):
+                key = f"{measure}: {children[a][0]} / {children[b][0]}"
+                ratios[key] = ratio(table[(a, measure)], table[(b, measure)], (children[a][0], children[b][0]))
+        memory = results["persona_memory"]
+        whole = memory["1 whole model"]
+        for name, entry in memory.items():
+            results["persona_memory"][name]["x_one_whole_model"] = {
+                "rss": round(entry["rss_growth"] / whole["rss_growth"], 3),
+                "counted": round(entry["counted"] / whole["counted"], 3)}
+            print(f"memory, {name}: {entry['rss_growth'] / whole['rss_growth']:.2f}x one whole model resident, "
+                  f"{entry['counted'] / whole['counted']:.2f}x counted", file=sys.stderr)
     for kind in kinds[1:]:
         for threads in thread_counts:
             ours = (kind, threads)
