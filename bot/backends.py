@@ -152,10 +152,8 @@ class SharedBase:
     """One base model serving many LoRA adapters, each added under its own name beside the others.
 
     Rows of different adapters run in one batch: peft's mixed-adapter batches send each row through its own
-    adapter in one forward pass. On `torch-int8` the base's layers are quantised except those the adapters
-    wrap (peft cannot add an adapter beside a quantised layer; GPT-2's adapters wrap the attention input
-    projection, a quarter of a block's weights). Adding and removing an adapter waits for the batch running
-    on the base (`lock`)."""
+    adapter in one forward pass. On `torch-int8` every layer of the base is int8, the adapters' own float.
+    Adding and removing an adapter waits for the batch running on the base (`lock`)."""
 
     def __init__(self, base: str, backend: str, model, tokenizer) -> None:
         self.base = base
@@ -240,14 +238,18 @@ class SharedBase:
         return sum(p.numel() * p.element_size() for p in params.values())
 
     def _quantise(self) -> None:
-        """int8 for every Linear layer but the adapters' own and the layers they wrap."""
+        """int8 for every Linear layer but the adapters' own (the layers they wrap included: see `_Int8Wrapped`)."""
         if self.name != "torch-int8":
             return
         spec = {n: torch.ao.quantization.default_dynamic_qconfig for n, m in self.model.named_modules()
-                if isinstance(m, torch.nn.Linear) and ".lora_" not in n and not n.endswith("base_layer")}
+                if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # torch.ao's eager quantisation is what ships with torch
             torch.ao.quantization.quantize_dynamic(self.model, spec, dtype=torch.qint8, inplace=True)
+        for module in self.model.modules():
+            base = getattr(module, "base_layer", None)
+            if base is not None and not isinstance(base, (torch.nn.Linear, _Int8Wrapped)):
+                module.base_layer = _Int8Wrapped(base)
         self.base_bytes = model_bytes(self.model) - sum(
             p.numel() * p.element_size() for n, p in self.model.named_parameters() if ".lora_" in n)
 
@@ -263,6 +265,21 @@ class SharedBase:
         with self.lock:
             return decode(self.model, self.tokenizer, prompts, settings, seeds=seeds, cancelled=cancelled,
                           adapters=adapters)
+
+
+class _Int8Wrapped(torch.nn.Module):
+    """An int8 layer that an adapter wraps. peft looks at a wrapped layer's `weight` for the device and dtype of
+    an adapter it adds, and an int8 layer's `weight` is a method: this one answers with an empty float tensor
+    where its layer is (not saved, no bytes)."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.register_buffer("weight", torch.empty(0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
 
 def _has_conv1d(model) -> bool:

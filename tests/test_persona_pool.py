@@ -282,3 +282,26 @@ def test_metrics_show_the_personas_loaded_and_their_memory(alice_artifact, lora_
     before, after, counted = asyncio.run(main())
     assert before == {"personabot_personas_loaded": 0, "personabot_persona_memory_bytes": 0}
     assert after == {"personabot_personas_loaded": 2, "personabot_persona_memory_bytes": counted} and counted > 0
+
+
+def test_an_int8_shared_base_runs_each_adapter_close_to_that_persona_in_float(lora_personas):
+    """Mixed rows on the int8 base: each row's next-token scores are near its own persona's (merged, float),
+    far nearer than to another persona's: the adapters are applied to their own rows only."""
+    import torch
+
+    from training.artifact import load_model, read_persona
+
+    infos = [read_persona(p) for p in lora_personas.values()]
+    bases = SharedBases()
+    backends = [bases.adapter_backend(info, "torch-int8")[0] for info in infos]
+    shared = backends[0].shared
+    ids = torch.tensor([shared.tokenizer.encode("Bob: pizza tonight?\nCarol: who is coming\nAlice:")] * 3)
+    with torch.no_grad():
+        mixed = shared.model(input_ids=ids, adapter_names=[b.adapter for b in backends]).logits
+        alone = [load_model(info)[0](input_ids=ids[:1]).logits[0] for info in infos]
+    for row in range(3):
+        own = (mixed[row] - alone[row]).abs().max()
+        other = (mixed[row] - alone[(row + 1) % 3]).abs().max()
+        assert own < other / 5, (row, own, other)
+    wrapped = [m for n, m in shared.model.named_modules() if n.endswith("c_attn.base_layer.layer")]
+    assert len(wrapped) == 2 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in wrapped)
