@@ -1,0 +1,146 @@
+"""Speaking in a channel as a persona: the one place that sends a persona's text to Discord.
+
+A registered persona speaks through the bot's own webhook of the channel ("personabot", one per channel,
+found again after a restart rather than created anew), under the persona's name and avatar, so that several
+personas in one channel look like several people. A webhook message cannot be a Discord reply; it simply
+follows the message it answers.
+
+Without Manage Webhooks in the channel (or when the bot's configured persona speaks) the bot sends as itself,
+replying to the message it answers; a registered persona's text then opens with its name in bold
+(`**Name:** text`), which is also how a reply to it is routed back to it (`persona_of`). Every message pings
+nobody (`AllowedMentions.none()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import discord
+
+log = logging.getLogger("personabot.speaking")
+
+WEBHOOK_NAME = "personabot"
+MESSAGE_LIMIT = 2000                         # Discord's limit on a message's content
+# What `speak` puts before a registered persona's text when it cannot use a webhook.
+_NAMED = re.compile(r"^\*\*(?P<name>[^*\n]{1,32}):\*\* ")
+
+
+class Webhooks:
+    """The bot's webhook of each channel, cached by channel id (a thread uses its parent's), and the ids of
+    every webhook of ours seen, so that a message one of them sent is known as a persona's."""
+
+    def __init__(self) -> None:
+        self._by_channel: dict[int, discord.Webhook] = {}
+        self._ids: set[int] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def get(self, channel: discord.abc.GuildChannel) -> discord.Webhook:
+        """The bot's webhook of `channel` (not a thread): cached, else the one the bot made earlier, else a new
+        one. One lock per channel, so that two replies at once do not make two webhooks."""
+        async with self._locks.setdefault(channel.id, asyncio.Lock()):
+            cached = self._by_channel.get(channel.id)
+            if cached is not None:
+                return cached
+            webhook = await self._existing(channel)
+            if webhook is None:
+                webhook = await channel.create_webhook(name=WEBHOOK_NAME, reason="personas speak through it")
+            self._remember(channel.id, webhook)
+            return webhook
+
+    def drop(self, channel_id: int) -> None:
+        """Forget the cached webhook of a channel (it was deleted in Discord)."""
+        self._by_channel.pop(channel_id, None)
+
+    async def is_ours(self, channel: discord.abc.Messageable, webhook_id: int | None) -> bool:
+        """Whether `webhook_id` is a webhook of ours (after a restart: the bot's webhook of the channel, looked
+        up once, when the bot may see the channel's webhooks)."""
+        if webhook_id is None:
+            return False
+        if webhook_id in self._ids:
+            return True
+        parent = _webhook_channel(channel)
+        if parent is None or not _may_use_webhooks(channel) or parent.id in self._by_channel:
+            return False
+        try:
+            found = await self._existing(parent)
+        except discord.HTTPException as e:
+            log.warning("cannot list the webhooks of channel %s: %s", parent.id, e)
+            return False
+        if found is not None:
+            self._remember(parent.id, found)
+        return webhook_id in self._ids
+
+    async def _existing(self, channel: discord.abc.GuildChannel) -> discord.Webhook | None:
+        """The webhook the bot made in `channel` before (its name first, should there be several)."""
+        me = channel.guild.me
+        mine = [w for w in await channel.webhooks()
+                if w.user is not None and w.user.id == me.id and w.token is not None]
+        return next((w for w in mine if w.name == WEBHOOK_NAME), mine[0] if mine else None)
+
+    def _remember(self, channel_id: int, webhook: discord.Webhook) -> None:
+        self._by_channel[channel_id] = webhook
+        self._ids.add(webhook.id)
+
+
+async def persona_of(message: discord.Message, bot_user_id: int, webhooks: Webhooks) -> str | None:
+    """The name of the registered persona that sent `message`: a webhook of ours (the name it was sent under
+    is the persona's), or the bot's own message opening with a name in bold. None for anything else."""
+    if message.webhook_id is not None:
+        return message.author.name if await webhooks.is_ours(message.channel, message.webhook_id) else None
+    if message.author.id == bot_user_id:
+        named = _NAMED.match(message.content)
+        return named.group("name").strip() if named else None
+    return None
+
+
+async def speak(channel: discord.abc.Messageable, text: str, *, persona_name: str | None,
+                avatar_url: str | None = None, reply_to: discord.Message | None = None,
+                webhooks: Webhooks | None = None) -> discord.Message:
+    """Send `text` to `channel` as the persona `persona_name` (None: the bot's configured persona, as the bot
+    itself), answering `reply_to` when given; returns the message sent. `webhooks` is the bot's cache (without
+    it, the channel's webhook is looked up each time). A deleted webhook is made again once; a webhook that
+    cannot be used otherwise falls back to the bot's own message."""
+    if persona_name is not None and _may_use_webhooks(channel):
+        webhooks = webhooks if webhooks is not None else Webhooks()
+        for attempt in (1, 2):
+            try:
+                return await _through_webhook(channel, text, persona_name, avatar_url, webhooks)
+            except discord.NotFound:      # deleted in Discord since we cached it: make it again, once
+                webhooks.drop(_webhook_channel(channel).id)
+                if attempt == 2:
+                    log.warning("the webhook of channel %s vanished twice; sending as the bot", channel.id)
+            except discord.HTTPException as e:   # e.g. the channel's webhook limit: speak as the bot instead
+                log.warning("cannot speak through a webhook in channel %s (%s); sending as the bot", channel.id, e)
+                break
+    if persona_name is not None:
+        text = f"**{persona_name}:** {text}"
+    text = text[:MESSAGE_LIMIT]
+    if reply_to is not None:
+        return await reply_to.reply(text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
+    return await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+
+
+async def _through_webhook(channel: discord.abc.Messageable, text: str, name: str, avatar_url: str | None,
+                           webhooks: Webhooks) -> discord.Message:
+    parent = _webhook_channel(channel)
+    webhook = await webhooks.get(parent)
+    thread = channel if isinstance(channel, discord.Thread) else discord.utils.MISSING
+    return await webhook.send(text[:MESSAGE_LIMIT], username=name, avatar_url=avatar_url or discord.utils.MISSING,
+                              allowed_mentions=discord.AllowedMentions.none(), wait=True, thread=thread)
+
+
+def _webhook_channel(channel: discord.abc.Messageable) -> discord.abc.GuildChannel | None:
+    """The channel whose webhook speaks in `channel`: itself, or a thread's parent (threads have none)."""
+    if isinstance(channel, discord.Thread):
+        return channel.parent
+    return channel if isinstance(channel, discord.abc.GuildChannel) else None
+
+
+def _may_use_webhooks(channel: discord.abc.Messageable) -> bool:
+    """Whether the bot may make and use webhooks in `channel` (never in a DM)."""
+    guild = getattr(channel, "guild", None)
+    if guild is None or guild.me is None or _webhook_channel(channel) is None:
+        return False
+    return channel.permissions_for(guild.me).manage_webhooks
