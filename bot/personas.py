@@ -95,13 +95,15 @@ def _within(path: Path, folder: Path) -> bool:
 
 async def register(store: Store, authority: Authority, name: str, artifact: Path, *,
                    guild_id: int | None, models_dir: Path | None = None,
-                   generation: dict[str, Any] | None = None) -> PersonaEntry:
+                   generation: dict[str, Any] | None = None, avatar_url: str | None = None) -> PersonaEntry:
     """Register the artifact at `artifact` (checked by `check_artifact`, off the event loop, first) as
-    `name`, owned by `guild_id` (None: global). Someone not an owner may register for their own guild only,
-    and only an artifact inside `models_dir`."""
+    `name`, owned by `guild_id` (None: global), its webhook messages showing `avatar_url` (http or https).
+    Someone not an owner may register for their own guild only, and only an artifact inside `models_dir`."""
     problem = name_problem(name) or _owner_problem(authority, guild_id)
     if problem:
         raise PersonaError(problem)
+    if avatar_url is not None and not avatar_url.startswith(("https://", "http://")):
+        raise PersonaError(f"{avatar_url!r} is not an image address (http:// or https://)")
     if not artifact.is_absolute():
         raise PersonaError(f"{artifact}: give the artifact directory as checked (absolute)")
     if not authority.is_owner and (models_dir is None or not _within(artifact, models_dir)):
@@ -109,7 +111,7 @@ async def register(store: Store, authority: Authority, name: str, artifact: Path
                            "artifacts from there only")
     try:
         return await store.add_persona(name, artifact, guild_id=guild_id,
-                                       generation=check_generation(generation or {}))
+                                       generation=check_generation(generation or {}), avatar_url=avatar_url)
     except StoreError as e:
         if "exists already" in str(e):
             raise PersonaError(str(e)) from e
