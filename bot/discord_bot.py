@@ -22,13 +22,15 @@ from bot.config import Settings
 from bot.channel_memory import ChannelMemory
 from bot.engine import Engine
 from bot.metrics import Metrics
+from bot.persona import PersonaRef
 from bot.retrain import Retrainer
-from bot.store import Store
+from bot.speaking import Webhooks, speak
+from bot.store import PersonaEntry, Store
 from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
 
 log = logging.getLogger("personabot.discord")
 
-EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin", "cogs.posts")
+EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin", "cogs.posts", "cogs.personas")
 # The store setting where the jobs process (RUN_JOBS=true) says which shards it runs and on which host: the
 # other processes point there when they refuse a job command.
 JOBS_PROCESS = "jobs_process"
@@ -75,6 +77,7 @@ class PersonaBot(commands.AutoShardedBot):
         self.metrics = (metrics or Metrics()).watch(engine=engine, retrainer=self.retrainer, gateway=self)
         self.started = time.time()
         self.poster = None              # the post scheduler, started once connected
+        self.webhooks = Webhooks()      # the webhook each channel's registered personas speak through
         # Retrains a restart cut short (see bot.retrain.close_interrupted_runs): said in their messages.
         self.interrupted_runs = list(interrupted_runs or [])
 
@@ -178,9 +181,11 @@ class PersonaBot(commands.AutoShardedBot):
                            or any(role.id in self.settings.admin_role_ids for role in user.roles))
         return Authority(user.id, interaction.guild_id, owner, guild_admin or owner)
 
-    async def send_post(self, channel_id: int, text: str, guild_id: int | None = None) -> str:
-        """The scheduler's Discord sender: post `text` in a channel, pinging nobody; returns the message id.
-        A guild's post (`guild_id`) never goes outside that guild, whatever its stored targets say."""
+    async def send_post(self, channel_id: int, text: str, guild_id: int | None = None,
+                        persona: PersonaRef | None = None) -> str:
+        """The scheduler's Discord sender: post `text` in a channel as `persona` (None: the bot's configured
+        persona), pinging nobody; returns the message id. A guild's post (`guild_id`) never goes outside that
+        guild, whatever its stored targets say."""
         from bot.posting import PostError
 
         channel = self.get_channel(channel_id)
@@ -190,16 +195,35 @@ class PersonaBot(commands.AutoShardedBot):
             channel_guild = getattr(getattr(channel, "guild", None), "id", None)
             if guild_id is not None and channel_guild != guild_id:
                 raise PostError(f"channel {channel_id} is not in the schedule's server")
-            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+            message = await speak(channel, text, persona_name=persona.name if persona else None,
+                                  avatar_url=persona.avatar_url if persona else None, webhooks=self.webhooks)
         except discord.HTTPException as e:
             raise PostError(f"Discord refused the post in channel {channel_id}: {e}") from e
         return str(message.id)
+
+    async def persona_at(self, channel: discord.abc.Messageable) -> PersonaEntry | None:
+        """The registered persona that speaks in `channel` (None: the bot's configured persona). Looked up in
+        the store each time, not cached: another bot process may change an assignment, and a look-up costs
+        little beside the reply it is for."""
+        from bot import personas
+
+        guild = getattr(channel, "guild", None)
+        return await personas.resolve(self.store, assignment_place(channel), guild.id if guild else None)
 
     def guild_of_channel(self, channel_id: int) -> int | None:
         """The guild a channel (or thread) belongs to, when the bot knows it."""
         channel = self.get_channel(channel_id)
         guild = getattr(channel, "guild", None)
         return guild.id if guild is not None else None
+
+
+def assignment_place(channel: discord.abc.Messageable | None) -> int | None:
+    """The channel id whose persona assignment holds in `channel`: a thread follows its parent channel."""
+    if channel is None:
+        return None
+    if isinstance(channel, discord.Thread):
+        return channel.parent_id
+    return channel.id
 
 
 async def refuse(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:

@@ -1,0 +1,254 @@
+"""Several personas: /persona list|info|use|clear|add|remove.
+
+Everyone may see which personas this server has and which one speaks where (`list`, `info`). A server's
+admins register artifacts from MODELS_DIR for their server, remove them, and choose the persona of a channel or
+of the whole server; global personas and the bot-wide choice are the bot's owners'. The rules are
+`bot.personas`'s (this cog only translates Discord to its calls); a refusal is answered privately, saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import personas
+from bot.discord_bot import PersonaBot, assignment_place, guild_admins_only
+from bot.personas import PersonaError
+from bot.store import PersonaEntry, StoreError
+
+log = logging.getLogger("personabot.personas")
+
+# What people choose, and the scope bot/personas.py calls it.
+SCOPE_CHOICES = [app_commands.Choice(name="channel", value="channel"),
+                 app_commands.Choice(name="server", value="guild"),
+                 app_commands.Choice(name="bot (owners only)", value="bot")]
+SCOPE_WORDS = {"channel": "channel assignment", "guild": "server assignment", "bot": "bot-wide assignment"}
+
+
+def owner_word(entry: PersonaEntry) -> str:
+    return "global" if entry.guild_id is None else "this server"
+
+
+def describe_artifact(info, models_dir: Path) -> str:
+    """What kind of artifact `info` (a `training.artifact.PersonaInfo`) is, for people: a LoRA adapter on its
+    base, or a whole model; directories under MODELS_DIR shown relative to it, others by their last name only
+    (the bot's file system is nobody's business)."""
+    if info.is_adapter:
+        return f"LoRA adapter on {_shown(info.base or '?', models_dir)}"
+    return "whole model" + (f" (from {_shown(info.base, models_dir)})" if info.base else "")
+
+
+def _shown(path: str | Path, models_dir: Path) -> str:
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(models_dir.expanduser().resolve()))
+    except ValueError:
+        return path.name if path.is_absolute() else str(path)
+
+
+class Personas(commands.Cog):
+    """Which registered persona speaks where."""
+
+    def __init__(self, bot: PersonaBot) -> None:
+        self.bot = bot
+
+    persona = app_commands.Group(name="persona", description="The personas of this server", guild_only=True)
+
+    async def _speaking_here(self, interaction: discord.Interaction) -> tuple[PersonaEntry | None, str]:
+        """The persona that speaks where `interaction` was used, and why (which assignment, or none)."""
+        place, guild_id = assignment_place(interaction.channel), interaction.guild_id
+        places = [("channel", place)] * (place is not None) + [("guild", guild_id)] * (guild_id is not None)
+        found = personas.nearest(await self.bot.store.assignments(bot=True, places=places), place, guild_id)
+        if found is None:
+            return None, "no assignment: the bot's configured persona"
+        return found.persona, SCOPE_WORDS.get(found.scope, found.scope)
+
+    async def _names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        """Autocomplete: the names of the personas seen here that start with what was typed."""
+        try:
+            seen = await personas.listed(self.bot.store, interaction.guild_id)
+        except StoreError:
+            return []
+        typed = current.casefold()
+        return [app_commands.Choice(name=p.name, value=p.name) for p in seen
+                if p.name.casefold().startswith(typed)][:25]
+
+    @persona.command(name="list")
+    async def persona_list(self, interaction: discord.Interaction) -> None:
+        """The personas of this server (its own and global ones), and which one speaks in this channel."""
+        speaking, why = await self._speaking_here(interaction)
+        entries = await personas.listed(self.bot.store, interaction.guild_id)
+        lines = [f"• **{entry.name}** ({owner_word(entry)})"
+                 + (f" ← speaks here ({why})" if speaking is not None and entry.id == speaking.id else "")
+                 for entry in entries] or ["No personas registered for this server: `/persona add`."]
+        if speaking is None:
+            lines.append(f"Speaking here: **{self.bot.engine.persona.name}**, the bot's configured persona "
+                         "(no assignment).")
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @persona.command(name="info")
+    @app_commands.describe(name="a persona's name (default: the one speaking here)")
+    @app_commands.autocomplete(name=_names)
+    async def persona_info(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        """Who a persona is: its owner, its artifact, how well it learnt, how it samples."""
+        from training.artifact import ArtifactError, read_persona
+
+        if name is None:
+            entry, why = await self._speaking_here(interaction)
+        else:
+            entry, why = await self._found(interaction, name), ""
+            if entry is None:
+                return
+        models_dir = self.bot.settings.models_dir
+        if entry is None:                       # the bot's configured persona, loaded already
+            info, owner, generation = self.bot.engine.persona.info, "the bot's configured persona", {}
+            title = info.speaker
+        else:
+            try:
+                info = await asyncio.to_thread(read_persona, entry.artifact_path)
+            except ArtifactError as e:
+                await interaction.response.send_message(
+                    f"**{entry.name}** ({owner_word(entry)}): its artifact cannot be read: {e}", ephemeral=True)
+                return
+            owner, generation, title = owner_word(entry), entry.generation, entry.name
+        settings = info.generation.with_overrides(**generation)
+        loss = info.trained_val_loss
+        lines = [f"**{title}** ({owner}){f', speaking here ({why})' if name is None and entry else ''}",
+                 f"Artifact: {describe_artifact(info, models_dir)}, trained as {info.speaker}",
+                 f"Validation loss: {loss:.3f}" if loss is not None else "Validation loss: not measured",
+                 f"Generation: temperature {settings.temperature}, top_k {settings.top_k}, top_p {settings.top_p}, "
+                 f"repetition penalty {settings.repetition_penalty}, up to {settings.max_new_tokens} tokens"
+                 + (f" (set for this persona: {', '.join(sorted(generation))})" if generation else "")]
+        if entry is not None and entry.avatar_url:
+            lines.append(f"Avatar: {entry.avatar_url}")
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @persona.command(name="use")
+    @app_commands.describe(name="the persona's name", scope="where it speaks")
+    @app_commands.choices(scope=SCOPE_CHOICES)
+    @app_commands.autocomplete(name=_names)
+    @guild_admins_only()
+    async def persona_use(self, interaction: discord.Interaction, name: str,
+                          scope: str = "channel") -> None:
+        """Make a persona speak in this channel, in this whole server, or (owners) everywhere."""
+        authority = await self.bot.authority(interaction)
+        try:
+            entry = await personas.assign(self.bot.store, authority, name, scope,
+                                          channel_id=assignment_place(interaction.channel),
+                                          channel_guild_id=interaction.guild_id)
+        except (PersonaError, StoreError) as e:
+            await interaction.response.send_message(f"Not done: {e}.", ephemeral=True)
+            return
+        where = {"channel": "in this channel", "guild": "in this server", "bot": "everywhere"}[scope]
+        await interaction.response.send_message(f"**{entry.name}** now speaks {where} (where nothing nearer is "
+                                                "assigned).", ephemeral=True)
+
+    @persona.command(name="clear")
+    @app_commands.describe(scope="which assignment to remove")
+    @app_commands.choices(scope=SCOPE_CHOICES)
+    @guild_admins_only()
+    async def persona_clear(self, interaction: discord.Interaction,
+                            scope: str = "channel") -> None:
+        """Remove the persona assignment of this channel, this server, or (owners) the whole bot."""
+        authority = await self.bot.authority(interaction)
+        try:
+            cleared = await personas.unassign(self.bot.store, authority, scope,
+                                              channel_id=assignment_place(interaction.channel),
+                                              channel_guild_id=interaction.guild_id)
+        except (PersonaError, StoreError) as e:
+            await interaction.response.send_message(f"Not done: {e}.", ephemeral=True)
+            return
+        speaking, why = await self._speaking_here(interaction)
+        now = (f"**{speaking.name}** speaks here ({why})" if speaking is not None
+               else f"**{self.bot.engine.persona.name}**, the bot's configured persona, speaks here")
+        text = f"Cleared the {SCOPE_WORDS[scope]}. " if cleared else f"There was no {SCOPE_WORDS[scope]}. "
+        await interaction.response.send_message(text + f"Now {now}.", ephemeral=True)
+
+    @persona.command(name="add")
+    @app_commands.describe(name="the name it speaks under", directory="its artifact directory, inside MODELS_DIR",
+                           avatar_url="an image address for its messages",
+                           everywhere="owners: a global persona, for every server")
+    @app_commands.rename(everywhere="global")
+    @guild_admins_only()
+    async def persona_add(self, interaction: discord.Interaction, name: str, directory: str,
+                          avatar_url: str | None = None, everywhere: bool = False) -> None:
+        """Register a trained persona artifact from MODELS_DIR under a name, for this server."""
+        authority = await self.bot.authority(interaction)
+        # Relative to MODELS_DIR (an owner's absolute path stays absolute).
+        wanted = self.bot.settings.models_dir / directory
+        owner = None if everywhere else interaction.guild_id
+        try:
+            if everywhere and not authority.is_owner:    # before reading any file for them
+                raise PersonaError("a global persona is the bot's owners' to add")
+            artifact = await asyncio.to_thread(_artifact_for, wanted, self.bot.settings.models_dir,
+                                               authority.is_owner)
+            entry = await personas.register(self.bot.store, authority, name, artifact, guild_id=owner,
+                                            models_dir=self.bot.settings.models_dir, avatar_url=avatar_url)
+        except (PersonaError, StoreError) as e:
+            # check_artifact names the directory as given; shown relative to MODELS_DIR, as they typed it.
+            await interaction.response.send_message(f"Not added: {str(e).replace(str(wanted), directory)}.",
+                                                    ephemeral=True)
+            return
+        await interaction.response.send_message(
+            f"Added **{entry.name}** ({owner_word(entry)}). `/persona use name:{entry.name}` makes it speak.",
+            ephemeral=True)
+
+    @persona.command(name="remove")
+    @app_commands.describe(name="the persona's name", everywhere="owners: the global persona of that name")
+    @app_commands.rename(everywhere="global")
+    @app_commands.autocomplete(name=_names)
+    @guild_admins_only()
+    async def persona_remove(self, interaction: discord.Interaction, name: str, everywhere: bool = False) -> None:
+        """Remove one of this server's personas (and where it was assigned)."""
+        authority = await self.bot.authority(interaction)
+        owner = None if everywhere else interaction.guild_id
+        try:
+            # Read before it goes, for its artifact; `remove` decides whether it may go (and it is this one:
+            # the owner's own is found first).
+            gone = await self.bot.store.find_persona(name, owner)
+            dropped = await personas.remove(self.bot.store, authority, name, guild_id=owner)
+        except (PersonaError, StoreError) as e:
+            await interaction.response.send_message(f"Not removed: {e}.", ephemeral=True)
+            return
+        await interaction.response.send_message(
+            f"Removed **{name}**" + (f" and its {dropped} assignment(s)." if dropped else "."), ephemeral=True)
+        if gone is not None:
+            await self._unload_if_unused(gone.artifact_path)
+
+    async def _found(self, interaction: discord.Interaction, name: str) -> PersonaEntry | None:
+        """The persona `name` as this server sees it, or None after saying there is none."""
+        try:
+            return await personas.find(self.bot.store, interaction.guild_id, name)
+        except PersonaError as e:
+            text = str(e)
+            await interaction.response.send_message(f"{text[:1].upper()}{text[1:]}.", ephemeral=True)
+            return None
+
+    async def _unload_if_unused(self, artifact: Path) -> None:
+        """Free the memory of an artifact that no persona names any more (after the answer: it may take a
+        moment)."""
+        try:
+            if any(p.artifact_path == artifact for p in await self.bot.store.personas()):
+                return
+            await self.bot.engine.forget(artifact)
+        except Exception:   # memory is freed later by the pool's own limit; removal has happened
+            log.exception("could not unload %s after its persona was removed", artifact)
+
+
+def _artifact_for(directory: Path, models_dir: Path, is_owner: bool) -> Path:
+    """`personas.check_artifact(directory)`, but for someone not an owner only inside MODELS_DIR, checked
+    first (resolved, so "../" leads nowhere): nothing outside is read for them, nor is it said whether it
+    exists. Touches files: run it off the event loop."""
+    if not is_owner and not directory.resolve().is_relative_to(models_dir.expanduser().resolve()):
+        raise PersonaError("that directory is not inside MODELS_DIR: a server's admins register artifacts "
+                           "from there only")
+    return personas.check_artifact(directory)
+
+
+async def setup(bot: PersonaBot) -> None:
+    await bot.add_cog(Personas(bot))
