@@ -1,6 +1,11 @@
 """Talking in character: the bot answers when mentioned or replied to, with the channel's recent messages
 as context. Admins can switch it off per channel. What the bot remembers is `bot.channel_memory`'s; this cog
-translates between Discord and it, and tells the bot's metrics about each reply."""
+translates between Discord and it, and tells the bot's metrics about each reply.
+
+Who answers: a reply to a message a registered persona sent (through our webhook, or as the bot with its name
+in bold) goes to that persona, as this server sees it; anything else goes to the channel's persona (the
+nearest assignment, `bot.personas.resolve`), or the bot's configured persona when none is assigned. Every
+turn is remembered under the name of whoever said it, so each persona knows its own earlier lines."""
 
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from bot.channel_memory import HeardMessage
 from bot.discord_bot import PersonaBot, guild_admins_only
 from bot.engine import EngineClosed
 from bot.filters import DISCORD, Target
+from bot.persona import PersonaRef
+from bot.speaking import persona_of, speak
+from bot.store import PersonaEntry, StoreError
 
 log = logging.getLogger("personabot.chat")
 
@@ -32,22 +40,42 @@ class Chat(commands.Cog):
     channel = app_commands.Group(name="channel", description="Where the persona talks",
                                  guild_only=True)
 
-    async def _addressed(self, message: discord.Message) -> bool:
-        me = self.bot.user
-        if message.guild is None:
-            return True
-        if me in message.mentions:
-            return True
+    async def _replied(self, message: discord.Message) -> discord.Message | None:
+        """The message `message` replies to, if any and if it can still be read."""
         reference = message.reference
         if reference is None or reference.message_id is None:
-            return False
-        replied = reference.resolved if isinstance(reference.resolved, discord.Message) else None
+            return None
+        if isinstance(reference.resolved, discord.Message):
+            return reference.resolved
+        try:
+            return await message.channel.fetch_message(reference.message_id)
+        except discord.HTTPException:
+            return None
+
+    async def _addressed(self, message: discord.Message, replied: discord.Message | None) -> bool:
+        """Whether `message` speaks to the bot: a DM, a mention, or a reply to the bot or to one of its
+        personas' webhook messages."""
+        me = self.bot.user
+        if message.guild is None or me in message.mentions:
+            return True
         if replied is None:
-            try:
-                replied = await message.channel.fetch_message(reference.message_id)
-            except discord.HTTPException:
-                return False
-        return replied.author.id == me.id
+            return False
+        return replied.author.id == me.id or await self.bot.webhooks.is_ours(message.channel, replied.webhook_id)
+
+    async def _speaker(self, message: discord.Message, replied: discord.Message | None) -> PersonaEntry | None:
+        """The registered persona that answers `message` (None: the bot's configured persona): the one that
+        sent the message replied to, when this server still sees it, else the channel's."""
+        guild_id = message.guild.id if message.guild else None
+        try:
+            name = await persona_of(replied, self.bot.user.id, self.bot.webhooks) if replied else None
+            if name is not None:
+                found = await self.bot.store.find_persona(name, guild_id)
+                if found is not None:
+                    return found
+            return await self.bot.persona_at(message.channel)
+        except StoreError as e:    # the configured persona answers rather than nobody
+            log.warning("cannot look up the persona of channel %s: %s", message.channel.id, e)
+            return None
 
     def _on_cooldown(self, message: discord.Message) -> bool:
         """True when this person or this channel got a reply too recently (measured in message time)."""
@@ -74,18 +102,21 @@ class Chat(commands.Cog):
         text = message.clean_content.strip()
         if text:
             await memory.remember(heard(message, message.author.display_name, text))
-        if not await self._addressed(message) or self._on_cooldown(message):
+        replied = await self._replied(message)
+        if not await self._addressed(message, replied) or self._on_cooldown(message):
             return
         turns = await memory.context(message.channel.id) or [(message.author.display_name, text or "...")]
-        await self._answer(message, turns)
+        await self._answer(message, turns, await self._speaker(message, replied))
 
-    async def _answer(self, message: discord.Message, turns: list[tuple[str, str]]) -> None:
-        """Reply to `message` in character after `turns`, and count the reply (outcome, seconds from here to
-        sent, rejected samples) in the bot's metrics."""
+    async def _answer(self, message: discord.Message, turns: list[tuple[str, str]],
+                      speaker: PersonaEntry | None) -> None:
+        """Reply to `message` in character after `turns`, as `speaker` (None: the bot's configured persona),
+        and count the reply (outcome, seconds from here to sent, rejected samples) in the bot's metrics."""
         metrics, began = self.bot.metrics, time.perf_counter()
+        ref = PersonaRef.of(speaker) if speaker is not None else None
         try:
             async with message.channel.typing():
-                reply = await self.bot.engine.reply(turns, target=discord_target(message.guild))
+                reply = await self.bot.engine.reply(turns, target=discord_target(message.guild), persona=ref)
         except EngineClosed:
             return
         except Exception:  # a failed generation must not take the bot down; the user gets a word
@@ -93,8 +124,11 @@ class Chat(commands.Cog):
             metrics.reply_failed(time.perf_counter() - began)
             await message.reply("(I lost my train of thought; try again in a moment.)", mention_author=False)
             return
-        sent = await message.reply(reply.text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
+        sent = await speak(message.channel, reply.text, persona_name=ref.name if ref else None,
+                           avatar_url=ref.avatar_url if ref else None, reply_to=message, webhooks=self.bot.webhooks)
         metrics.reply_sent(reply, time.perf_counter() - began)
+        # Remembered here, under the persona's name and without the bold name `speak` may put before it; when
+        # the webhook's message comes back as a message event, its author is a bot and it is not read again.
         await self.bot.memory.remember(heard(sent, reply.persona, reply.text))
 
     @channel.command(name="disable")
