@@ -1,0 +1,252 @@
+"""Several personas in Discord (simcord): /persona add|use|clear|remove|list|info, each persona speaking
+under its own name through the bot's webhook of the channel (or as the bot with its name in bold where the bot
+may not use webhooks), replies routed back to the persona that was replied to, and a server's admins kept to
+their own server. The personas are real tiny models (two whole models and a LoRA adapter) loaded by the
+engine's pool from MODELS_DIR; the database is a real SQLite file; only Discord is simulated."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import discord
+import pytest
+import simcord
+from discord import app_commands
+
+from bot.persona import PersonaRef
+from test_discord import engine, guild_b, settings, simcord_bot, store, world  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def carol_adapter(tmp_path_factory: pytest.TempPathFactory, alice_artifact: Path, persona_chat: Path) -> Path:
+    """A LoRA adapter persona (Carol) on Alice's model as its base, trained for a few seconds."""
+    from training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("carol-lora") / "carol"
+    train(TrainConfig(data=[str(persona_chat)], speaker="carol", out=out, base=str(alice_artifact), lora=True,
+                      max_steps=20, epochs=100, batch_size=4, lr=3e-3, threads=1, samples=0))
+    return out
+
+
+@pytest.fixture
+def models(settings, alice_artifact, bob_artifact, carol_adapter) -> Path:  # noqa: F811
+    """MODELS_DIR holding the three artifacts, as a server's admins register them (by directory name)."""
+    for name, artifact in (("alice", alice_artifact), ("bob", bob_artifact), ("carol", carol_adapter)):
+        shutil.copytree(artifact, settings.models_dir / name)
+    return settings.models_dir
+
+
+def webhook_calls(env, channel_id: int) -> int:
+    """Requests the bot made about the channel's webhooks (listing or making one)."""
+    return sum(1 for r in env.http_requests if r.path == f"/channels/{channel_id}/webhooks")
+
+
+def webhook_creations(env, channel_id: int) -> int:
+    return sum(1 for r in env.http_requests if r.method == "POST" and r.path == f"/channels/{channel_id}/webhooks")
+
+
+async def ok(who, where, command: str, **options) -> str:
+    """Run a slash command that must succeed; its private answer."""
+    result = await who.slash(where, command, **options)
+    assert result.ephemeral, command
+    return result.response.content
+
+
+async def refused(env, who, where, command: str, why: str, **options) -> None:
+    """Run a slash command that must be refused, privately, saying `why`."""
+    result = await who.slash(where, command, **options)
+    assert result.ephemeral and why in result.response.content, (command, result.response.content)
+    if "admins only" in why:     # refused by the command's check: the one error handler answered
+        simcord.assert_error(env, app_commands.CheckFailure)
+
+
+async def test_personas_speak_in_their_channels_and_servers_under_their_own_names(world, guild_b, models):
+    env, general, other, admin, bob, carol = world
+    b_general, mallory = guild_b
+    me = env.bot.user
+    assert "Added **Alice** (this server)" in await ok(admin, general, "persona add", name="Alice", directory="alice",
+                                                       avatar_url="https://example.com/alice.png")
+    await ok(admin, general, "persona add", name="Bob", directory="bob")
+    await ok(admin, general, "persona use", name="Alice", scope="channel")
+    assert "**Bob** now speaks in this channel" in await ok(admin, other, "persona use", name="bob", scope="channel")
+    # Server B's admin (not an owner) registers the LoRA adapter for B, from MODELS_DIR, and gives B to it.
+    await ok(mallory, b_general, "persona add", name="Carol", directory="carol")
+    assert "in this server" in await ok(mallory, b_general, "persona use", name="Carol", scope="guild")
+
+    for channel, who, name in ((general, bob, "Alice"), (other, carol, "Bob"), (b_general, mallory, "Carol")):
+        asked = await who.send(channel, f"{me.mention} pizza tonight?")
+        said = channel.last_message
+        assert said.id != asked.id and said.webhook_id is not None, name
+        assert said.author.name == name and said.author.bot       # under the persona's name, through a webhook
+        assert env.bot.memory.turns(channel.id).count((name, said.content)) == 1   # remembered once, as it
+    hook = env.backend.webhooks[general.last_message.webhook_id]
+    assert (hook.name, hook.creator_id, hook.channel_id) == ("personabot", me.id, general.id)
+
+    # A second reply in a channel goes through the same webhook; the avatar went with Alice's messages.
+    await carol.send(general, f"{me.mention} and the beach?")
+    assert general.last_message.author.name == "Alice" and general.last_message.webhook_id == hook.id
+    assert webhook_creations(env, general.id) == 1
+    executed = [r.json for r in env.http_requests if r.method == "POST" and r.path.startswith(f"/webhooks/{hook.id}/")]
+    assert {m["username"] for m in executed} == {"Alice"}
+    assert {m["avatar_url"] for m in executed} == {"https://example.com/alice.png"}
+    assert all(m["allowed_mentions"]["parse"] == [] for m in executed)
+
+    # A channel with no assignment speaks with the bot's configured persona, as the bot itself.
+    quiet = env.guild.create_text_channel("plain")
+    await bob.send(quiet, f"{me.mention} hello")
+    assert quiet.last_message.author.id == me.id and quiet.last_message.webhook_id is None
+    assert not quiet.last_message.content.startswith("**")
+
+
+async def test_without_manage_webhooks_the_bot_speaks_for_the_persona_with_its_name_in_bold(world, models):
+    env, general, other, admin, bob, carol = world
+    me = env.bot.user
+    closed = env.guild.create_text_channel(
+        "no-hooks", overwrites={me: discord.PermissionOverwrite(manage_webhooks=False)})
+    await ok(admin, closed, "persona add", name="Bob", directory="bob")
+    await ok(admin, closed, "persona use", name="Bob", scope="channel")
+    asked = await carol.send(closed, f"{me.mention} coffee?")
+    said = closed.last_message
+    assert said.author.id == me.id and said.webhook_id is None and said.reference.message_id == asked.id
+    assert said.content.startswith("**Bob:** ")
+    assert webhook_calls(env, closed.id) == 0           # it knew from its permissions not to try
+    turns = env.bot.memory.turns(closed.id)
+    assert turns[-1] == ("Bob", said.content.removeprefix("**Bob:** "))   # remembered without the bold name
+
+
+async def test_a_reply_to_a_persona_is_answered_by_that_persona_wherever_it_is(world, models):
+    env, general, other, admin, bob, carol = world
+    me = env.bot.user
+    closed = env.guild.create_text_channel(
+        "no-hooks", overwrites={me: discord.PermissionOverwrite(manage_webhooks=False)})
+    for name in ("Alice", "Bob"):
+        await ok(admin, general, "persona add", name=name, directory=name.lower())
+    await ok(admin, general, "persona use", name="Alice", scope="channel")
+    await ok(admin, closed, "persona use", name="Bob", scope="channel")
+    await bob.send(general, f"{me.mention} rain again")
+    alices = general.last_message
+    await bob.send(closed, f"{me.mention} rain again")
+    bobs = closed.last_message
+    assert alices.author.name == "Alice" and bobs.content.startswith("**Bob:** ")
+
+    # Now Bob speaks in general and Alice in the channel without webhooks ...
+    await ok(admin, general, "persona use", name="Bob", scope="channel")
+    await ok(admin, closed, "persona use", name="Alice", scope="channel")
+    # ... yet a reply (no mention) to Alice's webhook message is answered by Alice, and to Bob's by Bob.
+    await carol.send(general, "really?", reply_to=alices)
+    assert general.last_message.webhook_id is not None and general.last_message.author.name == "Alice"
+    await carol.send(closed, "really?", reply_to=bobs)
+    assert closed.last_message.author.id == me.id and closed.last_message.content.startswith("**Bob:** ")
+    # Anything else goes to the channel's persona.
+    await carol.send(general, f"{me.mention} and you?")
+    assert general.last_message.author.name == "Bob"
+    # A persona that is gone: its messages' replies go to the channel's persona.
+    await ok(admin, general, "persona remove", name="Alice")
+    await carol.send(general, "still there?", reply_to=alices)
+    assert general.last_message.author.name == "Bob" and general.last_message.webhook_id == alices.webhook_id
+
+
+async def test_a_deleted_webhook_is_made_again_and_a_restart_finds_its_own(world, models):
+    env, general, other, admin, bob, carol = world
+    me = env.bot.user
+    await ok(admin, general, "persona add", name="Alice", directory="alice")
+    await ok(admin, general, "persona use", name="Alice", scope="channel")
+    await bob.send(general, f"{me.mention} one")
+    first = general.last_message
+    env.backend.delete_webhook(first.webhook_id)                 # someone deleted it in Discord
+    await bob.send(general, f"{me.mention} two")
+    second = general.last_message
+    assert second.author.name == "Alice" and second.webhook_id not in (None, first.webhook_id)
+    assert webhook_creations(env, general.id) == 2
+    # After a restart (an empty cache) the bot finds its webhook instead of making another, and a reply to the
+    # persona's message is still known as one to the bot.
+    from bot.speaking import Webhooks
+
+    env.bot.webhooks = Webhooks()
+    await carol.send(general, "what?", reply_to=second)
+    assert general.last_message.author.name == "Alice" and general.last_message.webhook_id == second.webhook_id
+    assert webhook_creations(env, general.id) == 2
+
+
+async def test_an_admin_of_another_server_can_do_nothing_to_this_servers_personas(world, guild_b, models,
+                                                                                  alice_artifact):
+    env, general, other, admin, bob, carol = world
+    b_general, mallory = guild_b
+    await ok(admin, general, "persona add", name="Alice", directory="alice")
+    await ok(admin, general, "persona use", name="Alice", scope="guild")
+    before = (await env.bot.store.personas(), await env.bot.store.assignments(guild_id=env.guild.id, bot=True))
+
+    # From server B: A's persona is not there to use, remove or look at, and global ones are the owners'.
+    await refused(env, mallory, b_general, "persona use", "no persona named 'Alice'", name="Alice", scope="guild")
+    await refused(env, mallory, b_general, "persona remove", f"no persona of guild {b_general.guild.id} named 'Alice'",
+                  name="Alice")
+    await refused(env, mallory, b_general, "persona info", "no persona named 'Alice'", name="Alice")
+    await refused(env, mallory, b_general, "persona add", "owners", name="Alice", directory="alice", **{"global": True})
+    await refused(env, mallory, b_general, "persona use", "owners only", name="Alice", scope="bot")
+    await refused(env, mallory, b_general, "persona remove", "owners only", name="Alice", **{"global": True})
+    # Artifacts outside MODELS_DIR are the owners' to register (a real one, by path or by "../").
+    for outside in (str(alice_artifact), f"../{alice_artifact.parent.name}/alice", "alice/../../nothing"):
+        await refused(env, mallory, b_general, "persona add", "not inside MODELS_DIR", name="Escape",
+                      directory=outside)
+    assert "**Alice** (this server)" not in await ok(mallory, b_general, "persona list")
+    # In server A, where she is no admin: every change is refused by the one error handler.
+    mallory_in_a = env.guild.add_member(mallory.user)
+    for command, options in (("persona use", {"name": "Alice", "scope": "channel"}),
+                             ("persona clear", {"scope": "guild"}),
+                             ("persona add", {"name": "Mine", "directory": "bob"}),
+                             ("persona remove", {"name": "Alice"})):
+        await refused(env, mallory_in_a, general, command, "admins only", **options)
+    after = (await env.bot.store.personas(), await env.bot.store.assignments(guild_id=env.guild.id, bot=True))
+    assert after == before
+
+
+async def test_persona_list_and_info_show_who_speaks_where_and_what_they_are(world, guild_b, models):
+    env, general, other, admin, bob, carol = world
+    b_general, mallory = guild_b
+    configured = env.bot.engine.persona.name
+    assert "No personas registered" in (shown := await ok(bob, general, "persona list"))
+    assert f"**{configured}**, the bot's configured persona" in shown
+    await ok(admin, general, "persona add", name="Alice", directory="alice")
+    await ok(admin, general, "persona add", name="Bob", directory="bob", **{"global": True})     # an owner: global
+    await ok(mallory, b_general, "persona add", name="Carol", directory="carol")
+    await ok(admin, general, "persona use", name="Bob", scope="guild")
+    await ok(admin, general, "persona use", name="Alice", scope="channel")
+
+    here = await ok(bob, general, "persona list")
+    assert "• **Alice** (this server) ← speaks here (channel assignment)" in here
+    assert "• **Bob** (global)\n" in here + "\n" and "Carol" not in here
+    assert "• **Bob** (global) ← speaks here (server assignment)" in await ok(bob, other, "persona list")
+    seen_in_b = await ok(mallory, b_general, "persona list")
+    assert "**Carol** (this server)" in seen_in_b and "**Bob** (global)" in seen_in_b and "**Alice** (this" not in seen_in_b
+
+    alice = await ok(bob, general, "persona info")                  # the one speaking here
+    assert alice.startswith("**Alice** (this server), speaking here (channel assignment)")
+    assert "Artifact: whole model, trained as Alice" in alice and "Validation loss: " in alice
+    assert "temperature " in alice and "not measured" not in alice
+    carol_info = await ok(mallory, b_general, "persona info", name="carol")
+    assert carol_info.startswith("**Carol** (this server)")
+    # Its base (Alice's model, outside MODELS_DIR) is named by its directory's name: no path of the bot's machine.
+    assert "Artifact: LoRA adapter on alice, trained as Carol" in carol_info and str(models.parent) not in carol_info
+
+    # Cleared: the server's persona speaks in the channel again; cleared too, the configured one.
+    assert "Now **Bob** speaks here (server assignment)" in await ok(admin, general, "persona clear", scope="channel")
+    cleared = await ok(admin, general, "persona clear", scope="guild")
+    assert f"Now **{configured}**, the bot's configured persona, speaks here" in cleared
+    assert "There was no channel assignment" in await ok(admin, general, "persona clear", scope="channel")
+
+
+async def test_scheduled_posts_speak_as_their_persona(world, models):
+    env, general, other, admin, bob, carol = world
+    ref = PersonaRef(models / "bob", "Bob", avatar_url="https://example.com/bob.png")
+    sent = await env.bot.send_post(general.id, "a line for you", guild_id=env.guild.id, persona=ref)
+    posted = general.last_message
+    assert str(posted.id) == sent and posted.author.name == "Bob" and posted.webhook_id is not None
+    plain = await env.bot.send_post(general.id, "and one of mine", guild_id=env.guild.id)
+    assert str(general.last_message.id) == plain and general.last_message.author.id == env.bot.user.id
+    from bot.posting import PostError
+
+    with pytest.raises(PostError, match="not in the schedule's server"):
+        await env.bot.send_post(general.id, "elsewhere", guild_id=env.guild.id + 1, persona=ref)
