@@ -18,6 +18,8 @@ from discord.ext import commands
 
 from bot import personas
 from bot.discord_bot import PersonaBot, assignment_place, guild_admins_only
+from bot.engine import SwapError
+from bot.persona import PersonaRef
 from bot.personas import PersonaError
 from bot.store import PersonaEntry, StoreError
 
@@ -179,6 +181,8 @@ class Personas(commands.Cog):
                           avatar_url: str | None = None, everywhere: bool = False) -> None:
         """Register a trained persona artifact from MODELS_DIR under a name, for this server."""
         authority = await self.bot.authority(interaction)
+        # Loading the model to check it can take longer than Discord waits for an answer.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         # Relative to MODELS_DIR (an owner's absolute path stays absolute).
         wanted = self.bot.settings.models_dir / directory
         owner = None if everywhere else interaction.guild_id
@@ -189,14 +193,22 @@ class Personas(commands.Cog):
                                                authority.is_owner)
             entry = await personas.register(self.bot.store, authority, name, artifact, guild_id=owner,
                                             models_dir=self.bot.settings.models_dir, avatar_url=avatar_url)
+            await self._loads(entry)
         except (PersonaError, StoreError) as e:
             # check_artifact names the directory as given; shown relative to MODELS_DIR, as they typed it.
-            await interaction.response.send_message(f"Not added: {str(e).replace(str(wanted), directory)}.",
-                                                    ephemeral=True)
+            await interaction.edit_original_response(content=f"Not added: {str(e).replace(str(wanted), directory)}.")
             return
-        await interaction.response.send_message(
-            f"Added **{entry.name}** ({owner_word(entry)}). `/persona use name:{entry.name}` makes it speak.",
-            ephemeral=True)
+        await interaction.edit_original_response(
+            content=f"Added **{entry.name}** ({owner_word(entry)}). `/persona use name:{entry.name}` makes it speak.")
+
+    async def _loads(self, entry: PersonaEntry) -> None:
+        """Load a persona just registered, so that a model that cannot run is refused now rather than at its
+        first reply; the registration is undone then (PersonaError says why)."""
+        try:
+            await self.bot.engine.load_persona(PersonaRef.of(entry))
+        except SwapError as e:
+            await self.bot.store.remove_persona(entry.id)
+            raise PersonaError(f"its model does not run here ({e})") from e
 
     @persona.command(name="remove")
     @app_commands.describe(name="the persona's name", everywhere="owners: the global persona of that name")

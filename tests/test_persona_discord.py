@@ -250,3 +250,20 @@ async def test_scheduled_posts_speak_as_their_persona(world, models):
 
     with pytest.raises(PostError, match="not in the schedule's server"):
         await env.bot.send_post(general.id, "elsewhere", guild_id=env.guild.id + 1, persona=ref)
+
+
+async def test_a_persona_whose_model_does_not_run_is_refused_when_added(world, models):
+    """An adapter whose base has gone reads as an artifact but cannot run: /persona add loads it at once and
+    refuses it, rather than registering a persona that fails at its first reply."""
+    import json
+
+    env, general, other, admin, bob, carol = world
+    broken = models / "gone-base"
+    shutil.copytree(models / "carol", broken)
+    info = json.loads((broken / "persona.json").read_text())
+    (broken / "persona.json").write_text(json.dumps({**info, "base": str(models / "moved-away")}))
+    answer = await ok(admin, general, "persona add", name="Dora", directory="gone-base")
+    assert answer.startswith("Not added: its model does not run here") and "moved-away" in answer, answer
+    assert [p.name for p in await env.bot.store.personas()] == []
+    assert "Added **Carol**" in await ok(admin, general, "persona add", name="Carol", directory="carol")
+    assert [path for path, _ in env.bot.engine.pool.loaded()] == [(models / "carol").resolve()]
