@@ -1,7 +1,12 @@
 """Retraining while the bot serves: a child process (`python -m training train ... --progress json`) at low
 priority, its progress as JSON lines, then a check of the new artifact and a hot swap. The previous artifact
 is kept for /rollback. One retrain at a time; a cancelled, crashed or rejected one leaves the current model
-serving and says why. Knows nothing of Discord: the admin cog shows what `progress` reports."""
+serving and says why. Knows nothing of Discord: the admin cog shows what `progress` reports.
+
+A retrain rebuilds the bot's own persona (PERSONA_MODEL, hot-swapped in the engine) or one registered persona
+(`bot.personas`): that one is retrained from its own artifact (as a LoRA adapter on the same base when it is
+one), loaded beside the others (`Engine.load_persona`), and the registry then points at it, keeping the one
+before for its own rollback. Every other persona, the bot's own included, keeps serving untouched."""
 
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.engine import Engine, SwapError
-from bot.store import Store, StoreError
+from bot.persona import PersonaRef
+from bot.store import PersonaEntry, Store, StoreError
 from training.artifact import ArtifactError, Metrics, PersonaInfo, read_persona
 from training.formats.data_dump import DumpRow, write_dump
 from training.progress import ProgressState
@@ -53,6 +59,21 @@ class RetrainResult:
     metrics: Metrics
     previous: Path
     loss_plot: Path | None
+    persona: str | None = None      # the registered persona retrained; None: the bot's own
+
+
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What one retrain rebuilds: the artifact serving now (its persona.json) and whose it is."""
+
+    info: PersonaInfo
+    speaker: str                          # the speaker it learns unless one is given
+    entry: PersonaEntry | None = None     # a registered persona; None: the bot's own
+
+    @property
+    def label(self) -> str | None:
+        """What the run's out dir is named after: the registered persona (None: the speaker, as before)."""
+        return self.entry.name if self.entry is not None else None
 
 
 def slug(name: str) -> str:
@@ -91,47 +112,66 @@ class Retrainer:
     async def run(self, *, speaker: str | None = None, epochs: float | None = None, force: bool = False,
                   requested_by: int | None = None,
                   on_progress: Callable[[ProgressState], Awaitable[None]] | None = None,
-                  progress_message: tuple[int, int] | None = None) -> RetrainResult:
-        """Train, check and swap in a new artifact. Raises `RetrainError` with the reason when the current
-        model stays. `progress_message` (channel id, message id) is recorded with the run, so that a bot
-        restarted mid-run can say there how it ended."""
+                  progress_message: tuple[int, int] | None = None,
+                  persona: PersonaEntry | None = None) -> RetrainResult:
+        """Train, check and swap in a new artifact of `persona` (a registered one; None: the bot's own).
+        Raises `RetrainError` with the reason when the current model stays. `progress_message` (channel id,
+        message id) is recorded with the run, so that a bot restarted mid-run can say there how it ended."""
         if self._lock.locked():
             raise RetrainError("a retrain is already running; wait for it, or cancel it first")
         self._refuse_remote("retrain")
         async with self._lock:
             self._cancelled = False
             self.progress = ProgressState()
-            current = self.engine.persona
-            speaker = speaker or current.name
-            files = self.data_files()
-            logged = await self._dump_logged() if self.include_logged else None
-            if logged is not None:
-                files += sorted(logged.iterdir())
-            if not files:
-                raise RetrainError(f"there are no exports in {self.data_dir} to train on; add one (an attachment "
-                                   "to /retrain start, or a file in TRAIN_DATA_DIR)")
+            subject = await self._subject(persona)
+            speaker = speaker or subject.speaker
+            files, logged = await self._training_files()
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-            out = (self.models_dir / f"{slug(speaker)}-{stamp}").absolute()
+            out = (self.models_dir / f"{slug(subject.label or speaker)}-{stamp}").absolute()
             try:
                 run_id = await self.store.start_run(requested_by=requested_by, speaker=speaker, epochs=epochs,
                                                     out_path=str(out), progress_message=progress_message)
             except StoreError as e:
+                _remove_dump(logged)
                 raise RetrainError(f"cannot record the run: {e}") from e
             try:
-                result = await self._train_check_swap(current, speaker, epochs, force, files, out, on_progress)
+                result = await self._train_check_swap(subject, speaker, epochs, force, files, out, on_progress)
             except RetrainError as e:
-                if logged is not None:
-                    shutil.rmtree(logged, ignore_errors=True)
                 outcome = "cancelled" if self._cancelled else "rejected" if isinstance(e, RetrainRejected) else "failed"
                 await self._finish(run_id, outcome, error=str(e))
                 remove_run_output(out)
                 self._tell(outcome)
                 raise
-            if logged is not None:
-                shutil.rmtree(logged, ignore_errors=True)
+            finally:
+                _remove_dump(logged)
             await self._finish(run_id, "done", artifact_path=str(out), metrics=result.metrics.to_json())
             self._tell("done")
             return result
+
+    async def _subject(self, persona: PersonaEntry | None) -> _Subject:
+        """What this retrain rebuilds: the bot's own persona as it serves now, or the registered `persona`
+        as its artifact says (read off the event loop)."""
+        if persona is None:
+            current = self.engine.persona
+            return _Subject(current.info, current.name)
+        try:
+            info = await asyncio.to_thread(read_persona, persona.artifact_path)
+        except ArtifactError as e:
+            raise RetrainError(f"the persona {persona.name}'s artifact cannot be read, so it cannot be retrained "
+                               f"from it: {e}") from e
+        return _Subject(info, info.speaker, persona)
+
+    async def _training_files(self) -> tuple[list[Path], Path | None]:
+        """The exports to train on, and the folder of stored channel messages among them (to remove after)."""
+        files = self.data_files()
+        logged = await self._dump_logged() if self.include_logged else None
+        if logged is not None:
+            files += sorted(logged.iterdir())
+        if not files:
+            _remove_dump(logged)
+            raise RetrainError(f"there are no exports in {self.data_dir} to train on; add one (an attachment "
+                               "to /retrain start, or a file in TRAIN_DATA_DIR)")
+        return files, logged
 
     def _tell(self, outcome: str) -> None:
         """Tell the outcome observers how a retrain ended; an observer's failure never fails the retrain."""
@@ -205,14 +245,14 @@ class Retrainer:
         except StoreError as e:
             log.warning("training run %s not recorded as %s: %s", run_id, status, e)
 
-    async def _train_check_swap(self, current, speaker: str, epochs: float | None, force: bool,
+    async def _train_check_swap(self, subject: _Subject, speaker: str, epochs: float | None, force: bool,
                                 files: list[Path], out: Path, on_progress) -> RetrainResult:
-        """Run the training child -> accept its artifact -> swap it in."""
+        """Run the training child -> accept its artifact -> swap it in (the bot's own, or the persona's)."""
         self.models_dir.mkdir(parents=True, exist_ok=True)
         exclusions = await self._write_exclusions(out)
         try:
-            code, stderr = await self._run_child(self._child_args(current, speaker, epochs, files, out, exclusions),
-                                                 on_progress)
+            code, stderr = await self._run_child(self._child_args(subject.info, speaker, epochs, files, out,
+                                                                  exclusions), on_progress)
         finally:
             if exclusions is not None:
                 exclusions.unlink(missing_ok=True)   # it lists private names; the child is done with it
@@ -223,24 +263,89 @@ class Retrainer:
         if code != 0:
             reason = _last_error(stderr) or f"the training process exited with code {code}"
             raise RetrainError(f"training failed: {reason}")
-        info = self._accept(current, out, force)
+        info = self._accept(subject.info, out, force)
         self.progress.phase = "loading the new model"
+        if subject.entry is None:
+            previous = await self._swap_own(out)
+        else:
+            previous = await self._swap_registered(subject.entry, out)
+        plot = out / "loss.png"
+        return RetrainResult(out, info.metrics, previous, plot if plot.is_file() else None,
+                             subject.entry.name if subject.entry is not None else None)
+
+    async def _swap_own(self, out: Path) -> Path:
+        """Serve `out` as the bot's own persona; the artifact it replaced."""
         try:
             previous = await self.engine.swap(out)
         except SwapError as e:
             raise RetrainRejected(f"the new model did not load: {e}") from e
         await self._remember_swap(out, previous.path)
-        plot = out / "loss.png"
-        return RetrainResult(out, info.metrics, previous.path, plot if plot.is_file() else None)
+        return previous.path
 
-    def _child_args(self, current, speaker: str, epochs: float | None, files: list[Path], out: Path,
+    async def _swap_registered(self, entry: PersonaEntry, out: Path) -> Path:
+        """Point the registered persona at `out` (loaded and checked first), keeping the artifact it served
+        for its rollback; the artifact it replaced."""
+        try:
+            return await self._repoint(entry, out)
+        except RetrainError as e:
+            raise RetrainRejected(str(e)) from e
+
+    async def _repoint(self, entry: PersonaEntry, new: Path) -> Path:
+        """Load `new` as `entry`'s persona (SwapError: nothing changes), then make the registry name it, keeping
+        the artifact it named as the one before; unload that one when nothing names it any more. The persona
+        is read again first: it may have been removed, or changed by another process, meanwhile."""
+        fresh = await self._fresh(entry)
+        try:
+            await self.engine.load_persona(PersonaRef(new, fresh.name, tuple(sorted(fresh.generation.items())),
+                                                      fresh.avatar_url))
+        except SwapError as e:
+            await self._forget_unnamed(new)
+            raise RetrainError(f"the model {new.name} of {fresh.name} did not load: {e}") from e
+        old = fresh.artifact_path
+        try:
+            moved = await self.store.set_persona_artifact(fresh.id, new, previous_path=old)
+        except StoreError as e:
+            moved = None
+            log.warning("persona %s not pointed at %s: %s", fresh.name, new, e)
+        if moved is None:
+            await self._forget_unnamed(new)
+            raise RetrainError(f"the persona {fresh.name} could not be pointed at the new model (removed "
+                               "meanwhile, or the database refused); nothing changed")
+        await self._forget_unnamed(old)
+        return old
+
+    async def _fresh(self, entry: PersonaEntry) -> PersonaEntry:
+        try:
+            fresh = await self.store.persona(entry.id)
+        except StoreError as e:
+            raise RetrainError(f"cannot read the persona {entry.name}: {e}") from e
+        if fresh is None:
+            raise RetrainError(f"the persona {entry.name} was removed meanwhile; nothing changed")
+        return fresh
+
+    async def _forget_unnamed(self, artifact: Path) -> None:
+        """Unload `artifact`'s loaded personas when no registered persona names it any more (the bot's own
+        persona is never in the pool, so it is untouched)."""
+        try:
+            if any(p.artifact_path == artifact for p in await self.store.personas()):
+                return
+            await self.engine.forget(artifact)
+        except Exception:    # memory is freed later by the pool's own budget; the swap itself is done
+            log.exception("could not unload %s", artifact)
+
+    def _child_args(self, current: PersonaInfo, speaker: str, epochs: float | None, files: list[Path], out: Path,
                     exclusions: Path | None) -> list[str]:
-        """The training child's command line: the current persona's base (or from-scratch preset) again."""
-        base = current.info.from_scratch
+        """The training child's command line: from the current artifact's base (or from-scratch preset) again;
+        a LoRA adapter again as an adapter on the same base."""
         # `--opt=value`: a value that starts with "-" (a speaker's name) is never read as an option.
         args = [self.python, "-m", "training", "--data", *map(str, files), f"--speaker={speaker}",
                 f"--out={out}", "--progress", "json", f"--stop-with-parent={os.getpid()}"]
-        args += ["--from-scratch", base] if base else [f"--base={current.info.base or 'gpt2'}"]
+        if current.is_adapter:
+            args += ["--lora", f"--base={current.base}"]
+        elif current.from_scratch:
+            args += ["--from-scratch", current.from_scratch]
+        else:
+            args += [f"--base={current.base or 'gpt2'}"]
         if epochs is not None:
             args += ["--epochs", str(epochs)]
         if exclusions is not None:
@@ -277,14 +382,14 @@ class Retrainer:
         self._proc = None
         return code, (await errors).decode("utf-8", "replace")
 
-    def _accept(self, current, out: Path, force: bool) -> PersonaInfo:
+    def _accept(self, current: PersonaInfo, out: Path, force: bool) -> PersonaInfo:
         """The new artifact's persona.json, if it may replace the current one: it reads, and its validation
         loss is not worse than the current one's by more than the margin (unless `force`)."""
         try:
             info = read_persona(out)
         except ArtifactError as e:
             raise RetrainRejected(f"the new model is not usable: {e}") from e
-        new_loss, old_loss = info.trained_val_loss, current.info.trained_val_loss
+        new_loss, old_loss = info.trained_val_loss, current.trained_val_loss
         if not force and _finite(new_loss) and _finite(old_loss) and new_loss > old_loss + self.loss_margin:
             raise RetrainRejected(f"the new model's validation loss {new_loss:.3f} is worse than the current "
                                   f"{old_loss:.3f} by more than {self.loss_margin}; kept the current one (use "
@@ -306,11 +411,14 @@ class Retrainer:
         self._proc.terminate()
         return True
 
-    async def rollback(self) -> tuple[Path, Path]:
-        """Swap back to the previous artifact; returns (now serving, set aside)."""
+    async def rollback(self, persona: PersonaEntry | None = None) -> tuple[Path, Path]:
+        """Swap `persona` (a registered one; None: the bot's own) back to the artifact it served before;
+        returns (now serving, set aside). Nothing changes when that artifact is gone or does not load."""
         if self._lock.locked():
             raise RetrainError("a retrain is running; cancel it or wait before rolling back")
         self._refuse_remote("roll back")
+        if persona is not None:
+            return await self._rollback_registered(persona)
         previous = await self.store.get_setting(PREVIOUS)
         if not previous:
             raise RetrainError("there is no previous model to roll back to")
@@ -323,6 +431,16 @@ class Retrainer:
         await self._remember_swap(Path(previous), replaced.path)
         return Path(previous), replaced.path
 
+    async def _rollback_registered(self, persona: PersonaEntry) -> tuple[Path, Path]:
+        async with self._lock:     # no retrain may start while the registry is repointed
+            fresh = await self._fresh(persona)
+            previous = fresh.previous_artifact_path
+            if previous is None:
+                raise RetrainError(f"the persona {fresh.name} has no previous model to roll back to")
+            if not previous.is_dir():
+                raise RetrainError(f"the previous model of {fresh.name}, {previous}, is gone; nothing was changed")
+            aside = await self._repoint(fresh, previous)
+            return previous, aside
 
 def remove_run_output(out: Path) -> None:
     """Remove what a run that did not finish left: its artifact folder, the trainer's `.partial` work
@@ -355,6 +473,12 @@ def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The bot's environment without its secrets, for the training child."""
     environ = dict(os.environ if environ is None else environ)
     return {k: v for k, v in environ.items() if not k.upper().startswith(CHILD_SECRET_PREFIXES)}
+
+
+def _remove_dump(folder: Path | None) -> None:
+    """Remove a folder of dumped channel messages (see `Retrainer._dump_logged`), if there is one."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _finite(value: Any) -> bool:
