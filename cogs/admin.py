@@ -1,5 +1,9 @@
 """Admin commands: /retrain start|cancel, /rollback (only in the jobs process, RUN_JOBS=true), /status (the
-persona, the backend and its health, this process's shards and their gateway latency)."""
+persona, the backend and its health, this process's shards and their gateway latency).
+
+/retrain start and /rollback act on the bot's configured persona, or with `persona:` on one registered persona
+as this server sees it (its own, or a global one; never another server's). Both stay the bot's owners': a
+retrain learns from TRAIN_DATA_DIR, the owners' data for every server, and runs on the bot's machine."""
 
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import personas
 from bot.discord_bot import PersonaBot, jobs_process_only, owners_only
-from bot.retrain import Retrainer, RetrainError
+from bot.personas import PersonaError
+from bot.retrain import RetrainError, Retrainer, RetrainResult
+from bot.store import PersonaEntry, StoreError
 from bot.tenancy import Authority
 from cogs.utils.live_message import LiveMessage
 from training.errors import DataError
@@ -65,20 +72,50 @@ class Admin(commands.Cog):
     retrain = app_commands.Group(name="retrain", description="Rebuild the persona from the exports",
                                  guild_only=True)
 
+    async def _persona_names(self, interaction: discord.Interaction,
+                             current: str) -> list[app_commands.Choice[str]]:
+        """Autocomplete: the personas this server sees whose names start with what was typed."""
+        try:
+            seen = await personas.listed(self.bot.store, interaction.guild_id)
+        except StoreError:
+            return []
+        typed = current.casefold()
+        return [app_commands.Choice(name=p.name, value=p.name) for p in seen
+                if p.name.casefold().startswith(typed)][:25]
+
+    async def _named_persona(self, interaction: discord.Interaction,
+                             name: str | None) -> tuple[bool, PersonaEntry | None]:
+        """(found, the persona `name` as this server sees it); (False, None) after telling the person there
+        is none here (another server's persona is never found); (True, None) when no name was given."""
+        if name is None:
+            return True, None
+        try:
+            return True, await personas.find(self.bot.store, interaction.guild_id, name)
+        except (PersonaError, StoreError) as e:
+            text = str(e)
+            await interaction.response.send_message(f"{text[:1].upper()}{text[1:]}.", ephemeral=True)
+            return False, None
+
     @retrain.command(name="start")
-    @app_commands.describe(speaker="whose voice to learn (default: the current persona's)",
+    @app_commands.describe(speaker="whose voice to learn (default: the persona's own)",
                            epochs="passes over the data (default: the trainer's)",
                            export="a chat export to add to the training data first",
-                           force="swap in the new model even if its validation loss is worse")
+                           force="swap in the new model even if its validation loss is worse",
+                           persona="a registered persona to rebuild (default: the bot's configured persona)")
+    @app_commands.autocomplete(persona=_persona_names)
     @jobs_process_only()
     @owners_only()
     async def retrain_start(self, interaction: discord.Interaction, speaker: str | None = None,
                             epochs: app_commands.Range[float, 0.1, 100.0] | None = None,
-                            export: discord.Attachment | None = None, force: bool = False) -> None:
+                            export: discord.Attachment | None = None, force: bool = False,
+                            persona: str | None = None) -> None:
         """Retrain the persona from the exports in TRAIN_DATA_DIR (the bot's owners only)."""
         if self.retrainer.running:
             await interaction.response.send_message("A retrain is already running; `/retrain cancel` stops it.",
                                                     ephemeral=True)
+            return
+        found, entry = await self._named_persona(interaction, persona)
+        if not found:
             return
         await interaction.response.defer(thinking=True)
         if export is not None:
@@ -101,17 +138,22 @@ class Admin(commands.Cog):
         try:
             result = await self.retrainer.run(speaker=speaker, epochs=epochs, force=force,
                                               requested_by=interaction.user.id, on_progress=show,
-                                              progress_message=live.ref)
+                                              progress_message=live.ref, persona=entry)
         except RetrainError as e:
             log.warning("retrain by %s ended without a swap: %s", interaction.user.id, e)
             await live.finish(f"Retrain stopped: {e}. The current model keeps serving.")
             return
-        base, trained = result.metrics.base, result.metrics.trained
-        summary = (f"Retrained and swapped in: **{self.bot.engine.persona.name}** from `{result.artifact.name}`. "
-                   f"Validation loss {_num(base.val_loss)} → {_num(trained.val_loss)} "
-                   f"(perplexity {_num(trained.val_perplexity)}). `/rollback` restores the previous one.")
         plot = discord.File(result.loss_plot, filename="loss.png") if result.loss_plot is not None else None
-        await live.finish(summary, file=plot)
+        await live.finish(self._retrained(result), file=plot)
+
+    def _retrained(self, result: RetrainResult) -> str:
+        """What a retrain that swapped says: whose model, its losses, and how to undo it."""
+        base, trained = result.metrics.base, result.metrics.trained
+        name = result.persona or self.bot.engine.persona.name
+        undo = f"`/rollback persona:{result.persona}`" if result.persona else "`/rollback`"
+        return (f"Retrained and swapped in: **{name}** from `{result.artifact.name}`. "
+                f"Validation loss {_num(base.val_loss)} → {_num(trained.val_loss)} "
+                f"(perplexity {_num(trained.val_perplexity)}). {undo} restores the previous one.")
 
     async def _store_export(self, export: discord.Attachment) -> str | None:
         """Save an attached export into TRAIN_DATA_DIR after checking it (in a worker thread: a big export
@@ -161,18 +203,24 @@ class Admin(commands.Cog):
                                                 ephemeral=True)
 
     @app_commands.command(name="rollback")
+    @app_commands.describe(persona="a registered persona to roll back (default: the bot's configured persona)")
+    @app_commands.autocomplete(persona=_persona_names)
     @app_commands.guild_only()
     @jobs_process_only()
     @owners_only()
-    async def rollback(self, interaction: discord.Interaction) -> None:
+    async def rollback(self, interaction: discord.Interaction, persona: str | None = None) -> None:
         """Go back to the model that served before the last swap (the bot's owners only)."""
+        found, entry = await self._named_persona(interaction, persona)
+        if not found:
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            now, aside = await self.retrainer.rollback()
+            now, aside = await self.retrainer.rollback(entry)
         except RetrainError as e:
             await interaction.edit_original_response(content=f"Rollback not done: {e}.")
             return
-        await interaction.edit_original_response(content=f"Rolled back: now serving `{now.name}` "
+        whose = f"**{entry.name}** now speaks with" if entry is not None else "now serving"
+        await interaction.edit_original_response(content=f"Rolled back: {whose} `{now.name}` "
                                                          f"(`{aside.name}` is kept as the previous one).")
 
     @app_commands.command(name="status")
