@@ -23,6 +23,7 @@ from bot.filters import DISCORD, TERMINAL, TWITTER, Target, has_link
 
 if TYPE_CHECKING:        # the engine (and torch) load only where posts are made, not where targets are read
     from bot.engine import Engine
+    from bot.persona import PersonaRef
 
 log = logging.getLogger("personabot.posting")
 
@@ -75,14 +76,16 @@ class Choice:
 
 
 async def pick_line(engine: Engine, target: Target, *, start: str = "", recent: Iterable[str] = (),
-                    candidates: int = 6, rounds: int = 3, seed: int | None = None) -> Choice:
-    """The first sampled line that passes every filter for `target`, or None with every reason."""
+                    candidates: int = 6, rounds: int = 3, seed: int | None = None,
+                    persona: PersonaRef | None = None) -> Choice:
+    """The first sampled line of `persona` (a registered one; None: the bot's own) that passes every filter
+    for `target`, or None with every reason."""
     from training.generation import attempt_seed   # here: targets and modes are read without torch loaded
 
     seen = {_key(t) for t in recent}
     rejected: list[str] = []
     for round_ in range(rounds):
-        lines = await engine.lines(candidates, start=start, target=TERMINAL,
+        lines = await engine.lines(candidates, start=start, target=TERMINAL, persona=persona,
                                    seed=attempt_seed(seed, round_, stride=candidates))
         for line in lines:
             reason = line.rejected or _post_problem(line.text, target, seen)

@@ -14,6 +14,10 @@ Nothing lost, nothing doubled:
   re-sent blindly;
 - after downtime, each schedule gets at most one catch-up post for its latest missed slot, and only within
   the grace period; APScheduler's own misfire handling coalesces the rest.
+
+Who writes a post: the registered persona the schedule names (`Schedule.persona_id`), else, in a Discord
+channel, the persona assigned there (`bot.personas.resolve`), else the bot's own. The line is sampled from that
+persona and sent as it (the Discord sender speaks under its name).
 """
 
 from __future__ import annotations
@@ -32,14 +36,19 @@ from bot.store import Schedule, Store, StoreError
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.engine import Engine
+    from bot.persona import PersonaRef
+    from bot.store import PersonaEntry
 
 log = logging.getLogger("personabot.schedule")
 
 # How a line is sent to one target: text -> the remote id of what was posted.
 Sender = Callable[[str], Awaitable[str]]
-# How a line is sent to a Discord channel: (channel id, text, the owning guild or None) -> remote id. The
-# Discord adapter registers one; it must refuse a channel outside the owning guild.
-ChannelSender = Callable[[int, str, "int | None"], Awaitable[str]]
+# How a line is sent to a Discord channel: (channel id, text, the owning guild or None, the registered persona
+# it is spoken as or None for the bot's own) -> remote id. The Discord adapter registers one; it must refuse a
+# channel outside the owning guild.
+ChannelSender = Callable[[int, str, "int | None", "PersonaRef | None"], Awaitable[str]]
+# The registered persona assigned at a Discord channel (None: none there), as the Discord adapter knows it.
+ChannelPersona = Callable[[int], Awaitable["PersonaEntry | None"]]
 # A post whose every line was a duplicate is skipped after this many lines.
 DUPLICATE_ATTEMPTS = 3
 # A slot missed longer ago than this (while the bot was down) is not caught up (POST_GRACE_MINUTES).
@@ -95,10 +104,14 @@ def check_cron(cron: str, timezone_name: str) -> None:
 
 class PostScheduler:
     def __init__(self, engine: Engine, store: Store, senders, *, grace_s: float = GRACE_MINUTES * 60,
-                 seed: int | None = None, follow_other_processes: bool = False) -> None:
+                 seed: int | None = None, follow_other_processes: bool = False,
+                 channel_persona: ChannelPersona | None = None) -> None:
         self.engine = engine
         self.store = store
-        self.senders = senders       # .get(target: PostTarget, guild_id=...) -> Sender | None
+        self.senders = senders       # .get(target: PostTarget, guild_id=..., persona=...) -> Sender | None
+        # Who is assigned at a Discord channel; without the adapter's, the store is asked with the schedule's
+        # guild (a global schedule then sees the channel's and the bot's assignments, not the guild's).
+        self.channel_persona = channel_persona
         self.grace_s = grace_s
         self.seed = seed             # a seeded scheduler samples the same lines each run (tests)
         self.scheduler = None
@@ -166,12 +179,14 @@ class PostScheduler:
 
     # -- managing schedules: the store and the jobs change together --------------------------------------
     async def add(self, name: str, *, cron: str, targets: Sequence[PostTarget], timezone_name: str = "UTC",
-                  mode: str = DEFAULT_MODE, guild_id: int | None = None) -> Schedule:
-        """Add a schedule and arm it. Raises `ScheduleError` for a line or zone it cannot use and
-        `StoreError` when the name is taken."""
+                  mode: str = DEFAULT_MODE, guild_id: int | None = None, persona_id: int | None = None) -> Schedule:
+        """Add a schedule and arm it; `persona_id` is the registered persona that writes its posts (None: the
+        one at each target). Raises `ScheduleError` for a line or zone it cannot use and `StoreError` when the
+        name is taken."""
         check_cron(cron, timezone_name)
         schedule_id = await self.store.add_schedule(name, cron=cron, targets=list(targets),
-                                                    timezone_name=timezone_name, mode=mode, guild_id=guild_id)
+                                                    timezone_name=timezone_name, mode=mode, guild_id=guild_id,
+                                                    persona_id=persona_id)
         await self._changed()
         return await self.store.schedule(schedule_id)
 
@@ -196,22 +211,26 @@ class PostScheduler:
         await self._changed()
         return done
 
-    def describe(self, schedule: Schedule) -> str:
-        """One line for /schedule list: the schedule, where it posts, and when it runs next."""
+    def describe(self, schedule: Schedule, persona_name: str | None = None) -> str:
+        """One line for /schedule list: the schedule, where it posts, who writes it (`persona_name`, the name
+        of the schedule's persona), and when it runs next."""
         nxt = self.next_runs().get(schedule.id)
         when = "paused" if schedule.paused else f"next {nxt:%Y-%m-%d %H:%M %Z}" if nxt else "not running"
         scope = " (global)" if schedule.guild_id is None else ""
         every = schedule.cron or f"{schedule.interval_s} s"
+        who = f"as **{persona_name}**" if persona_name else "as the persona where it posts"
         return (f"`{schedule.name}`{scope}: `{every}` ({schedule.timezone}) → "
-                f"{', '.join(map(str, schedule.targets))}, {schedule.mode}; {when}")
+                f"{', '.join(map(str, schedule.targets))}, {schedule.mode}, {who}; {when}")
 
     # -- posting ---------------------------------------------------------------------------------------
     async def post_now(self, targets: Sequence[PostTarget], mode: str = DEFAULT_MODE,
-                       guild_id: int | None = None) -> list[PostOutcome]:
+                       guild_id: int | None = None, persona_id: int | None = None) -> list[PostOutcome]:
         """One post to each target right away (/post now), recorded like scheduled ones, owned by `guild_id`
-        (None: global) and, for a guild, sent only to that guild's channels."""
+        (None: global) and, for a guild, sent only to that guild's channels; written by the registered persona
+        `persona_id` (None: the one at each target)."""
         slot = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        adhoc = Schedule(None, guild_id, "post now", None, None, "UTC", tuple(targets), mode, False, None, slot)
+        adhoc = Schedule(None, guild_id, "post now", None, None, "UTC", tuple(targets), mode, False, None, slot,
+                         persona_id)
         return [await self._post(adhoc, slot, target) for target in targets]
 
     def stop(self) -> None:
@@ -272,17 +291,48 @@ class PostScheduler:
             return PostOutcome(target, "not-claimed", error=str(e))
         if post_id is None:
             return PostOutcome(target, "already-claimed")
-        sender = self.senders.get(target, guild_id=schedule.guild_id)
+        try:
+            persona = await self.speaker(schedule, target)
+        except StoreError as e:   # never post as someone else than the one who should write it
+            error = f"cannot read who writes this post: {e}"
+            await self.store.update_post(post_id, "failed", error=error)
+            return PostOutcome(target, "failed", error=error)
+        sender = self._sender(target, schedule.guild_id, persona)
         if sender is None:
             await self.store.update_post(post_id, "failed", error=f"no such target here: {target}")
             return PostOutcome(target, "failed")
-        outcome = await self._send_a_line(schedule, post_id, target, sender)
+        outcome = await self._send_a_line(schedule, post_id, target, sender, persona)
         if outcome.status == "skipped":
             log.info("schedule %s, %s: slot skipped (%s)", schedule.name, target, outcome.error)
         return outcome
 
+    async def speaker(self, schedule: Schedule, target: PostTarget) -> PersonaRef | None:
+        """The registered persona that writes `schedule`'s post to `target`: the one it names, else (in a
+        Discord channel) the one assigned there; None: the bot's own. A named persona that was removed
+        (its id cleared by the store) falls back the same way."""
+        from bot.persona import PersonaRef     # here: settings read this module without torch loaded
+
+        entry = await self.store.persona(schedule.persona_id) if schedule.persona_id is not None else None
+        if entry is None and target.kind == "discord" and target.channel_id is not None:
+            entry = await self._channel_persona(target.channel_id, schedule.guild_id)
+        return PersonaRef.of(entry) if entry is not None else None
+
+    async def _channel_persona(self, channel_id: int, guild_id: int | None) -> PersonaEntry | None:
+        if self.channel_persona is not None:
+            return await self.channel_persona(channel_id)
+        from bot import personas
+
+        return await personas.resolve(self.store, channel_id, guild_id)
+
+    def _sender(self, target: PostTarget, guild_id: int | None, persona: PersonaRef | None) -> Sender | None:
+        """The sender for `target`, speaking as `persona`. Asked without `persona` when there is none, so that
+        senders written before personas (`get(target, guild_id=...)`) keep working."""
+        if persona is None:
+            return self.senders.get(target, guild_id=guild_id)
+        return self.senders.get(target, guild_id=guild_id, persona=persona)
+
     async def _send_a_line(self, schedule: Schedule, post_id: int, target: PostTarget,
-                           sender: Sender) -> PostOutcome:
+                           sender: Sender, persona: PersonaRef | None = None) -> PostOutcome:
         """Pick a line and send it; a line the target calls a duplicate is replaced by a new one (bounded).
         The line is recorded before it is sent, and every outcome is recorded."""
         from training.generation import attempt_seed   # here: settings read this module without torch loaded
@@ -291,7 +341,7 @@ class PostScheduler:
         start = MODES.get(schedule.mode, schedule.mode)
         rejected: list[str] = []
         for attempt in range(DUPLICATE_ATTEMPTS):
-            choice = await pick_line(self.engine, target.output, start=start, recent=recent,
+            choice = await pick_line(self.engine, target.output, start=start, recent=recent, persona=persona,
                                      seed=attempt_seed(self.seed, attempt, stride=1000))
             rejected += choice.rejected
             if choice.text is None:
@@ -330,27 +380,31 @@ class Senders:
         """Send Discord targets through `send` (the Discord adapter's, once it is connected)."""
         self.discord = send
 
-    def get(self, target: PostTarget, guild_id: int | None = None) -> Sender | None:
-        """How to send to `target`; for a guild's schedule (`guild_id`), Discord channels of that guild only
-        (the registered channel sender refuses the others)."""
+    def get(self, target: PostTarget, guild_id: int | None = None,
+            persona: PersonaRef | None = None) -> Sender | None:
+        """How to send to `target` as `persona` (None: the bot's own); for a guild's schedule (`guild_id`),
+        Discord channels of that guild only (the registered channel sender refuses the others). Twitter has
+        one account: a tweet is the same whoever wrote it."""
         if target.kind == "terminal":
-            return self._terminal("terminal")
+            return self._terminal("terminal", persona)
         if target.kind == "twitter":
-            return self._tweet if self.twitter is not None else self._terminal("terminal:no-twitter-credentials")
+            return self._tweet if self.twitter is not None else self._terminal("terminal:no-twitter-credentials",
+                                                                                persona)
         if target.kind == "discord" and target.channel_id is not None:
             if self.discord is None:
-                return self._terminal("terminal:no-discord-token")
+                return self._terminal("terminal:no-discord-token", persona)
             send, channel_id = self.discord, target.channel_id
 
             async def to_channel(text: str) -> str:
-                return await send(channel_id, text, guild_id)
+                return await send(channel_id, text, guild_id, persona)
 
             return to_channel
         return None
 
-    def _terminal(self, marker: str) -> Sender:
+    def _terminal(self, marker: str, persona: PersonaRef | None = None) -> Sender:
         async def send(text: str) -> str:
-            self.out.write(f"[post] {self.persona_name()}: {text}\n")
+            name = persona.name if persona is not None else self.persona_name()
+            self.out.write(f"[post] {name}: {text}\n")
             self.out.flush()
             return marker
 
@@ -363,12 +417,13 @@ class Senders:
 async def start_posting(engine: Engine, store: Store, settings: Settings, *,
                         discord_sender: ChannelSender | None = None, out: IO[str] | None = None,
                         outcome_observers: Sequence[Callable[[PostOutcome], None]] = (),
-                        run_schedules: bool = True) -> PostScheduler:
+                        run_schedules: bool = True, channel_persona: ChannelPersona | None = None) -> PostScheduler:
     """Seed the first schedule from POST_SCHEDULE (first start only), then start the scheduler. The Discord
     adapter passes its `discord_sender`; without one, Discord targets go to the terminal. `outcome_observers`
     are told every post's outcome, catch-up posts at start included (e.g. `Metrics.post_made`). With
     `run_schedules` false (a process with RUN_JOBS=false) nothing fires here: the scheduler manages the stored
-    schedules and posts now, and the jobs process re-arms what it changes."""
+    schedules and posts now, and the jobs process re-arms what it changes. `channel_persona` (the Discord
+    adapter's) says who is assigned at a channel; without it the store is asked (see `PostScheduler`)."""
     if run_schedules and settings.post_schedule and not await store.schedules():
         await store.add_schedule("default", cron=settings.post_schedule, targets=list(settings.post_targets),
                                  timezone_name=settings.post_timezone, mode=settings.post_mode)
@@ -379,7 +434,8 @@ async def start_posting(engine: Engine, store: Store, settings: Settings, *,
         senders.register_discord(discord_sender)
     # A process that runs every shard is the only one (each would otherwise answer every guild twice).
     scheduler = PostScheduler(engine, store, senders, grace_s=settings.post_grace_minutes * 60,
-                              follow_other_processes=settings.shard_ids is not None)
+                              follow_other_processes=settings.shard_ids is not None,
+                              channel_persona=channel_persona)
     scheduler.twitter = twitter
     scheduler.outcome_observers.extend(outcome_observers)
     if run_schedules:
