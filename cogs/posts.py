@@ -2,7 +2,10 @@
 
 A server's admins manage that server's schedules and post to its channels; Twitter, the terminal and
 schedules that belong to no server are the bot owners' (see `bot.tenancy`). The scheduler does the work
-(`bot.scheduler.PostScheduler`); this cog only translates Discord to its calls."""
+(`bot.scheduler.PostScheduler`); this cog only translates Discord to its calls.
+
+`persona:` names the registered persona that writes the posts, looked up as the schedule's owner sees it: a
+server's schedule may use that server's personas and global ones, a global schedule global ones only."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import personas
 from bot.discord_bot import PersonaBot, guild_admins_only
+from bot.personas import PersonaError
 from bot.posting import DEFAULT_MODE, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
 from bot.scheduler import PostScheduler, ScheduleError
 from bot.store import Schedule, StoreError
@@ -43,6 +48,20 @@ def _owner_of_new(targets: list[PostTarget], authority: Authority, bot: PersonaB
     return authority.owner_of_new(targets, bot.guild_of_channel)
 
 
+async def _persona_id(bot: PersonaBot, name: str | None, owner: int | None) -> int | None:
+    """The id of the persona `name` as a schedule or post owned by `owner` (a guild, or None: global) sees it;
+    None when no name is given. PersonaError when there is none that it may use."""
+    if name is None:
+        return None
+    try:
+        return (await personas.find(bot.store, owner, name)).id
+    except PersonaError as e:
+        if owner is None:     # the name may well be this server's persona: say why it is not seen
+            raise PersonaError(f"{e} among the global ones; a global schedule or post (to Twitter, the "
+                               "terminal, or beyond this server) may use only global personas") from e
+        raise
+
+
 class Posts(commands.Cog):
     """Persona lines posted on a schedule."""
 
@@ -62,11 +81,12 @@ class Posts(commands.Cog):
     @app_commands.describe(name="a name for it", cron="crontab line: minute hour day month weekday, e.g. 0 20 * * *",
                            targets=f"{POST_TARGET_HELP}, comma-separated",
                            timezone="time zone name, e.g. Europe/Berlin (default UTC)",
-                           mode=MODE_HELP)
+                           mode=MODE_HELP, persona="the registered persona that writes the posts (default: the "
+                                                   "one assigned where each post goes)")
     @app_commands.choices(mode=[app_commands.Choice(name=mode, value=mode) for mode in MODES])
     @guild_admins_only()
     async def schedule_add(self, interaction: discord.Interaction, name: str, cron: str, targets: str,
-                           timezone: str = "UTC", mode: str = DEFAULT_MODE) -> None:
+                           timezone: str = "UTC", mode: str = DEFAULT_MODE, persona: str | None = None) -> None:
         """Add a posting schedule."""
         authority = await self.bot.authority(interaction)
         parsed = _targets(targets, authority, self.bot)
@@ -75,10 +95,11 @@ class Posts(commands.Cog):
             return
         problem = parsed if isinstance(parsed, str) else None
         if problem is None:
+            owner = _owner_of_new(parsed, authority, self.bot)
             try:
                 await poster.add(name, cron=cron, targets=parsed, timezone_name=timezone, mode=mode,
-                                 guild_id=_owner_of_new(parsed, authority, self.bot))
-            except (ScheduleError, StoreError) as e:
+                                 guild_id=owner, persona_id=await _persona_id(self.bot, persona, owner))
+            except (ScheduleError, StoreError, PersonaError) as e:
                 problem = str(e)
         if problem:
             await interaction.response.send_message(f"Not added: {problem}.", ephemeral=True)
@@ -94,7 +115,9 @@ class Posts(commands.Cog):
         if poster is None:
             return
         schedules = await self.bot.store.schedules((await self.bot.authority(interaction)).scopes())
-        text = "\n".join(map(poster.describe, schedules)) or "No schedules yet: `/schedule add`."
+        names = {p.id: p.name for p in await self.bot.store.personas()}
+        text = ("\n".join(poster.describe(s, names.get(s.persona_id)) for s in schedules)
+                or "No schedules yet: `/schedule add`.")
         await interaction.response.send_message(text, ephemeral=True)
 
     @schedule.command(name="remove")
@@ -138,9 +161,11 @@ class Posts(commands.Cog):
 
     @post.command(name="now")
     @app_commands.describe(targets=f"{POST_TARGET_HELP} (default: POST_TARGETS for the bot's owners, this "
-                                   "channel for a server's admins)")
+                                   "channel for a server's admins)",
+                           persona="the registered persona that writes it (default: the one assigned there)")
     @guild_admins_only()
-    async def post_now(self, interaction: discord.Interaction, targets: str | None = None) -> None:
+    async def post_now(self, interaction: discord.Interaction, targets: str | None = None,
+                       persona: str | None = None) -> None:
         """Post a persona line right away."""
         authority = await self.bot.authority(interaction)
         if targets:
@@ -152,12 +177,18 @@ class Posts(commands.Cog):
         if isinstance(parsed, str):
             await interaction.response.send_message(f"Not posted: {parsed}.", ephemeral=True)
             return
+        owner = _owner_of_new(parsed, authority, self.bot)
+        try:
+            persona_id = await _persona_id(self.bot, persona, owner)
+        except PersonaError as e:
+            await interaction.response.send_message(f"Not posted: {e}.", ephemeral=True)
+            return
         poster = await self._poster(interaction)
         if poster is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        outcomes = await poster.post_now(parsed, mode=self.bot.settings.post_mode,
-                                         guild_id=_owner_of_new(parsed, authority, self.bot))
+        outcomes = await poster.post_now(parsed, mode=self.bot.settings.post_mode, guild_id=owner,
+                                         persona_id=persona_id)
         await interaction.edit_original_response(content="\n".join(o.describe() for o in outcomes))
 
 
