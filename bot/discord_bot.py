@@ -98,7 +98,8 @@ class PersonaBot(commands.AutoShardedBot):
             self.poster = await start_posting(self.engine, self.store, self.settings,
                                               discord_sender=self.send_post,
                                               outcome_observers=[self.metrics.post_made],
-                                              run_schedules=self.settings.run_jobs)
+                                              run_schedules=self.settings.run_jobs,
+                                              channel_persona=self.persona_of_channel)
         await self._announce_interrupted_runs()
 
     async def _record_jobs_process(self) -> None:
@@ -209,6 +210,19 @@ class PersonaBot(commands.AutoShardedBot):
 
         guild = getattr(channel, "guild", None)
         return await personas.resolve(self.store, assignment_place(channel), guild.id if guild else None)
+
+    async def persona_of_channel(self, channel_id: int) -> PersonaEntry | None:
+        """`persona_at` for a channel known by its id (where a scheduled post goes): its server and, for a
+        thread, its parent channel come from Discord, so that a global schedule sees a server's assignment."""
+        channel = self.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await self.fetch_channel(channel_id)
+            except discord.HTTPException:
+                from bot import personas
+
+                return await personas.resolve(self.store, channel_id, None)
+        return await self.persona_at(channel)
 
     def guild_of_channel(self, channel_id: int) -> int | None:
         """The guild a channel (or thread) belongs to, when the bot knows it."""

@@ -349,3 +349,10 @@ async def test_schedules_and_posts_name_their_persona_in_discord(world, guild_b,
     here = await admin.slash(general, "post now", targets=f"discord:{general.id}")
     assert here.response.content.startswith(f"discord:{general.id}: posted")
     assert general.last_message.author.name == "Robin" and general.last_message.webhook_id is not None
+    # A global schedule sees a server's assignment where it posts (the Discord adapter looks the channel up).
+    await personas.assign(store, personas.operator(env.guild.id), "Robin", "guild")
+    everywhere = await store.add_schedule("global", cron="0 21 * * *", targets=[f"discord:{other.id}"])
+    before = other.last_message.id
+    [outcome] = await env.bot.poster.fire(everywhere, datetime.now(timezone.utc))
+    assert outcome.status == "posted" and other.last_message.id != before
+    assert other.last_message.author.name == "Robin" and other.last_message.webhook_id is not None
