@@ -176,6 +176,7 @@ class SharedBase:
         except TrainingError as e:
             raise ArtifactError(f"cannot load the base model {base!r} that LoRA personas name: {first_line(e)}") from e
         model.eval()
+        _own_memory(model)
         if backend == "torch-int8":
             conv1d_to_linear(model)     # the int8 layers are nn.Linear; the adapters then wrap Linear layers
             fuse_gelu(model)
@@ -265,6 +266,16 @@ class SharedBase:
         with self.lock:
             return decode(self.model, self.tokenizer, prompts, settings, seeds=seeds, cancelled=cancelled,
                           adapters=adapters)
+
+
+def _own_memory(model) -> None:
+    """Copy the weights of a model just loaded out of its weights file. Loading maps the file, and a tensor
+    left a view of it keeps the whole float file resident beside the int8 layers made from it (measured: 477 MB
+    of file pages for GPT-2 small's 269 MB of int8 weights). A model quantised by copying, as a lone persona's
+    is (`quantize_int8`), lets go of the file by itself."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
 
 
 class _Int8Wrapped(torch.nn.Module):
