@@ -176,7 +176,6 @@ class SharedBase:
         except TrainingError as e:
             raise ArtifactError(f"cannot load the base model {base!r} that LoRA personas name: {first_line(e)}") from e
         model.eval()
-        _own_memory(model)
         if backend == "torch-int8":
             conv1d_to_linear(model)     # the int8 layers are nn.Linear; the adapters then wrap Linear layers
             fuse_gelu(model)
@@ -246,7 +245,10 @@ class SharedBase:
                 if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # torch.ao's eager quantisation is what ships with torch
-            torch.ao.quantization.quantize_dynamic(self.model, spec, dtype=torch.qint8, inplace=True)
+            # A quantised copy, not in place: the model as loaded goes whole, and with it the weights file it
+            # maps (in place, tensors left views of that file kept the whole float file resident beside the
+            # int8 layers: 477 MB of file pages for GPT-2 small's 269 MB of int8 weights).
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, spec, dtype=torch.qint8)
         for module in self.model.modules():
             base = getattr(module, "base_layer", None)
             if base is not None and not isinstance(base, (torch.nn.Linear, _Int8Wrapped)):
@@ -266,16 +268,6 @@ class SharedBase:
         with self.lock:
             return decode(self.model, self.tokenizer, prompts, settings, seeds=seeds, cancelled=cancelled,
                           adapters=adapters)
-
-
-def _own_memory(model) -> None:
-    """Copy the weights of a model just loaded out of its weights file. Loading maps the file, and a tensor
-    left a view of it keeps the whole float file resident beside the int8 layers made from it (measured: 477 MB
-    of file pages for GPT-2 small's 269 MB of int8 weights). A model quantised by copying, as a lone persona's
-    is (`quantize_int8`), lets go of the file by itself."""
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
 
 
 class _Int8Wrapped(torch.nn.Module):
@@ -344,6 +336,10 @@ class SharedBases:
             tokenizer = AutoTokenizer.from_pretrained(info.path)
         except (OSError, ValueError) as e:
             raise ArtifactError(f"cannot load the tokenizer of {info.path}: {e}") from e
+        if tokenizer.get_vocab() == shared.tokenizer.get_vocab() and tokenizer.eos_token_id == shared.tokenizer.eos_token_id:
+            # The base's own, as adapters save it: one copy for every persona on the base (a tokenizer of
+            # GPT-2's size takes tens of megabytes).
+            tokenizer = shared.tokenizer
         try:
             adapter, size = shared.add(info)
         except ArtifactError:

@@ -63,6 +63,7 @@ def test_lora_personas_of_one_base_share_it_and_answer_in_one_batch_as_each_alon
         for persona_ref in refs:   # load them first, so that the three requests arrive in one window
             await engine.load_persona(persona_ref)
         shared = [engine.pool._loaded[r.key].persona.backend for r in refs]
+        tokenizers = {id(engine.pool._loaded[r.key].persona.tokenizer) for r in refs}
         original = shared[0].shared.generate
         shared[0].shared.generate = lambda *a, **k: passes.append(k["adapters"]) or original(*a, **k)
         try:
@@ -70,11 +71,12 @@ def test_lora_personas_of_one_base_share_it_and_answer_in_one_batch_as_each_alon
                                                           overrides={"top_k": 1}) for r in refs))
         finally:
             await engine.close()
-        return replies, shared, passes, engine.pool.bases
+        return replies, shared, passes, tokenizers
 
-    replies, backends, passes, bases = asyncio.run(main())
+    replies, backends, passes, tokenizers = asyncio.run(main())
     assert all(isinstance(b, AdapterBackend) for b in backends)
     assert len({id(b.shared) for b in backends}) == 1                 # one base for the three
+    assert tokenizers == {id(backends[0].shared.tokenizer)}          # and its one tokenizer
     assert len(set(passes[0])) == 3                  # one pass, three adapters in it (then resampled empties)
     assert [r.persona for r in replies] == [r.name for r in refs]
     # Each persona's own words, not another's and not the base's: as each says alone (empty alone: the
