@@ -20,15 +20,10 @@ from test_discord import engine, guild_b, settings, simcord_bot, store, world  #
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def carol_adapter(tmp_path_factory: pytest.TempPathFactory, alice_artifact: Path, persona_chat: Path) -> Path:
-    """A LoRA adapter persona (Carol) on Alice's model as its base, trained for a few seconds."""
-    from training.trainer import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("carol-lora") / "carol"
-    train(TrainConfig(data=[str(persona_chat)], speaker="carol", out=out, base=str(alice_artifact), lora=True,
-                      max_steps=20, epochs=100, batch_size=4, lr=3e-3, threads=1, samples=0))
-    return out
+@pytest.fixture
+def carol_adapter(lora_personas: dict[str, Path]) -> Path:
+    """A LoRA adapter persona (Carol) on Alice's model as its base."""
+    return lora_personas["carol"]
 
 
 @pytest.fixture

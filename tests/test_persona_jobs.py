@@ -39,15 +39,10 @@ OWNER = personas.operator()
 VARIED = {"top_k": 50}
 
 
-@pytest.fixture(scope="module")
-def dana_adapter(tmp_path_factory: pytest.TempPathFactory, alice_artifact: Path, persona_chat: Path) -> Path:
-    """A LoRA adapter persona (Dana, learning Carol's voice) on Alice's model as its base, trained briefly."""
-    from training.trainer import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("dana-lora") / "dana"
-    train(TrainConfig(data=[str(persona_chat)], speaker="carol", out=out, base=str(alice_artifact), lora=True,
-                      max_steps=20, epochs=100, batch_size=4, lr=3e-3, threads=1, samples=0))
-    return out
+@pytest.fixture
+def dana_adapter(lora_personas: dict[str, Path]) -> Path:
+    """A LoRA adapter persona (Dana, learning Carol's voice) on Alice's model as its base."""
+    return lora_personas["carol"]
 
 
 async def _open(alice_artifact: Path, tmp_path: Path, data_dir: Path):
