@@ -144,3 +144,6 @@ class PersonaPool:
         backend = persona.backend
         if isinstance(backend, AdapterBackend) and self.bases is not None:
             self.bases.release(backend)
+        close = getattr(backend, "close", None)
+        if close is not None:    # a served persona's share of the server connection (bot.remote)
+            close()

@@ -444,7 +444,7 @@ class FakeVLLM:
 
 
 @pytest.fixture(scope="module")
-def lora_personas(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[Path, Path, Path]:
+def served_adapters(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[Path, Path, Path]:
     """Three LoRA adapter artifacts on `tiny_base`: alice-lora trained through `personabot train --lora` (as in
     test_lora_artifact.py), bob-lora and carol-lora copies of it under other directory names."""
     import shutil
@@ -472,13 +472,13 @@ def _say(backend, tokenizer, seeds: list[int]) -> list[str]:
     return [tokenizer.decode(ids).strip() for ids in replies]
 
 
-def test_two_lora_personas_are_served_by_their_own_modules_over_one_connection(lora_personas, tiny_base):
+def test_two_lora_personas_are_served_by_their_own_modules_over_one_connection(served_adapters, tiny_base):
     from concurrent.futures import ThreadPoolExecutor
 
     from bot.backends import load_backend
     from training.artifact import read_persona
 
-    alice, bob, _ = lora_personas
+    alice, bob, _ = served_adapters
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     # Module names unlike the directories' names: matched by root, alice's here, bob's on "another machine".
     server = FakeVLLM(str(tiny_base), {"alice": str(alice), "bob": f"/srv/personas/{bob.name}/"}, tokenizer)
@@ -509,11 +509,11 @@ def test_two_lora_personas_are_served_by_their_own_modules_over_one_connection(l
         server.close()
 
 
-def test_a_lora_persona_without_a_module_names_the_lora_modules_argument_to_add(lora_personas, tiny_base):
+def test_a_lora_persona_without_a_module_names_the_lora_modules_argument_to_add(served_adapters, tiny_base):
     from bot.backends import load_backend
     from training.artifact import read_persona
 
-    alice, bob, carol = lora_personas
+    alice, bob, carol = served_adapters
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     server = FakeVLLM(str(tiny_base), {"alice": str(alice), "bob": str(bob)}, tokenizer)
     try:
@@ -536,12 +536,12 @@ def test_a_lora_persona_without_a_module_names_the_lora_modules_argument_to_add(
         server.close()
 
 
-def test_a_whole_model_persona_picks_the_base_beside_the_servers_lora_modules(lora_personas, alice_artifact,
+def test_a_whole_model_persona_picks_the_base_beside_the_servers_lora_modules(served_adapters, alice_artifact,
                                                                               alice_tokenizer):
     from bot.backends import load_backend
     from training.artifact import read_persona
 
-    alice_lora, bob_lora, _ = lora_personas
+    alice_lora, bob_lora, _ = served_adapters
     # The whole-model persona is the served base here; the modules' tokenizer is the base's.
     server = FakeVLLM(str(alice_artifact), {"alice-lora": str(alice_lora), "bob-lora": str(bob_lora)},
                       alice_tokenizer)
@@ -551,5 +551,39 @@ def test_a_whole_model_persona_picks_the_base_beside_the_servers_lora_modules(lo
         assert _say(backend, tokenizer, [1]) == [f"hi from {alice_artifact}"]
         assert server.models_asked("/v1/completions") == [str(alice_artifact)]
         backend.close()
+    finally:
+        server.close()
+
+
+def test_the_engine_serves_a_registered_lora_persona_by_its_module_and_lets_go_when_it_unloads(served_adapters,
+                                                                                                tiny_base):
+    """The bot's persona and a registered one, both adapters on one served base: each reply asks for its own
+    module, and unloading the registered persona gives back its share of the one connection (the bot's own
+    keeps it open)."""
+    from bot.persona import PersonaRef
+
+    alice, bob, _ = served_adapters
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    server = FakeVLLM(str(tiny_base), {"alice": str(alice), "bob": str(bob)}, tokenizer)
+
+    async def main():
+        engine = Engine.load(alice, backend="openai", remote=RemoteConfig(server.url, api_key=KEY)).start()
+        try:
+            ref = PersonaRef(bob, "Bob")
+            own, theirs = await asyncio.gather(engine.reply(TURNS, target=DISCORD),
+                                               engine.reply(TURNS, target=DISCORD, persona=ref))
+            served = (await engine.load_persona(ref)).backend
+            assert await engine.forget(bob) == 1
+            return own, theirs, served, engine.persona.backend
+        finally:
+            await engine.close()
+
+    try:
+        own, theirs, served, own_backend = asyncio.run(main())
+        assert (own.text, theirs.text, theirs.persona) == ("hi from alice", "hi from bob", "Bob")
+        # Bob's module twice: the check that a persona generates when it is loaded, then the reply.
+        assert sorted(server.models_asked("/v1/completions")) == ["alice", "bob", "bob"]
+        assert served.connection is own_backend.connection
+        assert served._closed and not own_backend.connection.closed
     finally:
         server.close()
