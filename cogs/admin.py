@@ -236,6 +236,7 @@ class Admin(commands.Cog):
             f"{': ' + health if health else ''})",
             f"validation loss {_num(trained.val_loss)} · perplexity {_num(trained.val_perplexity)}",
             f"up {format_duration(time.time() - self.bot.started)} · queue {self.bot.engine.queue_depth}",
+            self._personas_line(),
             self._shard_line(),
             f"training: {training}",
         ]
@@ -245,6 +246,13 @@ class Admin(commands.Cog):
         if authority.scopes():
             lines += await self._posting_lines(authority)
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    def _personas_line(self) -> str:
+        """How many registered personas are loaded and their memory against the budget (no names: which
+        personas a server has is that server's business)."""
+        pool = self.bot.engine.pool
+        return (f"registered personas loaded: {len(pool.loaded())} · {pool.memory_bytes / 2**20:.0f} of "
+                f"{self.bot.settings.persona_memory_mb:.0f} MB (PERSONA_MEMORY_MB)")
 
     def _shard_line(self) -> str:
         """The shards this process runs, of how many, each with its gateway latency; and whether it runs

@@ -94,6 +94,9 @@ async def test_personas_speak_in_their_channels_and_servers_under_their_own_name
     await bob.send(quiet, f"{me.mention} hello")
     assert quiet.last_message.author.id == me.id and quiet.last_message.webhook_id is None
     assert not quiet.last_message.content.startswith("**")
+    # /status counts the registered personas loaded (Alice, Bob and Carol answered), naming none of them.
+    status = (await bob.slash(general, "status")).response.content
+    assert "registered personas loaded: 3 · " in status and "of 2048 MB" in status and "Carol" not in status
 
 
 async def test_without_manage_webhooks_the_bot_speaks_for_the_persona_with_its_name_in_bold(world, models):
