@@ -17,13 +17,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import personas
 from bot.discord_bot import PersonaBot, jobs_process_only, owners_only
-from bot.personas import PersonaError
 from bot.retrain import RetrainError, Retrainer, RetrainResult
-from bot.store import PersonaEntry, StoreError
+from bot.store import PersonaEntry
 from bot.tenancy import Authority
 from cogs.utils.live_message import LiveMessage
+from cogs.utils.personas import find_or_say, persona_names
 from training.errors import DataError
 from training.progress import ProgressState, format_duration
 
@@ -72,29 +71,14 @@ class Admin(commands.Cog):
     retrain = app_commands.Group(name="retrain", description="Rebuild the persona from the exports",
                                  guild_only=True)
 
-    async def _persona_names(self, interaction: discord.Interaction,
-                             current: str) -> list[app_commands.Choice[str]]:
-        """Autocomplete: the personas this server sees whose names start with what was typed."""
-        try:
-            seen = await personas.listed(self.bot.store, interaction.guild_id)
-        except StoreError:
-            return []
-        typed = current.casefold()
-        return [app_commands.Choice(name=p.name, value=p.name) for p in seen
-                if p.name.casefold().startswith(typed)][:25]
-
     async def _named_persona(self, interaction: discord.Interaction,
                              name: str | None) -> tuple[bool, PersonaEntry | None]:
         """(found, the persona `name` as this server sees it); (False, None) after telling the person there
-        is none here (another server's persona is never found); (True, None) when no name was given."""
+        is none here; (True, None) when no name was given."""
         if name is None:
             return True, None
-        try:
-            return True, await personas.find(self.bot.store, interaction.guild_id, name)
-        except (PersonaError, StoreError) as e:
-            text = str(e)
-            await interaction.response.send_message(f"{text[:1].upper()}{text[1:]}.", ephemeral=True)
-            return False, None
+        entry = await find_or_say(interaction, name)
+        return entry is not None, entry
 
     @retrain.command(name="start")
     @app_commands.describe(speaker="whose voice to learn (default: the persona's own)",
@@ -102,7 +86,7 @@ class Admin(commands.Cog):
                            export="a chat export to add to the training data first",
                            force="swap in the new model even if its validation loss is worse",
                            persona="a registered persona to rebuild (default: the bot's configured persona)")
-    @app_commands.autocomplete(persona=_persona_names)
+    @app_commands.autocomplete(persona=persona_names)
     @jobs_process_only()
     @owners_only()
     async def retrain_start(self, interaction: discord.Interaction, speaker: str | None = None,
@@ -204,7 +188,7 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="rollback")
     @app_commands.describe(persona="a registered persona to roll back (default: the bot's configured persona)")
-    @app_commands.autocomplete(persona=_persona_names)
+    @app_commands.autocomplete(persona=persona_names)
     @app_commands.guild_only()
     @jobs_process_only()
     @owners_only()

@@ -22,6 +22,7 @@ from bot.engine import SwapError
 from bot.persona import PersonaRef
 from bot.personas import PersonaError
 from bot.store import PersonaEntry, StoreError
+from cogs.utils.personas import find_or_say, persona_names
 
 log = logging.getLogger("personabot.personas")
 
@@ -70,16 +71,6 @@ class Personas(commands.Cog):
             return None, "no assignment: the bot's configured persona"
         return found.persona, SCOPE_WORDS.get(found.scope, found.scope)
 
-    async def _names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        """Autocomplete: the names of the personas seen here that start with what was typed."""
-        try:
-            seen = await personas.listed(self.bot.store, interaction.guild_id)
-        except StoreError:
-            return []
-        typed = current.casefold()
-        return [app_commands.Choice(name=p.name, value=p.name) for p in seen
-                if p.name.casefold().startswith(typed)][:25]
-
     @persona.command(name="list")
     async def persona_list(self, interaction: discord.Interaction) -> None:
         """The personas of this server (its own and global ones), and which one speaks in this channel."""
@@ -95,7 +86,7 @@ class Personas(commands.Cog):
 
     @persona.command(name="info")
     @app_commands.describe(name="a persona's name (default: the one speaking here)")
-    @app_commands.autocomplete(name=_names)
+    @app_commands.autocomplete(name=persona_names)
     async def persona_info(self, interaction: discord.Interaction, name: str | None = None) -> None:
         """Who a persona is: its owner, its artifact, how well it learnt, how it samples."""
         from training.artifact import ArtifactError, read_persona
@@ -103,7 +94,7 @@ class Personas(commands.Cog):
         if name is None:
             entry, why = await self._speaking_here(interaction)
         else:
-            entry, why = await self._found(interaction, name), ""
+            entry, why = await find_or_say(interaction, name), ""
             if entry is None:
                 return
         models_dir = self.bot.settings.models_dir
@@ -133,7 +124,7 @@ class Personas(commands.Cog):
     @persona.command(name="use")
     @app_commands.describe(name="the persona's name", scope="where it speaks")
     @app_commands.choices(scope=SCOPE_CHOICES)
-    @app_commands.autocomplete(name=_names)
+    @app_commands.autocomplete(name=persona_names)
     @guild_admins_only()
     async def persona_use(self, interaction: discord.Interaction, name: str,
                           scope: str = "channel") -> None:
@@ -213,7 +204,7 @@ class Personas(commands.Cog):
     @persona.command(name="remove")
     @app_commands.describe(name="the persona's name", everywhere="owners: the global persona of that name")
     @app_commands.rename(everywhere="global")
-    @app_commands.autocomplete(name=_names)
+    @app_commands.autocomplete(name=persona_names)
     @guild_admins_only()
     async def persona_remove(self, interaction: discord.Interaction, name: str, everywhere: bool = False) -> None:
         """Remove one of this server's personas (and where it was assigned)."""
@@ -231,15 +222,6 @@ class Personas(commands.Cog):
             f"Removed **{name}**" + (f" and its {dropped} assignment(s)." if dropped else "."), ephemeral=True)
         if gone is not None:
             await self._unload_if_unused(gone.artifact_path)
-
-    async def _found(self, interaction: discord.Interaction, name: str) -> PersonaEntry | None:
-        """The persona `name` as this server sees it, or None after saying there is none."""
-        try:
-            return await personas.find(self.bot.store, interaction.guild_id, name)
-        except PersonaError as e:
-            text = str(e)
-            await interaction.response.send_message(f"{text[:1].upper()}{text[1:]}.", ephemeral=True)
-            return None
 
     async def _unload_if_unused(self, artifact: Path) -> None:
         """Free the memory of an artifact that no persona names any more (after the answer: it may take a

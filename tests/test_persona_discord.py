@@ -212,6 +212,11 @@ async def test_persona_list_and_info_show_who_speaks_where_and_what_they_are(wor
     await ok(mallory, b_general, "persona add", name="Carol", directory="carol")
     await ok(admin, general, "persona use", name="Bob", scope="guild")
     await ok(admin, general, "persona use", name="Alice", scope="channel")
+    # Names offered as they are typed: this server's and global ones, never another server's (Carol is B's).
+    offered = [c["value"] for c in await admin.autocomplete(general, "persona info", "name", "")]
+    assert sorted(offered) == ["Alice", "Bob"]
+    assert [c["value"] for c in await admin.autocomplete(general, "rollback", "persona", "b")] == ["Bob"]
+    assert [c["value"] for c in await mallory.autocomplete(b_general, "persona use", "name", "")] == ["Bob", "Carol"]
 
     here = await ok(bob, general, "persona list")
     assert "• **Alice** (this server) ← speaks here (channel assignment)" in here
