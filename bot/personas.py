@@ -16,13 +16,19 @@ Who someone is comes from bot/tenancy.py's `Authority`; the rows live in bot/sto
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bot.store import Assignment, PersonaEntry, Store, StoreError
 from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
+
+if TYPE_CHECKING:      # the engine loads torch; the registry's rules are read without it
+    from bot.engine import Engine
+
+log = logging.getLogger("personabot.personas")
 
 Scope = Literal["bot", "guild", "channel"]
 SCOPES: tuple[Scope, ...] = ("channel", "guild", "bot")    # nearest first
@@ -203,12 +209,29 @@ def nearest(assignments: list[Assignment], channel_id: int | None, guild_id: int
     return None
 
 
+async def assignment_at(store: Store, channel_id: int | None, guild_id: int | None) -> Assignment | None:
+    """The assignment that decides who speaks in `channel_id` of `guild_id` (None in a DM); None when none
+    does (the bot's configured persona speaks)."""
+    places = [("channel", channel_id)] * (channel_id is not None) + [("guild", guild_id)] * (guild_id is not None)
+    return nearest(await store.assignments(bot=True, places=places), channel_id, guild_id)
+
+
 async def resolve(store: Store, channel_id: int | None, guild_id: int | None) -> PersonaEntry | None:
     """The persona that speaks in `channel_id` of `guild_id` (None in a DM): the nearest assignment's, or
     None meaning the bot's configured persona (PERSONA_MODEL)."""
-    places = [("channel", channel_id)] * (channel_id is not None) + [("guild", guild_id)] * (guild_id is not None)
-    found = nearest(await store.assignments(bot=True, places=places), channel_id, guild_id)
+    found = await assignment_at(store, channel_id, guild_id)
     return found.persona if found else None
+
+
+async def unload_if_unnamed(store: Store, engine: Engine, artifact: Path) -> None:
+    """Unload `artifact`'s loaded personas from `engine` when no registered persona names it any more (after
+    a removal, a retrain or a rollback). Never raises: the pool's own budget frees the memory later anyway."""
+    try:
+        if any(p.artifact_path == artifact for p in await store.personas()):
+            return
+        await engine.forget(artifact)
+    except Exception:
+        log.exception("could not unload %s, which no persona names any more", artifact)
 
 
 def operator(guild_id: int | None = None) -> Authority:

@@ -19,13 +19,14 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bot.engine import Engine, SwapError
 from bot.persona import PersonaRef
+from bot.personas import unload_if_unnamed
 from bot.store import PersonaEntry, Store, StoreError
 from training.artifact import ArtifactError, Metrics, PersonaInfo, read_persona
 from training.formats.data_dump import DumpRow, write_dump
@@ -296,10 +297,9 @@ class Retrainer:
         is read again first: it may have been removed, or changed by another process, meanwhile."""
         fresh = await self._fresh(entry)
         try:
-            await self.engine.load_persona(PersonaRef(new, fresh.name, tuple(sorted(fresh.generation.items())),
-                                                      fresh.avatar_url))
+            await self.engine.load_persona(replace(PersonaRef.of(fresh), artifact=new))
         except SwapError as e:
-            await self._forget_unnamed(new)
+            await unload_if_unnamed(self.store, self.engine, new)
             raise RetrainError(f"the model {new.name} of {fresh.name} did not load: {e}") from e
         old = fresh.artifact_path
         try:
@@ -308,10 +308,10 @@ class Retrainer:
             moved = None
             log.warning("persona %s not pointed at %s: %s", fresh.name, new, e)
         if moved is None:
-            await self._forget_unnamed(new)
+            await unload_if_unnamed(self.store, self.engine, new)
             raise RetrainError(f"the persona {fresh.name} could not be pointed at the new model (removed "
                                "meanwhile, or the database refused); nothing changed")
-        await self._forget_unnamed(old)
+        await unload_if_unnamed(self.store, self.engine, old)
         return old
 
     async def _fresh(self, entry: PersonaEntry) -> PersonaEntry:
@@ -322,16 +322,6 @@ class Retrainer:
         if fresh is None:
             raise RetrainError(f"the persona {entry.name} was removed meanwhile; nothing changed")
         return fresh
-
-    async def _forget_unnamed(self, artifact: Path) -> None:
-        """Unload `artifact`'s loaded personas when no registered persona names it any more (the bot's own
-        persona is never in the pool, so it is untouched)."""
-        try:
-            if any(p.artifact_path == artifact for p in await self.store.personas()):
-                return
-            await self.engine.forget(artifact)
-        except Exception:    # memory is freed later by the pool's own budget; the swap itself is done
-            log.exception("could not unload %s", artifact)
 
     def _child_args(self, current: PersonaInfo, speaker: str, epochs: float | None, files: list[Path], out: Path,
                     exclusions: Path | None) -> list[str]:
@@ -441,6 +431,7 @@ class Retrainer:
                 raise RetrainError(f"the previous model of {fresh.name}, {previous}, is gone; nothing was changed")
             aside = await self._repoint(fresh, previous)
             return previous, aside
+
 
 def remove_run_output(out: Path) -> None:
     """Remove what a run that did not finish left: its artifact folder, the trainer's `.partial` work

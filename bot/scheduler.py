@@ -297,7 +297,7 @@ class PostScheduler:
             error = f"cannot read who writes this post: {e}"
             await self.store.update_post(post_id, "failed", error=error)
             return PostOutcome(target, "failed", error=error)
-        sender = self._sender(target, schedule.guild_id, persona)
+        sender = self.senders.get(target, guild_id=schedule.guild_id, persona=persona)
         if sender is None:
             await self.store.update_post(post_id, "failed", error=f"no such target here: {target}")
             return PostOutcome(target, "failed")
@@ -323,13 +323,6 @@ class PostScheduler:
         from bot import personas
 
         return await personas.resolve(self.store, channel_id, guild_id)
-
-    def _sender(self, target: PostTarget, guild_id: int | None, persona: PersonaRef | None) -> Sender | None:
-        """The sender for `target`, speaking as `persona`. Asked without `persona` when there is none, so that
-        senders written before personas (`get(target, guild_id=...)`) keep working."""
-        if persona is None:
-            return self.senders.get(target, guild_id=guild_id)
-        return self.senders.get(target, guild_id=guild_id, persona=persona)
 
     async def _send_a_line(self, schedule: Schedule, post_id: int, target: PostTarget,
                            sender: Sender, persona: PersonaRef | None = None) -> PostOutcome:

@@ -64,9 +64,8 @@ class Personas(commands.Cog):
 
     async def _speaking_here(self, interaction: discord.Interaction) -> tuple[PersonaEntry | None, str]:
         """The persona that speaks where `interaction` was used, and why (which assignment, or none)."""
-        place, guild_id = assignment_place(interaction.channel), interaction.guild_id
-        places = [("channel", place)] * (place is not None) + [("guild", guild_id)] * (guild_id is not None)
-        found = personas.nearest(await self.bot.store.assignments(bot=True, places=places), place, guild_id)
+        found = await personas.assignment_at(self.bot.store, assignment_place(interaction.channel),
+                                             interaction.guild_id)
         if found is None:
             return None, "no assignment: the bot's configured persona"
         return found.persona, SCOPE_WORDS.get(found.scope, found.scope)
@@ -221,17 +220,7 @@ class Personas(commands.Cog):
         await interaction.response.send_message(
             f"Removed **{name}**" + (f" and its {dropped} assignment(s)." if dropped else "."), ephemeral=True)
         if gone is not None:
-            await self._unload_if_unused(gone.artifact_path)
-
-    async def _unload_if_unused(self, artifact: Path) -> None:
-        """Free the memory of an artifact that no persona names any more (after the answer: it may take a
-        moment)."""
-        try:
-            if any(p.artifact_path == artifact for p in await self.bot.store.personas()):
-                return
-            await self.bot.engine.forget(artifact)
-        except Exception:   # memory is freed later by the pool's own limit; removal has happened
-            log.exception("could not unload %s after its persona was removed", artifact)
+            await personas.unload_if_unnamed(self.bot.store, self.bot.engine, gone.artifact_path)
 
 
 def _artifact_for(directory: Path, models_dir: Path, is_owner: bool) -> Path:

@@ -32,12 +32,12 @@ class Terminal:
 
 
 class TerminalOnly:
-    """Senders with one target, the terminal (the scheduler asks `get(target, guild_id=...)`)."""
+    """Senders with one target, the terminal (the scheduler asks `get(target, guild_id=..., persona=...)`)."""
 
     def __init__(self, terminal: Terminal) -> None:
         self.terminal = terminal
 
-    def get(self, target: PostTarget, guild_id: int | None = None) -> Terminal | None:
+    def get(self, target: PostTarget, guild_id: int | None = None, persona=None) -> Terminal | None:
         return self.terminal if target == PostTarget("terminal") else None
 
 
