@@ -336,7 +336,8 @@ class SharedBases:
             tokenizer = AutoTokenizer.from_pretrained(info.path)
         except (OSError, ValueError) as e:
             raise ArtifactError(f"cannot load the tokenizer of {info.path}: {e}") from e
-        if tokenizer.get_vocab() == shared.tokenizer.get_vocab() and tokenizer.eos_token_id == shared.tokenizer.eos_token_id:
+        same = tokenizer.eos_token_id == shared.tokenizer.eos_token_id
+        if same and tokenizer.get_vocab() == shared.tokenizer.get_vocab():
             # The base's own, as adapters save it: one copy for every persona on the base (a tokenizer of
             # GPT-2's size takes tens of megabytes).
             tokenizer = shared.tokenizer

@@ -125,8 +125,8 @@ class Engine:
 
     @classmethod
     def load(cls, directory: str | Path, *, backend: str = "auto", threads: int | None = None,
-             blocklist=None, leak_ngram_words: int = NGRAM_WORDS, max_batch: int = MAX_BATCH, batch_window_s: float = 0.01,
-             max_tries: int = 3, generation: dict[str, Any] | None = None,
+             blocklist=None, leak_ngram_words: int = NGRAM_WORDS, max_batch: int = MAX_BATCH,
+             batch_window_s: float = 0.01, max_tries: int = 3, generation: dict[str, Any] | None = None,
              remote: RemoteConfig | None = None, persona_memory_mb: float = PERSONA_MEMORY_MB) -> "Engine":
         """An engine serving the artifact in `directory`; swaps and registered personas load artifacts with
         the same options (a registered persona's own sampling defaults over them), the registered ones within

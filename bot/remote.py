@@ -40,8 +40,7 @@ base's).
 
 Several personas on one server share one `RemoteConnection` (thread pool, circuit breaker, HTTP sessions, the
 sampling-field style the server takes): the server is one thing that is up or down, whichever model a request
-names. `RemoteConnection.shared` hands out one per server settings; `RemoteBackend.for_model` makes a sibling
-backend for another model on its connection.
+names. `RemoteConnection.shared` hands out one per server settings, and every persona's backend is made on it.
 """
 
 from __future__ import annotations
@@ -343,17 +342,11 @@ class RemoteBackend:
         log.info("inference server %s: serving %s with a matching tokenizer", config.url, probe.model)
         return probe
 
-    def for_model(self, model: str, tokenizer=None) -> "RemoteBackend":
-        """A backend for another model of this server (another persona's LoRA module) on this backend's
-        connection: one pool, one breaker. Unchecked: use `connect(..., connection=self.connection)` for a
-        persona whose module and tokenizer are still to be checked."""
-        return type(self)(replace(self.config, model=model), self.tokenizer if tokenizer is None else tokenizer,
-                          model, self.connection)
-
     def served_model(self, info: PersonaInfo | None = None) -> str:
         """The model to ask for: for an adapter artifact `info`, its LoRA module (see `adapter_module`;
-        INFERENCE_MODEL does not apply, as it names one model for every persona of the bot); otherwise the configured one (INFERENCE_MODEL), or the one model the server lists (when it lists a
-        base and LoRA modules on it, the one entry without a parent)."""
+        INFERENCE_MODEL does not apply, as it names one model for every persona of the bot); otherwise the
+        configured one (INFERENCE_MODEL), or the one model the server lists (when it lists a base and LoRA
+        modules on it, the one entry without a parent)."""
         listed = self.connection.list_models()
         if info is not None and info.is_adapter:
             return adapter_module(listed, info, self.config.url)

@@ -497,7 +497,7 @@ def test_two_lora_personas_are_served_by_their_own_modules_over_one_connection(s
         assert alice_said == ["hi from alice"] * 3 and bob_said == ["hi from bob"] * 3
         assert sorted(server.models_asked("/v1/completions")) == ["alice"] * 3 + ["bob"] * 3
         # A sibling for another module shares the connection; one persona closing leaves the others serving.
-        sibling = alice_backend.for_model(str(tiny_base))
+        sibling = RemoteBackend(config, tokenizer, str(tiny_base), alice_backend.connection)
         assert sibling.connection is alice_backend.connection and sibling.model == str(tiny_base)
         alice_backend.close()
         assert _say(bob_backend, bob_tokenizer, [4]) == ["hi from bob"]
