@@ -196,8 +196,7 @@ class PersonaBot(commands.AutoShardedBot):
             channel_guild = getattr(getattr(channel, "guild", None), "id", None)
             if guild_id is not None and channel_guild != guild_id:
                 raise PostError(f"channel {channel_id} is not in the schedule's server")
-            message = await speak(channel, text, persona_name=persona.name if persona else None,
-                                  avatar_url=persona.avatar_url if persona else None, webhooks=self.webhooks)
+            message = await speak(channel, text, persona=persona, webhooks=self.webhooks)
         except discord.HTTPException as e:
             raise PostError(f"Discord refused the post in channel {channel_id}: {e}") from e
         return str(message.id)

@@ -17,7 +17,12 @@ import asyncio
 import logging
 import re
 
+from typing import TYPE_CHECKING
+
 import discord
+
+if TYPE_CHECKING:
+    from bot.persona import PersonaRef
 
 log = logging.getLogger("personabot.speaking")
 
@@ -95,13 +100,14 @@ async def persona_of(message: discord.Message, bot_user_id: int, webhooks: Webho
     return None
 
 
-async def speak(channel: discord.abc.Messageable, text: str, *, persona_name: str | None,
-                avatar_url: str | None = None, reply_to: discord.Message | None = None,
-                webhooks: Webhooks | None = None) -> discord.Message:
-    """Send `text` to `channel` as the persona `persona_name` (None: the bot's configured persona, as the bot
-    itself), answering `reply_to` when given; returns the message sent. `webhooks` is the bot's cache (without
-    it, the channel's webhook is looked up each time). A deleted webhook is made again once; a webhook that
-    cannot be used otherwise falls back to the bot's own message."""
+async def speak(channel: discord.abc.Messageable, text: str, *, persona: PersonaRef | None,
+                reply_to: discord.Message | None = None, webhooks: Webhooks | None = None) -> discord.Message:
+    """Send `text` to `channel` as the registered `persona`, under its name and avatar (None: the bot's
+    configured persona, as the bot itself), answering `reply_to` when given; returns the message sent.
+    `webhooks` is the bot's cache (without it, the channel's webhook is looked up each time). A deleted webhook
+    is made again once; a webhook that cannot be used otherwise falls back to the bot's own message."""
+    persona_name = persona.name if persona is not None else None
+    avatar_url = persona.avatar_url if persona is not None else None
     if persona_name is not None and _may_use_webhooks(channel):
         webhooks = webhooks if webhooks is not None else Webhooks()
         for attempt in (1, 2):

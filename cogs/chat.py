@@ -124,8 +124,7 @@ class Chat(commands.Cog):
             metrics.reply_failed(time.perf_counter() - began)
             await message.reply("(I lost my train of thought; try again in a moment.)", mention_author=False)
             return
-        sent = await speak(message.channel, reply.text, persona_name=ref.name if ref else None,
-                           avatar_url=ref.avatar_url if ref else None, reply_to=message, webhooks=self.bot.webhooks)
+        sent = await speak(message.channel, reply.text, persona=ref, reply_to=message, webhooks=self.bot.webhooks)
         metrics.reply_sent(reply, time.perf_counter() - began)
         # Remembered here, under the persona's name and without the bold name `speak` may put before it; when
         # the webhook's message comes back as a message event, its author is a bot and it is not read again.
