@@ -307,3 +307,42 @@ def test_an_int8_shared_base_runs_each_adapter_close_to_that_persona_in_float(lo
         assert own < other / 5, (row, own, other)
     wrapped = [m for n, m in shared.model.named_modules() if n.endswith("c_attn.base_layer.layer")]
     assert len(wrapped) == 2 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in wrapped)
+
+
+def _copies(artifact: Path, where: Path, n: int) -> list[Path]:
+    """`n` copies of an artifact: as many personas, each its own artifact and its own load."""
+    return [Path(shutil.copytree(artifact, where / f"copy{i}")) for i in range(n)]
+
+
+def test_personas_asked_for_at_once_all_load_and_later_loads_still_work(alice_artifact, bob_artifact, tmp_path):
+    """Eight personas nobody has loaded yet, asked for at the same moment (eight channels' first messages),
+    twice over: every one loads and answers, and afterwards a plain load in the process still builds a sound
+    model. transformers' from_pretrained swaps process-wide functions while it loads; overlapping loads used to
+    leave `tie_weights` a no-op for good (every later model with an untied, random LM head, or on meta)."""
+    from transformers import PreTrainedModel
+
+    from training.artifact import load_model, read_persona
+
+    tie_weights, init_weights = PreTrainedModel.tie_weights, PreTrainedModel.init_weights
+    copies = _copies(alice_artifact, tmp_path, 8)
+
+    async def main():
+        engine = await _engine(bob_artifact, backend="torch")
+        try:
+            rounds = []
+            for _ in range(3):
+                rounds.append(await asyncio.gather(
+                    *(engine.reply(TURNS, target=TERMINAL, persona=ref(c, f"P{i}"), seed=0)
+                      for i, c in enumerate(copies)), return_exceptions=True))
+                for c in copies:
+                    await engine.forget(c)
+            return rounds
+        finally:
+            await engine.close()
+
+    rounds = asyncio.run(main())
+    failures = [r for replies in rounds for r in replies if isinstance(r, BaseException)]
+    assert not failures, failures[:2]
+    assert PreTrainedModel.tie_weights is tie_weights and PreTrainedModel.init_weights is init_weights
+    model, _ = load_model(read_persona(alice_artifact))
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()   # tied, as trained

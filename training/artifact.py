@@ -26,6 +26,7 @@ from typing import Any
 from training import transcript
 from training.dataset import DatasetConfig
 from training.generation import GenerationSettings
+from training.modelling import MODEL_BUILD_LOCK
 from training.terminal_text import shown
 
 ARTIFACT_VERSION = 1
@@ -314,7 +315,8 @@ def load_model(info: PersonaInfo, *, merge: bool = True):
     weights = info.path / ("adapter_model.safetensors" if info.is_adapter else "model.safetensors")
     try:
         tokenizer = AutoTokenizer.from_pretrained(info.path)
-        model = _load_adapter(info, merge) if info.is_adapter else AutoModelForCausalLM.from_pretrained(info.path)
+        with MODEL_BUILD_LOCK:   # one model built at a time in a process (see training.modelling)
+            model = _load_adapter(info, merge) if info.is_adapter else AutoModelForCausalLM.from_pretrained(info.path)
     except SafetensorError as e:   # damage the header check cannot see (a shard named by an index)
         raise damaged_model_error(weights, e) from e
     except (OSError, ValueError) as e:

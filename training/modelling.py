@@ -4,6 +4,7 @@ of a preset size with a byte-level BPE tokenizer trained on the corpus. Also the
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,13 @@ import torch
 from training.errors import TrainingError
 
 END_OF_TEXT = "<|endoftext|>"
+
+# transformers' `from_pretrained` swaps functions of the whole process while it builds a model (the
+# `PreTrainedModel.tie_weights` and `init_weights` of every class, torch's `nn.init` functions) and puts back
+# what it found afterwards. Two builds at once can each put back the other's stand-in: from then on every model
+# of the process loads untied (a random LM head) or on the meta device. Every model this process loads or
+# builds holds this lock (re-entrant: an adapter's load takes it around its base's load).
+MODEL_BUILD_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +102,8 @@ def load_base(name_or_dir: str):
     source = str(local) if local.exists() else name_or_dir
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source)
+        with MODEL_BUILD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(source)
     except (OSError, ValueError) as e:  # no such model / no network / not a saved model (ValueError)
         where = "directory" if local.exists() else "model id"
         raise TrainingError(
@@ -140,8 +149,9 @@ def scratch_model(preset_name: str, tokenizer, seed: int = 0):
     # No pad_token_id: nothing is padded in training (packed blocks) and generation passes it explicitly.
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=preset.n_positions, n_embd=preset.n_embd,
                         n_layer=preset.n_layer, n_head=preset.n_head, bos_token_id=eos, eos_token_id=eos)
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(config)
+    with MODEL_BUILD_LOCK:   # its weights are initialised by the functions a load elsewhere may have swapped
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
 
 
 def new_model(preset_name: str, texts: Iterable[str], seed: int = 0):
