@@ -35,7 +35,7 @@ import torch
 
 from bot.config import BACKENDS
 from training import transcript
-from training.artifact import ArtifactError, PersonaInfo, load_model
+from training.artifact import ArtifactError, PersonaInfo, load_model, read_persona
 from training.generation import GenerationSettings, cut_reply, decode
 from training.modelling import quantize_int8
 
@@ -359,11 +359,41 @@ class SharedBases:
             if not shared.adapters and self._bases.get(key) is shared:
                 del self._bases[key]
 
+    def has_base(self, base: str, backend: str) -> bool:
+        """Whether the base `base` is loaded for `backend` (by a persona on it)."""
+        with self._lock:
+            return (str(base), resolve(backend)) in self._bases
+
     @property
     def memory_bytes(self) -> int:
         """The bytes of the bases loaded (their adapters count with their personas)."""
         with self._lock:
             return sum(shared.base_bytes for shared in self._bases.values())
+
+
+def expected_bytes(directory: Path, backend: str, bases: SharedBases | None = None) -> int:
+    """What loading the artifact in `directory` is expected to add to this process, before loading it: its
+    weight files on disk (a float model's size as loaded, an upper bound for int8), and for a LoRA adapter the
+    base's too when no persona has loaded that base yet (a hub base: unknown here, counted once loaded). An
+    inference server's persona loads no weights here. Reads files: call it off the event loop; an artifact
+    that cannot be read expects nothing (its load fails and says why)."""
+    if resolve(backend) == "openai":
+        return 0
+    try:
+        info = read_persona(directory)
+    except ArtifactError:
+        return 0
+    size = _weights_on_disk(info.path)
+    if info.is_adapter and info.base and not (bases is not None and bases.has_base(info.base, backend)):
+        size += _weights_on_disk(Path(info.base))
+    return size
+
+
+def _weights_on_disk(directory: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in directory.iterdir() if f.suffix in (".safetensors", ".bin"))
+    except OSError:    # not a directory here (a hub id), or unreadable: nothing known
+        return 0
 
 
 def convert_ctranslate2(info: PersonaInfo, model=None) -> Path:
@@ -492,4 +522,4 @@ def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None =
 
 __all__ = ["ArtifactError", "Backend", "BackendError", "BACKENDS", "TorchBackend", "CTranslate2Backend",
            "load_backend", "quantize_int8", "resolve", "ctranslate2_available", "SharedBase", "SharedBases",
-           "AdapterBackend", "model_bytes"]
+           "AdapterBackend", "model_bytes", "expected_bytes"]

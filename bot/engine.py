@@ -133,12 +133,13 @@ class Engine:
         `persona_memory_mb`. `remote` (a `bot.remote.RemoteConfig`) is the inference server of `openai`."""
         from functools import partial
 
-        from bot.backends import SharedBases
+        from bot.backends import SharedBases, expected_bytes
 
         loader = partial(Persona.load, backend=backend, threads=threads, blocklist=blocklist,
                          leak_ngram_words=leak_ngram_words, remote=remote, **(generation or {}))
-        pool = PersonaPool(loader, budget_bytes=int(persona_memory_mb * 1024 * 1024), bases=SharedBases(),
-                           check=check_generates)
+        bases = SharedBases()
+        pool = PersonaPool(loader, budget_bytes=int(persona_memory_mb * 1024 * 1024), bases=bases,
+                           check=check_generates, expected_bytes=partial(expected_bytes, backend=backend, bases=bases))
         return cls(loader(directory), loader=loader, max_batch=max_batch, batch_window_s=batch_window_s,
                    threads=threads, max_tries=max_tries, pool=pool)
 

@@ -39,12 +39,13 @@ class PersonaRef:
     name: str
     generation: tuple[tuple[str, Any], ...] = ()
     avatar_url: str | None = field(default=None, compare=False)   # what its webhook messages show
+    owner: int | None = field(default=None, compare=False)   # its guild (None: global): whose memory share it uses
 
     @classmethod
     def of(cls, entry: Any) -> "PersonaRef":
         """The ref of a `bot.store.PersonaEntry`."""
         return cls(Path(entry.artifact_path), entry.name, tuple(sorted(entry.generation.items())),
-                   getattr(entry, "avatar_url", None))
+                   getattr(entry, "avatar_url", None), entry.guild_id)
 
     @property
     def key(self) -> tuple[Path, tuple[tuple[str, Any], ...]]:

@@ -346,3 +346,69 @@ def test_personas_asked_for_at_once_all_load_and_later_loads_still_work(alice_ar
     assert PreTrainedModel.tie_weights is tie_weights and PreTrainedModel.init_weights is init_weights
     model, _ = load_model(read_persona(alice_artifact))
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()   # tied, as trained
+
+
+def _count_alive(engine: Engine) -> dict[str, int]:
+    """Count the models the pool holds in this process at once (loaded and not yet released), at the peak."""
+    pool, count = engine.pool, {"alive": 0, "peak": 0}
+    load, release = pool._load, pool._release
+
+    def counted_load(*args, **kwargs):
+        persona = load(*args, **kwargs)
+        count["alive"] += 1
+        count["peak"] = max(count["peak"], count["alive"])
+        return persona
+
+    def counted_release(persona):
+        count["alive"] -= 1
+        release(persona)
+
+    pool._load, pool._release = counted_load, counted_release
+    return count
+
+
+def test_loads_at_once_make_room_first_and_stay_within_the_budget(alice_artifact, bob_artifact, tmp_path):
+    """Eight personas asked for at once with room for two and a half: each load makes room before it starts
+    (by its size on disk), so no more than two are ever held; before, all eight were loaded side by side and
+    the budget was only enforced afterwards."""
+    copies = _copies(alice_artifact, tmp_path, 8)
+    size_mb = model_bytes(Persona.load(alice_artifact, backend="torch").backend.model) / 2**20
+
+    async def main():
+        engine = await _engine(bob_artifact, backend="torch", budget_mb=size_mb * 2.5)
+        count = _count_alive(engine)
+        try:
+            results = await asyncio.gather(*(engine.load_persona(ref(c, f"P{i}")) for i, c in enumerate(copies)),
+                                           return_exceptions=True)
+            return results, count["peak"], engine.pool.memory_bytes
+        finally:
+            await engine.close()
+
+    results, peak, held = asyncio.run(main())
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert peak <= 2, peak
+    assert held <= size_mb * 2.5 * 2**20
+
+
+def test_one_servers_loads_never_push_out_another_servers_persona_within_its_share(alice_artifact, bob_artifact,
+                                                                                   tmp_path):
+    """Room for two and a half models, two servers: server B's one persona is within its fair share (half the
+    budget), so server A's three personas, loaded one after another, push out A's own least recently used
+    instead of B's."""
+    a1, a2, a3, b1 = _copies(alice_artifact, tmp_path, 4)
+    size_mb = model_bytes(Persona.load(alice_artifact, backend="torch").backend.model) / 2**20
+
+    def guild(path: Path, owner: int) -> PersonaRef:
+        return PersonaRef(path, path.name.title(), owner=owner)
+
+    async def main():
+        engine = await _engine(bob_artifact, backend="torch", budget_mb=size_mb * 2.5)
+        try:
+            await engine.load_persona(guild(b1, 2))
+            for path in (a1, a2, a3):
+                await engine.load_persona(guild(path, 1))
+            return [p for p, _ in engine.pool.loaded()]
+        finally:
+            await engine.close()
+
+    assert asyncio.run(main()) == [b1, a3]
