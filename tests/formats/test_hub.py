@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +15,7 @@ from training.formats.base import ImportOptions
 from training.formats.hub import parse_hub_name
 from training.loader import load_corpus
 
+ALPACA_RECORDS = Path(__file__).parent.parent / "fixtures" / "alpaca" / "canal-bakery.json"
 SCRIPT = {"character": ["VESNA", "ORLO", "VESNA", "ORLO"],
           "dialogue": ["the tide is late", "tides are never late", "this one is", "then we wait"],
           "scene": [1, 1, 2, 2]}
@@ -32,6 +36,19 @@ def test_a_data_set_saved_to_disk_reads_with_its_columns_roles(tmp_path):
         [("VESNA", "the tide is late"), ("ORLO", "tides are never late")],
         [("VESNA", "this one is"), ("ORLO", "then we wait")]]
     assert corpus.files[0].format == "hf" and "conversation=scene" in corpus.files[0].notes[0]
+
+
+def test_an_alpaca_shaped_data_set_gives_the_conversations_the_alpaca_format_gives(tmp_path):
+    """As vicgalle/alpaca-gpt4 ships: instruction, input, output and a pre-rendered `text`, which was read
+    as one voice's posts (the whole rendered prompt each)."""
+    records = json.loads(ALPACA_RECORDS.read_text(encoding="utf-8"))
+    folder = tmp_path / "alpaca-gpt4"
+    datasets.Dataset.from_list(records).save_to_disk(str(folder))
+    table, alpaca = load_corpus([f"hf:{folder}"]), load_corpus([ALPACA_RECORDS])
+    assert [[(m.speaker, m.text) for m in c.messages] for c in table.conversations] == \
+        [[(m.speaker, m.text) for m in c.messages] for c in alpaca.conversations]
+    assert table.files[0].skipped == alpaca.files[0].skipped == {"empty": 2}
+    assert "output=output (Assistant response), text=text (ignored)" in table.files[0].notes[0]
 
 
 def test_splits_are_chosen_and_an_unknown_one_lists_those_there_are(tmp_path):

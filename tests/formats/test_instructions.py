@@ -47,6 +47,23 @@ def test_alpaca_json_records_become_user_assistant_threads(fixtures_dir: Path) -
     assert not any("### Instruction" in m.text for t in result.threads for m in t.items)
 
 
+def test_alpaca_records_with_a_rendered_text_field_read_only_instruction_input_output(fixtures_dir: Path) -> None:
+    """The reference the instruction tables (tests/formats/test_tables.py, test_hub.py) must match."""
+    result = parse("alpaca", fixtures_dir / "alpaca" / "canal-bakery.json")
+    assert dialogues(result) == [
+        [("User", "Suggest a name for a bakery on a canal boat."), ("Assistant", "The Floury Lock.")],
+        [("User", 'Turn the shopping list into one sentence.\n\nflour, 2 kg\neggs, "free range"\nsalt; a pinch'),
+         ("Assistant", "Buy two kilos of flour, some free-range eggs and a pinch of salt.\nThat is all.")],
+        [("User", "Translate the note into French.\n\nThe oven is hot.")],        # the empty output: skipped
+        [("Assistant", "A reply to no question at all.")],                          # the empty prompt: skipped
+        [("User", "Explain why dough rises."),                                       # blank input: no context
+         ("Assistant", "Yeast eats the sugar and breathes out gas,\nwhich the gluten traps.")],
+        [("User", "Write a one-line toast for the cooks."),
+         ("Assistant", "To the crumbs we leave behind \u00e0 la prochaine \U0001F35E")],
+    ]
+    assert result.skipped == Counter({"empty": 2})
+
+
 def test_alpaca_json_lines(fixtures_dir: Path) -> None:
     path = fixtures_dir / "alpaca" / "units.jsonl"
     result = parse("alpaca", path)

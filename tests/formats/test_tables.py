@@ -3,6 +3,7 @@ conversations per row, --columns, and clean errors for bad input."""
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -229,3 +230,87 @@ def test_a_turn_list_cell_with_an_unknown_role_names_the_file_and_the_turn(tmp_p
         load_corpus([path])
     assert error.value.path == str(path) and error.value.where == "row 2.messages[1].role"
     assert "unknown role 'narrator'" in error.value.message
+
+
+# --- instruction tables: Alpaca's columns, read as the alpaca format reads them ---------------------------
+ALPACA_RECORDS = FIXTURES / "alpaca" / "canal-bakery.json"
+
+
+def turns_of(corpus):
+    return [[(m.speaker, m.text) for m in c.messages] for c in corpus.conversations]
+
+
+def write_table(records: list[dict], path: Path) -> Path:
+    """The records as a table file of the kind `path` names (columns in the records' order)."""
+    columns = list(records[0])
+    if path.suffix == ".csv":
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(records)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+@pytest.mark.parametrize("name,rendered", [("rows.csv", True), ("rows.csv", False), ("rows.jsonl", True),
+                                           ("rows.parquet", True), ("rows.parquet", False)])
+def test_an_instruction_table_gives_the_conversations_the_alpaca_format_gives(tmp_path, name, rendered):
+    """vicgalle/alpaca-gpt4's shape: instruction, input, output and a pre-rendered `text`. It was read as one
+    voice's posts: the whole rendered prompt as a post, or (without `text`) the outputs alone."""
+    records = json.loads(ALPACA_RECORDS.read_text(encoding="utf-8"))
+    if not rendered:
+        records = [{k: v for k, v in r.items() if k != "text"} for r in records]
+    path = write_table(records, tmp_path / name)
+    alpaca = load_corpus([ALPACA_RECORDS])
+    # JSON Lines of these records are detected as `alpaca`; read here as a table, they must agree.
+    table = load_corpus([path], format="table")
+    assert turns_of(table) == turns_of(alpaca)
+    assert table.files[0].skipped == alpaca.files[0].skipped == {"empty": 2}       # counted, never dropped
+    assert not any(c.single_voice for c in table.conversations)
+    note = table.files[0].notes[0]
+    assert "instruction=instruction (User prompt), input=input (prompt context), output=output (Assistant response)" \
+        in note
+    assert ("text=text (ignored)" in note) == rendered
+    if path.suffix != ".jsonl":
+        assert formats.detect(Source(path)).name == "table"
+        assert turns_of(load_corpus([path])) == turns_of(alpaca)
+
+
+def test_instruction_columns_can_be_named_and_an_explicit_text_column_still_wins(tmp_path):
+    records = json.loads(ALPACA_RECORDS.read_text(encoding="utf-8"))
+    renamed = write_table([{"question": r["instruction"], "details": r["input"], "answer": r["output"]}
+                           for r in records], tmp_path / "qa.csv")
+    options = ImportOptions.from_user(columns=parse_column_mapping("instruction=question,input=details,output=answer"))
+    assert turns_of(load_corpus([renamed], options=options)) == turns_of(load_corpus([ALPACA_RECORDS]))
+    dolly = write_table([{"instruction": r["instruction"], "context": r["input"], "response": r["output"],
+                          "category": "open_qa"} for r in records], tmp_path / "dolly.csv")   # Dolly's names
+    assert turns_of(load_corpus([dolly])) == turns_of(load_corpus([ALPACA_RECORDS]))
+    rendered = write_table(records, tmp_path / "rendered.csv")
+    as_posts = load_corpus([rendered], options=ImportOptions.from_user(columns={"text": "text"}))
+    assert all(c.single_voice for c in as_posts.conversations)
+    assert as_posts.messages()[0].text.startswith("Below is an instruction")
+    no_output = ImportOptions.from_user(columns={"instruction": "question"})
+    with pytest.raises(DataError, match="no output column") as error:
+        load_corpus([renamed], options=no_output)
+    assert "output=COLUMN" in str(error.value)
+
+
+def test_an_instruction_cell_that_is_not_text_names_the_row_and_the_columns_roles(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"instruction": ["name a colour", "name a tree"], "output": [["red"], ["oak"]]}), path)
+    with pytest.raises(DataError) as error:
+        load_corpus([path])
+    assert (error.value.path, error.value.where) == (str(path), "row 2.output")
+    assert "expected text, found list" in error.value.message and "--columns instruction=" in error.value.hint
+
+
+def test_data_inspect_shows_the_roles_of_an_instruction_tables_columns(cli, tmp_path):
+    path = write_table(json.loads(ALPACA_RECORDS.read_text(encoding="utf-8")), tmp_path / "alpaca-gpt4.csv")
+    result = cli("data", "inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "instruction=instruction (User prompt), input=input (prompt context), " \
+           "output=output (Assistant response), text=text (ignored)" in result.stdout
+    assert "skipped: 2 empty" in result.stdout

@@ -1,13 +1,15 @@
 """Instruction data: Alpaca records and `<|USER|> ... <|ASSISTANT|> ...` token lines.
 
 Each record or line is a conversation of its own between "User" and "Assistant" (and "System"); there are
-no timestamps, so every record is its own thread, keyed by file and position.
+no timestamps, so every record is its own thread, keyed by file and position. A table or data set with
+Alpaca's columns is read by the same rule (`alpaca_conversation`, from `training.formats.tables`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 from training.conversation import Message, SceneBreak
@@ -31,6 +33,21 @@ def _add(result: ParseResult, items: list[Message | SceneBreak], options: Import
 # --- alpaca ------------------------------------------------------------------------------------------------
 _ALPACA_HINT = ('each record must be {"instruction": "...", "input": "...", "output": "..."}; '
                 "download the data set file again")
+
+
+def alpaca_conversation(instruction: str, extra: str, output: str, msg_id: str, options: ImportOptions,
+                        result: ParseResult, timestamp: datetime | None = None) -> list[Message | SceneBreak]:
+    """The conversation of one Alpaca record, whether a JSON record or a table's row: the instruction, with
+    the input after a blank line, is the User's prompt; the output is the Assistant's response. An empty
+    prompt or response is counted as skipped (`keep_message`). Message ids are `{msg_id}.instruction` and
+    `{msg_id}.output`."""
+    prompt = instruction.strip()
+    if extra.strip():
+        prompt = f"{prompt}\n\n{extra.strip()}" if prompt else extra.strip()
+    items: list[Message | SceneBreak] = []
+    keep_message(result, items, options, Message(USER, prompt, timestamp, id=f"{msg_id}.instruction"))
+    keep_message(result, items, options, Message(ASSISTANT, output.strip(), timestamp, id=f"{msg_id}.output"))
+    return items
 
 
 @register
@@ -88,12 +105,7 @@ class AlpacaImporter(Importer):
         except DataError as e:
             raise DataError(label, e.message, where=e.where, hint=_ALPACA_HINT) from None
         # `text` (the Alpaca prompt template plus the output) repeats the other fields: not read.
-        prompt = instruction.strip()
-        if extra.strip():
-            prompt = f"{prompt}\n\n{extra.strip()}" if prompt else extra.strip()
-        items: list[Message | SceneBreak] = []
-        _add(result, items, options, USER, prompt, f"{index}.instruction")
-        _add(result, items, options, ASSISTANT, output.strip(), f"{index}.output")
+        items = alpaca_conversation(instruction, extra, output, str(index), options, result)
         if items:
             result.threads.append(Thread(f"{self.name}:{source.path.resolve()}:{index}",
                                          f"{source.path.stem} #{index}", items))

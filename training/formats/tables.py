@@ -7,6 +7,9 @@ or from `--columns text=full_text,speaker=screen_name,conversation=thread_id,tim
     speaker       speaker, author, character, name, user, username, screen_name, from, sender
     conversation  conversation, conversation_id, thread, thread_id, dialog_id, dialogue_id, episode, ...
     time          timestamp, date, created_at, time, datetime
+    instruction   instruction
+    input         input, context
+    output        output, response
 
 What a row is depends on the columns:
 * a speaker column: a message of that speaker. Rows with the same conversation value are one conversation,
@@ -17,6 +20,11 @@ What a row is depends on the columns:
   (shown as the file's stem until then).
 * a `messages` / `conversations` column holding a list of turns ({role, content} or {from, value}), or a
   text cell holding `<|USER|> ... <|ASSISTANT|> ...` turns: the row is that whole conversation.
+* instruction and output columns (input optional): instruction data, Alpaca's columns (as
+  vicgalle/alpaca-gpt4 ships them). Each row is a conversation of a User prompt and an Assistant response,
+  by the alpaca format's own rule (`instructions.alpaca_conversation`); a pre-rendered `text` column (the
+  prompt template filled in) repeats the others and is ignored, as are speaker and conversation columns.
+  Naming a text, speaker or turns column with --columns reads the table as messages instead.
 
 Rows are read as they come (a million-row table is never held as Python objects at once beyond its
 messages), every cell is checked, and a malformed row is an error naming the file and the row.
@@ -39,6 +47,7 @@ from training.errors import DataError
 from training.formats import register
 from training.formats.base import (ImportOptions, Importer, ParseResult, Skip, Source, Thread, keep_message,
                                    loads_json)
+from training.formats.instructions import alpaca_conversation, chat_token_turns
 
 # Role -> accepted column names, most specific first.
 ROLE_NAMES: dict[str, tuple[str, ...]] = {
@@ -50,8 +59,16 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
                      "episode", "scene", "chat", "chat_id", "session", "session_id"),
     "time": ("timestamp", "date", "created_at", "time", "datetime", "created", "posted_at"),
     "turns": ("messages", "conversations"),
+    # Instruction data: Alpaca's columns (and Dolly's context and response).
+    "instruction": ("instruction",),
+    "input": ("input", "context"),
+    "output": ("output", "response"),
 }
 ROLES = tuple(ROLE_NAMES)
+_MESSAGE_ROLES = ("text", "speaker", "conversation", "time", "turns")
+_INSTRUCTION_ROLES = ("instruction", "input", "output")
+# What an instruction table's columns become, as `data inspect` shows it.
+_INSTRUCTION_PARTS = {"instruction": "User prompt", "input": "prompt context", "output": "Assistant response"}
 _PARQUET_MAGIC = b"PAR1"
 _COLUMNS_HINT = ("name the columns with --columns text=COLUMN,speaker=COLUMN (speaker, conversation and time "
                  "are optional)")
@@ -67,18 +84,35 @@ class ColumnRoles:
     conversation: str | None = None
     time: str | None = None
     turns: str | None = None
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    # (role, column) of columns whose names give them a role that this table's shape does not read: an
+    # instruction table's pre-rendered `text`. Shown by `data inspect`, never read.
+    ignored: tuple[tuple[str, str], ...] = ()
 
     def columns(self) -> list[str]:
-        """The columns that play a role."""
+        """The columns that play a role (and so are read)."""
         return list(dict.fromkeys(c for c in (getattr(self, role) for role in ROLES) if c is not None))
 
     @property
+    def instructions(self) -> bool:
+        """Instruction data: each row is a User prompt and an Assistant response."""
+        return self.instruction is not None
+
+    @property
     def single_voice(self) -> bool:
-        return self.speaker is None and self.turns is None
+        return self.speaker is None and self.turns is None and not self.instructions
 
     def describe(self) -> str:
         """`text=full_text, speaker=screen_name` for `data inspect`."""
-        found = [f"{role}={getattr(self, role)}" for role in ROLES if getattr(self, role) is not None]
+        if self.instructions:
+            found = [f"{role}={getattr(self, role)} ({_INSTRUCTION_PARTS[role]})" for role in _INSTRUCTION_ROLES
+                     if getattr(self, role) is not None]
+            found += [f"time={self.time}"] if self.time is not None else []
+            found += [f"{role}={column} (ignored)" for role, column in self.ignored]
+            return ", ".join(found) + " (a conversation per row, read as the alpaca format reads one)"
+        found = [f"{role}={getattr(self, role)}" for role in _MESSAGE_ROLES if getattr(self, role) is not None]
         shape = "one voice, stand-alone posts" if self.single_voice else (
             "whole conversations per row" if self.turns else "messages of speakers")
         return ", ".join(found) + f" ({shape})"
@@ -99,7 +133,8 @@ def parse_column_mapping(spec: str) -> dict[str, str]:
 
 
 def find_roles(columns: Iterable[str], mapping: Mapping[str, str], label: str | Path) -> ColumnRoles:
-    """Give each role its column: what `mapping` names (which must exist), else the first known name."""
+    """Give each role its column: what `mapping` names (which must exist), else the first known name.
+    Instruction and output columns make an instruction table (see the module docstring)."""
     names = [str(c) for c in columns]
     by_folded: dict[str, str] = {}
     for name in names:
@@ -115,8 +150,12 @@ def find_roles(columns: Iterable[str], mapping: Mapping[str, str], label: str | 
             chosen[role] = column
         else:
             chosen[role] = next((by_folded[n] for n in ROLE_NAMES[role] if n in by_folded), None)
-    used = [c for c in chosen.values() if c is not None]
-    for role in ROLES:       # one column plays one role: the explicit or more specific one keeps it
+    instruction_roles = _instruction_roles(chosen, mapping, names, label)
+    if instruction_roles is not None:
+        return instruction_roles
+    used = [c for role, c in chosen.items() if role in _MESSAGE_ROLES and c is not None]
+    chosen = {role: chosen[role] for role in _MESSAGE_ROLES}
+    for role in _MESSAGE_ROLES:   # one column plays one role: the explicit or more specific one keeps it
         column = chosen[role]
         if column is not None and role not in mapping and used.count(column) > 1:
             chosen[role] = None
@@ -125,6 +164,29 @@ def find_roles(columns: Iterable[str], mapping: Mapping[str, str], label: str | 
     if roles.text is None and roles.turns is None:
         raise DataError(label, "no column holds the text (" + ", ".join(names) + ")", hint=_COLUMNS_HINT)
     return roles
+
+
+def _instruction_roles(chosen: Mapping[str, str | None], mapping: Mapping[str, str], names: Sequence[str],
+                       label: str | Path) -> ColumnRoles | None:
+    """The roles of an instruction table (instruction and output columns, input optional), or None when the
+    table is not one. Columns named for a text, speaker or turns role with --columns make it a table of
+    messages; an instruction role named without the other one it needs is a `DataError`."""
+    named = [role for role in _INSTRUCTION_ROLES if role in mapping]
+    if chosen["instruction"] is None or chosen["output"] is None:
+        if named:
+            missing = "instruction" if chosen["instruction"] is None else "output"
+            raise DataError(label, f"--columns names {named[0]}={mapping[named[0]]}, but the table has no "
+                            f"{missing} column", hint=f"name it with --columns {missing}=COLUMN; its columns "
+                            "are: " + ", ".join(names))
+        return None
+    if not named and any(role in mapping for role in ("text", "speaker", "turns")):
+        return None
+    read = {chosen[role] for role in _INSTRUCTION_ROLES} - {None}
+    time = chosen["time"] if chosen["time"] not in read else None
+    ignored = tuple((role, column) for role in _MESSAGE_ROLES if role != "time"
+                    and (column := chosen[role]) is not None and column not in read)
+    return ColumnRoles(instruction=chosen["instruction"], input=chosen["input"], output=chosen["output"],
+                       time=time, ignored=ignored)
 
 
 # --- reading rows ------------------------------------------------------------------------------------------
@@ -322,11 +384,17 @@ def cell_text(value: Any, label: str | Path, where: str) -> str:
 def rows_to_threads(rows: Iterable[tuple[str, dict[str, Any]]], roles: ColumnRoles, label: str | Path,
                     key: str, voice: str, options: ImportOptions, result: ParseResult) -> None:
     """Turn rows into threads in `result` (see the module docstring for the shapes)."""
-    from training.formats.instructions import chat_token_turns
-
     one_thread: list[Message | SceneBreak] = []
     by_conversation: dict[str, list[Message | SceneBreak]] = {}
     for place, row in rows:
+        if roles.instructions:
+            prompt, extra, output = (_instruction_cell(row, c, label, place)
+                                     for c in (roles.instruction, roles.input, roles.output))
+            when = parse_time(row.get(roles.time), label, f"{place}.{roles.time}") if roles.time else None
+            items = alpaca_conversation(prompt, extra, output, place, options, result, when)
+            if items:
+                result.threads.append(Thread(f"{key}:{place}", f"{voice} {place}", items))
+            continue
         if roles.turns is not None and row.get(roles.turns) not in (None, "", []):
             items = _row_turns(row[roles.turns], label, place, roles.turns, options, result)
             if items:
@@ -362,6 +430,19 @@ def rows_to_threads(rows: Iterable[tuple[str, dict[str, Any]]], roles: ColumnRol
         result.threads.append(Thread(f"{key}#{conversation}", f"{voice} {conversation}", items))
 
 
+def _instruction_cell(row: dict[str, Any], column: str | None, label: str | Path, place: str) -> str:
+    """An instruction table's instruction, input or output cell as text ("" when the table has no such
+    column); the hint of a cell that is not text names these columns' roles."""
+    if column is None:
+        return ""
+    try:
+        return cell_text(row.get(column), label, f"{place}.{column}")
+    except DataError as e:
+        raise DataError(label, e.message, where=e.where,
+                        hint="instruction, input and output cells must be text; name other columns with "
+                             "--columns instruction=COLUMN,input=COLUMN,output=COLUMN") from None
+
+
 def _row_turns(value: Any, label: str | Path, place: str, column: str, options: ImportOptions,
                result: ParseResult) -> list[Message | SceneBreak]:
     """A `messages` / `conversations` cell, a list (or JSON text of one) of turns as fine-tuning data has
@@ -382,7 +463,8 @@ class TableImporter(Importer):
     name = "table"
     fallback = True
     description = ("A table: CSV, TSV, JSON array, JSON Lines or Parquet with a text column (speaker, "
-                   "conversation and time optional; --columns names them)")
+                   "conversation and time optional; --columns names them), or instruction data's "
+                   "instruction, input and output columns")
 
     def sniff(self, source: Source) -> float:
         kind = table_kind(source)
