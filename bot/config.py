@@ -5,6 +5,7 @@ loader reads them all, and `.env.example` is checked against the declarations by
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Settings:
     leak_ngram_words: int
     max_batch: int
     persona_memory_mb: float
+    personas_per_server: int
     database_path: Path
     train_data_dir: Path
     models_dir: Path
@@ -95,8 +97,9 @@ Check = Callable[[Any, str], list[str]]
 @dataclass(frozen=True, slots=True)
 class Variable:
     """One environment variable: the `Settings` field it fills (a key of that field's dict or tuple when
-    `group` is set), how its text is read, its default (what an unset or empty variable means), its lower
-    bound, its help, and a check of the value beyond its type."""
+    `group` is set), how its text is read, its default (what an unset or empty variable means), its bounds
+    (a number's; each one a value the code that uses it can take), its help, and a check of the value beyond
+    its type."""
 
     name: str
     field: str
@@ -104,6 +107,7 @@ class Variable:
     default: Any
     help: str
     minimum: float | None = None
+    maximum: float | None = None
     check: Check | None = None
     group: str | None = None
 
@@ -116,19 +120,28 @@ def _path(var: Variable, raw: str, problems: list[str]) -> Path:
     return Path(raw).expanduser()
 
 
-def _number(kind: type) -> Reader:
-    def read(var: Variable, raw: str, problems: list[str]) -> Any:
+@dataclass(frozen=True, slots=True)
+class Number:
+    """The reader of a number setting (`kind` int or float) within its variable's bounds. Finite only: nan
+    passes every comparison with a bound, and inf overflows what takes the value (timedelta, int, sleeps)."""
+
+    kind: type
+
+    def __call__(self, var: Variable, raw: str, problems: list[str]) -> Any:
         try:
-            value = kind(raw)
+            value = self.kind(raw)
         except ValueError:
-            problems.append(f"{var.name}={raw!r} is not {'a whole number' if kind is int else 'a number'}")
+            value = None
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            problems.append(f"{var.name}={raw!r} is not {'a whole number' if self.kind is int else 'a number'}")
             return None
         if var.minimum is not None and value < var.minimum:
-            problems.append(f"{var.name}={raw} must be at least {var.minimum}")
+            problems.append(f"{var.name}={raw} must be at least {example_value(var.minimum)}")
+            return None
+        if var.maximum is not None and value > var.maximum:
+            problems.append(f"{var.name}={raw} must be at most {example_value(var.maximum)}")
             return None
         return value
-
-    return read
 
 
 def _flag(var: Variable, raw: str, problems: list[str]) -> bool | None:
@@ -175,10 +188,6 @@ def _url(value: str, raw: str) -> list[str]:
     if value.startswith(("http://", "https://")) and len(value) > 8:
         return []
     return [f"INFERENCE_URL={value!r} must be an http:// or https:// address, e.g. http://gpu-box:8000/v1"]
-
-
-def _port(value: int, raw: str) -> list[str]:
-    return [] if value <= 65535 else [f"METRICS_PORT={value} is not a port (1 to 65535)"]
 
 
 def _not_a_file(value: Path, raw: str) -> list[str]:
@@ -243,7 +252,7 @@ def _generation(name: str, key: str) -> Check:
 
 
 def _gen(name: str, key: str, kind: type) -> Variable:
-    return Variable(name, key, _number(kind), None, f"overrides persona.json's {key}",
+    return Variable(name, key, Number(kind), None, f"overrides persona.json's {key}",
                     check=_generation(name, key), group="generation")
 
 
@@ -255,12 +264,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PERSONA_MODEL", "persona_model", _path, None, "artifact directory; unset means the demo persona",
              check=_not_a_file),
     Variable("DEMO_DIR", "demo_dir", _path, Path("models/demo"), "where the demo persona is built when needed"),
-    Variable("DEMO_TIME_BUDGET", "demo_time_budget_s", _number(float), 200.0,
-             "seconds of training for the demo persona", minimum=10),
+    # At most a day: the trainer divides the budget by a step's seconds into a whole number of steps (which
+    # a near-infinite budget overflows), and the demo's epochs end long before a day anyway.
+    Variable("DEMO_TIME_BUDGET", "demo_time_budget_s", Number(float), 200.0,
+             "seconds of training for the demo persona", minimum=10, maximum=86400),
     Variable("DISCORD_TOKEN", "discord_token", _text, None, "the bot's token; unset means the terminal chat"),
     Variable("CHAT_USER_NAME", "chat_user_name", _text, "You", "your name in the terminal chat"),
-    Variable("TORCH_THREADS", "torch_threads", _number(int), None,
-             "CPU threads for generation (default: half the cores)", minimum=1),
+    # torch takes a C int of threads; past 1024 they only wait on one another.
+    Variable("TORCH_THREADS", "torch_threads", Number(int), None,
+             "CPU threads for generation (default: half the cores)", minimum=1, maximum=1024),
     _gen("GEN_TEMPERATURE", "temperature", float),
     _gen("GEN_TOP_K", "top_k", int),
     _gen("GEN_TOP_P", "top_p", float),
@@ -271,11 +283,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BACKEND", "backend", _text, "auto", "auto, torch, torch-int8 or ctranslate2", check=_backend),
     Variable("BLOCKLIST_FILE", "blocklist_file", _path, None, "words or re:patterns the bot must never send",
              check=_blocklist),
-    Variable("LEAK_NGRAM_WORDS", "leak_ngram_words", _number(int), NGRAM_WORDS,
+    Variable("LEAK_NGRAM_WORDS", "leak_ngram_words", Number(int), NGRAM_WORDS,
              "a run this long shared with training text is a leak", minimum=2),
-    Variable("MAX_BATCH", "max_batch", _number(int), MAX_BATCH, "requests generated together at most", minimum=1),
-    Variable("PERSONA_MEMORY_MB", "persona_memory_mb", _number(float), PERSONA_MEMORY_MB,
-             "memory for registered personas loaded on demand", minimum=1),
+    Variable("MAX_BATCH", "max_batch", Number(int), MAX_BATCH, "requests generated together at most", minimum=1),
+    # Counted in whole bytes (a near-infinite float of MB overflows the conversion): a petabyte at most.
+    Variable("PERSONA_MEMORY_MB", "persona_memory_mb", Number(float), PERSONA_MEMORY_MB,
+             "memory for registered personas loaded on demand", minimum=1, maximum=1024 ** 3),
+    Variable("PERSONAS_PER_SERVER", "personas_per_server", Number(int), 50,
+             "personas one server's admins may register", minimum=1, maximum=10_000),
     # --- the Discord bot ---
     Variable("DATABASE_PATH", "database_path", _path, Path("data/personabot.sqlite3"), "the SQLite store",
              check=_database),
@@ -286,17 +301,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MESSAGE_CONTENT", "message_content", _flag, True,
              "read channel messages for context (privileged intent)"),
     Variable("REPLY_IN_DMS", "reply_in_dms", _flag, False, "answer direct messages"),
-    Variable("USER_COOLDOWN", "user_cooldown_s", _number(float), 10.0, "seconds between two replies to one person",
+    Variable("USER_COOLDOWN", "user_cooldown_s", Number(float), 10.0, "seconds between two replies to one person",
              minimum=0),
-    Variable("CHANNEL_COOLDOWN", "channel_cooldown_s", _number(float), 3.0,
+    Variable("CHANNEL_COOLDOWN", "channel_cooldown_s", Number(float), 3.0,
              "seconds between two replies in one channel", minimum=0),
-    Variable("MESSAGE_RETENTION_DAYS", "retention_days", _number(float), 30.0,
-             "stored channel messages are deleted after this many days (0 keeps them)", minimum=0),
-    Variable("RETRAIN_LOSS_MARGIN", "retrain_loss_margin", _number(float), 0.05,
+    # The cut-off date must be a date (year 1 or later): a century is as good as keeping them.
+    Variable("MESSAGE_RETENTION_DAYS", "retention_days", Number(float), 30.0,
+             "stored channel messages are deleted after this many days (0 keeps them)", minimum=0,
+             maximum=36500),
+    Variable("RETRAIN_LOSS_MARGIN", "retrain_loss_margin", Number(float), 0.05,
              "how much worse a retrained model may validate", minimum=0),
     Variable("LOG_MESSAGES_FOR_TRAINING", "log_messages_for_training", _flag, False,
              "/retrain learns from stored messages"),
-    Variable("RETRAIN_MAX_UPLOAD_MB", "max_upload_mb", _number(float), 25.0,
+    Variable("RETRAIN_MAX_UPLOAD_MB", "max_upload_mb", Number(float), 25.0,
              "largest export attached to /retrain start", minimum=0.001),
     # --- scheduled posts ---
     Variable("POST_TIMEZONE", "post_timezone", _text, "UTC", "the schedule's time zone", check=_time_zone),
@@ -304,8 +321,10 @@ VARIABLES: tuple[Variable, ...] = (
              check=_crontab),
     Variable("POST_TARGETS", "post_targets", _post_targets, (PostTarget("terminal"),), POST_TARGET_HELP),
     Variable("POST_MODE", "post_mode", _text, DEFAULT_MODE, MODE_HELP, check=_post_mode),
-    Variable("POST_GRACE_MINUTES", "post_grace_minutes", _number(float), GRACE_MINUTES,
-             "a slot missed longer ago is not caught up", minimum=0),
+    # 0: a missed slot is never caught up. At most a year (a yearly schedule's slot), which APScheduler's
+    # timedelta arithmetic takes.
+    Variable("POST_GRACE_MINUTES", "post_grace_minutes", Number(float), GRACE_MINUTES,
+             "a slot missed longer ago is not caught up (0: none is)", minimum=0, maximum=366 * 24 * 60),
     _twitter("TWITTER_CONSUMER_KEY", 0),
     _twitter("TWITTER_CONSUMER_SECRET", 1),
     _twitter("TWITTER_ACCESS_TOKEN", 2),
@@ -316,17 +335,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INFERENCE_API_KEY", "inference_api_key", _text, None, "its API key, if it wants one (never printed)"),
     Variable("INFERENCE_MODEL", "inference_model", _text, None,
              "the served model to ask for (default: the one the server lists)"),
-    Variable("INFERENCE_TIMEOUT", "inference_timeout_s", _number(float), 30.0,
-             "seconds one request to the inference server may take", minimum=0.1),
-    Variable("INFERENCE_CONCURRENCY", "inference_concurrency", _number(int), 8,
+    # Socket and thread waits overflow past about 292 years; a server silent for an hour is gone.
+    Variable("INFERENCE_TIMEOUT", "inference_timeout_s", Number(float), 30.0,
+             "seconds one request to the inference server may take", minimum=0.1, maximum=3600),
+    Variable("INFERENCE_CONCURRENCY", "inference_concurrency", Number(int), 8,
              "requests in flight to the inference server at most", minimum=1),
-    Variable("SHARD_COUNT", "shard_count", _number(int), None,
+    Variable("SHARD_COUNT", "shard_count", Number(int), None,
              "gateway shards in all (default: Discord's recommendation)", minimum=1),
     Variable("SHARD_IDS", "shard_ids", _shard_ids, None, "the shards this process runs (default: all)"),
     Variable("RUN_JOBS", "run_jobs", _flag, True,
              "this process runs scheduled posts and /retrain (false on every process but one)"),
-    Variable("METRICS_PORT", "metrics_port", _number(int), None,
-             "serve /healthz and /metrics on this port (default: off)", minimum=1, check=_port),
+    Variable("METRICS_PORT", "metrics_port", Number(int), None,
+             "serve /healthz and /metrics on this port (default: off)", minimum=1, maximum=65535),
     Variable("METRICS_HOST", "metrics_host", _text, "127.0.0.1", "the address /healthz and /metrics listen on"),
 )
 

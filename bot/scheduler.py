@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,13 @@ class PostOutcome:
     def describe(self) -> str:
         detail = self.text or self.error or ""
         return f"{self.target}: {self.status}" + (f" — {detail[:150]}" if detail else "")
+
+
+def misfire_grace_s(grace_s: float) -> int:
+    """APScheduler's `misfire_grace_time` for a grace period of `grace_s` seconds: whole seconds, at least one
+    (it refuses 0). That grace is how late a running scheduler may fire a slot; a slot fired within a second
+    of its time is on time, not caught up, so POST_GRACE_MINUTES=0 (no catch-up) still posts it."""
+    return max(1, math.ceil(grace_s))
 
 
 def trigger_for(schedule: Schedule):
@@ -174,7 +182,7 @@ class PostScheduler:
             if schedule.paused:
                 continue
             self.scheduler.add_job(self._fire_now, trigger_for(schedule), args=[schedule.id],
-                                   id=f"schedule-{schedule.id}", misfire_grace_time=int(self.grace_s),
+                                   id=f"schedule-{schedule.id}", misfire_grace_time=misfire_grace_s(self.grace_s),
                                    coalesce=True, max_instances=1)
 
     # -- managing schedules: the store and the jobs change together --------------------------------------

@@ -232,6 +232,71 @@ def test_run_builds_the_demo_persona_from_the_bundled_plays_then_chats(cli, tmp_
     assert again.returncode == 0 and "building" not in again.stderr
 
 
+def _start_demo_build(tmp_path: Path, until: str):
+    """`personabot run` on a fresh folder (so it builds the demo persona), returned once its stderr shows a line
+    starting with `until`: (the process, a queue of its further stderr lines, None at the end)."""
+    import os
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PERSONA_MODEL": "", "DEMO_TIME_BUDGET": "600",
+           "TORCH_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen = []
+    while True:
+        line = lines.get(timeout=240)
+        assert line is not None, f"ended before {until!r}:\n" + "\n".join(seen)
+        seen.append(line)
+        if line.startswith(until):
+            return proc, lines
+
+
+@pytest.mark.parametrize("stop, when, last_line", [
+    ("SIGINT", "step ", "personabot: training interrupted at step "),
+    ("SIGTERM", "step ", "personabot: training interrupted at step "),
+    ("SIGTERM", "personabot: no persona yet", "personabot: interrupted"),   # before its training loop
+])
+def test_interrupting_the_demo_build_stops_as_personabot_train_does(tmp_path, stop, when, last_line):
+    """Ctrl-C or SIGTERM while `personabot run` builds the demo persona: the one line `personabot train` prints
+    (where the progress is saved), exit status 130, no traceback."""
+    import signal
+    import time
+
+    proc, lines = _start_demo_build(tmp_path, when)
+    try:
+        proc.send_signal(getattr(signal, stop))
+        signalled = time.monotonic()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        proc.kill()
+    after = []
+    while (line := lines.get(timeout=30)) is not None:
+        after.append(line)
+    assert code == 130, after
+    assert after and after[-1].startswith(last_line), after
+    assert sum(line.startswith("personabot:") for line in after) == 1, after
+    assert not any("Traceback" in line for line in after), after
+    assert not (tmp_path / "models" / "demo").exists()
+    if "training" in last_line:
+        partial = tmp_path / "models" / ".demo.partial"
+        assert f"progress is saved in {partial}" in after[-1] and "Run the same command again" in after[-1]
+    print(f"{stop} after {when!r}: stopped in {took:.1f} s")   # measured, not asserted (a busy machine)
+
+
 def test_a_base_model_that_cannot_be_loaded_is_a_clear_error(cli, tmp_path, make_chat):
     chat = make_chat()
     # Tests run with HF_HUB_OFFLINE=1: a hub id goes through from_pretrained and fails without a download.

@@ -79,7 +79,7 @@ def test_settings_that_only_make_sense_together_are_checked_together():
                        "METRICS_PORT": "70000"}, dotenv_path=None)
     assert error.value.problems == [
         "INFERENCE_URL='gpu-box:8000' must be an http:// or https:// address, e.g. http://gpu-box:8000/v1",
-        "METRICS_PORT=70000 is not a port (1 to 65535)",
+        "METRICS_PORT=70000 must be at most 65535",
         "SHARD_IDS: shard 2 does not exist with SHARD_COUNT=2 (shards are numbered 0 to 1)"]
     ok = load_settings({"BACKEND": "openai", "INFERENCE_URL": "http://127.0.0.1:8000/v1", "INFERENCE_API_KEY": "sk-1",
                         "SHARD_COUNT": "4", "SHARD_IDS": "3,1", "RUN_JOBS": "false"}, dotenv_path=None)
