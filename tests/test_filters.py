@@ -130,6 +130,67 @@ def test_from_artifact_reads_the_training_text_index(tmp_path):
     assert five.check(" ".join(LONG_WORDS[4:9])) == "shares 5 consecutive words with the training text"
 
 
+def _persona_dir(path, responses, context=(), base=None):
+    """An artifact directory as far as the leak guard reads one: persona.json naming its base, and the
+    training-text index."""
+    import json
+
+    path.mkdir(parents=True)
+    (path / "persona.json").write_text(json.dumps({"base": None if base is None else str(base)}))
+    write_training_text(path, responses, context)
+    return path
+
+
+def test_from_artifact_guards_the_text_of_every_persona_artifact_below_it(tmp_path):
+    """An adapter (or a fine-tune) of a persona artifact carries that artifact's training text in its weights,
+    and its base's, down to a hub model or a plain one, which have none of ours (issue 18, item 5)."""
+    plain = tmp_path / "plain-model"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    grand = _persona_dir(tmp_path / "grand", ["the gate code at the farm is swordfish"], base=plain)
+    base = _persona_dir(tmp_path / "base", ["my pin is 4711 do not tell anyone"], [LONG_CONTEXT], base=grand)
+    top = _persona_dir(tmp_path / "top", ["Honestly the pizza was terrible"], ["my pin is 4711 do not tell anyone"],
+                       base=base)
+    g = LeakGuard.from_artifact(top)
+    # A response below stays one (the verbatim rule) though the top artifact saw it as context only.
+    assert g.check("HONESTLY the pizza was terrible.") == "repeats a training response verbatim"
+    assert g.check("my pin is 4711, do not tell anyone") == "repeats a training response verbatim"
+    assert g.check("The gate code at the farm is swordfish!") == "repeats a training response verbatim"
+    assert g.check(" ".join(LONG_WORDS[4:12])) == "shares 8 consecutive words with the training text"
+    assert g.check("something nobody said before") is None
+    # A hub id and a base that is not (or no longer) here have no text to add.
+    for other in ("gpt2", str(tmp_path / "moved-away")):
+        alone = _persona_dir(tmp_path / f"on-{other.replace('/', '-')}", ["ok then"], base=other)
+        assert LeakGuard.from_artifact(alone).check("my pin is 4711 do not tell anyone") is None
+
+
+def test_a_cycle_of_bases_ends_and_every_artifact_in_it_is_guarded(tmp_path):
+    # A persona retrained in place on an adapter of itself names, in the end, a base that names it.
+    first, second = tmp_path / "first", tmp_path / "second"
+    _persona_dir(first, ["the gate code at the farm is swordfish"], base=second)
+    _persona_dir(second, ["my pin is 4711 do not tell anyone"], base=f"{second}/../first")  # first, spelt otherwise
+    g = LeakGuard.from_artifact(first)
+    assert g.check("the gate code at the farm is swordfish") and g.check("my pin is 4711 do not tell anyone")
+
+
+def test_a_base_persona_artifact_without_its_training_text_is_a_clear_error(tmp_path):
+    from training.artifact import TRAINING_TEXT_FILE, ArtifactError
+
+    base = _persona_dir(tmp_path / "base", ["my pin is 4711 do not tell anyone"])
+    (base / TRAINING_TEXT_FILE).unlink()
+    top = _persona_dir(tmp_path / "top", ["Honestly the pizza was terrible"], base=base)
+    with pytest.raises(ArtifactError, match=f"{base}.*{TRAINING_TEXT_FILE}.*leak guard"):
+        LeakGuard.from_artifact(top)
+    write_training_text(base, ["my pin is 4711 do not tell anyone"], [])
+    (base / "persona.json").write_text('{"base": ')
+    with pytest.raises(ArtifactError, match=f"{base / 'persona.json'} is damaged"):
+        LeakGuard.from_artifact(top)
+    (base / "persona.json").write_text('{"base": null}')
+    (base / TRAINING_TEXT_FILE).write_bytes(b"not gzip")
+    with pytest.raises(ArtifactError, match=f"training-text index {base / TRAINING_TEXT_FILE} is damaged"):
+        LeakGuard.from_artifact(top)
+
+
 # --- mentions -----------------------------------------------------------------------------------------------
 
 NAMES = {("user", "123"): "Alice", ("role", "5"): "mods"}

@@ -153,3 +153,52 @@ def test_lora_merge_needs_lora(tmp_path, tiny_base):
     result = run_cli("train", "--data", str(tmp_path), "--speaker", "alice", "--out", str(tmp_path / "x"),
                      "--base", str(tiny_base), "--lora-merge")
     assert result.returncode == 2 and "--lora-merge merges a LoRA adapter: it needs --lora" in result.stderr
+
+
+# Invented private lines, each said once by the base persona's speaker: what an adapter on that base must not
+# give back, though the adapter itself never trained on them (issue 18, item 5).
+BASE_PRIVATE_LINES = (
+    "the spare key to the allotment shed is taped under the blue heron statue",
+    "my bank login is marjoram and the second word is tangerine forty nine",
+    "dr okonkwo says the biopsy came back clear so nobody needs to know about it",
+)
+
+
+@pytest.fixture(scope="module")
+def adapter_on_a_persona(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[Path, Path]:
+    """(base, adapter): a persona artifact trained on chats holding Alice's private lines (a full fine-tune of
+    `tiny_base`), and a LoRA adapter persona on it trained on other chats that hold none of them. A few
+    steps each: the weights only have to exist, the leak guard reads the artifacts' training text."""
+    from training.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("persona-base")
+    private = chat_conversations(12, seed=5)
+    for conversation, line in zip(private, BASE_PRIVATE_LINES):
+        conversation.append(("Alice", line))
+    base_chat = write_whatsapp(root / "base.txt", private)
+    other_chat = write_whatsapp(root / "other.txt", chat_conversations(12, seed=23))
+    base, adapter = root / "base", root / "adapter"
+    train(TrainConfig(data=[str(base_chat)], speaker="alice", out=base, base=str(tiny_base), max_steps=3,
+                      epochs=100, batch_size=4, threads=1, samples=0))
+    train(TrainConfig(data=[str(other_chat)], speaker="alice", out=adapter, base=str(base), lora=True,
+                      max_steps=3, epochs=100, batch_size=4, threads=1, samples=0))
+    return base, adapter
+
+
+def test_an_adapter_personas_leak_guard_refuses_its_base_personas_training_text(adapter_on_a_persona):
+    from bot.persona import Persona
+    from training.artifact import read_training_text
+
+    base, adapter = adapter_on_a_persona
+    adapter_text = " ".join(row["text"] for row in read_training_text(adapter))
+    assert not any(line in adapter_text for line in BASE_PRIVATE_LINES)   # only the base trained on them
+    persona = Persona.load(adapter, backend="torch")
+    for line in BASE_PRIVATE_LINES:
+        assert persona.output_filter.reject(line), line                   # word for word
+        assert persona.output_filter.reject(line.capitalize() + "!"), line
+        run = " ".join(line.split()[1:10])                                # nine words out of the middle of it
+        assert persona.output_filter.reject(f"well, {run} or so I heard"), run
+    # Its own training text is guarded as before, and what neither said gets through.
+    own = next(row["text"] for row in read_training_text(adapter) if row["response"])
+    assert persona.output_filter.reject(own)
+    assert persona.output_filter.reject("see you at the cinema around eight then") is None

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -374,8 +374,79 @@ def write_training_text(directory: Path, responses: Iterable[str], context: Iter
 
 def read_training_text(directory: str | Path) -> list[dict[str, Any]]:
     """The index written by `write_training_text`: [{"text": ..., "response": bool}, ...]."""
+    return list(_training_text_rows(directory))
+
+
+def _training_text_rows(directory: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of the index, read a line at a time."""
     with gzip.open(Path(directory) / TRAINING_TEXT_FILE, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        yield from (json.loads(line) for line in f if line.strip())
+
+
+def shaping_artifacts(directory: str | Path) -> list[Path]:
+    """The artifacts whose training text is in this one's weights, nearest first: the artifact itself, then
+    its base when that base is a persona artifact directory (an adapter's base, or the model a fine-tune
+    started from), then that one's base, and so on. A hub id, a plain model directory or a base that is not
+    here ends the chain: none has training text of ours (an adapter whose base is gone fails to load, and says
+    so). A chain that comes back to an artifact already in it ends there."""
+    chain = [Path(directory)]
+    seen = {chain[0].resolve()}
+    while (base := _persona_base(chain[-1])) is not None and base.resolve() not in seen:
+        if not (base / TRAINING_TEXT_FILE).is_file():
+            raise ArtifactError(f"{base}, the base of the persona {chain[-1]}, is a persona artifact without its "
+                                f"{TRAINING_TEXT_FILE}: the leak guard cannot keep the text it was trained on out "
+                                "of replies. Restore that artifact whole, or train the persona again")
+        seen.add(base.resolve())
+        chain.append(base)
+    return chain
+
+
+def _persona_base(directory: Path) -> Path | None:
+    """The base `directory`'s persona.json names, when that base is a persona artifact directory. A relative
+    base is found from the working directory, as `training.modelling.load_base` finds it."""
+    persona = directory / PERSONA_FILE
+    if not persona.is_file():    # a bare training-text index (a benchmark's): nothing is below it
+        return None
+    try:
+        data = json.loads(persona.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"{persona} is damaged ({e}); train the persona again") from e
+    base = data.get("base") if isinstance(data, dict) else None
+    if not isinstance(base, str) or not base:
+        return None
+    path = Path(base).expanduser()
+    return path if (path / PERSONA_FILE).is_file() else None
+
+
+def read_shaping_text(directories: Sequence[Path]) -> Iterator[tuple[str, bool]]:
+    """(text, is_response) for every text in the training-text indexes of `directories` (`shaping_artifacts`),
+    each text once: a response when any of them trained on it as one. A damaged index is an `ArtifactError`
+    that names it."""
+    if len(directories) == 1:   # one index: its writer kept each text once already
+        yield from _index_rows(directories[0], None)
+        return
+    # Responses first, then context, index after index: two passes over the files instead of every text held
+    # at once. A text given already is known by its 64-bit hash (two texts share one with odds of about
+    # n**2 / 2**65: one in ten million for a million texts).
+    given: set[int] = set()
+    for responses in (True, False):
+        for directory in directories:
+            for text, is_response in _index_rows(directory, responses):
+                if (key := hash(text)) not in given:
+                    given.add(key)
+                    yield text, is_response
+
+
+def _index_rows(directory: Path, responses: bool | None) -> Iterator[tuple[str, bool]]:
+    """(text, is_response) of one index: all of it, or only its responses (True) or its context (False)."""
+    try:
+        for row in _training_text_rows(directory):
+            is_response = bool(row.get("response"))
+            if responses is None or is_response is responses:
+                yield str(row["text"]), is_response
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ArtifactError(f"the training-text index {Path(directory) / TRAINING_TEXT_FILE} is damaged ({e}); "
+                            "train the persona again or restore the artifact from a copy") from e
 
 
 def staging_dir(out: Path) -> Path:

@@ -259,12 +259,13 @@ class LeakGuard:
 
     @classmethod
     def from_artifact(cls, directory: str | Path, **kwargs) -> LeakGuard:
-        """The guard for a persona artifact, from its `training_text.jsonl.gz`; `kwargs` go to `__init__`."""
+        """The guard for a persona artifact, from its `training_text.jsonl.gz` and that of every persona
+        artifact below it (an adapter's base persona, its base, ...: their text is in the weights too);
+        `kwargs` go to `__init__`. A missing or damaged index is an `ArtifactError` that names it."""
         # Imported here: training.artifact pulls in torch, which the filters themselves do not need.
-        from training.artifact import read_training_text
+        from training.artifact import read_shaping_text, shaping_artifacts
 
-        rows = read_training_text(directory)
-        return cls(((str(row["text"]), bool(row.get("response"))) for row in rows), **kwargs)
+        return cls(read_shaping_text(shaping_artifacts(directory)), **kwargs)
 
     def check(self, text: str) -> str | None:
         """None when `text` is fine, else a short reason it repeats the training data. The reason never
