@@ -39,14 +39,18 @@ class _Deflated:
 
 
 def _zeros(size: int) -> _Deflated:
+    return _repeated(bytes(MiB), size)
+
+
+def _repeated(chunk: bytes, size: int) -> _Deflated:
+    """`chunk` over and over, `size // len(chunk)` times, deflated."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    chunk = bytes(MiB)
     parts, crc = [], 0
-    for _ in range(size // MiB):
+    for _ in range(size // len(chunk)):
         parts.append(compressor.compress(chunk))
         crc = zlib.crc32(chunk, crc)
     parts.append(compressor.flush())
-    return _Deflated(b"".join(parts), size // MiB * MiB, crc)
+    return _Deflated(b"".join(parts), size // len(chunk) * len(chunk), crc)
 
 
 def _write_zip(path: Path, members: list[tuple[str, _Deflated | bytes]]) -> Path:
@@ -160,3 +164,62 @@ def test_a_zip_of_many_small_files_is_read_in_linear_time_and_closed(tmp_path: P
     assert _open_files() == before  # the zip was closed when parsing ended
     ratio = times[1] / times[0]
     assert ratio < 24, f"8x the files took {ratio:.0f}x the time"  # linear: about 8; quadratic: about 64
+
+
+# A line of text (no WhatsApp header) of 4,000 bytes: a member of such lines is read a line at a time, and
+# lines cross the boundaries of the pieces a member inflates in.
+_TEXT_LINE = (b"lorem ipsum dolor sit amet " * 148)[:3_999] + b"\n"
+
+
+@pytest.fixture(scope="module")
+def big_text_member() -> _Deflated:
+    """Lines of text that inflate to just under the cap on one member (half a MB deflated)."""
+    return _repeated(_TEXT_LINE * 256, ZIP_MAX_MEMBER_BYTES - MiB)
+
+
+def test_a_chat_in_a_zip_is_checked_a_line_at_a_time_never_held_whole(tmp_path: Path,
+                                                                    big_text_member: _Deflated) -> None:
+    """What `/retrain` runs on an upload (issue 18, item 8): a member under the cap used to be inflated whole,
+    and decoded whole, before its first line was looked at (the bot grew by 517 MB for a 500 MB member)."""
+    path = _write_zip(tmp_path / "WhatsApp Chat with Ana.zip", [("_chat.txt", big_text_member)])
+    assert path.stat().st_size < 2 * MiB
+    error, peak = _refusal_and_peak(path)
+    # Refused as before, every line read (no header anywhere), but a line at a time.
+    assert error.path == f"{path}!_chat.txt" and error.where == "line 1"
+    assert error.message.startswith("no WhatsApp message header found; the first line is 'lorem ipsum")
+    assert peak < BOUNDED_MEMORY, f"checking a {big_text_member.size / MiB:.0f} MiB chat took {peak / MiB:.0f} MiB"
+
+
+def test_member_lines_streams_a_member_and_holds_it_to_the_caps(tmp_path: Path,
+                                                               big_text_member: _Deflated) -> None:
+    path = _write_zip(tmp_path / "export.zip", [("_chat.txt", big_text_member)])
+    tracemalloc.start()
+    try:
+        with Source(path) as source:
+            count = sum(1 for line in source.member_lines("_chat.txt") if line == _TEXT_LINE.decode())
+            # Read again (a chat is read twice): the total counts the member once.
+            assert sum(1 for _ in source.member_lines("_chat.txt")) == count
+            assert source._zip_inflated == big_text_member.size
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == big_text_member.size // len(_TEXT_LINE)
+    assert peak < BOUNDED_MEMORY, f"streaming the member took {peak / MiB:.0f} MiB"
+
+
+def test_member_lines_gives_the_lines_a_file_has(tmp_path: Path) -> None:
+    text = "\ufeffhej på dig 😂\r\nrad två\n\n" + "é" * 3 * MiB + "\nlast line without an ending"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "chat.txt").write_text(text, encoding="utf-8")
+    with zipfile.ZipFile(tmp_path / "export.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("chat.txt", text.encode())
+        archive.writestr("bad.txt", "line one\nline two \xff\n".encode("latin-1"))
+    expected = text[1:].splitlines(keepends=True)
+    for source in (Source(tmp_path / "export.zip"), Source(tmp_path / "folder")):
+        with source:
+            assert list(source.member_lines("chat.txt")) == expected
+            assert source.read_member_bytes("chat.txt") == text.encode()
+    with Source(tmp_path / "export.zip") as source, pytest.raises(DataError) as caught:
+        list(source.member_lines("bad.txt"))
+    assert caught.value.path == f"{tmp_path / 'export.zip'}!bad.txt" and caught.value.where == "line 2"
+    assert "not UTF-8" in caught.value.message

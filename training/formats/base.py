@@ -8,6 +8,7 @@ read from several files, ordering, splitting into conversations at long silences
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import zipfile
@@ -125,11 +126,15 @@ class ParseResult:
 # - Members: a Slack export has a file per channel per day, so 100,000 is 100 busy channels for nearly three
 #   years; every member costs a central-directory entry in memory before anything is read.
 ZIP_MAX_MEMBERS = 100_000
-# - One member is read whole and parsed as JSON (several times its size in objects); the largest real ones
-#   (a prolific account's tweets.js) are a few hundred MB.
+# - One member: a JSON one is read whole and parsed (several times its size in objects), a chat's text is read
+#   a line at a time (`Source.member_lines`); the largest real ones (a prolific account's tweets.js) are a few
+#   hundred MB.
 ZIP_MAX_MEMBER_BYTES = 512 * 1024 ** 2
-# - All members together: the text of a large workspace's export is well under this.
+# - All members together (a member read twice counts once): the text of a large workspace's export is well
+#   under this.
 ZIP_MAX_TOTAL_BYTES = 4 * 1024 ** 3
+# Members inflate this much at a time, each piece counted against the caps as it comes.
+_ZIP_CHUNK_BYTES = 1024 ** 2
 _ZIP_HINT = ("this may be a zip bomb; if it is a genuine export, unzip it and name the folder (or the files in "
              "it) instead")
 
@@ -157,6 +162,7 @@ class Source:
         self._zip: zipfile.ZipFile | None = None
         self._zip_names: list[str] | None = None
         self._zip_inflated = 0  # bytes inflated from the zip so far, against ZIP_MAX_TOTAL_BYTES
+        self._member_inflated: dict[str, int] = {}  # of which from each member (its longest read)
 
     def __repr__(self) -> str:
         return f"Source({str(self.path)!r})"
@@ -219,12 +225,7 @@ class Source:
         try:
             with self.path.open("rb") as f:
                 for number, raw in enumerate(f, start=1):
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        decode_utf8(raw, self.path, first_line=number)  # raises the DataError naming the line
-                        raise
-                    yield line if number > 1 else _strip_bom(line)
+                    yield _decoded_line(raw, self.path, number)
         except OSError as e:
             raise DataError(self.path, f"cannot read the file: {e.strerror or e}") from e
 
@@ -268,32 +269,73 @@ class Source:
         return archive
 
     def read_member_bytes(self, name: str) -> bytes:
+        """A member of a folder or zip, whole (for a format that must parse it whole, as JSON)."""
         if self.is_dir:
             try:
                 return (self.path / name).read_bytes()
             except OSError as e:
                 raise DataError(self.path / name, f"cannot read the file: {e.strerror or e}") from e
-        archive = self._archive()
+        data = io.BytesIO()  # grows in place and hands its buffer over: the member is held once, not twice
+        for chunk in self._inflate(name):
+            data.write(chunk)
+        return data.getvalue()
+
+    def member_lines(self, name: str) -> Iterator[str]:
+        """A member's lines as UTF-8 text, each with its line ending (a BOM is dropped), as `text_lines` gives a
+        file's: a zip member is inflated and decoded a piece at a time, never held whole. Invalid UTF-8 is an
+        error naming the line."""
+        if self.is_dir:
+            yield from Source(self.path / name).text_lines()
+            return
         label = self.member_label(name)
+        number = 0
+        pending: list[bytes] = []  # the start of a line that goes on in the next piece
+        for chunk in self._inflate(name):
+            *ended, rest = chunk.split(b"\n")
+            for raw in ended:
+                number += 1
+                if pending:
+                    pending.append(raw)
+                    raw = b"".join(pending)
+                    pending.clear()
+                yield _decoded_line(raw + b"\n", label, number)
+            if rest:
+                pending.append(rest)
+        if pending:
+            yield _decoded_line(b"".join(pending), label, number + 1)
+
+    def _inflate(self, name: str) -> Iterator[bytes]:
+        """A zip member's bytes as they inflate, a piece at a time, held to the caps as they come: its declared
+        size was checked already, but a zip's sizes are only its own word."""
+        archive = self._archive()
+        too_big = f"{name} inflates to more than {_size(ZIP_MAX_MEMBER_BYTES)}, the most personabot reads of " \
+                  "one file in a zip"
+        inflated = 0
         try:
             info = archive.getinfo(name)
-            too_big = f"{name} inflates to more than {_size(ZIP_MAX_MEMBER_BYTES)}, the most personabot reads " \
-                      "of one file in a zip"
             if info.file_size > ZIP_MAX_MEMBER_BYTES:
                 raise DataError(self.path, too_big, hint=_ZIP_HINT)
-            # The declared size may lie: read no more than the caps allow, plus one byte to notice.
-            allowed = min(ZIP_MAX_MEMBER_BYTES, ZIP_MAX_TOTAL_BYTES - self._zip_inflated)
             with archive.open(info) as member:
-                data = member.read(allowed + 1)
+                while chunk := member.read(_ZIP_CHUNK_BYTES):
+                    inflated += len(chunk)
+                    self._count_inflated(name, inflated, too_big)
+                    yield chunk
         except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, NotImplementedError) as e:
-            raise DataError(label, f"cannot read this file from the zip ({e})",
+            raise DataError(self.member_label(name), f"cannot read this file from the zip ({e})",
                             hint="download the export again; the zip may be truncated or damaged") from e
-        self._zip_inflated += len(data)
-        if len(data) > allowed:
-            raise DataError(self.path, too_big if allowed == ZIP_MAX_MEMBER_BYTES else
-                            f"the zip inflates to more than {_size(ZIP_MAX_TOTAL_BYTES)}, the most personabot "
-                            "unpacks from one zip", hint=_ZIP_HINT)
-        return data
+
+    def _count_inflated(self, name: str, inflated: int, too_big: str) -> None:
+        """Count the first `inflated` bytes of member `name` against the caps; those an earlier read of it
+        counted already are not counted again (a chat is read twice, and no bigger for it)."""
+        grown = inflated - self._member_inflated.get(name, 0)
+        if grown > 0:
+            self._member_inflated[name] = inflated
+            self._zip_inflated += grown
+        if inflated > ZIP_MAX_MEMBER_BYTES:
+            raise DataError(self.path, too_big, hint=_ZIP_HINT)
+        if self._zip_inflated > ZIP_MAX_TOTAL_BYTES:
+            raise DataError(self.path, f"the zip inflates to more than {_size(ZIP_MAX_TOTAL_BYTES)}, the most "
+                            "personabot unpacks from one zip", hint=_ZIP_HINT)
 
     def member_label(self, name: str) -> str:
         """How to name a member in messages: a real path for folders, `archive.zip!inner/path` for zips."""
@@ -309,6 +351,17 @@ class Source:
 # --- helpers for importers ----------------------------------------------------------------------------------
 def _strip_bom(text: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _decoded_line(raw: bytes, label: str | Path, number: int) -> str:
+    """Line `number` of a file as UTF-8 text (a BOM dropped from the first); invalid UTF-8 is a `DataError`
+    naming the line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        decode_utf8(raw, label, first_line=number)  # raises the DataError naming the line
+        raise
+    return line if number > 1 else _strip_bom(line)
 
 
 def decode_utf8(data: bytes, label: str | Path, *, first_line: int = 1) -> str:

@@ -82,8 +82,7 @@ from typing import NoReturn
 from training.conversation import Message
 from training.errors import DataError
 from training.formats import register
-from training.formats.base import (Importer, ImportOptions, ParseResult, Skip, Source, Thread, decode_utf8,
-                                   squash)
+from training.formats.base import Importer, ImportOptions, ParseResult, Skip, Source, Thread, squash
 
 LRM = "\u200e"
 # A record whose header is no possible date or time (a line changed by hand, two exports joined): skipped,
@@ -458,22 +457,12 @@ class _ChatText:
     @classmethod
     def of_member(cls, source: Source, name: str) -> _ChatText:
         label = source.member_label(name)
-        text = decode_utf8(source.read_member_bytes(name), label)
         member = PurePosixPath(name)
         container = member.parent.name or source.path.stem
         names, fallback = (([container, member.stem], container) if _is_chat_txt(member.stem)
                            else ([member.stem, container], member.stem))
         return cls(label, name, f"whatsapp:{source.path.resolve()}!{name}", _title(names, fallback=fallback),
-                   lambda: _split_lines(text))
-
-
-def _split_lines(text: str) -> Iterator[str]:
-    """The lines of `text` with their endings, split at "\\n" only (as a file's lines are)."""
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start) + 1 or len(text)
-        yield text[start:end]
-        start = end
+                   lambda: source.member_lines(name))
 
 
 # --- reading records ---------------------------------------------------------------------------------------
