@@ -16,12 +16,15 @@ Who someone is comes from bot/tenancy.py's `Authority`; the rows live in bot/sto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import fields
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
+from bot.persona_names import name_problem
 from bot.store import Assignment, PersonaEntry, Store, StoreError
 from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
 
@@ -32,28 +35,8 @@ log = logging.getLogger("personabot.personas")
 
 Scope = Literal["bot", "guild", "channel"]
 SCOPES: tuple[Scope, ...] = ("channel", "guild", "bot")    # nearest first
-MAX_NAME = 32
-# Letters, digits, spaces and . _ ' - ; a letter or digit first. Discord refuses webhook names containing
-# "discord" or "clyde", so a persona could never speak under one.
-_NAME = re.compile(r"^\w[\w .'-]*$")
-_WEBHOOK_FORBIDDEN = ("discord", "clyde")
-
-
 class PersonaError(Exception):
     """A persona request that cannot be done; the message says why, for the person who asked."""
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a persona's name, or None."""
-    if not name or len(name) > MAX_NAME:
-        return f"a persona's name has 1 to {MAX_NAME} characters"
-    if not _NAME.match(name) or name != name.strip():
-        return (f"{name!r} is not a usable persona name: letters, digits, spaces and . _ ' - only, "
-                "starting with a letter or digit")
-    forbidden = next((word for word in _WEBHOOK_FORBIDDEN if word in name.lower()), None)
-    if forbidden:
-        return f"{name!r} contains {forbidden!r}, which Discord does not allow in the name a message is sent under"
-    return None
 
 
 def check_generation(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +67,27 @@ def check_artifact(directory: str | Path) -> Path:
     return path
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/])/[^\s'\"`,;:()\[\]]+")
+
+
+def shown_paths(text: str, models_dir: Path) -> str:
+    """`text` (an error for people) with every absolute path of the bot's machine made relative to MODELS_DIR,
+    or cut to its last part when outside it: where the bot keeps its files is nobody's business."""
+    roots = [Path(models_dir).expanduser().absolute(), Path(models_dir).expanduser().resolve()]
+
+    def shown(match: re.Match) -> str:
+        path = Path(match[0].rstrip("."))
+        tail = match[0][len(match[0].rstrip(".")):]
+        for root in roots:
+            if path == root:
+                return "MODELS_DIR" + tail
+            if path.is_relative_to(root):
+                return str(path.relative_to(root)) + tail
+        return f"…/{path.name}{tail}"
+
+    return _ABSOLUTE_PATH.sub(shown, text)
+
+
 def _owner_problem(authority: Authority, guild_id: int | None) -> str | None:
     """Why `authority` may not govern what `guild_id` owns (None: global), or None."""
     if authority.is_owner:
@@ -99,13 +103,36 @@ def _within(path: Path, folder: Path) -> bool:
     return path.is_relative_to(folder.expanduser().resolve())
 
 
+NOT_THIS_SERVERS = ("that artifact is not one this server may use: a server's admins register their own server's "
+                    "artifacts (what its persona retrains produced) and those no server owns")
+
+
+async def artifact_problem(store: Store, authority: Authority, artifact: Path, guild_id: int | None) -> str | None:
+    """Why `authority` may not register the artifact at `artifact` (absolute, resolved) for `guild_id`, or None.
+    An artifact a server owns (`Store.artifact_owner`) is that server's alone; one no server owns is the owners'
+    to share; the owners may register any. Asks the store only: call it before any file of it is read for them."""
+    if authority.is_owner:
+        return None
+    owner = await store.artifact_owner(artifact)
+    return NOT_THIS_SERVERS if owner is not None and owner != guild_id else None
+
+
 async def register(store: Store, authority: Authority, name: str, artifact: Path, *,
                    guild_id: int | None, models_dir: Path | None = None,
-                   generation: dict[str, Any] | None = None, avatar_url: str | None = None) -> PersonaEntry:
+                   generation: dict[str, Any] | None = None, avatar_url: str | None = None,
+                   max_per_guild: int | None = None, taken: Iterable[str] = ()) -> PersonaEntry:
     """Register the artifact at `artifact` (checked by `check_artifact`, off the event loop, first) as
     `name`, owned by `guild_id` (None: global), its webhook messages showing `avatar_url` (http or https).
-    Someone not an owner may register for their own guild only, and only an artifact inside `models_dir`."""
-    problem = name_problem(name) or _owner_problem(authority, guild_id)
+    Someone not an owner may register for their own guild only, only an artifact inside `models_dir` that no
+    other server owns, and no more than `max_per_guild` personas for it. The owners registering an artifact no
+    server owns for a guild give it to that guild (unless a global persona runs it: that one is shared). The
+    name must not look like one of `taken` (the server's members' names) nor like a persona the guild sees."""
+    # A persona of the same name is the store's to refuse (the guild's own) or one it hides (a global one);
+    # one that only looks like it would pass for it.
+    personas_seen = [p.name for p in await listed(store, guild_id) if p.name.casefold() != name.casefold()]
+    # Off the event loop: a big server's members are thousands of names to compare.
+    problem = _owner_problem(authority, guild_id) or await asyncio.to_thread(
+        name_problem, name, taken=[*taken, *personas_seen])
     if problem:
         raise PersonaError(problem)
     if avatar_url is not None and not avatar_url.startswith(("https://", "http://")):
@@ -115,25 +142,35 @@ async def register(store: Store, authority: Authority, name: str, artifact: Path
     if not authority.is_owner and (models_dir is None or not _within(artifact, models_dir)):
         raise PersonaError(f"{artifact} is not inside MODELS_DIR ({models_dir}): a server's admins register "
                            "artifacts from there only")
+    problem = await artifact_problem(store, authority, artifact, guild_id)
+    if problem:
+        raise PersonaError(problem)
+    if guild_id is not None and max_per_guild is not None and await store.count_personas(guild_id) >= max_per_guild:
+        raise PersonaError(f"this server has {max_per_guild} personas, the most one server may register "
+                           "(PERSONAS_PER_SERVER); remove one first")
     try:
-        return await store.add_persona(name, artifact, guild_id=guild_id,
-                                       generation=check_generation(generation or {}), avatar_url=avatar_url)
+        entry = await store.add_persona(name, artifact, guild_id=guild_id,
+                                        generation=check_generation(generation or {}), avatar_url=avatar_url)
     except StoreError as e:
         if "exists already" in str(e):
             raise PersonaError(str(e)) from e
         raise
+    if authority.is_owner and guild_id is not None and await store.artifact_owner(artifact) is None:
+        if not any(p.artifact_path == artifact for p in await store.personas([None])):
+            await store.claim_artifact(artifact, guild_id)
+    return entry
 
 
-def visible(personas: list[PersonaEntry], guild_id: int | None) -> list[PersonaEntry]:
-    """Of `personas`, those seen from `guild_id`: its own and the global ones (from no guild: global only)."""
-    return [p for p in personas if p.guild_id is None or p.guild_id == guild_id]
-
-
-async def listed(store: Store, guild_id: int | None) -> list[PersonaEntry]:
-    """The personas seen from `guild_id` (its own, then global ones with a name it does not use itself)."""
-    seen = visible(await store.personas(), guild_id)
+async def listed(store: Store, guild_id: int | None, *, prefix: str = "",
+                 limit: int | None = None) -> list[PersonaEntry]:
+    """The personas seen from `guild_id` (its own, then global ones with a name it does not use itself), by
+    name; with `prefix`, those whose name starts with it; at most `limit`. Only these rows are read."""
+    owners = [None] if guild_id is None else [guild_id, None]
+    # A global persona hidden by one of the guild's own names takes a place in the query's limit: ask for more.
+    seen = await store.personas(owners, prefix=prefix, limit=None if limit is None else 2 * limit)
     own = {p.name.casefold() for p in seen if p.guild_id is not None}
-    return [p for p in seen if p.guild_id is not None or p.name.casefold() not in own]
+    shown = [p for p in seen if p.guild_id is not None or p.name.casefold() not in own]
+    return shown if limit is None else shown[:limit]
 
 
 async def find(store: Store, guild_id: int | None, name: str) -> PersonaEntry:

@@ -29,6 +29,7 @@ from bot.persona import PersonaRef
 from bot.personas import unload_if_unnamed
 from bot.store import PersonaEntry, Store, StoreError
 from training.artifact import ArtifactError, Metrics, PersonaInfo, read_persona
+from training.dataset import normalise_name
 from training.formats.data_dump import DumpRow, write_dump
 from training.progress import ProgressState
 
@@ -126,12 +127,15 @@ class Retrainer:
             self.progress = ProgressState()
             subject = await self._subject(persona)
             speaker = speaker or subject.speaker
-            files, logged = await self._training_files()
+            files, logged = await self._training_files(subject)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             out = (self.models_dir / f"{slug(subject.label or speaker)}-{stamp}").absolute()
             try:
                 run_id = await self.store.start_run(requested_by=requested_by, speaker=speaker, epochs=epochs,
                                                     out_path=str(out), progress_message=progress_message)
+                if subject.entry is not None and subject.entry.guild_id is not None:
+                    # What a server's persona learns is that server's: no other server may register it.
+                    await self.store.claim_artifact(out.resolve(), subject.entry.guild_id)
             except StoreError as e:
                 _remove_dump(logged)
                 raise RetrainError(f"cannot record the run: {e}") from e
@@ -162,10 +166,10 @@ class Retrainer:
                                f"from it: {e}") from e
         return _Subject(info, info.speaker, persona)
 
-    async def _training_files(self) -> tuple[list[Path], Path | None]:
+    async def _training_files(self, subject: _Subject) -> tuple[list[Path], Path | None]:
         """The exports to train on, and the folder of stored channel messages among them (to remove after)."""
         files = self.data_files()
-        logged = await self._dump_logged() if self.include_logged else None
+        logged = await self._dump_logged(subject) if self.include_logged else None
         if logged is not None:
             files += sorted(logged.iterdir())
         if not files:
@@ -182,19 +186,33 @@ class Retrainer:
             except Exception:
                 log.exception("a retrain outcome observer failed")
 
-    async def _dump_logged(self) -> Path | None:
+    async def _dump_logged(self, subject: _Subject) -> Path | None:
         """The store's channel messages (people who opted out left out, the bot's own lines too: it must not
         learn from itself) in the project's own data dump (`training.formats.data_dump`), one conversation per
-        channel, with each author's account id, in a temporary folder."""
+        channel, with each author's account id, in a temporary folder.
+
+        A server's persona learns from that server's messages only. And a name alone never makes a stored
+        message the persona's: one whose author goes by the persona's name from an account the persona was not
+        trained on (persona.json's speaker ids) is written under a name that says whose account it is, so that
+        anyone can take the name "Bob" without speaking for Bob's persona."""
+        guild_id = subject.entry.guild_id if subject.entry is not None else None
         try:
-            messages = [m for m in await self.store.all_messages() if not m.is_bot]
+            messages = [m for m in await self.store.all_messages(guild_id=guild_id) if not m.is_bot]
         except StoreError as e:
             raise RetrainError(f"cannot read the stored messages: {e}") from e
         if not messages:
             return None
         folder = self.models_dir / f".logged-{os.getpid()}-{int(time.time() * 1000)}"
         folder.mkdir(parents=True)
-        rows = (DumpRow(f"channel-{m.channel_id}", m.author_name, str(m.author_id), m.content, m.created_at)
+        persona_names = {normalise_name(n) for n in [subject.info.speaker, *subject.info.speaker_names]}
+        persona_ids = set(subject.info.speaker_ids)
+
+        def author(m) -> str:
+            if normalise_name(m.author_name) in persona_names and str(m.author_id) not in persona_ids:
+                return f"{m.author_name} (account {m.author_id})"
+            return m.author_name
+
+        rows = (DumpRow(f"channel-{m.channel_id}", author(m), str(m.author_id), m.content, m.created_at)
                 for m in messages)
         with (folder / "logged-messages.jsonl").open("w", encoding="utf-8") as out:
             write_dump(rows, out)

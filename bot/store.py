@@ -192,11 +192,14 @@ class Store:
             "WHERE channel_id = ? ORDER BY id DESC LIMIT ?", (channel_id, limit))
         return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in reversed(rows)]
 
-    async def all_messages(self) -> list[StoredMessage]:
-        """Every stored message of people who did not opt out, by channel and time (for retraining)."""
+    async def all_messages(self, *, guild_id: int | None = None) -> list[StoredMessage]:
+        """Every stored message of people who did not opt out, by channel and time (for retraining); with
+        `guild_id`, that server's only."""
+        where = " AND guild_id = ?" if guild_id is not None else ""
         rows = await self._query(
             "SELECT channel_id, author_id, author_name, content, is_bot, created_at FROM channel_messages "
-            "WHERE author_id NOT IN (SELECT user_id FROM opt_outs) ORDER BY channel_id, id")
+            f"WHERE author_id NOT IN (SELECT user_id FROM opt_outs){where} ORDER BY channel_id, id",
+            (guild_id,) if guild_id is not None else ())
         return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
     async def prune_messages(self, older_than_days: float) -> int:
@@ -385,14 +388,48 @@ class Store:
             raise StoreError(f"a persona named {name!r} exists already {where}") from e
         return await self._persona_by_id(int(cursor.lastrowid))
 
-    async def personas(self, owners: Iterable[int | None] | None = None) -> list[PersonaEntry]:
-        """Personas by name: every one, or only those owned by one of `owners` (guild ids; None: global)."""
-        rows = await self._query(f"SELECT {_PERSONA_COLUMNS} FROM personas ORDER BY name COLLATE NOCASE, id")
-        found = [_persona(r) for r in rows]
-        if owners is None:
-            return found
-        wanted = set(owners)
-        return [p for p in found if p.guild_id in wanted]
+    async def personas(self, owners: Iterable[int | None] | None = None, *, prefix: str = "",
+                       limit: int | None = None) -> list[PersonaEntry]:
+        """Personas by name: every one, or only those owned by one of `owners` (guild ids; None: global); with
+        `prefix`, those whose name starts with it (any case); at most `limit`. Filtered by the database, so that
+        one server's thousands of personas cost another server's listing nothing."""
+        where, params = [], []
+        if owners is not None:
+            wanted = set(owners)
+            ids = sorted(o for o in wanted if o is not None)
+            where.append("(" + " OR ".join(["guild_id IS NULL"] * (None in wanted)
+                                           + [f"guild_id IN ({', '.join('?' * len(ids))})"] * bool(ids)) + ")"
+                         if wanted else "0")
+            params += ids
+        if prefix:
+            where.append("name LIKE ? ESCAPE '\\'")
+            params.append(prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        sql = f"SELECT {_PERSONA_COLUMNS} FROM personas"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY name COLLATE NOCASE, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_persona(r) for r in await self._query(sql, params)]
+
+    async def count_personas(self, guild_id: int | None) -> int:
+        """How many personas `guild_id` owns (None: global ones)."""
+        rows = await self._query("SELECT count(*) FROM personas WHERE coalesce(guild_id, 0) = ?", (guild_id or 0,))
+        return int(rows[0][0])
+
+    async def artifact_owner(self, path: str | Path) -> int | None:
+        """The server that owns the artifact at `path` (absolute, resolved); None when no server does."""
+        rows = await self._query("SELECT guild_id FROM artifact_owners WHERE path = ?", (str(path),))
+        return int(rows[0][0]) if rows else None
+
+    async def claim_artifact(self, path: str | Path, guild_id: int) -> int:
+        """Make the artifact at `path` `guild_id`'s unless a server owns it already: the owner it has now."""
+        await self._execute("INSERT INTO artifact_owners (path, guild_id, created_at) VALUES (?, ?, ?) "
+                            "ON CONFLICT (path) DO NOTHING", (str(path), guild_id, now()))
+        owner = await self.artifact_owner(path)
+        assert owner is not None
+        return owner
 
     async def find_persona(self, name: str, guild_id: int | None) -> PersonaEntry | None:
         """The persona called `name` (any case) as seen from `guild_id`: the guild's own first, then a global

@@ -20,6 +20,7 @@ from bot import personas
 from bot.discord_bot import PersonaBot, assignment_place, guild_admins_only
 from bot.engine import SwapError
 from bot.persona import PersonaRef
+from bot.persona_names import skeletons
 from bot.personas import PersonaError
 from bot.store import PersonaEntry, StoreError
 from cogs.utils.personas import find_or_say, persona_names
@@ -30,6 +31,8 @@ log = logging.getLogger("personabot.personas")
 SCOPE_CHOICES = [app_commands.Choice(name="channel", value="channel"),
                  app_commands.Choice(name="server", value="guild"),
                  app_commands.Choice(name="bot (owners only)", value="bot")]
+# Personas `/persona list` shows at most: one message of Discord's 2,000 characters.
+LIST_SHOWN = 40
 SCOPE_WORDS = {"channel": "channel assignment", "guild": "server assignment", "bot": "bot-wide assignment"}
 
 
@@ -54,6 +57,21 @@ def _shown(path: str | Path, models_dir: Path) -> str:
         return path.name if path.is_absolute() else str(path)
 
 
+async def member_names(guild: discord.Guild | None, name: str) -> list[str]:
+    """The names of the server's members that a persona called `name` could pass for: those the bot has seen,
+    and those Discord finds whose names start as `name` does, or as what it looks like ("Вob" is asked as
+    "b"): a prefix query needs no members intent. A query Discord does not answer in time is left out."""
+    if guild is None:
+        return []
+    found = set(guild.members)
+    for prefix in sorted({name[:1].casefold(), *(s[:1] for s in skeletons(name) if s)} - {""}):
+        try:
+            found.update(await asyncio.wait_for(guild.query_members(prefix, limit=100, cache=False), 10))
+        except (TimeoutError, discord.ClientException, discord.HTTPException, ValueError) as e:
+            log.warning("could not ask Discord for the members of %s named like %r: %s", guild.id, prefix, e)
+    return list({n for m in found for n in (m.display_name, m.name, m.global_name) if n})
+
+
 class Personas(commands.Cog):
     """Which registered persona speaks where."""
 
@@ -74,10 +92,13 @@ class Personas(commands.Cog):
     async def persona_list(self, interaction: discord.Interaction) -> None:
         """The personas of this server (its own and global ones), and which one speaks in this channel."""
         speaking, why = await self._speaking_here(interaction)
-        entries = await personas.listed(self.bot.store, interaction.guild_id)
+        entries = await personas.listed(self.bot.store, interaction.guild_id, limit=LIST_SHOWN + 1)
         lines = [f"• **{entry.name}** ({owner_word(entry)})"
                  + (f" ← speaks here ({why})" if speaking is not None and entry.id == speaking.id else "")
-                 for entry in entries] or ["No personas registered for this server: `/persona add`."]
+                 for entry in entries[:LIST_SHOWN]] or ["No personas registered for this server: `/persona add`."]
+        if len(entries) > LIST_SHOWN:
+            lines.append(f"… and more: the first {LIST_SHOWN} by name are shown; `/persona info` finds any as you "
+                         "type its name.")
         if speaking is None:
             lines.append(f"Speaking here: **{self.bot.engine.persona.name}**, the bot's configured persona "
                          "(no assignment).")
@@ -173,20 +194,27 @@ class Personas(commands.Cog):
         authority = await self.bot.authority(interaction)
         # Loading the model to check it can take longer than Discord waits for an answer.
         await interaction.response.defer(ephemeral=True, thinking=True)
+        models_dir = self.bot.settings.models_dir
         # Relative to MODELS_DIR (an owner's absolute path stays absolute).
-        wanted = self.bot.settings.models_dir / directory
+        wanted = models_dir / directory
         owner = None if everywhere else interaction.guild_id
         try:
             if everywhere and not authority.is_owner:    # before reading any file for them
                 raise PersonaError("a global persona is the bot's owners' to add")
-            artifact = await asyncio.to_thread(_artifact_for, wanted, self.bot.settings.models_dir,
-                                               authority.is_owner)
+            where = await asyncio.to_thread(_inside_models_dir, wanted, models_dir, authority.is_owner)
+            problem = await personas.artifact_problem(self.bot.store, authority, where, owner)
+            if problem:     # another server's: nothing of it is read, nor is it said what is there
+                raise PersonaError(problem)
+            artifact = await asyncio.to_thread(personas.check_artifact, where)
             entry = await personas.register(self.bot.store, authority, name, artifact, guild_id=owner,
-                                            models_dir=self.bot.settings.models_dir, avatar_url=avatar_url)
+                                            models_dir=models_dir, avatar_url=avatar_url,
+                                            max_per_guild=self.bot.settings.personas_per_server,
+                                            taken=await member_names(interaction.guild, name))
             await self._loads(entry)
         except (PersonaError, StoreError) as e:
-            # check_artifact names the directory as given; shown relative to MODELS_DIR, as they typed it.
-            await interaction.edit_original_response(content=f"Not added: {str(e).replace(str(wanted), directory)}.")
+            # Paths as they typed them: relative to MODELS_DIR; the bot's own file system is nobody's business.
+            await interaction.edit_original_response(
+                content=f"Not added: {personas.shown_paths(str(e), models_dir)}.")
             return
         await interaction.edit_original_response(
             content=f"Added **{entry.name}** ({owner_word(entry)}). `/persona use name:{entry.name}` makes it speak.")
@@ -223,14 +251,14 @@ class Personas(commands.Cog):
             await personas.unload_if_unnamed(self.bot.store, self.bot.engine, gone.artifact_path)
 
 
-def _artifact_for(directory: Path, models_dir: Path, is_owner: bool) -> Path:
-    """`personas.check_artifact(directory)`, but for someone not an owner only inside MODELS_DIR, checked
-    first (resolved, so "../" leads nowhere): nothing outside is read for them, nor is it said whether it
-    exists. Touches files: run it off the event loop."""
-    if not is_owner and not directory.resolve().is_relative_to(models_dir.expanduser().resolve()):
+def _inside_models_dir(directory: Path, models_dir: Path, is_owner: bool) -> Path:
+    """`directory` resolved ("../" leads nowhere), and for someone not an owner only inside MODELS_DIR: nothing
+    outside is read for them, nor is it said whether it exists. Touches files: run it off the event loop."""
+    resolved = directory.expanduser().resolve()
+    if not is_owner and not resolved.is_relative_to(models_dir.expanduser().resolve()):
         raise PersonaError("that directory is not inside MODELS_DIR: a server's admins register artifacts "
                            "from there only")
-    return personas.check_artifact(directory)
+    return resolved
 
 
 async def setup(bot: PersonaBot) -> None:

@@ -113,11 +113,14 @@ def test_a_lora_persona_is_retrained_as_an_adapter_on_the_same_base(alice_artifa
         result = await retrainer.run(persona=dana, epochs=100, force=True)
         reply = await _reply(engine, await store.persona(dana.id))
         own = engine.persona.path
+        # The server's artifacts: the one the owners gave it and what its retrain made; nobody else's.
+        owners = [await store.artifact_owner(p.resolve()) for p in (dana_adapter, result.artifact, alice_artifact)]
         await engine.close()
         await store.close()
-        return result, reply, own
+        return result, reply, own, owners
 
-    result, reply, own = asyncio.run(main())
+    result, reply, own, owners = asyncio.run(main())
+    assert owners == [GUILD, GUILD, None]
     old, new = read_persona(dana_adapter), read_persona(result.artifact)
     assert new.is_adapter and old.base and new.base == old.base
     assert new.speaker == old.speaker                          # the persona's own speaker, from its persona.json

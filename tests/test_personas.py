@@ -43,7 +43,7 @@ def test_a_version_3_database_gains_the_registry_and_keeps_its_rows(tmp_path, al
                     await new.personas(), entry)
 
     version, messages, schedules, before, after, entry = run(main())
-    assert version == len(migrations()) == 5
+    assert version == len(migrations()) == 6
     assert [m.content for m in messages] == ["still here"]
     assert [(s.name, s.guild_id, s.persona_id) for s in schedules] == [("nightly", GUILD_A, None)]
     assert before == [] and after == [entry]
@@ -214,3 +214,86 @@ def test_the_persona_command_on_a_real_artifact_and_a_bad_directory(cli, tmp_pat
     assert cli("persona", "list", env=env, cwd=tmp_path).stdout.splitlines() == [f"Alice\tglobal\t{alice_artifact}"]
     with sqlite3.connect(tmp_path / "db" / "bot.sqlite3") as db:
         assert db.execute("SELECT generation FROM personas").fetchall() == [('{"temperature": 0.6}',)]
+
+
+def test_a_version_5_database_gives_each_artifact_to_the_one_server_whose_personas_named_it(tmp_path, alice_artifact):
+    """Migration 6: an artifact that only one server's personas named (as their artifact, or the one before
+    their last retrain) is that server's from then on; one that two servers or a global persona named stays
+    unowned (the owners')."""
+    path = tmp_path / "bot.sqlite3"
+    only_a, retrained_a, shared, published = (tmp_path / n for n in ("only-a", "only-a-2", "shared", "published"))
+
+    async def main():
+        async with await Store.open(path, upto=5) as old:
+            a = await old.add_persona("Ann", only_a, guild_id=GUILD_A)
+            await old.set_persona_artifact(a.id, retrained_a, only_a)
+            await old.add_persona("Sam", shared, guild_id=GUILD_A)
+            await old.add_persona("Sam", shared, guild_id=GUILD_B)
+            await old.add_persona("Pub", published, guild_id=GUILD_B)
+            await old.add_persona("Pub", published, guild_id=None)
+        async with await Store.open(path) as new:
+            owners = [await new.artifact_owner(p) for p in (only_a, retrained_a, shared, published)]
+            refused = await personas.artifact_problem(new, ADMIN_B, retrained_a, GUILD_B)
+            allowed = await personas.artifact_problem(new, ADMIN_B, published, GUILD_B)
+            return owners, refused, allowed
+
+    owners, refused, allowed = run(main())
+    assert owners == [GUILD_A, GUILD_A, None, None]
+    assert refused == personas.NOT_THIS_SERVERS and allowed is None
+
+
+def test_a_server_registers_its_own_artifacts_and_unowned_ones_up_to_its_cap(tmp_path, alice_artifact):
+    """A server's admins may not register another server's artifact (nor may they learn what it is), and no
+    more than their cap of personas; other servers and the owners' global personas are not counted."""
+    models = alice_artifact.parent
+
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+            await store.claim_artifact(alice_artifact, GUILD_A)
+            with pytest.raises(PersonaError, match="not one this server may use"):
+                await personas.register(store, ADMIN_B, "Spy", alice_artifact, guild_id=GUILD_B, models_dir=models)
+            for i in range(3):
+                await personas.register(store, ADMIN_A, f"A{i}", alice_artifact, guild_id=GUILD_A,
+                                        models_dir=models, max_per_guild=3)
+            with pytest.raises(PersonaError, match="3 personas, the most one server may register"):
+                await personas.register(store, ADMIN_A, "A3", alice_artifact, guild_id=GUILD_A, models_dir=models,
+                                        max_per_guild=3)
+            await personas.register(store, OWNER, "Zed", alice_artifact, guild_id=None, max_per_guild=3)
+            return [p.name for p in await personas.listed(store, GUILD_A)], await store.count_personas(GUILD_A)
+
+    names, count = run(main())
+    assert names == ["A0", "A1", "A2", "Zed"] and count == 3
+
+
+def test_another_servers_thousands_of_personas_cost_a_listing_nothing_on_the_event_loop(tmp_path):
+    """20,000 personas of one server (from before the cap): another server's autocomplete and list, and the
+    crowded server's own autocomplete, read only the rows they show; the loop does no more than a callback's
+    worth of work for each (CPU time on the loop thread, see loop_watch)."""
+    from loop_watch import LoopWatch
+
+    path = tmp_path / "bot.sqlite3"
+
+    async def create():
+        async with await Store.open(path):
+            pass
+
+    run(create())
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) "
+                       "VALUES (?, ?, '/models/x', '{}', 'then')", [(GUILD_A, f"crowd{i:05d}") for i in range(20_000)])
+        db.execute("INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) "
+                   "VALUES (?, 'Mine', '/models/m', '{}', 'then')", (GUILD_B,))
+
+    async def main():
+        async with await Store.open(path) as store:
+            with LoopWatch() as watch:
+                for _ in range(5):
+                    listed_b = await personas.listed(store, GUILD_B)
+                    typed_b = await personas.listed(store, GUILD_B, prefix="mi", limit=25)
+                    typed_a = await personas.listed(store, GUILD_A, prefix="crowd1", limit=25)
+            return watch, listed_b, typed_b, typed_a
+
+    watch, listed_b, typed_b, typed_a = run(main())
+    assert [p.name for p in listed_b] == [p.name for p in typed_b] == ["Mine"]
+    assert [p.name for p in typed_a] == [f"crowd1{i:04d}" for i in range(25)]
+    watch.check(min_callbacks=30)

@@ -163,3 +163,53 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def test_a_servers_persona_learns_from_that_server_and_its_speakers_account_only(tmp_path, bob_artifact, data_dir):
+    """A retrain of server A's persona Bob with stored messages: server B's messages never reach it (a member of
+    B named Bob included), and in A a message is Bob's response only from the account Bob's persona was
+    trained on; another account taking the name "Bob" is written under a name that says whose account it is.
+    Checked on the files the training child is given, read as the trainer reads them."""
+    from training.dataset import match_speaker
+
+    artifact = tmp_path / "models" / "bob"
+    import shutil
+
+    shutil.copytree(bob_artifact, artifact)
+    info = json.loads((artifact / "persona.json").read_text())
+    (artifact / "persona.json").write_text(json.dumps({**info, "speaker_ids": ["11"]}))
+    given = tmp_path / "child-args.json"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        f"#!{sys.executable}\nimport json, shutil, sys\n"
+        "files = sys.argv[sys.argv.index('--data') + 1:]\nfiles = files[:next((i for i, a in enumerate(files) "
+        "if a.startswith('--')), len(files))]\n"
+        f"kept = []\nfor i, f in enumerate(files):\n    shutil.copy(f, {str(tmp_path)!r} + f'/given-{{i}}.jsonl')\n"
+        f"    kept.append({str(tmp_path)!r} + f'/given-{{i}}.jsonl')\n"
+        f"json.dump(kept, open({str(given)!r}, 'w'))\nsys.exit(3)\n")
+    fake_python.chmod(0o755)
+
+    async def main():
+        async with await Store.open(tmp_path / "bot.sqlite3") as store, Engine.load(bob_artifact) as engine:
+            for guild, author, name, text in [(1, 11, "Bob", "the real bob in server a"),
+                                              (1, 12, "Carol", "carol in server a"),
+                                              (1, 13, "bob", "an impostor in server a"),
+                                              (2, 21, "Bob", "a bob of server b says this"),
+                                              (2, 11, "Bob", "the real bob, in server b")]:
+                await store.add_message(guild_id=guild, channel_id=guild * 100, author_id=author, author_name=name,
+                                        content=text)
+            entry = await store.add_persona("Bob", artifact, guild_id=1)
+            retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models",
+                                  python=str(fake_python), include_logged=True)
+            with pytest.raises(RetrainError):
+                await retrainer.run(persona=entry)
+
+    asyncio.run(main())
+    files = [Path(f) for f in json.loads(given.read_text())]
+    corpus = load_corpus(files)
+    texts = [m.text for m in corpus.messages()]
+    assert "carol in server a" in texts and "an impostor in server a" in texts
+    assert not [t for t in texts if "server b" in t]
+    bob = match_speaker(corpus.conversations, "Bob")
+    his = [m.text for c in corpus.conversations for m in c.messages if bob.matches(m)]
+    assert "the real bob in server a" in his and "an impostor in server a" not in his

@@ -10,16 +10,17 @@ from bot import personas
 from bot.personas import PersonaError
 from bot.store import PersonaEntry, StoreError
 
+AUTOCOMPLETE_CHOICES = 25   # the most choices Discord shows
+
 
 async def persona_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     """Autocomplete: the personas this server sees whose names start with what was typed."""
     try:
-        seen = await personas.listed(interaction.client.store, interaction.guild_id)
+        seen = await personas.listed(interaction.client.store, interaction.guild_id, prefix=current,
+                                     limit=AUTOCOMPLETE_CHOICES)
     except StoreError:
         return []
-    typed = current.casefold()
-    return [app_commands.Choice(name=p.name, value=p.name) for p in seen
-            if p.name.casefold().startswith(typed)][:25]
+    return [app_commands.Choice(name=p.name, value=p.name) for p in seen]
 
 
 async def find_or_say(interaction: discord.Interaction, name: str) -> PersonaEntry | None:
