@@ -3,7 +3,8 @@
 A registered persona speaks through the bot's own webhook of the channel ("personabot", one per channel,
 found again after a restart rather than created anew), under the persona's name and avatar, so that several
 personas in one channel look like several people. A webhook message cannot be a Discord reply; it simply
-follows the message it answers.
+follows the message it answers. What Discord said about a channel's webhooks (none is the bot's; the channel
+is at Discord's webhook cap) is believed for a few minutes (`WEBHOOK_MEMORY_S`) rather than asked per reply.
 
 Without Manage Webhooks in the channel (or when the bot's configured persona speaks) the bot sends as itself,
 replying to the message it answers; a registered persona's text then opens with its name in bold
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 from typing import TYPE_CHECKING
 
@@ -28,29 +30,54 @@ log = logging.getLogger("personabot.speaking")
 
 WEBHOOK_NAME = "personabot"
 MESSAGE_LIMIT = 2000                         # Discord's limit on a message's content
+MAX_WEBHOOKS_ERROR = 30007                   # Discord's error code: the channel has its 15 webhooks
+# How long what Discord said about a channel's webhooks (none is ours; the channel is at the cap) is believed.
+WEBHOOK_MEMORY_S = 300.0
 # What `speak` puts before a registered persona's text when it cannot use a webhook.
 _NAMED = re.compile(r"^\*\*(?P<name>[^*\n]{1,32}):\*\* ")
 
 
+class WebhookCapReached(Exception):
+    """The channel has as many webhooks as Discord allows (error 30007) and none of them is the bot's."""
+
+
 class Webhooks:
     """The bot's webhook of each channel, cached by channel id (a thread uses its parent's), and the ids of
-    every webhook of ours seen, so that a message one of them sent is known as a persona's."""
+    every webhook of ours seen, so that a message one of them sent is known as a persona's.
+
+    What Discord said about a channel is remembered for `WEBHOOK_MEMORY_S`: that none of its webhooks is ours
+    (so replies to another app's webhook messages, PluralKit's for instance, do not list them again each
+    time), and that it is at Discord's webhook cap (so a persona there speaks as the bot at once, without
+    asking for a webhook on every reply). After that the channel is asked again: a webhook of ours may have
+    been made there by another of the bot's processes, or a slot freed."""
 
     def __init__(self) -> None:
         self._by_channel: dict[int, discord.Webhook] = {}
         self._ids: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
+        # channel id -> time.monotonic() until which the answer holds
+        self._none_until: dict[int, float] = {}
+        self._capped_until: dict[int, float] = {}
 
     async def get(self, channel: discord.abc.GuildChannel) -> discord.Webhook:
         """The bot's webhook of `channel` (not a thread): cached, else the one the bot made earlier, else a new
-        one. One lock per channel, so that two replies at once do not make two webhooks."""
+        one. One lock per channel, so that two replies at once do not make two webhooks. WebhookCapReached
+        while the channel is known to be at Discord's webhook cap; discord.HTTPException when Discord refuses."""
         async with self._locks.setdefault(channel.id, asyncio.Lock()):
-            cached = self._by_channel.get(channel.id)
-            if cached is not None:
-                return cached
-            webhook = await self._existing(channel)
-            if webhook is None:
+            if _fresh(self._capped_until, channel.id):
+                raise WebhookCapReached(f"channel {channel.id} is at Discord's webhook cap")
+            webhook = await self._look_up(channel)
+            if webhook is not None:
+                return webhook
+            try:
                 webhook = await channel.create_webhook(name=WEBHOOK_NAME, reason="personas speak through it")
+            except discord.HTTPException as e:
+                if e.code == MAX_WEBHOOKS_ERROR:
+                    self._capped_until[channel.id] = time.monotonic() + WEBHOOK_MEMORY_S
+                    log.warning("channel %s has Discord's most webhooks (%s); personas there speak as the bot, "
+                                "asking again in %d s", channel.id, e.text, WEBHOOK_MEMORY_S)
+                    raise WebhookCapReached(f"channel {channel.id} is at Discord's webhook cap ({e.text})") from e
+                raise
             self._remember(channel.id, webhook)
             return webhook
 
@@ -59,34 +86,57 @@ class Webhooks:
         self._by_channel.pop(channel_id, None)
 
     async def is_ours(self, channel: discord.abc.Messageable, webhook_id: int | None) -> bool:
-        """Whether `webhook_id` is a webhook of ours (after a restart: the bot's webhook of the channel, looked
-        up once, when the bot may see the channel's webhooks)."""
+        """Whether `webhook_id` is a webhook of ours (after a restart: the bot's webhooks of the channel, looked
+        up when the bot may see the channel's webhooks, and not again for a while when none is ours)."""
         if webhook_id is None:
             return False
         if webhook_id in self._ids:
             return True
         parent = _webhook_channel(channel)
-        if parent is None or not _may_use_webhooks(channel) or parent.id in self._by_channel:
+        if parent is None or not _may_use_webhooks(channel):
             return False
-        try:
-            found = await self._existing(parent)
-        except discord.HTTPException as e:
-            log.warning("cannot list the webhooks of channel %s: %s", parent.id, e)
-            return False
-        if found is not None:
-            self._remember(parent.id, found)
+        async with self._locks.setdefault(parent.id, asyncio.Lock()):
+            try:
+                await self._look_up(parent)
+            except discord.HTTPException as e:
+                log.warning("cannot list the webhooks of channel %s: %s", parent.id, e)
+                self._none_until[parent.id] = time.monotonic() + WEBHOOK_MEMORY_S   # nor ask again at once
         return webhook_id in self._ids
 
-    async def _existing(self, channel: discord.abc.GuildChannel) -> discord.Webhook | None:
-        """The webhook the bot made in `channel` before (its name first, should there be several)."""
+    async def _look_up(self, channel: discord.abc.GuildChannel) -> discord.Webhook | None:
+        """The bot's webhook of `channel`: cached, else listed (unless a listing found none of ours lately).
+        Call it holding the channel's lock."""
+        cached = self._by_channel.get(channel.id)
+        if cached is not None or _fresh(self._none_until, channel.id):
+            return cached
         me = channel.guild.me
         mine = [w for w in await channel.webhooks()
                 if w.user is not None and w.user.id == me.id and w.token is not None]
-        return next((w for w in mine if w.name == WEBHOOK_NAME), mine[0] if mine else None)
+        self._ids.update(w.id for w in mine)       # an older one of ours still has messages in the channel
+        # Its name first, should there be several.
+        webhook = next((w for w in mine if w.name == WEBHOOK_NAME), mine[0] if mine else None)
+        if webhook is None:
+            self._none_until[channel.id] = time.monotonic() + WEBHOOK_MEMORY_S
+        else:
+            self._remember(channel.id, webhook)
+        return webhook
 
     def _remember(self, channel_id: int, webhook: discord.Webhook) -> None:
         self._by_channel[channel_id] = webhook
         self._ids.add(webhook.id)
+        self._none_until.pop(channel_id, None)
+        self._capped_until.pop(channel_id, None)
+
+
+def _fresh(until: dict[int, float], channel_id: int) -> bool:
+    """Whether what `until` remembers of the channel still holds (dropping it once it does not)."""
+    deadline = until.get(channel_id)
+    if deadline is None:
+        return False
+    if time.monotonic() < deadline:
+        return True
+    del until[channel_id]
+    return False
 
 
 async def persona_of(message: discord.Message, bot_user_id: int, webhooks: Webhooks) -> str | None:
@@ -117,7 +167,9 @@ async def speak(channel: discord.abc.Messageable, text: str, *, persona: Persona
                 webhooks.drop(_webhook_channel(channel).id)
                 if attempt == 2:
                     log.warning("the webhook of channel %s vanished twice; sending as the bot", channel.id)
-            except discord.HTTPException as e:   # e.g. the channel's webhook limit: speak as the bot instead
+            except WebhookCapReached:      # said once, when Discord told us: speak as the bot
+                break
+            except discord.HTTPException as e:   # speak as the bot instead
                 log.warning("cannot speak through a webhook in channel %s (%s); sending as the bot", channel.id, e)
                 break
     if persona_name is not None:

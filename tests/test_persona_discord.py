@@ -64,14 +64,14 @@ async def test_personas_speak_in_their_channels_and_servers_under_their_own_name
     me = env.bot.user
     assert "Added **Alice** (this server)" in await ok(admin, general, "persona add", name="Alice", directory="alice",
                                                        avatar_url="https://example.com/alice.png")
-    await ok(admin, general, "persona add", name="Bob", directory="bob")
+    await ok(admin, general, "persona add", name="Robin", directory="bob")
     await ok(admin, general, "persona use", name="Alice", scope="channel")
-    assert "**Bob** now speaks in this channel" in await ok(admin, other, "persona use", name="bob", scope="channel")
+    assert "**Robin** now speaks in this channel" in await ok(admin, other, "persona use", name="robin", scope="channel")
     # Server B's admin (not an owner) registers the LoRA adapter for B, from MODELS_DIR, and gives B to it.
     await ok(mallory, b_general, "persona add", name="Carol", directory="carol")
     assert "in this server" in await ok(mallory, b_general, "persona use", name="Carol", scope="guild")
 
-    for channel, who, name in ((general, bob, "Alice"), (other, carol, "Bob"), (b_general, mallory, "Carol")):
+    for channel, who, name in ((general, bob, "Alice"), (other, carol, "Robin"), (b_general, mallory, "Carol")):
         asked = await who.send(channel, f"{me.mention} pizza tonight?")
         said = channel.last_message
         assert said.id != asked.id and said.webhook_id is not None, name
@@ -104,15 +104,15 @@ async def test_without_manage_webhooks_the_bot_speaks_for_the_persona_with_its_n
     me = env.bot.user
     closed = env.guild.create_text_channel(
         "no-hooks", overwrites={me: discord.PermissionOverwrite(manage_webhooks=False)})
-    await ok(admin, closed, "persona add", name="Bob", directory="bob")
-    await ok(admin, closed, "persona use", name="Bob", scope="channel")
+    await ok(admin, closed, "persona add", name="Robin", directory="bob")
+    await ok(admin, closed, "persona use", name="Robin", scope="channel")
     asked = await carol.send(closed, f"{me.mention} coffee?")
     said = closed.last_message
     assert said.author.id == me.id and said.webhook_id is None and said.reference.message_id == asked.id
-    assert said.content.startswith("**Bob:** ")
+    assert said.content.startswith("**Robin:** ")
     assert webhook_calls(env, closed.id) == 0           # it knew from its permissions not to try
     turns = env.bot.memory.turns(closed.id)
-    assert turns[-1] == ("Bob", said.content.removeprefix("**Bob:** "))   # remembered without the bold name
+    assert turns[-1] == ("Robin", said.content.removeprefix("**Robin:** "))   # remembered without the bold name
 
 
 async def test_a_reply_to_a_persona_is_answered_by_that_persona_wherever_it_is(world, models):
@@ -120,31 +120,31 @@ async def test_a_reply_to_a_persona_is_answered_by_that_persona_wherever_it_is(w
     me = env.bot.user
     closed = env.guild.create_text_channel(
         "no-hooks", overwrites={me: discord.PermissionOverwrite(manage_webhooks=False)})
-    for name in ("Alice", "Bob"):
-        await ok(admin, general, "persona add", name=name, directory=name.lower())
+    for name, directory in (("Alice", "alice"), ("Robin", "bob")):
+        await ok(admin, general, "persona add", name=name, directory=directory)
     await ok(admin, general, "persona use", name="Alice", scope="channel")
-    await ok(admin, closed, "persona use", name="Bob", scope="channel")
+    await ok(admin, closed, "persona use", name="Robin", scope="channel")
     await bob.send(general, f"{me.mention} rain again")
     alices = general.last_message
     await bob.send(closed, f"{me.mention} rain again")
     bobs = closed.last_message
-    assert alices.author.name == "Alice" and bobs.content.startswith("**Bob:** ")
+    assert alices.author.name == "Alice" and bobs.content.startswith("**Robin:** ")
 
     # Now Bob speaks in general and Alice in the channel without webhooks ...
-    await ok(admin, general, "persona use", name="Bob", scope="channel")
+    await ok(admin, general, "persona use", name="Robin", scope="channel")
     await ok(admin, closed, "persona use", name="Alice", scope="channel")
     # ... yet a reply (no mention) to Alice's webhook message is answered by Alice, and to Bob's by Bob.
     await carol.send(general, "really?", reply_to=alices)
     assert general.last_message.webhook_id is not None and general.last_message.author.name == "Alice"
     await carol.send(closed, "really?", reply_to=bobs)
-    assert closed.last_message.author.id == me.id and closed.last_message.content.startswith("**Bob:** ")
+    assert closed.last_message.author.id == me.id and closed.last_message.content.startswith("**Robin:** ")
     # Anything else goes to the channel's persona.
     await carol.send(general, f"{me.mention} and you?")
-    assert general.last_message.author.name == "Bob"
+    assert general.last_message.author.name == "Robin"
     # A persona that is gone: its messages' replies go to the channel's persona.
     await ok(admin, general, "persona remove", name="Alice")
     await carol.send(general, "still there?", reply_to=alices)
-    assert general.last_message.author.name == "Bob" and general.last_message.webhook_id == alices.webhook_id
+    assert general.last_message.author.name == "Robin" and general.last_message.webhook_id == alices.webhook_id
 
 
 async def test_a_deleted_webhook_is_made_again_and_a_restart_finds_its_own(world, models):
@@ -190,6 +190,14 @@ async def test_an_admin_of_another_server_can_do_nothing_to_this_servers_persona
         await refused(env, mallory, b_general, "persona add", "not inside MODELS_DIR", name="Escape",
                       directory=outside)
     assert "**Alice** (this server)" not in await ok(mallory, b_general, "persona list")
+    # A's artifacts are A's: the one its persona runs (the owners gave it to A), and what A's retrains make
+    # (`<name>-<time>`), under any path that leads there; none is read for B's admin.
+    retrained = models / "alice-20261207-101500"
+    shutil.copytree(alice_artifact, retrained)
+    await env.bot.store.claim_artifact(retrained.resolve(), env.guild.id)
+    for theirs in ("alice", "alice-20261207-101500", "carol/../alice", "./alice/"):
+        await refused(env, mallory, b_general, "persona add", "not one this server may use", name="Spy",
+                      directory=theirs)
     # In server A, where she is no admin: every change is refused by the one error handler.
     mallory_in_a = env.guild.add_member(mallory.user)
     for command, options in (("persona use", {"name": "Alice", "scope": "channel"}),
@@ -208,22 +216,22 @@ async def test_persona_list_and_info_show_who_speaks_where_and_what_they_are(wor
     assert "No personas registered" in (shown := await ok(bob, general, "persona list"))
     assert f"**{configured}**, the bot's configured persona" in shown
     await ok(admin, general, "persona add", name="Alice", directory="alice")
-    await ok(admin, general, "persona add", name="Bob", directory="bob", **{"global": True})     # an owner: global
+    await ok(admin, general, "persona add", name="Robin", directory="bob", **{"global": True})     # an owner: global
     await ok(mallory, b_general, "persona add", name="Carol", directory="carol")
-    await ok(admin, general, "persona use", name="Bob", scope="guild")
+    await ok(admin, general, "persona use", name="Robin", scope="guild")
     await ok(admin, general, "persona use", name="Alice", scope="channel")
     # Names offered as they are typed: this server's and global ones, never another server's (Carol is B's).
     offered = [c["value"] for c in await admin.autocomplete(general, "persona info", "name", "")]
-    assert sorted(offered) == ["Alice", "Bob"]
-    assert [c["value"] for c in await admin.autocomplete(general, "rollback", "persona", "b")] == ["Bob"]
-    assert [c["value"] for c in await mallory.autocomplete(b_general, "persona use", "name", "")] == ["Bob", "Carol"]
+    assert sorted(offered) == ["Alice", "Robin"]
+    assert [c["value"] for c in await admin.autocomplete(general, "rollback", "persona", "r")] == ["Robin"]
+    assert [c["value"] for c in await mallory.autocomplete(b_general, "persona use", "name", "")] == ["Carol", "Robin"]
 
     here = await ok(bob, general, "persona list")
     assert "• **Alice** (this server) ← speaks here (channel assignment)" in here
-    assert "• **Bob** (global)\n" in here + "\n" and "Carol" not in here
-    assert "• **Bob** (global) ← speaks here (server assignment)" in await ok(bob, other, "persona list")
+    assert "• **Robin** (global)\n" in here + "\n" and "Carol" not in here
+    assert "• **Robin** (global) ← speaks here (server assignment)" in await ok(bob, other, "persona list")
     seen_in_b = await ok(mallory, b_general, "persona list")
-    assert "**Carol** (this server)" in seen_in_b and "**Bob** (global)" in seen_in_b and "**Alice** (this" not in seen_in_b
+    assert "**Carol** (this server)" in seen_in_b and "**Robin** (global)" in seen_in_b and "**Alice** (this" not in seen_in_b
 
     alice = await ok(bob, general, "persona info")                  # the one speaking here
     assert alice.startswith("**Alice** (this server), speaking here (channel assignment)")
@@ -235,7 +243,7 @@ async def test_persona_list_and_info_show_who_speaks_where_and_what_they_are(wor
     assert "Artifact: LoRA adapter on alice, trained as Carol" in carol_info and str(models.parent) not in carol_info
 
     # Cleared: the server's persona speaks in the channel again; cleared too, the configured one.
-    assert "Now **Bob** speaks here (server assignment)" in await ok(admin, general, "persona clear", scope="channel")
+    assert "Now **Robin** speaks here (server assignment)" in await ok(admin, general, "persona clear", scope="channel")
     cleared = await ok(admin, general, "persona clear", scope="guild")
     assert f"Now **{configured}**, the bot's configured persona, speaks here" in cleared
     assert "There was no channel assignment" in await ok(admin, general, "persona clear", scope="channel")
@@ -243,10 +251,10 @@ async def test_persona_list_and_info_show_who_speaks_where_and_what_they_are(wor
 
 async def test_scheduled_posts_speak_as_their_persona(world, models):
     env, general, other, admin, bob, carol = world
-    ref = PersonaRef(models / "bob", "Bob", avatar_url="https://example.com/bob.png")
+    ref = PersonaRef(models / "bob", "Robin", avatar_url="https://example.com/bob.png")
     sent = await env.bot.send_post(general.id, "a line for you", guild_id=env.guild.id, persona=ref)
     posted = general.last_message
-    assert str(posted.id) == sent and posted.author.name == "Bob" and posted.webhook_id is not None
+    assert str(posted.id) == sent and posted.author.name == "Robin" and posted.webhook_id is not None
     plain = await env.bot.send_post(general.id, "and one of mine", guild_id=env.guild.id)
     assert str(general.last_message.id) == plain and general.last_message.author.id == env.bot.user.id
     from bot.posting import PostError
@@ -267,6 +275,23 @@ async def test_a_persona_whose_model_does_not_run_is_refused_when_added(world, m
     (broken / "persona.json").write_text(json.dumps({**info, "base": str(models / "moved-away")}))
     answer = await ok(admin, general, "persona add", name="Dora", directory="gone-base")
     assert answer.startswith("Not added: its model does not run here") and "moved-away" in answer, answer
+    # Paths as the admin knows them (relative to MODELS_DIR), never where the bot keeps its files.
+    assert str(models) not in answer and str(models.resolve()) not in answer and "gone-base" in answer, answer
+    dotted = await ok(admin, general, "persona add", name="Dot", directory="carol/../nothing-here")
+    assert dotted.startswith("Not added") and str(models.resolve()) not in dotted and "nothing-here" in dotted
     assert [p.name for p in await env.bot.store.personas()] == []
-    assert "Added **Carol**" in await ok(admin, general, "persona add", name="Carol", directory="carol")
+    assert "Added **Caroline**" in await ok(admin, general, "persona add", name="Caroline", directory="carol")
     assert [path for path, _ in env.bot.engine.pool.loaded()] == [(models / "carol").resolve()]
+
+
+async def test_names_that_would_pass_for_someone_else_are_refused(world, models):
+    """A persona may not be named like a member of the server (Bob is one), like Discord's own pings or its
+    system names in look-alike letters, nor with blank-looking characters; an ordinary name passes."""
+    env, general, other, admin, bob, carol = world
+    for name, why in (("Bob", "looks the same as 'Bob'"), ("b0b", "looks the same as 'Bob'"),
+                      ("everyone", "@everyone"), ("Сlyde", "clyde"), ("Dіscord", "discord"),
+                      ("\u3164", "invisible or blank-looking")):
+        answer = await ok(admin, general, "persona add", name=name, directory="bob")
+        assert answer.startswith("Not added") and why in answer, (name, answer)
+    assert [p.name for p in await env.bot.store.personas()] == []
+    assert "Added **Robin**" in await ok(admin, general, "persona add", name="Robin", directory="bob")
