@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import BACKENDS, Settings
-from training.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, add_commands, run_command
+from training.cli import EXIT_BAD_INPUT, add_commands, run_command
 from training.terminal_text import shown
 
 if TYPE_CHECKING:   # imported when used: the engine pulls in torch, which `personabot --help` need not load
@@ -89,26 +89,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _build_demo(settings: Settings) -> None:
-    """Build the demo persona into DEMO_DIR. Ctrl-C or SIGTERM stops it: in the training loop the trainer saves
-    its progress and raises `TrainingInterrupted`; before, both raise KeyboardInterrupt (`run_command` says
-    "interrupted"), where SIGTERM would otherwise end the process without a word."""
-    import signal
-
+    """Build the demo persona into DEMO_DIR. Ctrl-C or SIGTERM stops it as it stops `personabot train` (one
+    line from `run_command`, exit status 130; in the training loop the progress is saved first)."""
     from training.demo import DEMO_SPEAKER, build_demo
     from training.progress import Progress
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        print(f"personabot: no persona yet (PERSONA_MODEL is not set), so building the demo persona: "
-              f"{DEMO_SPEAKER}, trained from scratch on Shakespeare in about "
-              f"{settings.demo_time_budget_s / 60:.0f} minutes, into {settings.model_dir}", file=sys.stderr)
-        build_demo(settings.model_dir, time_budget_s=settings.demo_time_budget_s, progress=Progress("auto"),
-                   threads=settings.torch_threads)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    print(f"personabot: no persona yet (PERSONA_MODEL is not set), so building the demo persona: "
+          f"{DEMO_SPEAKER}, trained from scratch on Shakespeare in about "
+          f"{settings.demo_time_budget_s / 60:.0f} minutes, into {settings.model_dir}", file=sys.stderr)
+    build_demo(settings.model_dir, time_budget_s=settings.demo_time_budget_s, progress=Progress("auto"),
+               threads=settings.torch_threads)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -125,13 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"personabot: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if settings.persona_model is None and not settings.model_dir.exists():
-        from training.trainer import TrainingInterrupted
-
-        try:
-            _build_demo(settings)
-        except TrainingInterrupted as e:   # the line and exit status of `personabot train` (progress kept)
-            print(f"personabot: {e}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        _build_demo(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # APScheduler announces every start, stop and job run at INFO: in the terminal chat that is noise.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

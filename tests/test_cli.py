@@ -297,6 +297,49 @@ def test_interrupting_the_demo_build_stops_as_personabot_train_does(tmp_path, st
     print(f"{stop} after {when!r}: stopped in {took:.1f} s")   # measured, not asserted (a busy machine)
 
 
+def test_sigterm_stops_personabot_train_as_ctrl_c_does(tmp_path, make_chat):
+    """SIGTERM (a process manager, `kill`) as soon as `personabot train` is running, before its training loop:
+    the one line Ctrl-C gives, exit status 130, no traceback, nothing at the output path."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "alice"
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "train", "--data", str(make_chat()), "--speaker", "alice",
+                             "--out", str(out), "--from-scratch", "tiny", "--threads", "1", "--max-steps", "1000",
+                             "--progress", "json"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()   # its first progress event: the command has started
+        assert json.loads(first)["event"] == "phase", first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    lines = err.splitlines()
+    assert proc.returncode == 130, err
+    assert [line for line in lines if line.startswith("personabot:")] == lines[-1:], err
+    # Before the loop the line is "interrupted"; a machine slow to deliver the signal may see the loop save first.
+    assert lines[-1].startswith(("personabot: interrupted", "personabot: training interrupted at step ")), err
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--time-budget", "inf"), ("--time-budget", "nan"), ("--epochs", "inf"), ("--lr", "inf"),
+    ("--checkpoint-every", "nan"), ("--conversation-gap", "inf"),
+])
+def test_train_refuses_a_number_that_is_not_finite(cli, tmp_path, make_chat, option, value):
+    out = tmp_path / "alice"
+    result = cli("train", "--data", str(make_chat()), "--speaker", "alice", "--out", str(out), "--from-scratch",
+                 "tiny", "--threads", "1", "--max-steps", "12", "--progress", "none", option, value, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"personabot: error: {option} must be a finite number, not {value}"]
+    assert not out.exists() and not (tmp_path / ".alice.partial").exists()
+
+
 def test_a_base_model_that_cannot_be_loaded_is_a_clear_error(cli, tmp_path, make_chat):
     chat = make_chat()
     # Tests run with HF_HUB_OFFLINE=1: a hub id goes through from_pretrained and fails without a download.

@@ -1,7 +1,8 @@
 """Command-line front of the training side: `data inspect|dump|formats`, `train`, `eval`.
 
 `personabot` mounts these subcommands; `python -m training` runs `train` alone (for child processes).
-Exit codes: 0 done, 2 bad input or settings (a message says what to fix), 130 interrupted (resumable).
+Exit codes: 0 done, 2 bad input or settings (a message says what to fix), 130 interrupted (Ctrl-C or
+SIGTERM; a training run is resumable).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from training.errors import DataError, TrainingError
+from training.errors import DataError, TrainingError, TrainingInterrupted
 from training.terminal_text import shown
 
 EXIT_BAD_INPUT = 2
@@ -204,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.formats.tables import parse_column_mapping
     from training.loader import default_speaker
     from training.progress import Progress
-    from training.trainer import TrainConfig, TrainingInterrupted, train
+    from training.trainer import TrainConfig, train
 
     speaker = args.speaker or default_speaker([str(p) for p in args.data], format=args.format)
     if speaker is None:
@@ -224,11 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         samples=args.samples, threads=args.threads, precision=args.precision, overwrite=args.overwrite,
         restart=args.restart, checkpoint_every_s=args.checkpoint_every)
     progress = Progress(args.progress)
-    try:
-        result = train(cfg, progress)
-    except TrainingInterrupted as e:
-        print(f"personabot: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    result = train(cfg, progress)   # stopped by Ctrl-C or SIGTERM: `run_command` says where progress is kept
     if progress.mode != "json":
         base, trained = result.metrics.base, result.metrics.trained
         print(f"wrote {result.out}\n"
@@ -297,13 +297,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand, turning the errors a user can fix into one message and exit code 2."""
+    """Run a subcommand, turning the errors a user can fix into one message and exit code 2, and Ctrl-C or
+    SIGTERM into one line and exit code 130 (where a training run keeps its progress, the line says so)."""
     from training.artifact import ArtifactError
     from training.modelling import quiet_library_output
 
     quiet_library_output()
     try:
-        return func(args)
+        with _sigterm_as_ctrl_c():
+            return func(args)
     except (DataError, TrainingError, ArtifactError) as e:
         # The message may quote names from the data (the closest speakers, a file name).
         print(f"personabot: error: {shown(str(e), keep_newlines=True)}", file=sys.stderr)
@@ -317,6 +319,28 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except TrainingInterrupted as e:    # progress is saved; the line says where
+        print(f"personabot: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a process manager, `kill`, the bot ending a retrain) stops a command as Ctrl-C does, where it
+    would otherwise end the process without a word. In its loop the trainer takes both over, to save a
+    checkpoint first; an asyncio loop (`personabot run`) does the same while it serves."""
+    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -336,8 +360,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def stop_with_parent(parent_pid: int) -> None:
     """Ask the kernel for SIGTERM when our parent ends (Linux); if `parent_pid` is not our parent any more,
     it ended before we asked: stop now."""
-    import signal
-
     if sys.platform.startswith("linux"):
         import ctypes
 

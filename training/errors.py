@@ -34,3 +34,12 @@ class DataError(Exception):
 
 class TrainingError(Exception):
     """A training run that cannot go on (bad settings, a damaged checkpoint, a failed save)."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
+
+    def __init__(self, step: int, work: Path) -> None:
+        super().__init__(f"training interrupted at step {step}; progress is saved in {work}. "
+                         "Run the same command again to continue.")
+        self.step = step

@@ -5,6 +5,7 @@ turn). Shared by the trainer (samples in persona.json) and the bot's Persona."""
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -15,6 +16,12 @@ from transformers import DynamicCache
 from training import transcript
 from training.dataset import CONTEXT_TOKENS
 from training.modelling import max_positions
+
+
+# The coldest sampling allowed: below it the sampler's scores (logits / temperature) overflow to inf, in float32
+# near 1e-37, sooner in half precision; at 0.01 a token a tenth of a logit behind the likeliest is already
+# e^10 times less likely, which is as good as always choosing the likeliest (top_k 1 does exactly that).
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +50,9 @@ class GenerationSettings:
     def check(self) -> list[str]:
         """Problems with these settings, one line each (empty when fine)."""
         problems = []
-        if not self.temperature > 0:
-            problems.append("temperature must be above 0")
+        if not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
+            problems.append(f"temperature must be a finite number of at least {MIN_TEMPERATURE:g}, not "
+                            f"{self.temperature:g} (for the likeliest token every time, set top_k 1)")
         if self.top_k < 0:
             problems.append("top_k must be 0 (off) or more")
         if not 0 < self.top_p <= 1:

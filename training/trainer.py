@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from training import artifact
 from training.dataset import (BLOCK_SIZE, CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaDataset, attention_mask,
                               build_dataset, fingerprint)
-from training.errors import DataError, TrainingError
+from training.errors import DataError, TrainingError, TrainingInterrupted
 from training.formats.base import CONVERSATION_GAP_MINUTES, ImportOptions, conversation_gap_problem
 from training.generation import GenerationSettings, sample_lines
 from training.loader import Corpus, corpus_kind, load_corpus, single_voice_as
@@ -88,6 +88,18 @@ class TrainConfig:
 
     def check(self) -> list[str]:
         """Problems with the settings, one line each."""
+        # inf overflows the step planning and nan passes no comparison (the checks below would misreport
+        # it): any number that is not finite is named on its own, before the rest are looked at.
+        options = {"time_budget_s": "--time-budget", "checkpoint_every_s": "--checkpoint-every",
+                   "conversation_gap_minutes": "--conversation-gap"}
+        not_finite = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                option = options.get(f.name, "--" + f.name.replace("_", "-"))
+                not_finite.append(f"{option} must be a finite number, not {value}")
+        if not_finite:
+            return not_finite
         problems = []
         if self.from_scratch is not None and self.from_scratch not in PRESETS:
             problems.append(f"--from-scratch must be one of: {', '.join(PRESETS)}")
@@ -150,15 +162,6 @@ class TrainResult:
     stopped: str
     metrics: artifact.Metrics
     persona: artifact.PersonaInfo
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
-
-    def __init__(self, step: int, work: Path) -> None:
-        super().__init__(f"training interrupted at step {step}; progress is saved in {work}. "
-                         "Run the same command again to continue.")
-        self.step = step
 
 
 # --- loss -----------------------------------------------------------------------------------------------------
