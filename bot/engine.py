@@ -14,6 +14,12 @@ leak guard or the blocklist reject are sampled again, a bounded number of times.
 The engine names no platform: every caller passes the `bot.filters.Target` its text goes to, built by its
 adapter, and the target finishes the text its own way (its length limit, its mention names).
 
+A persona served by an inference server (`bot.remote`) never holds the worker: its rows are handed to the
+server's connection (`submit`) and their callers settled from there when the answers come, so a slow server
+keeps neither a local persona's batch nor another server's persona waiting. A row the server did not answer
+within INFERENCE_TIMEOUT (or whose circuit is open) gets the fallback line at once: drawing again would wait
+as long again.
+
 Several personas: a request may name a registered persona (`bot.persona.PersonaRef`); the engine's
 `bot.persona_pool.PersonaPool` loads it on demand within PERSONA_MEMORY_MB and holds it while the request
 runs. A batch mixes personas: rows of LoRA adapters on one shared base run in one pass (each row through its
@@ -29,6 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("personabot.engine")
 
 _STOP = object()
+# Why a reply is the fallback line when the inference server gave no answer (see `bot.remote`).
+UNANSWERED = "unanswered"
 
 
 class EngineClosed(Exception):
@@ -208,6 +217,9 @@ class Engine:
             for attempt in range(self.max_tries):
                 speaker, ids = await self._submit(list(turns), "", overrides, attempt_seed(seed, attempt),
                                                   registered, persona.name if persona else None)
+                if ids is None:     # the inference server did not answer; another try would wait as long again
+                    rejected.append(UNANSWERED)
+                    break
                 text = speaker.text(ids)
                 reason = EMPTY if not text else speaker.output_filter.reject(text)
                 if reason is None:
@@ -227,6 +239,9 @@ class Engine:
             jobs = [self._submit(None, start, overrides, attempt_seed(seed, i), registered) for i in range(n)]
             out = []
             for speaker, ids in await asyncio.gather(*jobs):
+                if ids is None:     # the inference server did not answer
+                    out.append(Line(start, UNANSWERED))
+                    continue
                 said = speaker.text(ids)
                 text = join_line(start, said)
                 reason = EMPTY if not said else speaker.output_filter.reject(text)
@@ -287,7 +302,8 @@ class Engine:
             self.pool.give_back(ref)
 
     async def _submit(self, turns, start: str, overrides, seed, persona: Persona | None = None,
-                      speaks_as: str | None = None) -> tuple[Persona, list[int]]:
+                      speaks_as: str | None = None) -> tuple[Persona, list[int] | None]:
+        """(the persona that ran it, the reply's ids; None when an inference server gave no answer)."""
         if self._closed:
             raise EngineClosed("the engine is shut down")
         problems = (persona or self.persona).settings.with_overrides(**(overrides or {})).check()
@@ -367,6 +383,12 @@ class Engine:
                 return group[row][0].future.cancelled()
 
             backend = group[0][1].backend
+            submit = getattr(backend, "submit", None)
+            if submit is not None:   # an inference server's rows: settled when they come, never waited for here
+                for (job, persona), row in zip(group, submit(prompts, settings, seeds, cancelled)):
+                    row.add_done_callback(lambda row, job=job, persona=persona: self._settle_row(job, persona, row))
+                    _cancel_with_caller(job, row)
+                return
             if isinstance(backend, AdapterBackend):   # each row through its own adapter, in one pass
                 adapters = [persona.backend.adapter for _, persona in group]
                 replies = backend.shared.generate(prompts, settings, seeds, cancelled, adapters=adapters)
@@ -379,6 +401,30 @@ class Engine:
             return
         for (job, persona), ids in zip(group, replies):
             self._resolve(job, (persona, ids))
+
+    def _settle_row(self, job: _Job, persona: Persona, row: Future) -> None:
+        """Settle the caller of one row an inference server's connection ran (called from its thread)."""
+        if row.cancelled():     # its connection closed under it
+            self._resolve(job, error=EngineClosed("the inference server's connection closed"))
+            return
+        error = row.exception()
+        if error is not None:
+            log.error("generation failed", exc_info=error)
+            self._resolve(job, error=error)
+        else:
+            self._resolve(job, (persona, row.result()))
+
+
+def _cancel_with_caller(job: _Job, row: Future) -> None:
+    """A caller that leaves frees its row on the inference server's connection too: the request in flight is
+    cancelled, and its place among the server's `concurrency` goes to the next."""
+    def watch() -> None:
+        job.future.add_done_callback(lambda future: row.cancel() if future.cancelled() else None)
+
+    try:
+        job.loop.call_soon_threadsafe(watch)   # the caller's future is its event loop's to touch
+    except RuntimeError:  # that event loop is closed: nobody waits for the row
+        row.cancel()
 
 
 def check_generates(persona: Persona) -> None:

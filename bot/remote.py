@@ -8,12 +8,25 @@ with the artifact's tokenizer and cut again by `training.generation.cut_reply`, 
 stop still cannot make the persona speak for others. Filters, mention defusing and length cuts stay in the
 bot (`bot.engine`).
 
-Requests go out from a bounded thread pool (`concurrency` in flight, one batch's rows together), each with
-its own timeout, from the engine's worker thread: never from the event loop. Failures (refused connection,
-timeout, 429, 5xx, a malformed body) are retried a bounded number of times with backoff inside one deadline
-per row; a circuit breaker opens after consecutive failures and then answers at once with an empty reply
-(the engine turns that into the fallback line) until a probe after the cooldown succeeds. The API key goes
-in the Authorization header only: it is never logged and never put in an error's text.
+Each row is a coroutine on the connection's own event loop (a daemon thread, `aiohttp`), never on the
+bot's event loop and never on the engine's generation worker: `RemoteBackend.submit` hands back a future per
+row, which the engine settles its callers from, so a slow server holds no thread and keeps no other channel
+waiting. INFERENCE_TIMEOUT (`timeout_s`) is one deadline per row, from the moment it is asked for: waiting for
+a free connection (`concurrency` in flight per server), every try, the backoff between them, the name lookup,
+the connect and the whole answer, body included, all fall within it (a server that trickles its answer a byte
+at a time is cut off at the deadline, not at each read's timeout). Answers are read at most so big
+(`completion_cap_bytes`, from max_tokens) before anything parses them, and no more of the text is tokenised
+than max_tokens tokens can hold. Failures (refused connection, timeout, 429, 5xx, a malformed body) are
+retried a bounded number of times with backoff inside that deadline; a row that gets no answer in the end is
+settled with None, and the engine then gives the fallback line without asking again (each new try would wait
+as long again). A circuit breaker opens after consecutive failures and then answers at once, with None,
+until a probe after the cooldown succeeds.
+
+What people see of the server (/status, /healthz, the start check's errors, the logs) is `shown_url`: the
+address without credentials, query or fragment; and of a failure only its category (`RemoteError`: "HTTP 422",
+"timed out", "refused", ...), never the server's words, which may echo another server's conversation. The
+server's answer goes to the log in full, with the API key and the address's credentials blanked out before
+anything is cut. The API key goes in the Authorization header only.
 
 Sampling: `temperature`, `top_p`, `max_tokens`, `seed` and `stop` are in every server's API. `top_k` and
 `repetition_penalty` are sent as vLLM (and llama.cpp) take them, as top-level fields; a server that refuses
@@ -45,19 +58,22 @@ names. `RemoteConnection.shared` hands out one per server settings, and every pe
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import logging
 import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import requests
+import aiohttp
+from yarl import URL
 
 from bot.backends import BackendError
 from training import transcript
@@ -71,31 +87,73 @@ EXTRA_STYLES = ("top-level", "generation_config", "none")
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 # Tokens of the artifact's vocabulary the start check probes (kept short of a tiny model's 256 positions).
 PROBE_TOKENS = 48
+# The most of any answer but a completion that is read (a model list of many LoRA modules, a tokenize answer).
+MAX_ANSWER_BYTES = 2 * 2**20
+# A completion's answer is read up to this much JSON around its text, plus its text at the worst escaping
+# (`\u00XX`: six bytes for each byte of text) of max_tokens of the longest tokens (`completion_cap_bytes`).
+COMPLETION_OVERHEAD_BYTES = 64 * 1024
+ESCAPED_BYTES_PER_BYTE = 6
+# Tokens of text beyond max_tokens kept before tokenising, so that a cut never changes the tokens kept.
+SPARE_TOKENS = 8
+# How much of a failed request's detail (the server's answer, secrets already blanked) one log line holds.
+LOG_DETAIL_CHARS = 4000
+
+
+def shown_url(url: str) -> str:
+    """The inference server's address as people may see it (/status, /healthz, errors, logs): scheme, host,
+    port and path, without the credentials, query or fragment it may carry."""
+    try:
+        return str(URL(url).with_user(None).with_query(None).with_fragment(None))
+    except (TypeError, ValueError):
+        return "(an address that cannot be read)"
+
+
+def longest_token_chars(tokenizer) -> int:
+    """An upper bound on the characters one token of `tokenizer` stands for: its longest vocabulary entry
+    (byte-level entries hold one character per byte, so the text a token decodes to is never longer)."""
+    return max((len(entry) for entry in tokenizer.get_vocab()), default=1)
+
+
+def completion_cap_bytes(max_tokens: int, longest_token: int) -> int:
+    """The most of a completion's answer that is read before parsing: what `max_tokens` tokens of text could
+    take at the worst, with room for the JSON around it. A bigger answer is refused unread."""
+    return COMPLETION_OVERHEAD_BYTES + max_tokens * longest_token * ESCAPED_BYTES_PER_BYTE
 
 
 class RemoteError(Exception):
-    """One failed request to the inference server (its text never holds the API key)."""
+    """One failed request to the inference server. Its text is the failure's category, for people ("HTTP
+    422", "timed out", "refused", "malformed answer", ...): never the server's words (they may echo another
+    server's conversation), the address's credentials or the key. `detail` is for the log, secrets blanked."""
 
-    def __init__(self, message: str, *, retry: bool = True, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, category: str, *, detail: str = "", status: int | None = None, retry: bool = True,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(category)
+        self.detail = detail or category
+        self.status = status
         self.retry = retry
         self.retry_after_s = retry_after_s
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RemoteConfig:
     """Where the inference server is and how to treat it."""
 
     url: str                                         # e.g. http://gpu-box:8000/v1
-    api_key: str | None = field(default=None, repr=False)
+    api_key: str | None = None
     model: str | None = None                         # None: the one model the server lists
-    timeout_s: float = 30.0                          # one row's deadline, retries included
+    timeout_s: float = 30.0                          # one row's deadline, retries and the whole answer included
     concurrency: int = 8                             # requests in flight at most
     retries: int = 2                                 # tries after the first, within the deadline
     backoff_s: float = 0.25                          # first pause between tries; doubles each time
     max_retry_after_s: float = 5.0                   # a 429's Retry-After is honoured up to this
     breaker_failures: int = 3                        # consecutive failed requests that open the circuit
     breaker_cooldown_s: float = 10.0                 # open this long before one probe is let through
+
+    def __repr__(self) -> str:
+        # The address without its credentials, and no key: a config may end up in a log or a traceback.
+        shown = [f"url={shown_url(self.url)!r}"] + [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                                                    if f.name not in ("url", "api_key")]
+        return f"RemoteConfig({', '.join(shown)})"
 
     @classmethod
     def from_settings(cls, settings: Any) -> "RemoteConfig":
@@ -106,6 +164,22 @@ class RemoteConfig:
         return cls(url=settings.inference_url.rstrip("/"), api_key=settings.inference_api_key,
                    model=settings.inference_model, timeout_s=settings.inference_timeout_s,
                    concurrency=settings.inference_concurrency)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every form of a secret this config holds that a server might echo back: the key, the address's
+        credentials as written and as sent (percent-decoded, and base64 in a basic Authorization header);
+        longest first, so that a secret inside another is blanked as part of it."""
+        found = {self.api_key or ""}
+        try:
+            address = URL(self.url)
+        except (TypeError, ValueError):
+            address = None
+        if address is not None and (address.raw_user or address.raw_password):
+            user, password = address.user or "", address.password or ""
+            found |= {address.raw_user or "", address.raw_password or "", password, f"{user}:{password}",
+                      base64.b64encode(f"{user}:{password}".encode()).decode()}
+        return sorted(found - {""}, key=len, reverse=True)
 
 
 class CircuitBreaker:
@@ -145,6 +219,7 @@ class CircuitBreaker:
                 self._change("closed", "the server answers again")
 
     def failure(self, error: str) -> None:
+        """A request failed; `error` is its category (shown in /status: never the server's words)."""
         with self._lock:
             self.consecutive += 1
             self.last_error = error
@@ -154,6 +229,11 @@ class CircuitBreaker:
                 self.opened_at, self.opened_wall = self.clock(), time.time()
                 self._change("open", f"after {self.consecutive} failed requests (last: {error}); replies use "
                                      f"the fallback line, next probe in {self.cooldown_s:g} s")
+
+    def abandoned(self) -> None:
+        """A request that was let through ended neither way (its caller left): a probe may go out again."""
+        with self._lock:
+            self._probing = False
 
     def _change(self, state: str, why: str) -> None:
         self.state = state
@@ -187,11 +267,73 @@ class ServedModel:
         return self.id
 
 
+class _IOLoop:
+    """An asyncio event loop in a daemon thread of its own, with the aiohttp session that lives on it: where
+    one server's requests wait on the network (a waiting request holds no thread). The thread holds the loop
+    only, never the connection, so a connection nobody closed can still be collected (and stops its loop)."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=_run_forever, args=(self.loop,), name="personabot-remote",
+                                       daemon=True)
+        self.thread.start()
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session (made on first use; call on the loop only). At most `concurrency` connections at once;
+        answers read as sent (no decompression: what is read is what is capped)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.concurrency), timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=False)
+        return self._session
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
+        """Run `coroutine` on the loop; its result (or exception) comes in the returned future."""
+        with self._lock:
+            if self._closed:
+                coroutine.close()
+                raise RemoteError("connection closed", retry=False)
+            return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def close(self) -> None:
+        """Cancel what is still running (its futures are cancelled), close the session, stop the loop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._shut()))
+        except RuntimeError:   # the loop is gone already (interpreter exit)
+            pass
+
+    async def _shut(self) -> None:
+        current = asyncio.current_task()
+        running = [task for task in asyncio.all_tasks() if task is not current]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        asyncio.get_running_loop().stop()
+
+
+def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
 class RemoteConnection:
-    """What every backend speaking to one inference server shares: the thread pool that bounds the requests in
-    flight to `config.concurrency` for the whole server (not per persona), the circuit breaker (the server is
-    down for every model at once), one HTTP session per thread, the sampling-field style the server accepts
-    and the count of requests sent. Closed when the last backend using it closes."""
+    """What every backend speaking to one inference server shares: the event loop its requests run on, with
+    at most `config.concurrency` in flight for the whole server (not per persona), the circuit breaker (the
+    server is down for every model at once), the sampling-field style the server accepts and the count of
+    requests sent. Closed when the last backend using it closes."""
 
     # One connection per server settings, for as long as a backend holds it (see `shared`).
     _shared: "weakref.WeakValueDictionary[RemoteConfig, RemoteConnection]" = weakref.WeakValueDictionary()
@@ -199,14 +341,28 @@ class RemoteConnection:
 
     def __init__(self, config: RemoteConfig) -> None:
         self.config = replace(config, model=None)     # the model is each backend's; the rest is the server's
-        self.breaker = CircuitBreaker(config.url, config.breaker_failures, config.breaker_cooldown_s)
+        self.shown = shown_url(config.url)
+        self.breaker = CircuitBreaker(self.shown, config.breaker_failures, config.breaker_cooldown_s)
         self.extra_style = EXTRA_STYLES[0]
         self.requests_sent = 0
-        self.pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="personabot-remote")
+        self._secrets = config.secrets
+        # Credentials in the address go as basic auth (aiohttp takes them from it); a request has one
+        # Authorization header, so the key goes only where the address has none (as requests did before).
+        self._headers = {"Accept-Encoding": "identity"}
+        if config.api_key and URL(config.url).raw_user is None:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        elif config.api_key:
+            log.warning("INFERENCE_URL %s carries credentials, which are sent as basic auth: INFERENCE_API_KEY is "
+                        "not sent (a request carries one Authorization header)", self.shown)
+        self._io = self._open()
         self._users = 0
         self._closed = False
-        self._local = threading.local()
         self._lock = threading.Lock()
+
+    def _open(self) -> _IOLoop:
+        io = _IOLoop(self.config.concurrency)
+        weakref.finalize(self, io.close)
+        return io
 
     @classmethod
     def shared(cls, config: RemoteConfig) -> "RemoteConnection":
@@ -224,59 +380,94 @@ class RemoteConnection:
         return self._closed
 
     def acquire(self) -> None:
-        """One more backend uses this connection. One that its last user closed opens again with a fresh pool
+        """One more backend uses this connection. One that its last user closed opens again with a fresh loop
         (a persona can join between `shared` handing it out and the last other persona closing)."""
         with self._lock:
             if self._closed:
-                self.pool = ThreadPoolExecutor(max_workers=self.config.concurrency,
-                                               thread_name_prefix="personabot-remote")
+                self._io = self._open()
                 self._closed = False
             self._users += 1
 
     def release(self) -> None:
-        """A backend is done with it; the last one out shuts the pool (requests still queued are dropped)."""
+        """A backend is done with it; the last one out closes it (requests still running are cancelled)."""
         with self._lock:
             self._users -= 1
             if self._users > 0 or self._closed:
                 return
             self._closed = True
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self._io.close()
 
-    def step_down(self, style: str, error: str) -> None:
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
+        """Run `coroutine` on this connection's loop; `RemoteError` when the connection is closed."""
+        return self._io.submit(coroutine)
+
+    def step_down(self, style: str, error: RemoteError) -> None:
         """Send sampling fields the next way (`EXTRA_STYLES`) from now on, once per refusal of `style`."""
         with self._lock:
             if self.extra_style == style:
                 self.extra_style = EXTRA_STYLES[EXTRA_STYLES.index(style) + 1]
                 log.warning("inference server %s refused sampling fields sent %s (%s); sending them %s from now on",
-                            self.config.url, style, error[:200], self.extra_style)
+                            self.shown, style, error.detail[:LOG_DETAIL_CHARS], self.extra_style)
 
-    def request(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None) -> Any:
-        """JSON from the server, or `RemoteError` (retryable or not; its text never holds the key)."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+    def request(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None,
+                cap: int = MAX_ANSWER_BYTES) -> Any:
+        """`fetch`, waited for (blocking: never call it on this connection's loop)."""
+        if threading.current_thread() is self._io.thread:
+            raise RuntimeError("RemoteConnection.request would wait on its own loop; await fetch there")
+        try:
+            return self.submit(self.fetch(method, path, body, timeout, base=base, cap=cap)).result()
+        except CancelledError:   # the connection closed meanwhile
+            raise RemoteError("connection closed", retry=False) from None
+
+    async def fetch(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None,
+                    cap: int = MAX_ANSWER_BYTES) -> Any:
+        """JSON from the server within `timeout` seconds (the whole exchange: the name lookup, a free
+        connection, the connect, the answer and all its body), read at most `cap` bytes; or `RemoteError`
+        (retryable or not), its detail logged with the secrets blanked."""
         url = (base or self.config.url) + path
+        where = shown_url(url)
+        io = self._io
+        if asyncio.get_running_loop() is not io.loop:   # a row of a loop closed meanwhile (its session is gone)
+            raise RemoteError("connection closed", retry=False)
         with self._lock:
             self.requests_sent += 1
         try:
-            response = session.request(method, url, json=body, headers=headers, timeout=timeout)
-        except requests.Timeout:
-            raise RemoteError(f"no answer from {url} within {timeout:.1f} s") from None
-        except requests.RequestException as e:
-            raise RemoteError(self.redact(f"cannot reach {url}: {type(e).__name__}")) from None
-        if response.status_code != 200:
-            raise RemoteError(self.redact(f"{url} answered {response.status_code}: {response.text[:300]}"),
-                              retry=response.status_code in _RETRY_STATUS,
-                              retry_after_s=_retry_after(response.headers.get("Retry-After")))
-        try:
-            return response.json()
-        except ValueError:
-            raise RemoteError(f"malformed answer from {url}: not JSON") from None
+            try:
+                async with asyncio.timeout(timeout):
+                    async with io.session().request(method, url, json=body, headers=self._headers) as answer:
+                        data, whole = await _read_capped(answer, cap)
+            except TimeoutError:
+                raise RemoteError("timed out", detail=f"no whole answer from {where} within {timeout:.1f} s") from None
+            except aiohttp.ClientConnectorError as e:
+                refused = isinstance(e.os_error, ConnectionRefusedError)
+                raise RemoteError("refused" if refused else "unreachable",
+                                  detail=f"cannot connect to {where}: {self.redact(str(e))}") from None
+            except (aiohttp.ClientError, ValueError) as e:   # ValueError: an address aiohttp cannot use
+                raise RemoteError("connection failed",
+                                  detail=f"{where}: {type(e).__name__}: {self.redact(str(e))}") from None
+            if answer.status != 200:
+                text = self.redact(data.decode("utf-8", "replace"))   # blanked before any cut
+                more = "" if whole else f" ... (more than {cap} bytes)"
+                raise RemoteError(f"HTTP {answer.status}", status=answer.status,
+                                  detail=f"{where} answered {answer.status}: {text[:LOG_DETAIL_CHARS]}{more}",
+                                  retry=answer.status in _RETRY_STATUS,
+                                  retry_after_s=_retry_after(answer.headers.get("Retry-After")))
+            if not whole:
+                raise RemoteError("answer too large", retry=False,
+                                  detail=f"{where} answered more than {cap} bytes; read no further")
+            try:
+                return json.loads(data)
+            except ValueError:
+                raise RemoteError("malformed answer", detail=f"{where} answered something that is not JSON") from None
+        except RemoteError as e:
+            log.info("inference server %s: %s %s failed: %s", self.shown, method, path, e.detail)
+            raise
 
     def redact(self, text: str) -> str:
-        key = self.config.api_key
-        return text.replace(key, "***") if key else text
+        """`text` with every form of the key and the address's credentials blanked out."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def list_models(self) -> list[ServedModel]:
         """The server's model list; `BackendError` when it cannot be read."""
@@ -286,11 +477,24 @@ class RemoteConnection:
             listed = [ServedModel(str(m["id"]), _text_or_none(m.get("root")), _text_or_none(m.get("parent")))
                       for m in entries]
         except RemoteError as e:
-            raise BackendError(f"cannot list the models of the inference server at {self.config.url}: {e}") from e
+            raise BackendError(f"cannot list the models of the inference server at {self.shown}: {e}") from e
         except (KeyError, TypeError, AttributeError) as e:
-            raise BackendError(f"the inference server at {self.config.url} lists its models in an unknown "
+            raise BackendError(f"the inference server at {self.shown} lists its models in an unknown "
                                f"form (no data[].id)") from e
         return listed
+
+
+async def _read_capped(answer: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """(at most `cap` bytes of the answer's body, whether that is all of it). An answer that says it is
+    bigger is not read at all; one that does not say is read until it passes the cap."""
+    if answer.content_length is not None and answer.content_length > cap:
+        return b"", False
+    data = bytearray()
+    async for chunk in answer.content.iter_any():
+        data += chunk
+        if len(data) > cap:
+            return bytes(data[:cap]), False
+    return bytes(data), True
 
 
 class RemoteBackend:
@@ -308,6 +512,7 @@ class RemoteBackend:
         self.model = model
         self.connection = connection if connection is not None else RemoteConnection(config)
         self.connection.acquire()
+        self.longest_token = longest_token_chars(tokenizer)   # bounds the text tokenised per reply
         self._closed = False
 
     # What the connection holds, read through the backend as before it was shared.
@@ -339,7 +544,8 @@ class RemoteBackend:
         except BaseException:
             probe.close()
             raise
-        log.info("inference server %s: serving %s with a matching tokenizer", config.url, probe.model)
+        log.info("inference server %s: serving %s with a matching tokenizer", probe.connection.shown,
+                 probe.model)
         return probe
 
     def served_model(self, info: PersonaInfo | None = None) -> str:
@@ -349,17 +555,17 @@ class RemoteBackend:
         modules on it, the one entry without a parent)."""
         listed = self.connection.list_models()
         if info is not None and info.is_adapter:
-            return adapter_module(listed, info, self.config.url)
+            return adapter_module(listed, info, self.connection.shown)
         ids = [m.id for m in listed]
         if self.config.model:
             if self.config.model not in ids:
                 log.warning("inference server %s does not list %s (it lists %s); asking for it anyway",
-                            self.config.url, self.config.model, ", ".join(ids) or "nothing")
+                            self.connection.shown, self.config.model, ", ".join(ids) or "nothing")
             return self.config.model
         # vLLM lists every LoRA module beside its base; a whole model is never one of the modules.
         whole = [m.id for m in listed if not m.is_module]
         if len(whole) != 1:
-            raise BackendError(f"the inference server at {self.config.url} lists "
+            raise BackendError(f"the inference server at {self.connection.shown} lists "
                                f"{', '.join(whole) or 'no models'}; set INFERENCE_MODEL to the persona's")
         return whole[0]
 
@@ -368,7 +574,7 @@ class RemoteBackend:
         marker, probe = tokenizer_probes(self.tokenizer)
         mine = self.tokenizer.encode(marker + probe, add_special_tokens=False)
         theirs = self._server_ids(marker + probe)
-        where = f"the inference server at {self.config.url} (model {self.model})"
+        where = f"the inference server at {self.connection.shown} (model {self.model})"
         if theirs is not None:
             if theirs != mine:
                 raise BackendError(f"{where} tokenizes differently from the artifact: a probe with the end "
@@ -404,17 +610,26 @@ class RemoteBackend:
             answer = self._request("POST", "/completions", body, self.config.timeout_s)
             return int(answer["usage"]["prompt_tokens"])
         except (RemoteError, KeyError, TypeError, ValueError) as e:
-            raise BackendError(f"cannot check the tokenizer of the inference server at {self.config.url}: the "
-                               f"server has no tokenize endpoint and its completions report no prompt token "
+            raise BackendError(f"cannot check the tokenizer of the inference server at {self.connection.shown}: "
+                               f"the server has no tokenize endpoint and its completions report no prompt token "
                                f"count ({e})") from e
 
     # -- the Backend protocol ----------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], settings: Sequence[GenerationSettings],
                  seeds: Sequence[int | None], cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
-        """One reply per prompt, the rows sent together (blocking: call from the engine's worker)."""
-        rows = [self.connection.pool.submit(self._reply_ids, row, list(p), s, seed, cancelled)
+        """One reply per prompt, the rows sent together (blocking; a row the server did not answer is empty).
+        The engine uses `submit` instead, so that its worker never waits on the network."""
+        return [row.result() or [] for row in self.submit(prompts, settings, seeds, cancelled)]
+
+    def submit(self, prompts: Sequence[Sequence[int]], settings: Sequence[GenerationSettings],
+               seeds: Sequence[int | None], cancelled: Callable[[int], bool] | None = None) -> list[Future]:
+        """One future per prompt, at once, settled from the connection's loop: the reply's ids, or None when
+        the server gave no answer within the row's deadline (INFERENCE_TIMEOUT, from now), or the circuit is
+        open. Asking again would wait as long again: the caller gives the fallback line instead. Raises
+        `RemoteError` when the connection is closed."""
+        deadline = time.monotonic() + self.config.timeout_s
+        return [self.connection.submit(self._reply_ids(row, list(p), s, seed, cancelled, deadline))
                 for row, (p, s, seed) in enumerate(zip(prompts, settings, seeds))]
-        return [future.result() for future in rows]
 
     @property
     def healthy(self) -> bool:
@@ -422,8 +637,9 @@ class RemoteBackend:
 
     @property
     def health(self) -> str:
-        """One line for /status and /healthz."""
-        where = f"openai {self.config.url} model {self.model}"
+        """One line for /status and /healthz: the address without credentials, and of a failure its category
+        only (the server's words go to the log)."""
+        where = f"openai {self.connection.shown} model {self.model}"
         if self.breaker.state == "closed":
             return f"{where}: ok"
         since = time.strftime("%H:%M:%S", time.localtime(self.breaker.opened_wall))
@@ -435,52 +651,66 @@ class RemoteBackend:
             self._closed = True
             self.connection.release()
 
-    # -- one row -------------------------------------------------------------------------------------
-    def _reply_ids(self, row: int, prompt: list[int], settings: GenerationSettings, seed: int | None,
-                   cancelled: Callable[[int], bool] | None) -> list[int]:
+    # -- one row (on the connection's loop) ----------------------------------------------------------
+    async def _reply_ids(self, row: int, prompt: list[int], settings: GenerationSettings, seed: int | None,
+                         cancelled: Callable[[int], bool] | None, deadline: float) -> list[int] | None:
         prompt_text = self.tokenizer.decode(prompt) if prompt else self.tokenizer.decode(
             [transcript.end_marker_id(self.tokenizer)])
         stops = transcript.stop_strings(self.tokenizer, prompt_text)
-        deadline = time.monotonic() + self.config.timeout_s
         for attempt in range(self.config.retries + 1):
-            if (cancelled is not None and cancelled(row)) or not self.breaker.allow():
-                return []
+            if cancelled is not None and cancelled(row):
+                return []       # nobody waits for it any more
+            if not self.breaker.allow():
+                return None
             try:
-                text = self._complete(prompt_text, settings, seed, stops, deadline)
+                text = await self._complete(prompt_text, settings, seed, stops, deadline)
             except RemoteError as e:
                 self.breaker.failure(str(e))
                 pause = e.retry_after_s if e.retry_after_s is not None else self.config.backoff_s * 2 ** attempt
                 pause = min(pause, self.config.max_retry_after_s) * random.uniform(0.8, 1.0)
                 if not e.retry or time.monotonic() + pause >= deadline or attempt == self.config.retries:
-                    log.debug("row %d failed: %s", row, e)
-                    return []
-                time.sleep(pause)
+                    log.debug("row %d got no answer: %s", row, e)
+                    return None
+                await asyncio.sleep(pause)
                 continue
+            except BaseException:   # cancelled (its caller left, the connection closed) or a bug
+                self.breaker.abandoned()
+                raise
             self.breaker.success()
-            ids = self.tokenizer.encode(transcript.cut_at_stops(text, stops), add_special_tokens=False)
-            return cut_reply(ids[:settings.max_new_tokens], self.tokenizer)[0]
-        return []
+            return self._reply_from(text, stops, settings.max_new_tokens)
+        return None
 
-    def _complete(self, prompt: str, settings: GenerationSettings, seed: int | None, stops: list[str],
-                  deadline: float) -> str:
+    def _reply_from(self, text: str, stops: list[str], max_new_tokens: int) -> list[int]:
+        """The reply's ids from a completion's text: no more of it tokenised than `max_new_tokens` tokens
+        could hold (a server may answer far more than it was asked for), cut at the stops, then again."""
+        text = text[:(max_new_tokens + SPARE_TOKENS) * self.longest_token]
+        ids = self.tokenizer.encode(transcript.cut_at_stops(text, stops), add_special_tokens=False)
+        return cut_reply(ids[:max_new_tokens], self.tokenizer)[0]
+
+    async def _complete(self, prompt: str, settings: GenerationSettings, seed: int | None, stops: list[str],
+                        deadline: float) -> str:
         """The completion text for one prompt; steps down the sampling fields a server refuses."""
+        cap = completion_cap_bytes(settings.max_new_tokens, self.longest_token)
         while True:
             style = self.extra_style
             body = completion_body(self.model, prompt, settings, seed, stops, style,
                                    transcript.end_marker_id(self.tokenizer))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RemoteError("timed out", detail=f"no time left for {self.connection.shown}/completions")
             try:
-                answer = self._request("POST", "/completions", body, max(0.1, deadline - time.monotonic()))
+                answer = await self.connection.fetch("POST", "/completions", body, left, cap=cap)
             except RemoteError as e:
-                if style != EXTRA_STYLES[-1] and _refuses_extras(str(e), style):
-                    self.connection.step_down(style, str(e))
+                if style != EXTRA_STYLES[-1] and _refuses_extras(e, style):
+                    self.connection.step_down(style, e)
                     continue
                 raise
             try:
                 text = answer["choices"][0]["text"]
             except (KeyError, IndexError, TypeError):
-                raise RemoteError("malformed answer: no choices[0].text") from None
+                raise RemoteError("malformed answer", detail="no choices[0].text in the answer") from None
             if not isinstance(text, str):
-                raise RemoteError("malformed answer: choices[0].text is not text")
+                raise RemoteError("malformed answer", detail="choices[0].text is not text")
             return text
 
     def _request(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None) -> Any:
@@ -553,12 +783,12 @@ def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _refuses_extras(error: str, style: str) -> bool:
+def _refuses_extras(error: RemoteError, style: str) -> bool:
     """Whether an error answer is the server refusing the fields `style` adds (a 400 or 422 naming one)."""
-    if " answered 400" not in error and " answered 422" not in error:
+    if error.status not in (400, 422):
         return False
     named = ("top_k", "repetition_penalty") if style == "top-level" else ("generation_config",)
-    return any(name in error for name in named)
+    return any(name in error.detail for name in named)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -594,6 +824,8 @@ def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadlin
     import os
     import subprocess
     import sys
+    from urllib.error import URLError
+    from urllib.request import urlopen
 
     command = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -607,9 +839,10 @@ def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadlin
         if server.poll() is not None:
             raise RuntimeError(f"transformers serve exited with {server.returncode} before answering")
         try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return server
-        except requests.RequestException:
+            with urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return server
+        except (URLError, OSError):
             pass
         time.sleep(0.1)
     server.terminate()
@@ -618,4 +851,5 @@ def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadlin
 
 
 __all__ = ["RemoteBackend", "RemoteConfig", "RemoteConnection", "RemoteError", "CircuitBreaker", "ServedModel",
-           "adapter_module", "completion_body", "tokenizer_probes", "serve_locally"]
+           "adapter_module", "completion_body", "completion_cap_bytes", "longest_token_chars", "shown_url",
+           "tokenizer_probes", "serve_locally"]
