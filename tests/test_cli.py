@@ -503,3 +503,10 @@ def test_run_serves_healthz_and_metrics_on_loopback_when_metrics_port_is_set(per
     finally:
         proc.kill()
     assert "127.0.0.1" in proc.stderr.read()          # it said where it serves, on loopback only
+
+
+@pytest.mark.parametrize("gap", ["inf", "nan", "0"])
+def test_data_inspect_refuses_a_conversation_gap_that_is_no_time_span(cli, make_chat, gap):
+    result = cli("data", "inspect", str(make_chat()), "--conversation-gap", gap, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "--conversation-gap must be a number of minutes above 0" in result.stderr

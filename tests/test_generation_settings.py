@@ -29,3 +29,9 @@ def test_the_least_temperature_samples_even_where_tokens_are_ruled_out():
     # no_repeat_ngram_size rules tokens out with -inf scores, which the temperature divides too.
     replies = generate(model, tokenizer, [prompt, prompt], coldest, seed=0)
     assert len(replies) == 2 and all(isinstance(token, int) for reply in replies for token in reply)
+
+
+@pytest.mark.parametrize("penalty", [float("nan"), float("inf"), 0.5])
+def test_a_repetition_penalty_not_finite_or_below_one_is_refused(penalty):
+    problems = GenerationSettings(repetition_penalty=penalty).check()
+    assert problems == ["repetition_penalty must be a finite number, 1 (off) or more"]

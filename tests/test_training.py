@@ -357,3 +357,16 @@ def test_a_persona_json_of_the_wrong_shape_is_a_clear_error(tmp_path):
     (out / "persona.json").write_text(json.dumps({k: v for k, v in written.items() if k != "speaker"}))
     with pytest.raises(ArtifactError, match="lacks speaker"):
         read_persona(out)
+
+
+def test_a_local_base_is_recorded_by_its_absolute_path_for_a_full_fine_tune_too(make_chat, tmp_path, tiny_base,
+                                                                              monkeypatch):
+    """A base given relative to the working directory is named by its absolute path in persona.json, so that
+    the bot (started elsewhere) still finds it, and the leak guard the base persona's training text in it."""
+    from training.artifact import read_persona
+    from training.trainer import TrainConfig, train
+
+    monkeypatch.chdir(tiny_base.parent)
+    train(TrainConfig(data=[str(make_chat())], speaker="Alice", out=tmp_path / "full", base=tiny_base.name,
+                      max_steps=2, epochs=100, batch_size=4, threads=1, samples=0))
+    assert read_persona(tmp_path / "full").base == str(tiny_base)

@@ -57,8 +57,8 @@ class GenerationSettings:
             problems.append("top_k must be 0 (off) or more")
         if not 0 < self.top_p <= 1:
             problems.append("top_p must be in (0, 1]")
-        if self.repetition_penalty < 1:
-            problems.append("repetition_penalty must be 1 (off) or more")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty >= 1):
+            problems.append("repetition_penalty must be a finite number, 1 (off) or more")
         if self.no_repeat_ngram_size < 0:
             problems.append("no_repeat_ngram_size must be 0 (off) or more")
         if self.max_new_tokens < 1:

@@ -629,14 +629,13 @@ def _save_model(run: _Run, staged: Path) -> None:
 
 
 def _recorded_base(cfg: TrainConfig) -> str | None:
-    """The base as persona.json names it; an adapter's local base by its absolute path (it is loaded from
-    there again, whatever the working directory then)."""
+    """The base as persona.json names it: a hub id as given, a local base by its absolute path. An adapter
+    loads its base from there again, and the leak guard reads a base persona's training text from there
+    (`artifact.shaping_artifacts`), whatever the working directory then."""
     if cfg.from_scratch:
         return None
     local = Path(cfg.base).expanduser()
-    if cfg.lora and not cfg.lora_merge and local.exists():
-        return str(local.absolute())
-    return cfg.base
+    return str(local.absolute()) if local.exists() else cfg.base
 
 
 def _load_model(cfg: TrainConfig, corpus: Corpus, work: Path, resuming: bool, progress: Progress):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import zipfile
 from collections import Counter
@@ -49,7 +50,8 @@ CONVERSATION_GAP_MINUTES = 180.0
 
 def conversation_gap_problem(minutes: float) -> str | None:
     """What is wrong with a conversation gap, or None: the one home of its check."""
-    return None if minutes > 0 else "--conversation-gap must be above 0 minutes"
+    # Not finite: a gap of inf (or nan) minutes is no time span, and overflowed where it became one.
+    return None if math.isfinite(minutes) and minutes > 0 else "--conversation-gap must be a number of minutes above 0"
 
 
 @dataclass(frozen=True, slots=True)
