@@ -167,10 +167,11 @@ def scenario(conn, code: str, directory: str, name: str, big_bytes: int) -> None
 
     from transformers import AutoTokenizer
 
-    from bot.engine import Engine
-    from bot.filters import TERMINAL
-    from bot.persona import Persona, PersonaRef
-    from bot.remote import RemoteConfig
+    from bot.inference.engine import Engine
+    from bot.core.filters import TERMINAL
+    from bot.inference.persona import Persona
+    from bot.core.personas import PersonaRef
+    from bot.inference.remote import RemoteConfig
     from training.modelling import quiet_library_output
 
     quiet_library_output()

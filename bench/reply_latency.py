@@ -174,8 +174,8 @@ def memory_child(conn, directory: str, artifacts: list[str], threads: int) -> No
     much resident memory and counted weights the registered ones added."""
     import gc
 
-    from bot.engine import Engine
-    from bot.persona import PersonaRef
+    from bot.inference.engine import Engine
+    from bot.core.personas import PersonaRef
     from training.modelling import quiet_library_output
 
     quiet_library_output()
@@ -221,8 +221,8 @@ def serve_variant(conn, directory: str, kind: str, threads: int, conversations, 
         run = PlainRunner(directory, conversations, new_tokens)
         close = None
     elif kind.startswith("personas:"):
-        from bot.engine import Engine
-        from bot.persona import PersonaRef
+        from bot.inference.engine import Engine
+        from bot.core.personas import PersonaRef
 
         loop = asyncio.new_event_loop()
         how = kind.split(":", 1)[1]
@@ -237,10 +237,10 @@ def serve_variant(conn, directory: str, kind: str, threads: int, conversations, 
         run("channels", 0)   # every persona loaded before measuring
         close = lambda: loop.run_until_complete(engine.close())  # noqa: E731
     else:
-        from bot.engine import Engine
+        from bot.inference.engine import Engine
 
         loop = asyncio.new_event_loop()
-        from bot.remote import RemoteConfig
+        from bot.inference.remote import RemoteConfig
 
         backend = kind.split(":", 1)[1]
         remote = RemoteConfig(url, model=model, timeout_s=300) if backend == "openai" else None
@@ -303,7 +303,7 @@ class OurRunner:
         self.backend = engine.persona.backend.name
 
     def __call__(self, what: str, seed: int) -> dict:
-        from bot.filters import TERMINAL
+        from bot.core.filters import TERMINAL
 
         conversations = self.conversations[:1] if what == "batch1" else self.conversations
 
@@ -347,7 +347,7 @@ def start_server(directory: Path, url: str | None):
         return None, url.rstrip("/"), str(directory)
     import socket
 
-    from bot.remote import serve_locally
+    from bot.inference.remote import serve_locally
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -370,7 +370,7 @@ def main() -> None:
                         help="also measure N LoRA personas of one base against one (latency, memory); default 0")
     args = parser.parse_args()
 
-    from bot.backends import generation_threads
+    from bot.inference.backends import generation_threads
     from training.modelling import cpu_threads
 
     cores = cpu_threads(None)

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.config import BACKENDS, Settings
+from bot.core.config import BACKENDS, Settings
 from training.cli import EXIT_BAD_INPUT, add_commands, run_command
 from training.terminal_text import shown
 
 if TYPE_CHECKING:   # imported when used: the engine pulls in torch, which `personabot --help` need not load
-    from bot.engine import Engine
-    from bot.filters import Target
+    from bot.core.filters import Target
+    from bot.inference.engine import Engine
 
 
 def _generation_overrides(args: argparse.Namespace) -> dict:
@@ -35,7 +35,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    from bot.engine import Engine
+    from bot.inference.engine import Engine
 
     return Engine.load(args.dir, backend=args.backend, threads=args.threads,
                        generation=_generation_overrides(args))
@@ -47,7 +47,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     import asyncio
 
-    from bot.filters import TERMINAL
+    from bot.core.filters import TERMINAL
 
     engine = _engine(args)
     lines, rejected = asyncio.run(_sample(engine, args.n, args.start or "", args.seed, TERMINAL))
@@ -83,7 +83,7 @@ async def _sample(engine: Engine, n: int, start: str, seed: int | None, target: 
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from bot.console import chat
+    from bot.adapters.console import chat
 
     return chat(_engine(args), user=args.name)
 
@@ -105,9 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from bot.config import ConfigError, load_settings
+    from bot.core.config import ConfigError, load_settings
+    from bot.core.store import StoreError
     from bot.runner import StartError, serve
-    from bot.store import StoreError
 
     try:
         settings = load_settings()
@@ -133,9 +133,9 @@ def cmd_persona(args: argparse.Namespace) -> int:
     """`personabot persona add|list|remove`: the persona registry in DATABASE_PATH, as the bot's owner."""
     import asyncio
 
-    from bot.config import ConfigError, load_settings
-    from bot.personas import PersonaError
-    from bot.store import StoreError
+    from bot.core.config import ConfigError, load_settings
+    from bot.core.personas import PersonaError
+    from bot.core.store import StoreError
 
     try:
         settings = load_settings()
@@ -146,8 +146,8 @@ def cmd_persona(args: argparse.Namespace) -> int:
 
 
 async def _persona_command(args: argparse.Namespace, database: Path) -> int:
-    from bot import personas
-    from bot.store import Store
+    from bot.core import personas
+    from bot.storage.sqlite import SQLiteStore as Store
 
     authority = personas.operator(args.guild)
     if args.action == "add":    # the artifact is checked before the database is opened (or created)

@@ -10,13 +10,16 @@ import signal
 import sys
 from pathlib import Path
 
-from bot.config import Settings
-from bot.engine import Engine
-from bot.filters import Blocklist
-from bot.metrics import Metrics, MetricsServerError, start_metrics_server
-from bot.model_watch import ModelWatch
-from bot.retrain import CURRENT, close_interrupted_runs
-from bot.store import Store
+from bot.adapters.console import chat_async
+from bot.adapters.metrics import Metrics, MetricsServerError, start_metrics_server
+from bot.core.config import Settings
+from bot.core.filters import Blocklist
+from bot.inference.engine import Engine
+from bot.inference.remote import RemoteConfig
+from bot.jobs.model_watch import ModelWatch
+from bot.jobs.retrain import CURRENT, close_interrupted_runs
+from bot.jobs.scheduler import start_posting
+from bot.storage.sqlite import SQLiteStore as Store
 
 log = logging.getLogger("personabot")
 
@@ -60,8 +63,6 @@ def load_engine(settings: Settings, model_dir: Path) -> Engine:
     blocklist = Blocklist.from_file(settings.blocklist_file) if settings.blocklist_file else None
     remote = None
     if settings.backend == "openai":
-        from bot.remote import RemoteConfig
-
         remote = RemoteConfig.from_settings(settings)
     return Engine.load(model_dir, backend=settings.backend, threads=settings.torch_threads, blocklist=blocklist,
                        leak_ngram_words=settings.leak_ngram_words, max_batch=settings.max_batch,
@@ -70,8 +71,6 @@ def load_engine(settings: Settings, model_dir: Path) -> Engine:
 
 async def _terminal(settings: Settings, engine: Engine, store: Store, *, stdin, stdout) -> int:
     """The terminal chat, with scheduled posts printed, and /healthz and /metrics when METRICS_PORT is set."""
-    from bot.console import chat_async
-    from bot.scheduler import start_posting
 
     print("personabot: no DISCORD_TOKEN set, so chatting in the terminal", file=sys.stderr)
     metrics = Metrics().watch(engine=engine)
@@ -104,9 +103,10 @@ def _on_signals(handler) -> None:
 
 
 async def _discord(settings: Settings, engine: Engine, store: Store, interrupted: list[dict]) -> int:
+    # Here: discord.py is loaded only for the Discord adapter (the terminal chat runs without it).
     import discord
 
-    from bot.discord_bot import PersonaBot
+    from bot.adapters.discord.bot import PersonaBot
 
     bot = PersonaBot(settings, engine, store, interrupted_runs=interrupted)
 

@@ -17,10 +17,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import PersonaBot, jobs_process_only, owners_only
-from bot.retrain import RetrainError, Retrainer, RetrainResult
-from bot.store import PersonaEntry
-from bot.tenancy import Authority
+from bot.adapters.discord.bot import PersonaBot, jobs_process_only, owners_only
+from bot.core.store import PersonaEntry
+from bot.core.tenancy import Authority
+from bot.jobs.retrain import Retrainer, RetrainError, RetrainResult
 from cogs.utils.live_message import LiveMessage
 from cogs.utils.personas import find_or_say, persona_names
 from training.errors import DataError
@@ -250,7 +250,7 @@ class Admin(commands.Cog):
     async def _posting_lines(self, authority: Authority) -> list[str]:
         """Each schedule's next run, Twitter trouble, and the last posts (unknown ones included), of the
         schedules and posts this person governs."""
-        from bot.store import StoreError
+        from bot.core.store import StoreError
 
         lines = []
         poster = self.bot.poster

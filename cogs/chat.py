@@ -1,10 +1,10 @@
 """Talking in character: the bot answers when mentioned or replied to, with the channel's recent messages
-as context. Admins can switch it off per channel. What the bot remembers is `bot.channel_memory`'s; this cog
+as context. Admins can switch it off per channel. What the bot remembers is `bot.core.channel_memory`'s; this cog
 translates between Discord and it, and tells the bot's metrics about each reply.
 
 Who answers: a reply to a message a registered persona sent (through our webhook, or as the bot with its name
 in bold) goes to that persona, as this server sees it; anything else goes to the channel's persona (the
-nearest assignment, `bot.personas.resolve`), or the bot's configured persona when none is assigned. Every
+nearest assignment, `bot.core.personas.resolve`), or the bot's configured persona when none is assigned. Every
 turn is remembered under the name of whoever said it, so each persona knows its own earlier lines."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.channel_memory import HeardMessage
-from bot.discord_bot import PersonaBot, guild_admins_only
-from bot.engine import EngineClosed
-from bot.filters import DISCORD, Target
-from bot.persona import PersonaRef
-from bot.speaking import persona_of, speak
-from bot.store import PersonaEntry, StoreError
+from bot.adapters.discord.bot import PersonaBot, guild_admins_only
+from bot.adapters.discord.speaking import persona_of, speak
+from bot.core.channel_memory import HeardMessage
+from bot.core.filters import DISCORD, Target
+from bot.core.personas import PersonaRef
+from bot.core.store import PersonaEntry, StoreError
+from bot.inference.engine import EngineClosed
 
 log = logging.getLogger("personabot.chat")
 

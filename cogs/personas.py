@@ -3,7 +3,7 @@
 Everyone may see which personas this server has and which one speaks where (`list`, `info`). A server's
 admins register artifacts from MODELS_DIR for their server, remove them, and choose the persona of a channel or
 of the whole server; global personas and the bot-wide choice are the bot's owners'. The rules are
-`bot.personas`'s (this cog only translates Discord to its calls); a refusal is answered privately, saying why.
+`bot.core.personas`'s (this cog only translates Discord to its calls); a refusal is answered privately, saying why.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import personas
-from bot.discord_bot import PersonaBot, assignment_place, guild_admins_only
-from bot.engine import SwapError
-from bot.persona import PersonaRef
-from bot.persona_names import skeletons
-from bot.personas import PersonaError
-from bot.store import PersonaEntry, StoreError
+from bot.adapters.discord.bot import PersonaBot, assignment_place, guild_admins_only
+from bot.core import personas
+from bot.core.persona_names import skeletons
+from bot.core.personas import PersonaError, PersonaRef
+from bot.core.store import PersonaEntry, StoreError
+from bot.inference.engine import SwapError
 from cogs.utils.personas import find_or_say, persona_names
 
 log = logging.getLogger("personabot.personas")
@@ -248,7 +247,7 @@ class Personas(commands.Cog):
         await interaction.response.send_message(
             f"Removed **{name}**" + (f" and its {dropped} assignment(s)." if dropped else "."), ephemeral=True)
         if gone is not None:
-            await personas.unload_if_unnamed(self.bot.store, self.bot.engine, gone.artifact_path)
+            await personas.unload_if_unnamed(self.bot.store, self.bot.engine.forget, gone.artifact_path)
 
 
 def _inside_models_dir(directory: Path, models_dir: Path, is_owner: bool) -> Path:

@@ -1,8 +1,8 @@
 """Scheduled posts: /schedule add|list|remove|pause|resume and /post now.
 
 A server's admins manage that server's schedules and post to its channels; Twitter, the terminal and
-schedules that belong to no server are the bot owners' (see `bot.tenancy`). The scheduler does the work
-(`bot.scheduler.PostScheduler`); this cog only translates Discord to its calls.
+schedules that belong to no server are the bot owners' (see `bot.core.tenancy`). The scheduler does the work
+(`bot.jobs.scheduler.PostScheduler`); this cog only translates Discord to its calls.
 
 `persona:` names the registered persona that writes the posts, looked up as the schedule's owner sees it: a
 server's schedule may use that server's personas and global ones, a global schedule global ones only."""
@@ -15,13 +15,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import personas
-from bot.discord_bot import PersonaBot, guild_admins_only
-from bot.personas import PersonaError
-from bot.posting import DEFAULT_MODE, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
-from bot.scheduler import PostScheduler, ScheduleError
-from bot.store import Schedule, StoreError
-from bot.tenancy import Authority
+from bot.adapters.discord.bot import PersonaBot, guild_admins_only
+from bot.core import personas
+from bot.core.personas import PersonaError
+from bot.core.posts import DEFAULT_MODE, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
+from bot.core.store import Schedule, StoreError
+from bot.core.tenancy import Authority
+from bot.jobs.scheduler import PostScheduler, ScheduleError
 
 log = logging.getLogger("personabot.posts")
 

@@ -1,5 +1,5 @@
 """Privacy: /forget-me deletes what the bot stored of you and keeps you out of every future training run.
-The forgetting is `bot.channel_memory`'s; this cog asks, confirms and answers."""
+The forgetting is `bot.core.channel_memory`'s; this cog asks, confirms and answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import PersonaBot
-from bot.store import StoreError
+from bot.adapters.discord.bot import PersonaBot
+from bot.core.store import StoreError
 
 log = logging.getLogger("personabot.privacy")
 

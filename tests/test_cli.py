@@ -360,7 +360,7 @@ def test_a_base_model_that_cannot_be_loaded_is_a_clear_error(cli, tmp_path, make
 
 
 def test_sample_prints_lines_that_passed_the_filters(cli, persona_dir):
-    from bot.filters import LeakGuard
+    from bot.core.filters import LeakGuard
 
     result = cli("sample", str(persona_dir), "-n", "4", "--json", "--seed", "3", "--backend", "torch")
     assert result.returncode == 0, result.stderr
@@ -428,7 +428,7 @@ def test_run_catches_up_a_missed_post_once_in_the_terminal(cli, persona_dir, tmp
     import asyncio
     from datetime import datetime, timedelta, timezone
 
-    from bot.store import Store
+    from bot.storage.sqlite import SQLiteStore as Store
 
     database = tmp_path / "data" / "personabot.sqlite3"
 

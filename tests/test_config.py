@@ -1,4 +1,4 @@
-"""Settings: `.env.example` says exactly what `bot.config.VARIABLES` declares, defaults included, and the
+"""Settings: `.env.example` says exactly what `bot.core.config.VARIABLES` declares, defaults included, and the
 loader reads every declaration into `Settings` by name."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from bot.config import VARIABLES, Settings, example_value, load_settings
-from bot.posting import PostTarget
+from bot.core.config import VARIABLES, Settings, example_value, load_settings
+from bot.core.posts import PostTarget
 
 EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
@@ -47,7 +47,7 @@ def test_each_declaration_has_help_and_fills_a_settings_field():
 def test_problems_are_reported_under_their_variable():
     import pytest
 
-    from bot.config import ConfigError
+    from bot.core.config import ConfigError
 
     with pytest.raises(ConfigError) as error:
         load_settings({"GEN_TEMPERATURE": "hot", "TORCH_THREADS": "0", "MESSAGE_CONTENT": "Maybe",
@@ -67,7 +67,7 @@ def test_problems_are_reported_under_their_variable():
 def test_settings_that_only_make_sense_together_are_checked_together():
     import pytest
 
-    from bot.config import ConfigError
+    from bot.core.config import ConfigError
 
     with pytest.raises(ConfigError) as error:
         load_settings({"BACKEND": "openai", "SHARD_IDS": "0,1"}, dotenv_path=None)

@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
-from bot.channel_memory import DISABLED_CHANNELS, ChannelMemory, HeardMessage
-from bot.context import ContextWindow, ContextWindows
-from bot.store import Store, StoreError
+from bot.core.channel_memory import DISABLED_CHANNELS, ChannelMemory, HeardMessage
+from bot.core.context import ContextWindow, ContextWindows
+from bot.storage.sqlite import SQLiteStore as Store
+from bot.core.store import StoreError
 
 
 def words(speaker: str, text: str) -> int:

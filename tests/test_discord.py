@@ -15,12 +15,12 @@ import pytest
 import simcord
 from discord import app_commands
 
-from bot.config import load_settings
-from bot.discord_bot import PersonaBot
-from bot.engine import Engine
-from bot.filters import OutputFilter
-from bot.retrain import CHILD_NICENESS, Retrainer
-from bot.store import Store
+from bot.core.config import load_settings
+from bot.adapters.discord.bot import PersonaBot
+from bot.inference.engine import Engine
+from bot.core.filters import OutputFilter
+from bot.jobs.retrain import CHILD_NICENESS, Retrainer
+from bot.storage.sqlite import SQLiteStore as Store
 
 pytestmark = pytest.mark.slow
 
@@ -466,7 +466,7 @@ async def test_stopping_the_bot_during_a_retrain_waits_for_the_child_and_says_wh
 async def test_a_restart_during_a_retrain_closes_the_run_and_says_so(world, settings, engine, store, tmp_path):
     """The bot died mid-retrain: the next start marks the run ended, removes its half-written folder, and
     edits the run's progress message."""
-    from bot.retrain import close_interrupted_runs
+    from bot.jobs.retrain import close_interrupted_runs
 
     env, general, other, admin, bob, carol = world
     shown = await env.bot.get_channel(general.id).send("Retraining: step 40/900")

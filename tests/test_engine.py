@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-from bot.engine import Engine, SwapError
-from bot.filters import DISCORD, Blocklist, OutputFilter
-from bot.persona import FALLBACK_REPLY, Persona
+from bot.inference.engine import Engine, SwapError
+from bot.core.filters import DISCORD, Blocklist, OutputFilter
+from bot.inference.persona import FALLBACK_REPLY, Persona
 from loop_watch import LoopWatch
 from training import transcript
 from training.generation import GenerationSettings, cut_reply, decode
@@ -376,7 +376,7 @@ def test_stand_alone_lines_report_what_the_filters_rejected(alice_artifact):
 
 
 def test_a_closed_engine_refuses_new_work(alice_artifact):
-    from bot.engine import EngineClosed
+    from bot.inference.engine import EngineClosed
 
     async def main():
         engine = Engine.load(alice_artifact).start()
@@ -403,7 +403,7 @@ def test_int8_backend_quantises_gpt2_projections_and_stays_close_to_float32(alic
 
 
 def test_auto_picks_int8_on_a_cpu(alice_artifact):
-    from bot.backends import resolve
+    from bot.inference.backends import resolve
 
     assert resolve("auto") == ("torch" if torch.cuda.is_available() else "torch-int8")
     assert Persona.load(alice_artifact).backend.name == resolve("auto")

@@ -7,21 +7,8 @@ import re
 
 import pytest
 
-from bot.filters import (
-    DISCORD,
-    DISCORD_LIMIT,
-    TERMINAL,
-    TWEET_LIMIT,
-    TWITTER,
-    Blocklist,
-    FilterConfigError,
-    LeakGuard,
-    OutputFilter,
-    cut_to_length,
-    has_link,
-    neutralise_mentions,
-    tweet_length,
-)
+from bot.core.filters import (DISCORD, DISCORD_LIMIT, TERMINAL, TWEET_LIMIT, TWITTER, Blocklist, FilterConfigError,
+                              LeakGuard, OutputFilter, cut_to_length, has_link, neutralise_mentions, tweet_length)
 from training.artifact import write_training_text
 
 ZWSP = "\u200b"
@@ -598,7 +585,7 @@ def test_numbers_not_in_the_training_text_or_said_by_many_are_not_rejected():
 def test_a_check_compares_a_bounded_number_of_lines(monkeypatch):
     import itertools
 
-    import bot.filters.leak_guard as filters
+    import bot.core.filters.leak_guard as filters
 
     comparisons = []
     real = filters._within_edits

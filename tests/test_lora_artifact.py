@@ -78,8 +78,8 @@ def test_the_adapter_is_applied_when_loaded_merged_or_apart(adapter, tiny_base):
 
 @pytest.mark.parametrize("backend", ["torch", "torch-int8", "ctranslate2"])
 def test_an_adapter_persona_generates_on_each_backend(adapter, tmp_path, backend):
-    from bot.backends import ctranslate2_available
-    from bot.persona import Persona
+    from bot.inference.backends import ctranslate2_available
+    from bot.inference.persona import Persona
 
     if backend == "ctranslate2" and not ctranslate2_available():
         pytest.skip("ctranslate2 is not installed")
@@ -110,7 +110,7 @@ def test_sample_and_chat_take_an_adapter_artifact(adapter):
 
 
 def test_an_adapter_whose_base_is_gone_is_a_clear_error(adapter, tmp_path):
-    from bot.persona import Persona
+    from bot.inference.persona import Persona
     from training.artifact import ArtifactError
 
     copy = _copy(adapter, tmp_path)
@@ -186,7 +186,7 @@ def adapter_on_a_persona(tmp_path_factory: pytest.TempPathFactory, tiny_base: Pa
 
 
 def test_an_adapter_personas_leak_guard_refuses_its_base_personas_training_text(adapter_on_a_persona):
-    from bot.persona import Persona
+    from bot.inference.persona import Persona
     from training.artifact import read_training_text
 
     base, adapter = adapter_on_a_persona

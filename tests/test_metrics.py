@@ -22,15 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from chatgen import chat_conversations
 from loop_watch import LoopWatch
 
-from bot.config import load_settings
-from bot.engine import FALLBACK_REPLY, Engine
-from bot.filters import Blocklist, LeakGuard, OutputFilter
-from bot.filters.output import rejection_filter
-from bot.metrics import Metrics, MetricsServerError, metrics_app, serve_metrics, start_metrics_server
-from bot.posting import PostTarget
-from bot.retrain import Retrainer, RetrainError
-from bot.scheduler import start_posting
-from bot.store import Store
+from bot.core.config import load_settings
+from bot.inference.engine import FALLBACK_REPLY, Engine
+from bot.core.filters import Blocklist, LeakGuard, OutputFilter
+from bot.core.filters.output import rejection_filter
+from bot.adapters.metrics import Metrics, MetricsServerError, metrics_app, serve_metrics, start_metrics_server
+from bot.core.posts import PostTarget
+from bot.jobs.retrain import Retrainer, RetrainError
+from bot.jobs.scheduler import start_posting
+from bot.storage.sqlite import SQLiteStore as Store
 # The Discord suite's fixtures and helpers: the same settings, store, bot and simulated server.
 from test_discord import FAST, settings, simcord_bot, store, world  # noqa: F401  (fixtures)
 

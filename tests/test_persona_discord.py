@@ -14,7 +14,7 @@ import pytest
 import simcord
 from discord import app_commands
 
-from bot.persona import PersonaRef
+from bot.core.personas import PersonaRef
 from test_discord import engine, guild_b, settings, simcord_bot, store, world  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -161,7 +161,7 @@ async def test_a_deleted_webhook_is_made_again_and_a_restart_finds_its_own(world
     assert webhook_creations(env, general.id) == 2
     # After a restart (an empty cache) the bot finds its webhook instead of making another, and a reply to the
     # persona's message is still known as one to the bot.
-    from bot.speaking import Webhooks
+    from bot.adapters.discord.speaking import Webhooks
 
     env.bot.webhooks = Webhooks()
     await carol.send(general, "what?", reply_to=second)
@@ -257,7 +257,7 @@ async def test_scheduled_posts_speak_as_their_persona(world, models):
     assert str(posted.id) == sent and posted.author.name == "Robin" and posted.webhook_id is not None
     plain = await env.bot.send_post(general.id, "and one of mine", guild_id=env.guild.id)
     assert str(general.last_message.id) == plain and general.last_message.author.id == env.bot.user.id
-    from bot.posting import PostError
+    from bot.jobs.posting import PostError
 
     with pytest.raises(PostError, match="not in the schedule's server"):
         await env.bot.send_post(general.id, "elsewhere", guild_id=env.guild.id + 1, persona=ref)

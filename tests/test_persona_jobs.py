@@ -17,14 +17,15 @@ import pytest
 import simcord
 from discord import app_commands
 
-from bot import personas
-from bot.engine import Engine
-from bot.filters import DISCORD
-from bot.persona import PersonaRef
-from bot.posting import PostTarget, TwitterTarget
-from bot.retrain import Retrainer, RetrainError
-from bot.scheduler import PostScheduler, Senders
-from bot.store import Store
+from bot.core import personas
+from bot.inference.engine import Engine
+from bot.core.filters import DISCORD
+from bot.core.personas import PersonaRef
+from bot.core.posts import PostTarget
+from bot.jobs.twitter import TwitterTarget
+from bot.jobs.retrain import Retrainer, RetrainError
+from bot.jobs.scheduler import PostScheduler, Senders
+from bot.storage.sqlite import SQLiteStore as Store
 from test_discord import engine, guild_b, settings, simcord_bot, store, world  # noqa: F401 (fixtures)
 from training.artifact import read_persona
 

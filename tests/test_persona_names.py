@@ -1,4 +1,4 @@
-"""The names a persona may speak under (bot/persona_names.py): what Discord refuses, written plainly or with
+"""The names a persona may speak under (bot/core/persona_names.py): what Discord refuses, written plainly or with
 look-alike letters; blank-looking and invisible characters; letters of another script passing for this one's;
 a name that looks like a member's or another persona's. Ordinary names of any script pass."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.persona_names import look_alike, name_problem
+from bot.core.persona_names import look_alike, name_problem
 
 
 @pytest.mark.parametrize("name", ["Alice", "Dr. Who", "Zoë", "李雷", "O'Brien", "Nova 2", "Zoë-bot", "Борис",

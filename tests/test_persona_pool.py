@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.backends import AdapterBackend, SharedBases, model_bytes
-from bot.engine import Engine, SwapError, _as_trained
-from bot.filters import TERMINAL, OutputFilter
-from bot.persona import Persona, PersonaRef
+from bot.inference.backends import AdapterBackend, SharedBases, model_bytes
+from bot.inference.engine import Engine, SwapError, _as_trained
+from bot.core.filters import TERMINAL, OutputFilter
+from bot.inference.persona import Persona
+from bot.core.personas import PersonaRef
 
 pytestmark = pytest.mark.slow
 
@@ -263,7 +264,7 @@ def test_metrics_show_the_personas_loaded_and_their_memory(alice_artifact, lora_
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from bot.metrics import Metrics
+    from bot.adapters.metrics import Metrics
 
     def read(metrics: Metrics) -> dict[str, float]:
         text = generate_latest(metrics.registry).decode()

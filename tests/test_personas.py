@@ -9,10 +9,10 @@ import sqlite3
 
 import pytest
 
-from bot import personas
-from bot.personas import PersonaError
-from bot.store import Store, migrations
-from bot.tenancy import Authority
+from bot.core import personas
+from bot.core.personas import PersonaError
+from bot.storage.sqlite import SQLiteStore as Store, migrations
+from bot.core.tenancy import Authority
 
 GUILD_A, GUILD_B = 100, 200
 CHANNEL_A1, CHANNEL_A2, CHANNEL_B1 = 101, 102, 201

@@ -10,10 +10,11 @@ import time
 import pytest
 import responses
 
-from bot.engine import Engine
-from bot.filters import TWITTER, Blocklist
-from bot.persona import Persona
-from bot.posting import DuplicateContent, PostError, TargetDisabled, TwitterTarget, pick_line
+from bot.inference.engine import Engine
+from bot.core.filters import TWITTER, Blocklist
+from bot.inference.persona import Persona
+from bot.jobs.posting import DuplicateContent, PostError, TargetDisabled, pick_line
+from bot.jobs.twitter import TwitterTarget
 
 TWEETS = "https://api.twitter.com/2/tweets"
 DUPLICATE = {"detail": "You are not allowed to create a Tweet with duplicate content.", "status": 403,
@@ -106,7 +107,7 @@ def test_a_line_that_fails_a_filter_is_never_posted(bob_artifact):
 def test_picked_lines_have_no_links_mentions_or_repeats(alice_artifact):
     # Alice opens every line with @everyone: none of her lines may be posted, even with the leak guard off
     # (which would refuse them first: they are her training lines).
-    from bot.filters import OutputFilter
+    from bot.core.filters import OutputFilter
 
     persona = Persona.load(alice_artifact)
     persona.output_filter = OutputFilter()
@@ -121,7 +122,7 @@ def test_picked_lines_have_no_links_mentions_or_repeats(alice_artifact):
 
 
 def test_post_checks_refuse_links_mentions_overlong_lines_and_repeats():
-    from bot.posting import _post_problem
+    from bot.jobs.posting import _post_problem
 
     recent = {"the moon is a cheese"}
     assert _post_problem("see example.com/x tonight", TWITTER, recent) == "contains a link"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import Engine
-from bot.retrain import Retrainer, RetrainError
-from bot.store import Store
+from bot.inference.engine import Engine
+from bot.jobs.retrain import Retrainer, RetrainError
+from bot.storage.sqlite import SQLiteStore as Store
 from training.formats.base import ImportOptions
 from training.loader import load_corpus
 

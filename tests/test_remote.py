@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from bot.backends import BackendError
-from bot.engine import Engine
-from bot.filters import DISCORD
-from bot.persona import FALLBACK_REPLY
-from bot.remote import RemoteBackend, RemoteConfig, serve_locally, tokenizer_probes
+from bot.inference.backend import BackendError
+from bot.inference.engine import Engine
+from bot.core.filters import DISCORD
+from bot.inference.persona import FALLBACK_REPLY
+from bot.inference.remote import RemoteBackend, RemoteConfig, serve_locally, tokenizer_probes
 from training import transcript
 from training.generation import GenerationSettings
 
@@ -85,8 +85,8 @@ def test_a_reply_travels_to_transformers_serve_and_back_through_the_filters(alic
 def test_a_retrain_or_rollback_is_refused_when_the_inference_server_serves_the_model(alice_server, alice_artifact,
                                                                                       tmp_path, data_dir):
     """Swapping here would change only the bot's tokenizer while the server kept the old weights."""
-    from bot.retrain import Retrainer, RetrainError
-    from bot.store import Store
+    from bot.jobs.retrain import Retrainer, RetrainError
+    from bot.storage.sqlite import SQLiteStore as Store
 
     url, _ = alice_server
     engine = Engine.load(alice_artifact, backend="openai", remote=RemoteConfig(url))
@@ -476,7 +476,7 @@ def _say(backend, tokenizer, seeds: list[int]) -> list[str]:
 def test_two_lora_personas_are_served_by_their_own_modules_over_one_connection(served_adapters, tiny_base):
     from concurrent.futures import ThreadPoolExecutor
 
-    from bot.backends import load_backend
+    from bot.inference.backends import load_backend
     from training.artifact import read_persona
 
     alice, bob, _ = served_adapters
@@ -511,7 +511,7 @@ def test_two_lora_personas_are_served_by_their_own_modules_over_one_connection(s
 
 
 def test_a_lora_persona_without_a_module_names_the_lora_modules_argument_to_add(served_adapters, tiny_base):
-    from bot.backends import load_backend
+    from bot.inference.backends import load_backend
     from training.artifact import read_persona
 
     alice, bob, carol = served_adapters
@@ -539,7 +539,7 @@ def test_a_lora_persona_without_a_module_names_the_lora_modules_argument_to_add(
 
 def test_a_whole_model_persona_picks_the_base_beside_the_servers_lora_modules(served_adapters, alice_artifact,
                                                                               alice_tokenizer):
-    from bot.backends import load_backend
+    from bot.inference.backends import load_backend
     from training.artifact import read_persona
 
     alice_lora, bob_lora, _ = served_adapters
@@ -561,7 +561,7 @@ def test_the_engine_serves_a_registered_lora_persona_by_its_module_and_lets_go_w
     """The bot's persona and a registered one, both adapters on one served base: each reply asks for its own
     module, and unloading the registered persona gives back its share of the one connection (the bot's own
     keeps it open)."""
-    from bot.persona import PersonaRef
+    from bot.core.personas import PersonaRef
 
     alice, bob, _ = served_adapters
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)

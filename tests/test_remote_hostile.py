@@ -22,13 +22,14 @@ import aiohttp
 import pytest
 from transformers import AutoTokenizer
 
-from bot.backends import BackendError
-from bot.engine import Engine
-from bot.filters import DISCORD
-from bot.metrics import Metrics, engine_problem, metrics_app, serve_metrics
-from bot.persona import Persona, PersonaRef
-from bot.remote import RemoteBackend, RemoteConfig
-from bot.store import Store
+from bot.inference.backend import BackendError
+from bot.inference.engine import Engine
+from bot.core.filters import DISCORD
+from bot.adapters.metrics import Metrics, engine_problem, metrics_app, serve_metrics
+from bot.inference.persona import Persona
+from bot.core.personas import PersonaRef
+from bot.inference.remote import RemoteBackend, RemoteConfig
+from bot.storage.sqlite import SQLiteStore as Store
 from training import transcript
 from training.generation import GenerationSettings
 
@@ -341,7 +342,7 @@ def test_an_answer_far_longer_than_asked_for_is_capped_before_parsing_and_tokeni
     assert flooded == [] and tokenizer.longest_encoded < 1000
     assert peak < 2 * 2**20, f"{peak / 2**20:.1f} MB held for a 5 MB answer"
     # Text under the cap but far more than 20 tokens: no more of it is tokenised than 20 tokens can hold.
-    from bot.remote import SPARE_TOKENS, longest_token_chars
+    from bot.inference.remote import SPARE_TOKENS, longest_token_chars
 
     server.flood(" see you there" * 3000)
     said = backend.generate([prompt], [settings], [0])[0]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import Engine
-from bot.filters import DISCORD
-from bot.retrain import PREVIOUS, Retrainer, RetrainError
-from bot.store import Store
+from bot.inference.engine import Engine
+from bot.core.filters import DISCORD
+from bot.jobs.retrain import PREVIOUS, Retrainer, RetrainError
+from bot.storage.sqlite import SQLiteStore as Store
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import responses
 
-from bot.engine import Engine
-from bot.filters import Blocklist
-from bot.persona import Persona
-from bot.posting import PostTarget, TwitterTarget
-from bot.scheduler import PostScheduler, Senders
-from bot.store import Store
+from bot.inference.engine import Engine
+from bot.core.filters import Blocklist
+from bot.inference.persona import Persona
+from bot.core.posts import PostTarget
+from bot.jobs.twitter import TwitterTarget
+from bot.jobs.scheduler import PostScheduler, Senders
+from bot.storage.sqlite import SQLiteStore as Store
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import VARIABLES, ConfigError, Number, example_value, load_settings
+from bot.core.config import VARIABLES, ConfigError, Number, example_value, load_settings
 from training.generation import MIN_TEMPERATURE
 
 NUMBERS = [var for var in VARIABLES if isinstance(var.read, Number)]
@@ -85,7 +85,7 @@ def torch_threads():
 def _seed_a_missed_slot(database: Path) -> None:
     """A nightly schedule whose last run was three days ago: the start catches its latest slot up, or, past
     the grace period, records it as missed."""
-    from bot.store import Store
+    from bot.storage.sqlite import SQLiteStore as Store
 
     async def seed() -> None:
         async with await Store.open(database) as store:
@@ -120,7 +120,7 @@ def test_the_bot_starts_and_stops_cleanly_at_each_bound(name, value, bob_artifac
 
 
 async def _posts(database: Path) -> list:
-    from bot.store import Store
+    from bot.storage.sqlite import SQLiteStore as Store
 
     async with await Store.open(database) as store:
         return await store.posts()

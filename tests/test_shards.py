@@ -18,13 +18,13 @@ from simcord.backend.serializers import guild_create_payload
 from simcord.gateway import ShardRouter
 from simcord.http import FakeHTTPClient
 
-from bot.config import load_settings
-from bot.discord_bot import PersonaBot
-from bot.engine import Engine
-from bot.filters import OutputFilter
-from bot.model_watch import ModelWatch
-from bot.retrain import CURRENT, PREVIOUS
-from bot.store import Store
+from bot.core.config import load_settings
+from bot.adapters.discord.bot import PersonaBot
+from bot.inference.engine import Engine
+from bot.core.filters import OutputFilter
+from bot.jobs.model_watch import ModelWatch
+from bot.jobs.retrain import CURRENT, PREVIOUS
+from bot.storage.sqlite import SQLiteStore as Store
 from test_discord import make_bot, sent_messages
 
 pytestmark = pytest.mark.slow
@@ -150,7 +150,7 @@ async def test_only_the_jobs_process_posts_and_runs_retrain_and_rollback(two_pro
 
 async def test_schedules_changed_in_a_replying_process_fire_in_the_jobs_process(two_processes):
     env, jobs, replier, (a_general, a_admin, a_bob), (b_general, b_admin, b_bob) = two_processes
-    from bot.scheduler import SYNC_JOB
+    from bot.jobs.scheduler import SYNC_JOB
 
     assert jobs.poster.scheduler.get_job(SYNC_JOB) is not None            # it looks for others' changes
     assert await jobs.poster.sync() is False                              # nothing changed yet

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import simcord
 
-from bot.speaking import WEBHOOK_MEMORY_S
+from bot.adapters.discord.speaking import WEBHOOK_MEMORY_S
 from test_discord import engine, sent_messages, settings, simcord_bot, store, world  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow

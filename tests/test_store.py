@@ -8,7 +8,8 @@ import sqlite3
 
 import pytest
 
-from bot.store import Store, StoreError, migrations
+from bot.storage.sqlite import SQLiteStore as Store, migrations
+from bot.core.store import StoreError
 
 
 def run(coro):
@@ -212,7 +213,7 @@ def test_settings_and_training_runs_round_trip(tmp_path):
 
 
 def test_ids_that_only_look_like_digits_are_a_settings_problem_not_a_crash():
-    from bot.config import ConfigError, load_settings
+    from bot.core.config import ConfigError, load_settings
 
     with pytest.raises(ConfigError) as error:
         load_settings({"ADMIN_USER_IDS": "123,\u00b2", "ADMIN_ROLE_IDS": "\u0664\u0662"}, dotenv_path=None)

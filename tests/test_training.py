@@ -69,7 +69,7 @@ def test_train_from_scratch_writes_a_whole_artifact_that_samples_and_evaluates(m
 
 
 def test_fine_tune_a_local_base_in_full_and_with_lora(make_chat, tmp_path, tiny_base):
-    from bot.persona import Persona
+    from bot.inference.persona import Persona
     from training.trainer import TrainConfig, train
 
     chat = make_chat()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot import personas
-from bot.personas import PersonaError
-from bot.store import PersonaEntry, StoreError
+from bot.core import personas
+from bot.core.personas import PersonaError
+from bot.core.store import PersonaEntry, StoreError
 
 AUTOCOMPLETE_CHOICES = 25   # the most choices Discord shows
 

@@ -161,9 +161,9 @@ def test_a_single_voice_persona_trains_samples_posts_and_answers(cli, tmp_path):
     scheduled post and answers a mention like any other."""
     import asyncio
 
-    from bot.engine import Engine
-    from bot.filters import TERMINAL
-    from bot.posting import pick_line
+    from bot.inference.engine import Engine
+    from bot.core.filters import TERMINAL
+    from bot.jobs.posting import pick_line
 
     out = tmp_path / "marigold"
     trained = cli("train", "--data", str(FIXTURES / "table" / "confessions.csv"),

@@ -1,7 +1,7 @@
 """Follow the jobs process's model swaps in a process that only replies (RUN_JOBS=false).
 
 A retrain or rollback swaps the model in the jobs process and records the artifact it now serves in the shared
-database (`bot.retrain.CURRENT`). `ModelWatch` reads that setting every `interval_s` seconds and, when it names
+database (`bot.jobs.retrain.CURRENT`). `ModelWatch` reads that setting every `interval_s` seconds and, when it names
 another artifact than the one this process last took, swaps its own engine to it (`Engine.swap`: loaded in a
 worker thread, switched between batches). A swap that fails is logged once and retried only when the setting
 changes again; the model that served before keeps serving. The database is read through the store, off the
@@ -13,9 +13,9 @@ import asyncio
 import logging
 from pathlib import Path
 
-from bot.engine import Engine, SwapError
-from bot.retrain import CURRENT
-from bot.store import Store, StoreError
+from bot.core.store import Store, StoreError
+from bot.inference.engine import Engine, SwapError
+from bot.jobs.retrain import CURRENT
 
 log = logging.getLogger("personabot.model_watch")
 

@@ -16,7 +16,7 @@ Nothing lost, nothing doubled:
   the grace period; APScheduler's own misfire handling coalesces the rest.
 
 Who writes a post: the registered persona the schedule names (`Schedule.persona_id`), else, in a Discord
-channel, the persona assigned there (`bot.personas.resolve`), else the bot's own. The line is sampled from that
+channel, the persona assigned there (`bot.core.personas.resolve`), else the bot's own. The line is sampled from that
 persona and sent as it (the Discord sender speaks under its name).
 """
 
@@ -29,16 +29,22 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
+from zoneinfo import ZoneInfo
 
-from bot.posting import DEFAULT_MODE, MODES, DuplicateContent, PostError, PostTarget, TwitterTarget, pick_line
-from bot.store import Schedule, Store, StoreError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
-if TYPE_CHECKING:
-    from bot.config import Settings
-    from bot.engine import Engine
-    from bot.persona import PersonaRef
-    from bot.store import PersonaEntry
+from bot.core import personas
+from bot.core.config import Settings
+from bot.core.personas import PersonaRef
+from bot.core.posts import DEFAULT_MODE, GRACE_MINUTES, MODES, PostTarget
+from bot.core.store import PersonaEntry, Schedule, Store, StoreError
+from bot.inference.engine import Engine
+from bot.jobs.posting import DuplicateContent, PostError, pick_line
+from bot.jobs.twitter import TwitterTarget
+from training.generation import attempt_seed
 
 log = logging.getLogger("personabot.schedule")
 
@@ -52,8 +58,6 @@ ChannelSender = Callable[[int, str, "int | None", "PersonaRef | None"], Awaitabl
 ChannelPersona = Callable[[int], Awaitable["PersonaEntry | None"]]
 # A post whose every line was a duplicate is skipped after this many lines.
 DUPLICATE_ATTEMPTS = 3
-# A slot missed longer ago than this (while the bot was down) is not caught up (POST_GRACE_MINUTES).
-GRACE_MINUTES = 60.0
 # The store setting a process writes when it changes the schedules, and how often the jobs process looks.
 SCHEDULES_CHANGED = "schedules_changed"
 SYNC_JOB, SYNC_INTERVAL_S = "sync-schedules", 15
@@ -88,9 +92,6 @@ def misfire_grace_s(grace_s: float) -> int:
 
 
 def trigger_for(schedule: Schedule):
-    from apscheduler.triggers.cron import CronTrigger
-    from apscheduler.triggers.interval import IntervalTrigger
-
     if schedule.cron:
         return CronTrigger.from_crontab(schedule.cron, timezone=schedule.timezone)
     return IntervalTrigger(seconds=int(schedule.interval_s), timezone=schedule.timezone,
@@ -99,10 +100,6 @@ def trigger_for(schedule: Schedule):
 
 def check_cron(cron: str, timezone_name: str) -> None:
     """Raise `ScheduleError` unless `cron` is a crontab line and `timezone_name` a time zone."""
-    from zoneinfo import ZoneInfo
-
-    from apscheduler.triggers.cron import CronTrigger
-
     try:
         ZoneInfo(timezone_name)
         CronTrigger.from_crontab(cron, timezone=timezone_name)
@@ -124,7 +121,7 @@ class PostScheduler:
         self.seed = seed             # a seeded scheduler samples the same lines each run (tests)
         self.scheduler = None
         self.twitter: TwitterTarget | None = None
-        # Called with every post's outcome (e.g. by bot.metrics); quick, and never allowed to stop a post.
+        # Called with every post's outcome (e.g. by bot.adapters.metrics); quick, and never allowed to stop a post.
         self.outcome_observers: list[Callable[[PostOutcome], None]] = []
         self._seen_change: Any = None
         # Other bot processes (SHARD_IDS split the guilds) may change the schedules: look every SYNC_INTERVAL_S.
@@ -132,7 +129,6 @@ class PostScheduler:
 
     async def start(self) -> None:
         """Mark interrupted posts unknown, catch up once per schedule, then schedule every unpaused one."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         unknown = await self.store.mark_pending_unknown()
         if unknown:
@@ -318,8 +314,6 @@ class PostScheduler:
         """The registered persona that writes `schedule`'s post to `target`: the one it names, else (in a
         Discord channel) the one assigned there; None: the bot's own. A named persona that was removed
         (its id cleared by the store) falls back the same way."""
-        from bot.persona import PersonaRef     # here: settings read this module without torch loaded
-
         entry = await self.store.persona(schedule.persona_id) if schedule.persona_id is not None else None
         if entry is None and target.kind == "discord" and target.channel_id is not None:
             entry = await self._channel_persona(target.channel_id, schedule.guild_id)
@@ -328,16 +322,12 @@ class PostScheduler:
     async def _channel_persona(self, channel_id: int, guild_id: int | None) -> PersonaEntry | None:
         if self.channel_persona is not None:
             return await self.channel_persona(channel_id)
-        from bot import personas
-
         return await personas.resolve(self.store, channel_id, guild_id)
 
     async def _send_a_line(self, schedule: Schedule, post_id: int, target: PostTarget,
                            sender: Sender, persona: PersonaRef | None = None) -> PostOutcome:
         """Pick a line and send it; a line the target calls a duplicate is replaced by a new one (bounded).
         The line is recorded before it is sent, and every outcome is recorded."""
-        from training.generation import attempt_seed   # here: settings read this module without torch loaded
-
         recent = await self.store.recent_post_texts()
         start = MODES.get(schedule.mode, schedule.mode)
         rejected: list[str] = []

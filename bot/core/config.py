@@ -11,18 +11,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from bot.filters.leak_guard import NGRAM_WORDS
-from bot.posting import DEFAULT_MODE, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
-from bot.scheduler import GRACE_MINUTES
+from bot.core.filters import Blocklist
+from bot.core.filters.leak_guard import NGRAM_WORDS
+from bot.core.posts import DEFAULT_MODE, GRACE_MINUTES, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
 
-
-# Generation backends (bot.backends); "auto" picks the fastest on this machine. Declared here, not in
-# bot.backends or bot.engine, because those load torch and reading settings must not.
+# Generation backends (bot.inference.backends); "auto" picks the fastest on this machine. Declared here, not in
+# bot.inference.backends or bot.inference.engine, because those load torch and reading settings must not.
 BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2", "openai")
 # Requests the engine generates together at most (MAX_BATCH), for the same reason declared here.
 MAX_BATCH = 8
-# Memory for registered personas loaded on demand (PERSONA_MEMORY_MB; bot.persona_pool), likewise.
+# Memory for registered personas loaded on demand (PERSONA_MEMORY_MB; bot.inference.persona_pool), likewise.
 PERSONA_MEMORY_MB = 2048.0
 
 
@@ -203,7 +203,6 @@ def _backend(value: str, raw: str) -> list[str]:
 def _blocklist(value: Path, raw: str) -> list[str]:
     if not value.is_file():
         return [f"BLOCKLIST_FILE={raw} does not exist (or is not a file)"]
-    from bot.filters import Blocklist
 
     try:
         Blocklist.from_file(value)
@@ -217,8 +216,6 @@ def _database(value: Path, raw: str) -> list[str]:
 
 
 def _time_zone(value: str, raw: str) -> list[str]:
-    from zoneinfo import ZoneInfo
-
     try:
         ZoneInfo(value)
     except (ValueError, KeyError, OSError):
@@ -227,6 +224,7 @@ def _time_zone(value: str, raw: str) -> list[str]:
 
 
 def _crontab(value: str, raw: str) -> list[str]:
+    # Here: the scheduler library is read only when a schedule is set.
     from apscheduler.triggers.cron import CronTrigger
 
     try:
@@ -243,6 +241,7 @@ def _post_mode(value: str, raw: str) -> list[str]:
 
 def _generation(name: str, key: str) -> Check:
     def check(value: Any, raw: str) -> list[str]:
+        # Here: the sampler's own check, in training.generation, which loads torch (settings are read without).
         from training.generation import GenerationSettings
 
         # Checked alone, so that each problem is reported under the variable that causes it.

@@ -11,17 +11,17 @@ beside the old one (in another thread), checks that it generates, and replaces i
 failed load leaves the old one serving. Every reply passes the persona's output filter: candidates the
 leak guard or the blocklist reject are sampled again, a bounded number of times.
 
-The engine names no platform: every caller passes the `bot.filters.Target` its text goes to, built by its
+The engine names no platform: every caller passes the `bot.core.filters.Target` its text goes to, built by its
 adapter, and the target finishes the text its own way (its length limit, its mention names).
 
-A persona served by an inference server (`bot.remote`) never holds the worker: its rows are handed to the
+A persona served by an inference server (`bot.inference.remote`) never holds the worker: its rows are handed to the
 server's connection (`submit`) and their callers settled from there when the answers come, so a slow server
 keeps neither a local persona's batch nor another server's persona waiting. A row the server did not answer
 within INFERENCE_TIMEOUT (or whose circuit is open) gets the fallback line at once: drawing again would wait
 as long again.
 
-Several personas: a request may name a registered persona (`bot.persona.PersonaRef`); the engine's
-`bot.persona_pool.PersonaPool` loads it on demand within PERSONA_MEMORY_MB and holds it while the request
+Several personas: a request may name a registered persona (`bot.inference.persona.PersonaRef`); the engine's
+`bot.inference.persona_pool.PersonaPool` loads it on demand within PERSONA_MEMORY_MB and holds it while the request
 runs. A batch mixes personas: rows of LoRA adapters on one shared base run in one pass (each row through its
 own adapter), whole models each run their own rows. Without a persona, a request is the bot's configured
 persona's, the one `swap` replaces.
@@ -38,29 +38,28 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from bot.backends import AdapterBackend, generation_threads
-from bot.config import MAX_BATCH, PERSONA_MEMORY_MB
-from bot.filters import Target
-from bot.filters.output import EMPTY
-from bot.filters.leak_guard import NGRAM_WORDS
-from bot.persona import FALLBACK_REPLY, Persona, PersonaRef
-from bot.persona_pool import PersonaPool
+from bot.core.config import MAX_BATCH, PERSONA_MEMORY_MB
+from bot.core.filters import Target
+from bot.core.filters.leak_guard import NGRAM_WORDS
+from bot.core.filters.output import EMPTY
+from bot.core.personas import PersonaRef
+from bot.inference.backends import AdapterBackend, SharedBases, expected_bytes, generation_threads
+from bot.inference.persona import FALLBACK_REPLY, Persona
+from bot.inference.persona_pool import PersonaPool
+from bot.inference.remote import RemoteConfig
 from training.generation import attempt_seed
 from training.transcript import join_line
-
-if TYPE_CHECKING:
-    from bot.remote import RemoteConfig
-
 
 log = logging.getLogger("personabot.engine")
 
 _STOP = object()
-# Why a reply is the fallback line when the inference server gave no answer (see `bot.remote`).
+# Why a reply is the fallback line when the inference server gave no answer (see `bot.inference.remote`).
 UNANSWERED = "unanswered"
 
 
@@ -139,10 +138,8 @@ class Engine:
              remote: RemoteConfig | None = None, persona_memory_mb: float = PERSONA_MEMORY_MB) -> "Engine":
         """An engine serving the artifact in `directory`; swaps and registered personas load artifacts with
         the same options (a registered persona's own sampling defaults over them), the registered ones within
-        `persona_memory_mb`. `remote` (a `bot.remote.RemoteConfig`) is the inference server of `openai`."""
-        from functools import partial
+        `persona_memory_mb`. `remote` (a `bot.inference.remote.RemoteConfig`) is the inference server of `openai`."""
 
-        from bot.backends import SharedBases, expected_bytes
 
         loader = partial(Persona.load, backend=backend, threads=threads, blocklist=blocklist,
                          leak_ngram_words=leak_ngram_words, remote=remote, **(generation or {}))

@@ -4,7 +4,7 @@ is kept for /rollback. One retrain at a time; a cancelled, crashed or rejected o
 serving and says why. Knows nothing of Discord: the admin cog shows what `progress` reports.
 
 A retrain rebuilds the bot's own persona (PERSONA_MODEL, hot-swapped in the engine) or one registered persona
-(`bot.personas`): that one is retrained from its own artifact (as a LoRA adapter on the same base when it is
+(`bot.core.personas`): that one is retrained from its own artifact (as a LoRA adapter on the same base when it is
 one), loaded beside the others (`Engine.load_persona`), and the registry then points at it, keeping the one
 before for its own rollback. Every other persona, the bot's own included, keeps serving untouched."""
 
@@ -24,10 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bot.engine import Engine, SwapError
-from bot.persona import PersonaRef
-from bot.personas import unload_if_unnamed
-from bot.store import PersonaEntry, Store, StoreError
+from bot.core.personas import PersonaRef, unload_if_unnamed
+from bot.core.store import PersonaEntry, Store, StoreError
+from bot.inference.engine import Engine, SwapError
 from training.artifact import ArtifactError, Metrics, PersonaInfo, read_persona
 from training.dataset import normalise_name
 from training.formats.data_dump import DumpRow, write_dump
@@ -99,7 +98,7 @@ class Retrainer:
         self._cancelled = False
         self._shutting_down = False
         self._lock = asyncio.Lock()
-        # Called with each started retrain's outcome (one of RETRAIN_OUTCOMES), e.g. by bot.metrics; quick.
+        # Called with each started retrain's outcome (one of RETRAIN_OUTCOMES), e.g. by bot.adapters.metrics; quick.
         self.outcome_observers: list[Callable[[str], None]] = []
 
     @property
@@ -317,7 +316,7 @@ class Retrainer:
         try:
             await self.engine.load_persona(replace(PersonaRef.of(fresh), artifact=new))
         except SwapError as e:
-            await unload_if_unnamed(self.store, self.engine, new)
+            await unload_if_unnamed(self.store, self.engine.forget, new)
             raise RetrainError(f"the model {new.name} of {fresh.name} did not load: {e}") from e
         old = fresh.artifact_path
         try:
@@ -326,10 +325,10 @@ class Retrainer:
             moved = None
             log.warning("persona %s not pointed at %s: %s", fresh.name, new, e)
         if moved is None:
-            await unload_if_unnamed(self.store, self.engine, new)
+            await unload_if_unnamed(self.store, self.engine.forget, new)
             raise RetrainError(f"the persona {fresh.name} could not be pointed at the new model (removed "
                                "meanwhile, or the database refused); nothing changed")
-        await unload_if_unnamed(self.store, self.engine, old)
+        await unload_if_unnamed(self.store, self.engine.forget, old)
         return old
 
     async def _fresh(self, entry: PersonaEntry) -> PersonaEntry:

@@ -15,17 +15,17 @@ One module per algorithm, each with its own reasons at the top:
     output       Target (DISCORD, TWITTER, TERMINAL; each with its limit, length and mention names) and
                  OutputFilter, which combines the above
 
-Every public name is importable from `bot.filters` itself, as before the split.
+Every public name is importable from `bot.core.filters` itself, as before the split.
 """
 
 from __future__ import annotations
 
-from bot.filters.blocklist import Blocklist, FilterConfigError
-from bot.filters.cut import cut_to_length
-from bot.filters.leak_guard import LeakGuard
-from bot.filters.mentions import neutralise_mentions
-from bot.filters.output import DISCORD, DISCORD_LIMIT, TERMINAL, TWITTER, NameResolver, OutputFilter, Target
-from bot.filters.twitter import TWEET_LIMIT, has_link, tweet_length
+from bot.core.filters.blocklist import Blocklist, FilterConfigError
+from bot.core.filters.cut import cut_to_length
+from bot.core.filters.leak_guard import LeakGuard
+from bot.core.filters.mentions import neutralise_mentions
+from bot.core.filters.output import DISCORD, DISCORD_LIMIT, TERMINAL, TWITTER, NameResolver, OutputFilter, Target
+from bot.core.filters.twitter import TWEET_LIMIT, has_link, tweet_length
 
 __all__ = [
     "DISCORD", "DISCORD_LIMIT", "TERMINAL", "TWEET_LIMIT", "TWITTER", "Blocklist", "FilterConfigError",

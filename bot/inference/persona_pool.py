@@ -1,6 +1,6 @@
 """Registered personas loaded on demand within a memory budget, the least recently used unloaded first.
 
-A request for a persona (`bot.persona.PersonaRef`) leases it: loaded (off the event loop, checked to
+A request for a persona (`bot.inference.persona.PersonaRef`) leases it: loaded (off the event loop, checked to
 generate) when it is not loaded yet, and never unloaded while a request holds it. Loads run one at a time,
 and room is made for each before it starts, by its expected size (its weights on disk): eight first
 requests at once no longer load eight models past the budget. Room is made by unloading personas nobody
@@ -9,7 +9,7 @@ more than its fair share (the budget split evenly among the servers with persona
 new personas never push out another's that keeps within its share. The budget can still be passed for a
 moment by the persona just loaded and by those in use (said in the log once per overrun). Whole models count
 their weights; LoRA adapters count their own few megabytes, and the base they share
-(`bot.backends.SharedBases`) counts once, unloaded with its last adapter.
+(`bot.inference.backends.SharedBases`) counts once, unloaded with its last adapter.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.backends import AdapterBackend, SharedBases
-from bot.persona import Persona, PersonaRef
+from bot.core.personas import PersonaRef
+from bot.inference.backends import AdapterBackend, SharedBases
+from bot.inference.persona import Persona
 
 log = logging.getLogger("personabot.personas")
 
@@ -176,5 +177,5 @@ class PersonaPool:
         if isinstance(backend, AdapterBackend) and self.bases is not None:
             self.bases.release(backend)
         close = getattr(backend, "close", None)
-        if close is not None:    # a served persona's share of the server connection (bot.remote)
+        if close is not None:    # a served persona's share of the server connection (bot.inference.remote)
             close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.posting import PostTarget
+from bot.core.posts import PostTarget
 
 # What a refusal says, for each power (shown to the person who tried).
 OWNERS_ONLY = ("This command is for the bot's owners only (the application's owner or team, or ADMIN_USER_IDS): "

@@ -1,7 +1,7 @@
 """Channel memory: what the bot remembers of each channel's talk (the context of its replies), and what it must
 forget. One service, free of Discord, that the chat cog and /forget-me call:
 
-- a context window per channel (`bot.context.ContextWindows`), read back from the store the first time a
+- a context window per channel (`bot.core.context.ContextWindows`), read back from the store the first time a
   channel is used after a restart;
 - remembering a message: into the store, which refuses people who opted out, then (only if stored) into the
   channel's window; when the store fails, into the window only if its author has not opted out;
@@ -16,8 +16,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.context import ContextWindow, ContextWindows, TokenCounter
-from bot.store import Store, StoreError
+from bot.core.context import ContextWindow, ContextWindows, TokenCounter
+from bot.core.store import Store, StoreError
 
 log = logging.getLogger("personabot.memory")
 

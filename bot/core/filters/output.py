@@ -8,7 +8,7 @@ tweet's 280 weighted characters, no limit in the terminal). Each adapter builds 
 needs to know no platform.
 
 A reason `reject` gives is a `Rejection`: the reason's text (a str, as logs and /status show it) that also
-names the filter that gave it (`Rejection.filter`), so that counting rejections by filter (bot.metrics)
+names the filter that gave it (`Rejection.filter`), so that counting rejections by filter (bot.adapters.metrics)
 never parses the text.
 """
 
@@ -18,11 +18,11 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.filters.blocklist import Blocklist
-from bot.filters.cut import cut_to_length
-from bot.filters.leak_guard import LeakGuard
-from bot.filters.mentions import neutralise_mentions
-from bot.filters.twitter import TWEET_LIMIT, tweet_length
+from bot.core.filters.blocklist import Blocklist
+from bot.core.filters.cut import cut_to_length
+from bot.core.filters.leak_guard import LeakGuard
+from bot.core.filters.mentions import neutralise_mentions
+from bot.core.filters.twitter import TWEET_LIMIT, tweet_length
 
 DISCORD_LIMIT = 2000
 

@@ -19,12 +19,9 @@ import logging
 import re
 import time
 
-from typing import TYPE_CHECKING
-
 import discord
 
-if TYPE_CHECKING:
-    from bot.persona import PersonaRef
+from bot.core.personas import PersonaRef
 
 log = logging.getLogger("personabot.speaking")
 

@@ -9,13 +9,13 @@
 
 A LoRA adapter artifact runs on every local backend: `training.artifact.load_model` loads its base and
 merges the adapter in memory for `torch` and `torch-int8`. Several adapter personas on one base share it
-instead (`SharedBases`, used by the engine's `bot.persona_pool.PersonaPool`): the base is loaded once and
+instead (`SharedBases`, used by the engine's `bot.inference.persona_pool.PersonaPool`): the base is loaded once and
 each adapter added beside the others, a few megabytes each; their rows run in one batch, each through its
 own adapter (peft's mixed-adapter batches). `openai` asks the inference server for its LoRA module of the
-adapter (vLLM `--enable-lora --lora-modules NAME=DIR`, found by the adapter's directory; see `bot.remote`).
+adapter (vLLM `--enable-lora --lora-modules NAME=DIR`, found by the adapter's directory; see `bot.inference.remote`).
 
 - `openai`: an OpenAI-compatible inference server (vLLM, TGI, llama.cpp, `transformers serve`) serving the
-  artifact's directory; see `bot.remote`.
+  artifact's directory; see `bot.inference.remote`.
 
 `auto` picks the fastest available for the device: a GPU runs `torch`; a CPU runs `torch-int8`
 (bench/reply_latency.py measures all of them against plain `transformers` generate).
@@ -23,39 +23,26 @@ adapter (vLLM `--enable-lora --lora-modules NAME=DIR`, found by the adapter's di
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from bot.config import BACKENDS
+from bot.core.config import BACKENDS
+from bot.inference.backend import Backend, BackendError
+from bot.inference.remote import RemoteBackend, RemoteConfig, RemoteConnection
 from training import transcript
-from training.artifact import ArtifactError, PersonaInfo, load_model, read_persona
+from training.artifact import ArtifactError, PersonaInfo, check_weights, load_model, read_persona
+from training.errors import TrainingError
 from training.generation import GenerationSettings, cut_reply, decode
-from training.modelling import quantize_int8
-
-if TYPE_CHECKING:
-    from bot.remote import RemoteConfig
+from training.modelling import conv1d_to_linear, cpu_threads, first_line, fuse_gelu, load_base, quantize_int8
 
 CT2_DIR = "ctranslate2-int8"
-
-
-class BackendError(ArtifactError):
-    """An artifact that cannot run on the chosen backend here (missing extra, failed conversion)."""
-
-
-class Backend(Protocol):
-    name: str
-
-    def generate(self, prompts: Sequence[Sequence[int]], settings: Sequence[GenerationSettings],
-                 seeds: Sequence[int | None], cancelled: Callable[[int], bool] | None = None) -> list[list[int]]:
-        """One reply (token ids, cut at the end of the persona's turn) per prompt."""
-        ...
 
 
 def model_bytes(model) -> int:
@@ -168,8 +155,6 @@ class SharedBase:
     @classmethod
     def load(cls, base: str, backend: str) -> "SharedBase":
         """The base named by adapter artifacts (`training.modelling.load_base`: a hub id or a directory)."""
-        from training.errors import TrainingError
-        from training.modelling import conv1d_to_linear, first_line, fuse_gelu, load_base
 
         try:
             model, tokenizer = load_base(base)
@@ -188,7 +173,6 @@ class SharedBase:
         from peft import LoraConfig, PeftModel, get_peft_model
         from peft.utils import load_peft_weights
 
-        from training.artifact import check_weights
 
         check_weights(info.path)
         try:
@@ -416,7 +400,6 @@ def convert_ctranslate2(info: PersonaInfo, model=None) -> Path:
             source = merged
         TransformersConverter(str(source)).convert(str(staged), quantization="int8", force=True)
         # CTranslate2 wants every special token named; ours only has the end marker.
-        import json
 
         config_path = staged / "config.json"
         config = json.loads(config_path.read_text())
@@ -465,7 +448,6 @@ def resolve(name: str) -> str:
 def _load_remote(info: PersonaInfo, remote: RemoteConfig | None):
     from transformers import AutoTokenizer
 
-    from bot.remote import RemoteBackend, RemoteConnection
 
     if remote is None:
         raise BackendError("BACKEND=openai needs INFERENCE_URL, the inference server serving the persona")
@@ -486,7 +468,6 @@ def generation_threads(requested: int | None = None) -> int:
     step waits for the thread that is not running). On 2 cores, GPT-2 small int8, 40 tokens: 2 threads 0.66 s
     and 1 thread 0.76 s on a quiet machine; next to one busy process 2 threads take 1.98 s, 1 thread 0.70 s.
     """
-    from training.modelling import cpu_threads
 
     return requested if requested else max(1, cpu_threads(None) // 2)
 
@@ -494,7 +475,7 @@ def generation_threads(requested: int | None = None) -> int:
 def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None = None,
                  remote: RemoteConfig | None = None, bases: SharedBases | None = None):
     """(backend, tokenizer) for an artifact. Loading failures are `ArtifactError`s, unusable backends
-    `BackendError`s. `openai` needs `remote`, a `bot.remote.RemoteConfig`; it loads the tokenizer only (the
+    `BackendError`s. `openai` needs `remote`, a `bot.inference.remote.RemoteConfig`; it loads the tokenizer only (the
     weights stay with the inference server) and checks the server at once. With `bases`, an adapter artifact
     on a local torch backend is added to its shared base instead of being merged into a base of its own."""
     name = resolve(name)

@@ -26,14 +26,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot.filters.output import rejection_filter
+from bot.core.filters.output import rejection_filter
 
 if TYPE_CHECKING:
-    from bot.config import Settings
-    from bot.engine import Engine, Reply
-    from bot.retrain import Retrainer
-    from bot.scheduler import PostOutcome
-    from bot.store import Store
+    from bot.core.config import Settings
+    from bot.core.store import Store
+    from bot.inference.engine import Engine, Reply
+    from bot.jobs.retrain import Retrainer
+    from bot.jobs.scheduler import PostOutcome
 
 log = logging.getLogger("personabot.metrics")
 
@@ -149,7 +149,7 @@ class Metrics:
         self.samples_rejected(outcome.rejected)
 
     def retrain_finished(self, outcome: str) -> None:
-        """A retrain ended: done, failed, cancelled or rejected (see bot.retrain.RETRAIN_OUTCOMES)."""
+        """A retrain ended: done, failed, cancelled or rejected (see bot.jobs.retrain.RETRAIN_OUTCOMES)."""
         self.retrains.labels(outcome).inc()
 
     def batch_done(self, size: int) -> None:
@@ -199,7 +199,7 @@ def engine_problem(engine: Engine) -> str | None:
 
 async def database_problem(store: Store, timeout_s: float) -> str | None:
     """Why the database is not writable (a small write within `timeout_s`), or None."""
-    from bot.store import StoreError
+    from bot.core.store import StoreError
 
     try:
         async with asyncio.timeout(timeout_s):

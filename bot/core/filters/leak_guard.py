@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from bot.filters._text import FORMAT_CHARS
+from bot.core.filters._text import FORMAT_CHARS
 
 # A reply sharing this many consecutive words with the training text is a leak (LEAK_NGRAM_WORDS).
 NGRAM_WORDS = 8

@@ -1,6 +1,7 @@
-"""The store: one SQLite file (aiosqlite, WAL mode) for what the bot remembers between restarts.
+"""The SQLite store (`bot.core.store.Store`): one SQLite file (aiosqlite, WAL mode) for what the bot remembers
+between restarts.
 
-Schema changes are numbered SQL files in `bot/migrations/`, applied in order at start; the schema version
+Schema changes are numbered SQL files in `bot/storage/migrations/`, applied in order at start; the schema version
 is SQLite's `user_version`. Every write goes through one lock (one writer path), so a burst of messages
 and a /forget-me never interleave half-way. A file that is not a readable database, or that was written by
 a newer personabot, is an error naming the file; it is never replaced or "repaired".
@@ -13,50 +14,17 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from bot.posting import DEFAULT_MODE, PostTarget
+from bot.core.posts import DEFAULT_MODE, PostTarget
+from bot.core.store import Assignment, PersonaEntry, Schedule, StoredMessage, StoreError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-
-class StoreError(Exception):
-    """The database cannot be used; the message names the file and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    channel_id: int
-    author_id: int
-    author_name: str
-    content: str
-    is_bot: bool
-    created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """A posting schedule: a crontab line or an interval, in a time zone, posting `mode` lines to `targets`;
-    owned by a guild (`guild_id`) or global (None: the bot owners')."""
-
-    id: int | None             # None: an ad-hoc post (/post now), never stored as a schedule
-    guild_id: int | None
-    name: str
-    cron: str | None
-    interval_s: int | None
-    timezone: str
-    targets: tuple[PostTarget, ...]
-    mode: str
-    paused: bool
-    last_run: str | None
-    created_at: str
-    persona_id: int | None = None  # the registered persona that writes its posts; None: the one at each target
 
 
 def migrations() -> list[tuple[int, Path]]:
@@ -77,8 +45,8 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class Store:
-    """Open with `await Store.open(path)`; close with `await store.close()` (or `async with`)."""
+class SQLiteStore:
+    """Open with `await SQLiteStore.open(path)`; close with `await store.close()` (or `async with`)."""
 
     def __init__(self, path: Path, db: aiosqlite.Connection, version: int) -> None:
         self.path = path
@@ -87,7 +55,7 @@ class Store:
         self._write = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path, *, upto: int | None = None) -> "Store":
+    async def open(cls, path: str | Path, *, upto: int | None = None) -> "SQLiteStore":
         """Open (creating if absent) and migrate the database at `path`. `upto` stops at that schema version
         (for tests of migrations)."""
         path = Path(path)
@@ -145,7 +113,7 @@ class Store:
     async def close(self) -> None:
         await self._db.close()
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> "SQLiteStore":
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -528,33 +496,6 @@ def _writable(path: Path) -> bool:
             return True
     except OSError:
         return False
-
-
-@dataclass(frozen=True, slots=True)
-class PersonaEntry:
-    """A registered persona: a name, its artifact directory, its owner (a guild, or None: global, the bot
-    owners'), and default sampling settings over the artifact's own."""
-
-    id: int
-    guild_id: int | None
-    name: str
-    artifact_path: Path
-    generation: dict[str, Any]
-    created_at: str
-    previous_artifact_path: Path | None = None   # what it served before its last retrain or rollback
-    avatar_url: str | None = None                # the image its webhook messages show
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """Which persona speaks at one place: scope 'bot' (scope_id None), 'guild' or 'channel' (its id);
-    `guild_id` is the guild the place belongs to (None for 'bot')."""
-
-    scope: str
-    scope_id: int | None
-    guild_id: int | None
-    persona: PersonaEntry
-    created_at: str
 
 
 _PERSONA_COLUMNS = "id, guild_id, name, artifact_path, generation, created_at, previous_artifact_path, avatar_url"

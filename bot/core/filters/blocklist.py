@@ -14,7 +14,8 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from bot.filters._text import FORMAT_CHARS
+from bot.core.filters._text import FORMAT_CHARS
+
 
 class FilterConfigError(ValueError):
     """A filter configuration file (e.g. the blocklist) that cannot be used: names the file and line."""

@@ -3,54 +3,27 @@
 Prompts are built in the one transcript format (`training.transcript`) from a conversation's recent turns;
 replies come back from the backend already cut at the end marker or where the model starts another
 speaker's turn (by token ids, never by string length). The artifact's training text feeds the leak guard.
-Generation itself is scheduled by `bot.engine.Engine`; a Persona only knows how to do one batch.
+Generation itself is scheduled by `bot.inference.engine.Engine`; a Persona only knows how to do one batch.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from bot.backends import Backend, SharedBases, load_backend
-from bot.filters import Blocklist, LeakGuard, OutputFilter
-from bot.filters.leak_guard import NGRAM_WORDS
+from bot.core.filters import Blocklist, LeakGuard, OutputFilter
+from bot.core.filters.leak_guard import NGRAM_WORDS
+from bot.inference.backend import Backend
+from bot.inference.backends import SharedBases, load_backend
+from bot.inference.remote import RemoteConfig
 from training import transcript
 from training.artifact import ArtifactError, PersonaInfo, read_persona
 from training.generation import GenerationSettings
 
-if TYPE_CHECKING:
-    from bot.remote import RemoteConfig
-
-
 # What the persona says when every try produced nothing usable.
 FALLBACK_REPLY = "..."
-
-
-@dataclass(frozen=True, slots=True)
-class PersonaRef:
-    """A registered persona as a request names it (see bot/personas.py): the artifact to run, the name it
-    speaks under (a webhook's name; prompts keep the speaker name the artifact was trained on), and default
-    sampling settings over the artifact's own."""
-
-    artifact: Path
-    name: str
-    generation: tuple[tuple[str, Any], ...] = ()
-    avatar_url: str | None = field(default=None, compare=False)   # what its webhook messages show
-    owner: int | None = field(default=None, compare=False)   # its guild (None: global): whose memory share it uses
-
-    @classmethod
-    def of(cls, entry: Any) -> "PersonaRef":
-        """The ref of a `bot.store.PersonaEntry`."""
-        return cls(Path(entry.artifact_path), entry.name, tuple(sorted(entry.generation.items())),
-                   getattr(entry, "avatar_url", None), entry.guild_id)
-
-    @property
-    def key(self) -> tuple[Path, tuple[tuple[str, Any], ...]]:
-        """What a loaded persona is shared by: two names of one artifact with one set of settings share it."""
-        return self.artifact, self.generation
 
 
 @dataclass(slots=True)
@@ -67,7 +40,7 @@ class Persona:
              blocklist: Blocklist | None = None, leak_ngram_words: int = NGRAM_WORDS,
              remote: RemoteConfig | None = None, bases: SharedBases | None = None, **overrides) -> "Persona":
         """Load and check an artifact. `overrides` replace persona.json's generation defaults (None keeps
-        the default); `backend` is one of `bot.backends.BACKENDS`; `remote` (a `bot.remote.RemoteConfig`)
+        the default); `backend` is one of `bot.inference.backends.BACKENDS`; `remote` (a `bot.inference.remote.RemoteConfig`)
         is where the `openai` backend finds its server; with `bases`, a LoRA adapter shares its base with the
         other adapter personas on it instead of being merged into a base of its own."""
         info = read_persona(directory)

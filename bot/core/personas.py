@@ -19,29 +19,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import fields
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from bot.persona_names import name_problem
-from bot.store import Assignment, PersonaEntry, Store, StoreError
-from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
-
-if TYPE_CHECKING:      # the engine loads torch; the registry's rules are read without it
-    from bot.engine import Engine
+from bot.core.persona_names import name_problem
+from bot.core.store import Assignment, PersonaEntry, Store, StoreError
+from bot.core.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
 
 log = logging.getLogger("personabot.personas")
 
 Scope = Literal["bot", "guild", "channel"]
 SCOPES: tuple[Scope, ...] = ("channel", "guild", "bot")    # nearest first
+@dataclass(frozen=True, slots=True)
+class PersonaRef:
+    """A registered persona as a request names it: the artifact to run, the name it
+    speaks under (a webhook's name; prompts keep the speaker name the artifact was trained on), and default
+    sampling settings over the artifact's own."""
+
+    artifact: Path
+    name: str
+    generation: tuple[tuple[str, Any], ...] = ()
+    avatar_url: str | None = field(default=None, compare=False)   # what its webhook messages show
+    owner: int | None = field(default=None, compare=False)   # its guild (None: global): whose memory share it uses
+
+    @classmethod
+    def of(cls, entry: PersonaEntry) -> "PersonaRef":
+        """The ref of a registered persona."""
+        return cls(Path(entry.artifact_path), entry.name, tuple(sorted(entry.generation.items())),
+                   entry.avatar_url, entry.guild_id)
+
+    @property
+    def key(self) -> tuple[Path, tuple[tuple[str, Any], ...]]:
+        """What a loaded persona is shared by: two names of one artifact with one set of settings share it."""
+        return self.artifact, self.generation
+
+
 class PersonaError(Exception):
     """A persona request that cannot be done; the message says why, for the person who asked."""
 
 
 def check_generation(overrides: dict[str, Any]) -> dict[str, Any]:
     """Default sampling settings for a persona (only those given), checked; PersonaError names the problems."""
-    from training.generation import GenerationSettings
+    from training.generation import GenerationSettings  # here: it loads torch, which the registry's rules need not
 
     known = {f.name for f in fields(GenerationSettings)}
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -57,7 +78,7 @@ def check_generation(overrides: dict[str, Any]) -> dict[str, Any]:
 def check_artifact(directory: str | Path) -> Path:
     """The artifact directory, absolute, when it holds a readable persona artifact; PersonaError names it and
     what is wrong otherwise. Reads files: call it off the event loop."""
-    from training.artifact import ArtifactError, read_persona
+    from training.artifact import ArtifactError, read_persona  # here: it loads torch (see check_generation)
 
     path = Path(directory).expanduser().resolve()
     try:
@@ -260,13 +281,14 @@ async def resolve(store: Store, channel_id: int | None, guild_id: int | None) ->
     return found.persona if found else None
 
 
-async def unload_if_unnamed(store: Store, engine: Engine, artifact: Path) -> None:
-    """Unload `artifact`'s loaded personas from `engine` when no registered persona names it any more (after
-    a removal, a retrain or a rollback). Never raises: the pool's own budget frees the memory later anyway."""
+async def unload_if_unnamed(store: Store, forget: Callable[[Path], Awaitable[int]], artifact: Path) -> None:
+    """Unload `artifact`'s loaded personas with `forget` (the engine's) when no registered persona names it any
+    more (after a removal, a retrain or a rollback). Never raises: the pool's own budget frees the memory later
+    anyway."""
     try:
         if any(p.artifact_path == artifact for p in await store.personas()):
             return
-        await engine.forget(artifact)
+        await forget(artifact)
     except Exception:
         log.exception("could not unload %s, which no persona names any more", artifact)
 

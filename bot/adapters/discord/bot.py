@@ -5,7 +5,7 @@ with `AllowedMentions.none()` (and the filters have already defused mentions in 
 It is an `AutoShardedBot`: SHARD_COUNT shards in all (default: Discord's recommendation), of which this process
 runs SHARD_IDS (default: all), so that several processes can split the guilds. Exactly one of them has RUN_JOBS
 on: it runs the scheduled posts, /retrain and /rollback; the others serve replies and follow its model swaps
-through the shared database (`bot.model_watch`)."""
+through the shared database (`bot.jobs.model_watch`)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.config import Settings
-from bot.channel_memory import ChannelMemory
-from bot.engine import Engine
-from bot.metrics import Metrics
-from bot.persona import PersonaRef
-from bot.retrain import Retrainer
-from bot.speaking import Webhooks, speak
-from bot.store import PersonaEntry, Store
-from bot.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
+from bot.adapters.discord.speaking import Webhooks, speak
+from bot.adapters.metrics import Metrics
+from bot.core import personas
+from bot.core.channel_memory import ChannelMemory
+from bot.core.config import Settings
+from bot.core.personas import PersonaRef
+from bot.core.store import PersonaEntry, Store, StoreError
+from bot.core.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
+from bot.inference.engine import Engine
+from bot.jobs.posting import PostError
+from bot.jobs.retrain import Retrainer
+from bot.jobs.scheduler import start_posting
 
 log = logging.getLogger("personabot.discord")
 
@@ -78,7 +81,7 @@ class PersonaBot(commands.AutoShardedBot):
         self.started = time.time()
         self.poster = None              # the post scheduler, started once connected
         self.webhooks = Webhooks()      # the webhook each channel's registered personas speak through
-        # Retrains a restart cut short (see bot.retrain.close_interrupted_runs): said in their messages.
+        # Retrains a restart cut short (see bot.jobs.retrain.close_interrupted_runs): said in their messages.
         self.interrupted_runs = list(interrupted_runs or [])
 
     async def setup_hook(self) -> None:
@@ -93,8 +96,6 @@ class PersonaBot(commands.AutoShardedBot):
         if self.settings.run_jobs:
             await self._record_jobs_process()
         if self.poster is None:
-            from bot.scheduler import start_posting
-
             self.poster = await start_posting(self.engine, self.store, self.settings,
                                               discord_sender=self.send_post,
                                               outcome_observers=[self.metrics.post_made],
@@ -104,7 +105,6 @@ class PersonaBot(commands.AutoShardedBot):
 
     async def _record_jobs_process(self) -> None:
         """Say in the shared database that this process runs the jobs, with its shards and host."""
-        from bot.store import StoreError
 
         try:
             await self.store.set_setting(JOBS_PROCESS, {"shards": self.running_shards(), "host": socket.gethostname()})
@@ -117,7 +117,6 @@ class PersonaBot(commands.AutoShardedBot):
         this is the jobs process (RUN_JOBS=true)."""
         if self.settings.run_jobs:
             return None
-        from bot.store import StoreError
 
         here = f"shard {self.shard_of_guild(guild_id)}" if guild_id is not None else "shard 0"
         try:
@@ -171,7 +170,7 @@ class PersonaBot(commands.AutoShardedBot):
         await super().close()
 
     async def authority(self, interaction: discord.Interaction) -> Authority:
-        """What the person behind `interaction` may govern where they used it (see `bot.tenancy`)."""
+        """What the person behind `interaction` may govern where they used it (see `bot.core.tenancy`)."""
         user = interaction.user
         owner = user.id in self.settings.admin_user_ids or await self.is_owner(user)
         guild_admin = False
@@ -187,7 +186,6 @@ class PersonaBot(commands.AutoShardedBot):
         """The scheduler's Discord sender: post `text` in a channel as `persona` (None: the bot's configured
         persona), pinging nobody; returns the message id. A guild's post (`guild_id`) never goes outside that
         guild, whatever its stored targets say."""
-        from bot.posting import PostError
 
         channel = self.get_channel(channel_id)
         try:
@@ -205,7 +203,6 @@ class PersonaBot(commands.AutoShardedBot):
         """The registered persona that speaks in `channel` (None: the bot's configured persona). Looked up in
         the store each time, not cached: another bot process may change an assignment, and a look-up costs
         little beside the reply it is for."""
-        from bot import personas
 
         guild = getattr(channel, "guild", None)
         return await personas.resolve(self.store, assignment_place(channel), guild.id if guild else None)
@@ -218,8 +215,6 @@ class PersonaBot(commands.AutoShardedBot):
             try:
                 channel = await self.fetch_channel(channel_id)
             except discord.HTTPException:
-                from bot import personas
-
                 return await personas.resolve(self.store, channel_id, None)
         return await self.persona_at(channel)
 
@@ -276,7 +271,7 @@ def _power_check(refusal: str, holds: Callable[[Authority], bool]):
 
 
 def owners_only():
-    """An app-command check: the bot's owners only (global powers, see `bot.tenancy`)."""
+    """An app-command check: the bot's owners only (global powers, see `bot.core.tenancy`)."""
     return _power_check(OWNERS_ONLY, lambda authority: authority.is_owner)
 
 

@@ -6,7 +6,7 @@ what the persona may say: the prompt ids are decoded to text and sent as `prompt
 transcript's (`training.transcript.stop_strings`); the text that comes back is cut at those stops, encoded
 with the artifact's tokenizer and cut again by `training.generation.cut_reply`, so a server that ignores a
 stop still cannot make the persona speak for others. Filters, mention defusing and length cuts stay in the
-bot (`bot.engine`).
+bot (`bot.inference.engine`).
 
 Each row is a coroutine on the connection's own event loop (a daemon thread, `aiohttp`), never on the
 bot's event loop and never on the engine's generation worker: `RemoteBackend.submit` hands back a future per
@@ -62,7 +62,10 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -71,11 +74,13 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
+from urllib.request import urlopen
 
 import aiohttp
 from yarl import URL
 
-from bot.backends import BackendError
+from bot.inference.backend import BackendError
 from training import transcript
 from training.artifact import PersonaInfo
 from training.generation import GenerationSettings, cut_reply
@@ -157,7 +162,7 @@ class RemoteConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "RemoteConfig":
-        """The remote settings of a `bot.config.Settings` (INFERENCE_URL, _API_KEY, _MODEL, _TIMEOUT,
+        """The remote settings of a `bot.core.config.Settings` (INFERENCE_URL, _API_KEY, _MODEL, _TIMEOUT,
         _CONCURRENCY)."""
         if not settings.inference_url:
             raise BackendError("BACKEND=openai needs INFERENCE_URL (e.g. http://gpu-box:8000/v1)")
@@ -498,11 +503,11 @@ async def _read_capped(answer: aiohttp.ClientResponse, cap: int) -> tuple[bytes,
 
 
 class RemoteBackend:
-    """The `Backend` of bot.backends over an OpenAI-compatible completions endpoint, for one served model
+    """The `Backend` of bot.inference.backends over an OpenAI-compatible completions endpoint, for one served model
     (a whole model or a LoRA module), on a `RemoteConnection` it may share with backends of other models."""
 
     name = "openai"
-    # The weights live on the inference server: a swap here cannot change what it serves (see bot.retrain).
+    # The weights live on the inference server: a swap here cannot change what it serves (see bot.jobs.retrain).
     serves_elsewhere = True
 
     def __init__(self, config: RemoteConfig, tokenizer, model: str,
@@ -821,11 +826,6 @@ def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadlin
     """Start `transformers serve DIRECTORY` (the `serving` extra of transformers) on `host:port` in a
     subprocess, offline, and wait until it lists its model. For the tests and the benchmark; production runs
     vLLM or the like on its own. Returns the `subprocess.Popen`; the caller stops it (`terminate`, `wait`)."""
-    import os
-    import subprocess
-    import sys
-    from urllib.error import URLError
-    from urllib.request import urlopen
 
     command = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -8,9 +8,9 @@ import sys
 import threading
 from typing import TextIO
 
-from bot.context import ContextWindow
-from bot.engine import Engine
-from bot.filters import TERMINAL
+from bot.core.context import ContextWindow
+from bot.core.filters import TERMINAL
+from bot.inference.engine import Engine
 from training.terminal_text import shown
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does Ctrl-D)"
