@@ -130,7 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_persona(args: argparse.Namespace) -> int:
-    """`personabot persona add|list|remove`: the persona registry in DATABASE_PATH, as the bot's owner."""
+    """`personabot persona add|list|remove`: the persona registry in the store (DATABASE_URL, else
+    DATABASE_PATH), as the bot's owner."""
     import asyncio
 
     from bot.core.config import ConfigError, load_settings
@@ -139,20 +140,20 @@ def cmd_persona(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings()
-        return asyncio.run(_persona_command(args, settings.database_path))
+        return asyncio.run(_persona_command(args, settings))
     except (ConfigError, StoreError, PersonaError) as e:
         print(f"personabot: error: {shown(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-async def _persona_command(args: argparse.Namespace, database: Path) -> int:
+async def _persona_command(args: argparse.Namespace, settings: Settings) -> int:
     from bot.core import personas
-    from bot.storage.sqlite import SQLiteStore as Store
+    from bot.storage import open_store
 
     authority = personas.operator(args.guild)
     if args.action == "add":    # the artifact is checked before the database is opened (or created)
         artifact = personas.check_artifact(args.dir)
-    async with await Store.open(database) as store:
+    async with await open_store(settings) as store:
         if args.action == "add":
             entry = await personas.register(store, authority, args.name, artifact, guild_id=args.guild,
                                             generation=_generation_overrides(args))
@@ -175,7 +176,8 @@ def _owner(guild_id: int | None) -> str:
 
 
 def _add_persona_commands(sub: argparse._SubParsersAction) -> None:
-    persona = sub.add_parser("persona", help="register personas (artifacts) the bot can speak as, in DATABASE_PATH")
+    persona = sub.add_parser("persona", help="register personas (artifacts) the bot can speak as, in the store "
+                                             "(DATABASE_URL or DATABASE_PATH)")
     actions = persona.add_subparsers(dest="action", required=True, metavar="ACTION")
     guild = {"type": int, "metavar": "ID", "help": "the guild (server) id that owns it (default: global)"}
     add = actions.add_parser("add", help="register an artifact directory as a persona")

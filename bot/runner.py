@@ -14,12 +14,13 @@ from bot.adapters.console import chat_async
 from bot.adapters.metrics import Metrics, MetricsServerError, start_metrics_server
 from bot.core.config import Settings
 from bot.core.filters import Blocklist
+from bot.core.store import Store
 from bot.inference.engine import Engine
 from bot.inference.remote import RemoteConfig
 from bot.jobs.model_watch import ModelWatch
 from bot.jobs.retrain import CURRENT, close_interrupted_runs
 from bot.jobs.scheduler import start_posting
-from bot.storage.sqlite import SQLiteStore as Store
+from bot.storage import open_store
 
 log = logging.getLogger("personabot")
 
@@ -39,7 +40,7 @@ async def current_artifact(store: Store, settings: Settings) -> Path:
 
 
 async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings)
     try:
         # Only the jobs process owns retrains: another process that starts must not fail the one running there.
         interrupted = await close_interrupted_runs(store, settings.models_dir) if settings.run_jobs else []

@@ -6,8 +6,8 @@ bash scripts/bootstrap.sh test
 # No test may reach a model hub: everything it loads is built locally.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # bot/ in layers, imports pointing down only ([tool.importlinter] in pyproject.toml), and the domain's settings
-# read without torch, discord.py or a database driver loaded.
+# read without torch, discord.py or a database driver (aiosqlite, asyncpg) loaded.
 .venv/bin/lint-imports --no-cache
-.venv/bin/python -c "import sys, bot.core.config; loaded = {'torch', 'discord', 'aiosqlite'} & set(sys.modules); \
+.venv/bin/python -c "import sys, bot.core.config; loaded = {'torch', 'discord', 'aiosqlite', 'asyncpg'} & set(sys.modules); \
 sys.exit(f'bot.core.config loaded {sorted(loaded)}' if loaded else 0)"
 exec .venv/bin/python -m pytest "$@"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from chatgen import chat_conversations, write_whatsapp
+from databases import PostgresServer, TestDatabase
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
@@ -118,3 +119,25 @@ def data_dir(tmp_path: Path, persona_chat: Path) -> Path:
     folder.mkdir()
     shutil.copy(persona_chat, folder / "chat.txt")
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on a free loopback port for the whole session (about a second to start),
+    stopped and removed at the end."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> TestDatabase:
+    """The database a store test runs on, once per engine: a SQLite file in the test's folder, or a fresh
+    database of its own on the session's PostgreSQL server. `await database.open()` opens the store."""
+    if request.param == "sqlite":
+        return TestDatabase("sqlite", str(tmp_path / "bot.sqlite3"))
+    server = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    return TestDatabase("postgresql", server.url(name), name, server)

@@ -1,4 +1,5 @@
-"""The persona registry and its assignments on real SQLite files: migration 4, names per owner, tenancy
+"""The persona registry and its assignments on both engines (a real SQLite file, a real PostgreSQL database):
+migrations 4 to 6, names per owner, tenancy
 (a guild's admins see and govern their guild's personas only), the nearest assignment winning, and the
 `personabot persona` command on a real trained artifact."""
 
@@ -11,7 +12,7 @@ import pytest
 
 from bot.core import personas
 from bot.core.personas import PersonaError
-from bot.storage.sqlite import SQLiteStore as Store, migrations
+from bot.storage.schema import migrations
 from bot.core.tenancy import Authority
 
 GUILD_A, GUILD_B = 100, 200
@@ -26,17 +27,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_a_version_3_database_gains_the_registry_and_keeps_its_rows(tmp_path, alice_artifact):
-    path = tmp_path / "bot.sqlite3"
-
+def test_a_version_3_database_gains_the_registry_and_keeps_its_rows(database, alice_artifact):
     async def main():
-        async with await Store.open(path, upto=3) as old:
+        async with await database.open(upto=3) as old:
             assert old.version == 3
             await old.add_message(channel_id=CHANNEL_A1, author_id=7, author_name="Bob", content="still here")
             # Written as version 3 wrote it (the Store of today writes columns a later migration added).
-            await old._execute("INSERT INTO schedules (guild_id, name, cron, targets, created_at) "
-                               "VALUES (?, 'nightly', '0 20 * * *', '[\"terminal\"]', 'then')", (GUILD_A,))
-        async with await Store.open(path) as new:
+            await database.execute(old, "INSERT INTO schedules (guild_id, name, cron, targets, created_at) "
+                                   "VALUES (?, 'nightly', '0 20 * * *', '[\"terminal\"]', 'then')", (GUILD_A,))
+        async with await database.open() as new:
             before = await new.personas()
             entry = await personas.register(new, OWNER, "Alice", alice_artifact, guild_id=None)
             return (new.version, await new.recent_messages(CHANNEL_A1), await new.schedules(), before,
@@ -49,13 +48,14 @@ def test_a_version_3_database_gains_the_registry_and_keeps_its_rows(tmp_path, al
     assert before == [] and after == [entry]
     assert (entry.name, entry.guild_id, entry.artifact_path, entry.generation) == ("Alice", None, alice_artifact, {})
     assert (entry.previous_artifact_path, entry.avatar_url) == (None, None)
-    with sqlite3.connect(path) as db:       # foreign keys hold after migrating (checked again here)
-        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    if database.engine == "sqlite":         # foreign keys hold after SQLite's table rebuilds (checked again here)
+        with sqlite3.connect(database.where) as db:
+            assert db.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
-def test_add_list_and_remove_with_generation_defaults_and_assignments_going_along(tmp_path, alice_artifact):
+def test_add_list_and_remove_with_generation_defaults_and_assignments_going_along(database, alice_artifact):
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             calm = await personas.register(store, OWNER, "Calm Alice", alice_artifact, guild_id=None,
                                            generation={"temperature": 0.5, "top_k": None})
             await personas.register(store, ADMIN_A, "alice-a", alice_artifact, guild_id=GUILD_A,
@@ -78,9 +78,9 @@ def test_add_list_and_remove_with_generation_defaults_and_assignments_going_alon
     assert [p.name for p in remaining] == ["alice-a"]
 
 
-def test_a_name_is_unique_per_owner_not_across_servers(tmp_path, alice_artifact):
+def test_a_name_is_unique_per_owner_not_across_servers(database, alice_artifact):
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             for guild in (GUILD_A, GUILD_B, None):
                 await personas.register(store, OWNER, "Nova", alice_artifact, guild_id=guild)
             with pytest.raises(PersonaError, match=f"'NOVA' exists already in guild {GUILD_A}"):
@@ -97,9 +97,9 @@ def test_a_name_is_unique_per_owner_not_across_servers(tmp_path, alice_artifact)
     assert [p.guild_id for p in listed_in_a] == [GUILD_A]   # the global one it shadows is not listed twice
 
 
-def test_a_guild_admin_cannot_see_assign_or_remove_another_guilds_personas(tmp_path, alice_artifact):
+def test_a_guild_admin_cannot_see_assign_or_remove_another_guilds_personas(database, tmp_path, alice_artifact):
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             await personas.register(store, ADMIN_A, "Secret", alice_artifact, guild_id=GUILD_A,
                                     models_dir=alice_artifact.parent)
             refusals = []
@@ -135,9 +135,9 @@ def test_a_guild_admin_cannot_see_assign_or_remove_another_guilds_personas(tmp_p
     assert "server's admins only" in refusals[10] and "is not inside MODELS_DIR" in refusals[11]
 
 
-def test_the_nearest_assignment_wins(tmp_path, alice_artifact):
+def test_the_nearest_assignment_wins(database, alice_artifact):
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             for name, guild in (("Everywhere", None), ("Server", GUILD_A), ("Room", GUILD_A)):
                 await personas.register(store, OWNER, name, alice_artifact, guild_id=guild)
             nobody = await personas.resolve(store, CHANNEL_A1, GUILD_A)
@@ -190,8 +190,9 @@ def test_an_incomplete_artifact_is_named_with_what_it_lacks(tmp_path, alice_arti
     assert personas.check_artifact(alice_artifact) == alice_artifact.resolve()
 
 
-def test_the_persona_command_on_a_real_artifact_and_a_bad_directory(cli, tmp_path, alice_artifact):
-    env = {"DATABASE_PATH": str(tmp_path / "db" / "bot.sqlite3"), "HF_HUB_OFFLINE": "1"}
+def test_the_persona_command_on_a_real_artifact_and_a_bad_directory(cli, database, tmp_path, alice_artifact):
+    """On the store the settings name: DATABASE_PATH (SQLite), or DATABASE_URL (PostgreSQL)."""
+    env = {**database.env, "HF_HUB_OFFLINE": "1"}
     added = cli("persona", "add", "Alice", str(alice_artifact), "--temperature", "0.6", env=env, cwd=tmp_path)
     assert added.returncode == 0, added.stderr
     assert cli("persona", "add", "Alice", str(alice_artifact), "--guild", "5", env=env, cwd=tmp_path).returncode == 0
@@ -212,26 +213,29 @@ def test_the_persona_command_on_a_real_artifact_and_a_bad_directory(cli, tmp_pat
     gone = cli("persona", "remove", "Alice", "--guild", "5", env=env, cwd=tmp_path)
     assert gone.returncode == 2 and "no persona of guild 5 named 'Alice'" in gone.stderr
     assert cli("persona", "list", env=env, cwd=tmp_path).stdout.splitlines() == [f"Alice\tglobal\t{alice_artifact}"]
-    with sqlite3.connect(tmp_path / "db" / "bot.sqlite3") as db:
-        assert db.execute("SELECT generation FROM personas").fetchall() == [('{"temperature": 0.6}',)]
+
+    async def stored():
+        async with await database.open() as store:
+            return [p.generation for p in await store.personas()]
+
+    assert run(stored()) == [{"temperature": 0.6}]
 
 
-def test_a_version_5_database_gives_each_artifact_to_the_one_server_whose_personas_named_it(tmp_path, alice_artifact):
+def test_a_version_5_database_gives_each_artifact_to_the_one_server_whose_personas_named_it(database, tmp_path):
     """Migration 6: an artifact that only one server's personas named (as their artifact, or the one before
     their last retrain) is that server's from then on; one that two servers or a global persona named stays
     unowned (the owners')."""
-    path = tmp_path / "bot.sqlite3"
     only_a, retrained_a, shared, published = (tmp_path / n for n in ("only-a", "only-a-2", "shared", "published"))
 
     async def main():
-        async with await Store.open(path, upto=5) as old:
+        async with await database.open(upto=5) as old:
             a = await old.add_persona("Ann", only_a, guild_id=GUILD_A)
             await old.set_persona_artifact(a.id, retrained_a, only_a)
             await old.add_persona("Sam", shared, guild_id=GUILD_A)
             await old.add_persona("Sam", shared, guild_id=GUILD_B)
             await old.add_persona("Pub", published, guild_id=GUILD_B)
             await old.add_persona("Pub", published, guild_id=None)
-        async with await Store.open(path) as new:
+        async with await database.open() as new:
             owners = [await new.artifact_owner(p) for p in (only_a, retrained_a, shared, published)]
             refused = await personas.artifact_problem(new, ADMIN_B, retrained_a, GUILD_B)
             allowed = await personas.artifact_problem(new, ADMIN_B, published, GUILD_B)
@@ -242,13 +246,13 @@ def test_a_version_5_database_gives_each_artifact_to_the_one_server_whose_person
     assert refused == personas.NOT_THIS_SERVERS and allowed is None
 
 
-def test_a_server_registers_its_own_artifacts_and_unowned_ones_up_to_its_cap(tmp_path, alice_artifact):
+def test_a_server_registers_its_own_artifacts_and_unowned_ones_up_to_its_cap(database, alice_artifact):
     """A server's admins may not register another server's artifact (nor may they learn what it is), and no
     more than their cap of personas; other servers and the owners' global personas are not counted."""
     models = alice_artifact.parent
 
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             await store.claim_artifact(alice_artifact, GUILD_A)
             with pytest.raises(PersonaError, match="not one this server may use"):
                 await personas.register(store, ADMIN_B, "Spy", alice_artifact, guild_id=GUILD_B, models_dir=models)
@@ -265,27 +269,25 @@ def test_a_server_registers_its_own_artifacts_and_unowned_ones_up_to_its_cap(tmp
     assert names == ["A0", "A1", "A2", "Zed"] and count == 3
 
 
-def test_another_servers_thousands_of_personas_cost_a_listing_nothing_on_the_event_loop(tmp_path):
+def test_another_servers_thousands_of_personas_cost_a_listing_nothing_on_the_event_loop(database):
     """20,000 personas of one server (from before the cap): another server's autocomplete and list, and the
     crowded server's own autocomplete, read only the rows they show; the loop does no more than a callback's
     worth of work for each (CPU time on the loop thread, see loop_watch)."""
     from loop_watch import LoopWatch
 
-    path = tmp_path / "bot.sqlite3"
-
     async def create():
-        async with await Store.open(path):
-            pass
+        async with await database.open() as store:
+            await database.insert_many(
+                store, "INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) "
+                "VALUES (?, ?, '/models/x', '{}', 'then')", [(GUILD_A, f"crowd{i:05d}") for i in range(20_000)])
+            await database.insert_many(
+                store, "INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) "
+                "VALUES (?, 'Mine', '/models/m', '{}', 'then')", [(GUILD_B,)])
 
     run(create())
-    with sqlite3.connect(path) as db:
-        db.executemany("INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) "
-                       "VALUES (?, ?, '/models/x', '{}', 'then')", [(GUILD_A, f"crowd{i:05d}") for i in range(20_000)])
-        db.execute("INSERT INTO personas (guild_id, name, artifact_path, generation, created_at) "
-                   "VALUES (?, 'Mine', '/models/m', '{}', 'then')", (GUILD_B,))
 
     async def main():
-        async with await Store.open(path) as store:
+        async with await database.open() as store:
             with LoopWatch() as watch:
                 for _ in range(5):
                     listed_b = await personas.listed(store, GUILD_B)

@@ -1,4 +1,6 @@
-"""The store on real SQLite files: migrations, a damaged or newer database, privacy, one writer path."""
+"""The store on both engines (the `database` fixture: a real SQLite file, and a database of its own on a real
+PostgreSQL server): migrations, privacy, one writer path; and what only SQLite has (its file damaged, locked or
+read-only, its WAL). PostgreSQL's own cases (unreachable, newer, read-only, not ours): test_store_postgres.py."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import sqlite3
 
 import pytest
 
-from bot.storage.sqlite import SQLiteStore as Store, migrations
 from bot.core.store import StoreError
+from bot.storage.schema import migrations
+from bot.storage.sqlite import SQLiteStore as Store
 
 
 def run(coro):
@@ -30,14 +33,12 @@ def test_a_new_database_gets_every_migration_in_wal_mode(tmp_path):
     assert {"channel_messages", "opt_outs", "training_runs", "settings", "schedules", "posts"} <= tables
 
 
-def test_an_older_database_migrates_and_keeps_its_rows(tmp_path):
-    path = tmp_path / "bot.sqlite3"
-
+def test_an_older_database_migrates_and_keeps_its_rows(database):
     async def main():
-        async with await Store.open(path, upto=1) as old:
+        async with await database.open(upto=1) as old:
             assert old.version == 1
             await old.add_message(channel_id=1, author_id=7, author_name="Bob", content="kept across versions")
-        async with await Store.open(path) as new:
+        async with await database.open() as new:
             return new.version, await new.recent_messages(1)
 
     version, messages = run(main())
@@ -45,18 +46,18 @@ def test_an_older_database_migrates_and_keeps_its_rows(tmp_path):
     assert [m.content for m in messages] == ["kept across versions"]
 
 
-def test_schedules_become_global_and_keep_their_posts_when_tenancy_arrives(tmp_path):
-    """Migration 3 rebuilds the schedules table: posts must keep pointing at their schedule (a rebuild with
-    foreign keys on would have set them to NULL), and old schedules become global (the owners')."""
-    path = tmp_path / "bot.sqlite3"
+def test_schedules_become_global_and_keep_their_posts_when_tenancy_arrives(database):
+    """Migration 3 rebuilds the schedules table (SQLite; PostgreSQL changes its constraint in place): posts must
+    keep pointing at their schedule (a rebuild with foreign keys on would have set them to NULL), and old
+    schedules become global (the owners')."""
 
     async def main():
-        async with await Store.open(path, upto=2) as old:
-            await old._execute("INSERT INTO schedules (name, cron, targets, created_at) "
-                               "VALUES ('nightly', '0 20 * * *', '[\"terminal\"]', '2026-11-01T00:00:00+00:00')")
-            await old._execute("INSERT INTO posts (schedule_id, slot, target, status, created_at, updated_at) "
-                               "VALUES (1, 's', 'terminal', 'posted', 'x', 'x')")
-        async with await Store.open(path) as new:
+        async with await database.open(upto=2) as old:
+            await database.execute(old, "INSERT INTO schedules (name, cron, targets, created_at) "
+                                   "VALUES ('nightly', '0 20 * * *', '[\"terminal\"]', '2026-11-01T00:00:00+00:00')")
+            await database.execute(old, "INSERT INTO posts (schedule_id, slot, target, status, created_at, "
+                                   "updated_at) VALUES (1, 's', 'terminal', 'posted', 'x', 'x')")
+        async with await database.open() as new:
             same_name_elsewhere = await new.add_schedule("nightly", cron="0 8 * * *", targets=["discord:5"],
                                                          guild_id=77)
             with pytest.raises(StoreError, match="exists already"):
@@ -87,9 +88,9 @@ def test_a_database_from_a_newer_version_is_refused(tmp_path):
         run(Store.open(path))
 
 
-def test_forget_me_deletes_rows_and_keeps_the_person_out(tmp_path):
+def test_forget_me_deletes_rows_and_keeps_the_person_out(database):
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             for i in range(3):
                 await store.add_message(channel_id=1, author_id=7, author_name="Bob", content=f"bob {i}")
                 await store.add_message(channel_id=1, author_id=8, author_name="Carol", content=f"carol {i}")
@@ -104,9 +105,9 @@ def test_forget_me_deletes_rows_and_keeps_the_person_out(tmp_path):
     assert names == ["Bob"]
 
 
-def test_recent_messages_are_per_channel_newest_last(tmp_path):
+def test_recent_messages_are_per_channel_newest_last(database):
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             for i in range(10):
                 await store.add_message(channel_id=i % 2, author_id=1, author_name="A", content=f"m{i}")
             return await store.recent_messages(0, limit=3), await store.recent_messages(1, limit=2)
@@ -115,9 +116,10 @@ def test_recent_messages_are_per_channel_newest_last(tmp_path):
     assert [m.content for m in even] == ["m4", "m6", "m8"] and [m.content for m in odd] == ["m7", "m9"]
 
 
-def test_concurrent_writers_in_one_process_never_lose_a_row(tmp_path):
+def test_concurrent_writers_in_one_process_never_lose_a_row(database):
+    """On PostgreSQL the writes go over several pooled connections at once: the forgetting still wins."""
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             await asyncio.gather(*(store.add_message(channel_id=1, author_id=i, author_name=f"u{i}", content="x")
                                    for i in range(50)), store.forget_user(3, "u3"))
             return await store.recent_messages(1, limit=100)
@@ -125,6 +127,26 @@ def test_concurrent_writers_in_one_process_never_lose_a_row(tmp_path):
     rows = run(main())
     # Bob (3) is forgotten: his row is gone whether it was written before or after the deletion ran.
     assert sorted(m.author_id for m in rows) == [i for i in range(50) if i != 3]
+
+
+def test_two_processes_on_one_database_claim_a_slot_once(database):
+    """Two stores on one database (as two bot processes have) claim the same schedule slot at once: the
+    unique slot index gives it to exactly one; an ad-hoc post (no schedule) is never refused."""
+
+    async def main():
+        async with await database.open() as first, await database.open() as second:
+            schedule = await first.add_schedule("nightly", cron="0 20 * * *", targets=["terminal"])
+            claims = await asyncio.gather(*(store.claim_post(schedule, "2026-11-01T20:00:00+00:00", "terminal")
+                                            for store in (first, second) for _ in range(5)))
+            again = await second.claim_post(schedule, "2026-11-01T20:00:00+00:00", "terminal")
+            other_target = await second.claim_post(schedule, "2026-11-01T20:00:00+00:00", "discord:5")
+            ad_hoc = [await first.claim_post(None, "now", "terminal") for _ in range(2)]
+            return claims, again, other_target, ad_hoc, await first.posts(limit=20)
+
+    claims, again, other_target, ad_hoc, posts = run(main())
+    assert len([c for c in claims if c is not None]) == 1 and again is None
+    assert other_target is not None and None not in ad_hoc and len(set(ad_hoc)) == 2
+    assert len(posts) == 4
 
 
 def test_a_locked_database_is_a_clear_error(tmp_path):
@@ -196,9 +218,9 @@ def test_a_read_only_database_says_so_and_never_advises_moving_it(read_only_dir)
     assert "read-only" in str(error.value) and "move it away" not in str(error.value)
 
 
-def test_settings_and_training_runs_round_trip(tmp_path):
+def test_settings_and_training_runs_round_trip(database):
     async def main():
-        async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        async with await database.open() as store:
             await store.set_setting("disabled_channels", [1, 2])
             run_id = await store.start_run(requested_by=5, speaker="alice", epochs=2.0)
             await store.finish_run(run_id, "done", artifact_path="/m/a", metrics={"val_loss": 1.5})

@@ -53,6 +53,7 @@ class Settings:
     persona_memory_mb: float
     personas_per_server: int
     database_path: Path
+    database_url: str | None = field(repr=False)     # may hold a password: never printed
     train_data_dir: Path
     models_dir: Path
     admin_user_ids: frozenset[int]
@@ -215,6 +216,13 @@ def _database(value: Path, raw: str) -> list[str]:
     return [f"DATABASE_PATH={value} is a directory; it must name a file"] if value.is_dir() else []
 
 
+def _database_url(value: str, raw: str) -> list[str]:
+    if value.startswith(("postgresql://", "postgres://")):
+        return []
+    # The value is not quoted: it may hold a password.
+    return ["DATABASE_URL is not a PostgreSQL address: write it as postgresql://USER:PASSWORD@HOST:PORT/DATABASE"]
+
+
 def _time_zone(value: str, raw: str) -> list[str]:
     try:
         ZoneInfo(value)
@@ -293,6 +301,9 @@ VARIABLES: tuple[Variable, ...] = (
     # --- the Discord bot ---
     Variable("DATABASE_PATH", "database_path", _path, Path("data/personabot.sqlite3"), "the SQLite store",
              check=_database),
+    Variable("DATABASE_URL", "database_url", _text, None,
+             "a PostgreSQL server instead (postgresql://USER:PASSWORD@HOST:PORT/DATABASE), shared by several "
+             "machines", check=_database_url),
     Variable("TRAIN_DATA_DIR", "train_data_dir", _path, Path("data/exports"), "exports that /retrain trains on"),
     Variable("MODELS_DIR", "models_dir", _path, Path("models"), "where /retrain writes new artifacts"),
     Variable("ADMIN_USER_IDS", "admin_user_ids", _ids, frozenset(), "the bot's owners (global powers)"),

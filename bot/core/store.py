@@ -1,7 +1,7 @@
 """The store as the rest of the bot sees it: the `Store` protocol (what the bot remembers between restarts:
 channel messages, opt-outs, settings, training runs, schedules and posts, personas and where they speak,
-artifact owners), its row types and its one error. Implementations live in `bot.storage` (SQLite today);
-only the entry points name one."""
+artifact owners), its row types and its one error. Implementations live in `bot.storage` (SQLite, and
+PostgreSQL for several machines); only the entry points name one."""
 
 from __future__ import annotations
 
@@ -14,7 +14,21 @@ from bot.core.posts import DEFAULT_MODE, PostTarget
 
 
 class StoreError(Exception):
-    """The database cannot be used; the message names the file and what to do."""
+    """The database cannot be used; the message names it (a file, or a server without its password) and what
+    to do."""
+
+
+def shown_database_url(url: str) -> str:
+    """A database address as people may see it (errors, logs, /status): scheme, user, host, port and database,
+    without the password or the query (which may carry one: `?password=...`). Never fails."""
+    scheme, has_scheme, rest = url.partition("://")
+    if not has_scheme:
+        return "(a database address that cannot be read)"
+    # Up to the last "@": a password may hold "/" or "@" that its writer did not percent-encode.
+    userinfo, at, place = rest.partition("?")[0].partition("#")[0].rpartition("@")
+    user = userinfo.partition(":")[0]
+    hosts, _, database = place.partition("/")
+    return f"{scheme}://{user + '@' if at and user else ''}{hosts}/{database}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +88,19 @@ class Assignment:
 
 
 class Store(Protocol):
-    """What every store does; each method's docstring is the contract (`bot.storage.sqlite.SQLiteStore`)."""
+    """What every store does; each method's docstring is the contract (`bot.storage.sqlite.SQLiteStore`,
+    `bot.storage.postgres.PostgresStore`)."""
 
-    path: Path
+    where: str      # the database as messages name it: a file, or a server address without its password
 
     async def close(self) -> None:
+        ...
+
+    async def __aenter__(self) -> "Store":
+        ...
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Closes the store."""
         ...
 
     async def add_message(self, *, channel_id: int, author_id: int, author_name: str, content: str,

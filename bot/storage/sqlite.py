@@ -1,17 +1,16 @@
 """The SQLite store (`bot.core.store.Store`): one SQLite file (aiosqlite, WAL mode) for what the bot remembers
 between restarts.
 
-Schema changes are numbered SQL files in `bot/storage/migrations/`, applied in order at start; the schema version
-is SQLite's `user_version`. Every write goes through one lock (one writer path), so a burst of messages
-and a /forget-me never interleave half-way. A file that is not a readable database, or that was written by
-a newer personabot, is an error naming the file; it is never replaced or "repaired".
+Schema changes are numbered SQL files in `bot/storage/migrations/` (`bot.storage.schema`), applied in order at
+start; the schema version is SQLite's `user_version`. Every write goes through one lock (one writer path), so a
+burst of messages and a /forget-me never interleave half-way. A file that is not a readable database, or that
+was written by a newer personabot, is an error naming the file; it is never replaced or "repaired".
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -22,27 +21,10 @@ import aiosqlite
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
 from bot.core.store import Assignment, PersonaEntry, Schedule, StoredMessage, StoreError
-
-MIGRATIONS = Path(__file__).parent / "migrations"
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-
-def migrations() -> list[tuple[int, Path]]:
-    """(version, file) of every migration, in order; numbering must be 1, 2, 3, ... without gaps."""
-    found = []
-    for path in MIGRATIONS.glob("*.sql"):
-        match = _MIGRATION_NAME.match(path.name)
-        if not match:
-            raise StoreError(f"{path}: migration files are named NNNN_what_it_does.sql")
-        found.append((int(match[1]), path))
-    found.sort()
-    if [v for v, _ in found] != list(range(1, len(found) + 1)):
-        raise StoreError(f"{MIGRATIONS}: migrations must be numbered 0001, 0002, ... without gaps")
-    return found
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+from bot.storage.rows import PERSONA_COLUMNS, now
+from bot.storage.rows import persona as persona_row
+from bot.storage.rows import targets as targets_from_json
+from bot.storage.schema import migrations
 
 
 class SQLiteStore:
@@ -50,6 +32,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path, db: aiosqlite.Connection, version: int) -> None:
         self.path = path
+        self.where = str(path)
         self._db = db
         self.version = version
         self._write = asyncio.Lock()
@@ -86,10 +69,10 @@ class SQLiteStore:
             # Deleted rows are overwritten, not just unlinked: /forget-me must take the words off the disk.
             await db.execute("PRAGMA secure_delete=ON")
             # Migrations run with foreign keys off (SQLite's procedure for rebuilding a table), checked after.
-            for number, file in known:
-                if version < number <= target:
-                    await cls._migrate(db, number, file)
-                    version = number
+            for migration in known:
+                if version < migration.version <= target:
+                    await cls._migrate(db, migration.version, migration.files["sqlite"])
+                    version = migration.version
             broken = await (await db.execute("PRAGMA foreign_key_check")).fetchall()
             if broken:
                 raise sqlite3.OperationalError(f"{len(broken)} rows break a foreign key after migrating")
@@ -277,7 +260,7 @@ class SQLiteStore:
         stands for the global ones)."""
         rows = await self._query("SELECT id, guild_id, name, cron, interval_s, timezone, targets, mode, paused, "
                                  "last_run, created_at, persona_id FROM schedules ORDER BY id")
-        found = [Schedule(*r[:6], _targets(r[6]), r[7], bool(r[8]), r[9], r[10], r[11]) for r in rows]
+        found = [Schedule(*r[:6], targets_from_json(r[6]), r[7], bool(r[8]), r[9], r[10], r[11]) for r in rows]
         if owners is None:
             return found
         wanted = set(owners)
@@ -372,14 +355,14 @@ class SQLiteStore:
         if prefix:
             where.append("name LIKE ? ESCAPE '\\'")
             params.append(prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-        sql = f"SELECT {_PERSONA_COLUMNS} FROM personas"
+        sql = f"SELECT {PERSONA_COLUMNS} FROM personas"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY name COLLATE NOCASE, id"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [_persona(r) for r in await self._query(sql, params)]
+        return [persona_row(r) for r in await self._query(sql, params)]
 
     async def count_personas(self, guild_id: int | None) -> int:
         """How many personas `guild_id` owns (None: global ones)."""
@@ -403,18 +386,18 @@ class SQLiteStore:
         """The persona called `name` (any case) as seen from `guild_id`: the guild's own first, then a global
         one; from no guild (None), global ones only."""
         rows = await self._query(
-            f"SELECT {_PERSONA_COLUMNS} FROM personas WHERE name = ? COLLATE NOCASE "
+            f"SELECT {PERSONA_COLUMNS} FROM personas WHERE name = ? COLLATE NOCASE "
             "AND (guild_id IS NULL OR guild_id = ?) ORDER BY guild_id IS NULL LIMIT 1", (name, guild_id))
-        return _persona(rows[0]) if rows else None
+        return persona_row(rows[0]) if rows else None
 
     async def _persona_by_id(self, persona_id: int) -> PersonaEntry:
-        rows = await self._query(f"SELECT {_PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
-        return _persona(rows[0])
+        rows = await self._query(f"SELECT {PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
+        return persona_row(rows[0])
 
     async def persona(self, persona_id: int) -> PersonaEntry | None:
         """The persona with this id, if it still exists."""
-        rows = await self._query(f"SELECT {_PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
-        return _persona(rows[0]) if rows else None
+        rows = await self._query(f"SELECT {PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
+        return persona_row(rows[0]) if rows else None
 
     async def set_persona_artifact(self, persona_id: int, artifact_path: str | Path,
                                    previous_path: str | Path | None) -> PersonaEntry | None:
@@ -462,17 +445,11 @@ class SQLiteStore:
         clause = " OR ".join(["a.guild_id = ?"] * (guild_id is not None) + ["a.scope = 'bot'"] * bot
                              + ["(a.scope = ? AND coalesce(a.scope_id, 0) = ?)"] * len(wanted)) or "0"
         params = [guild_id] * (guild_id is not None) + [v for s, i in wanted for v in (s, i or 0)]
-        cols = ", ".join(f"p.{c.strip()}" for c in _PERSONA_COLUMNS.split(","))
+        cols = ", ".join(f"p.{c.strip()}" for c in PERSONA_COLUMNS.split(","))
         rows = await self._query(
             f"SELECT a.scope, a.scope_id, a.guild_id, a.created_at, {cols} FROM assignments a "
             f"JOIN personas p ON p.id = a.persona_id WHERE {clause} ORDER BY a.id", params)
-        return [Assignment(r[0], r[1], r[2], _persona(r[4:]), r[3]) for r in rows]
-
-
-def _targets(stored: str) -> tuple[PostTarget, ...]:
-    """A schedule's targets as stored (a JSON list of their texts); one no longer understood is left out."""
-    parsed = (PostTarget.parse(text) for text in json.loads(stored))
-    return tuple(target for target in parsed if target is not None)
+        return [Assignment(r[0], r[1], r[2], persona_row(r[4:]), r[3]) for r in rows]
 
 
 def _operational(path: Path, error: sqlite3.OperationalError) -> str:
@@ -496,12 +473,3 @@ def _writable(path: Path) -> bool:
             return True
     except OSError:
         return False
-
-
-_PERSONA_COLUMNS = "id, guild_id, name, artifact_path, generation, created_at, previous_artifact_path, avatar_url"
-
-
-def _persona(row: Sequence[Any]) -> PersonaEntry:
-    """A `personas` row (columns as `_PERSONA_COLUMNS`) as a typed entry."""
-    return PersonaEntry(row[0], row[1], row[2], Path(row[3]), json.loads(row[4]), row[5],
-                        Path(row[6]) if row[6] else None, row[7])
