@@ -42,10 +42,9 @@ from typing import Any
 import asyncpg
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
-from bot.core.store import Assignment, PersonaEntry, Schedule, StoredMessage, StoreError, shown_database_url
-from bot.storage.rows import PERSONA_COLUMNS, now
+from bot.core.store import Assignment, PersonaEntry, StoreError, shown_database_url
+from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now, numbered
 from bot.storage.rows import persona as persona_row
-from bot.storage.rows import targets as targets_from_json
 from bot.storage.schema import migrations
 
 # Connections per process: the bot's writes are short statements, so a few cover a shard's bursts, and
@@ -64,7 +63,7 @@ TABLES = ("channel_messages", "opt_outs", "training_runs", "settings", "schedule
 
 
 
-class PostgresStore:
+class PostgresStore(SharedQueries):
     """Open with `await PostgresStore.open(url)`; close with `await store.close()` (or `async with`)."""
 
     def __init__(self, url: str, pool: asyncpg.Pool, version: int) -> None:
@@ -105,13 +104,13 @@ class PostgresStore:
 
     # -- statements, each with the driver's errors as StoreError -------------------------------------------
     async def _execute(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """Run one statement; the rows it changed (its command tag's count)."""
+        """Run one statement (`$n` placeholders, or `?` ones: `SharedQueries`'); the rows it changed."""
         with _driver_errors(self.where, self._url):
-            return _rowcount(await self._pool.execute(sql, *params))
+            return _rowcount(await self._pool.execute(numbered(sql), *params))
 
     async def _query(self, sql: str, params: Iterable[Any] = ()) -> list[asyncpg.Record]:
         with _driver_errors(self.where, self._url):
-            return list(await self._pool.fetch(sql, *params))
+            return list(await self._pool.fetch(numbered(sql), *params))
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -132,23 +131,6 @@ class PostgresStore:
             "WHERE NOT EXISTS (SELECT 1 FROM opt_outs WHERE user_id = $4) ON CONFLICT DO NOTHING",
             (guild_id, channel_id, message_id, author_id, author_name, is_bot, content, created_at or now()))
         return changed > 0
-
-    async def recent_messages(self, channel_id: int, limit: int = 200) -> list[StoredMessage]:
-        """The channel's newest `limit` messages, oldest first."""
-        rows = await self._query(
-            "SELECT channel_id, author_id, author_name, content, is_bot, created_at FROM channel_messages "
-            "WHERE channel_id = $1 ORDER BY id DESC LIMIT $2", (channel_id, limit))
-        return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in reversed(rows)]
-
-    async def all_messages(self, *, guild_id: int | None = None) -> list[StoredMessage]:
-        """Every stored message of people who did not opt out, by channel and time (for retraining); with
-        `guild_id`, that server's only."""
-        where = " AND guild_id = $1" if guild_id is not None else ""
-        rows = await self._query(
-            "SELECT channel_id, author_id, author_name, content, is_bot, created_at FROM channel_messages "
-            f"WHERE author_id NOT IN (SELECT user_id FROM opt_outs){where} ORDER BY channel_id, id",
-            (guild_id,) if guild_id is not None else ())
-        return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
     async def prune_messages(self, older_than_days: float) -> int:
         """Delete messages older than the retention period; returns how many."""
@@ -176,27 +158,12 @@ class PostgresStore:
             await self._pool.execute("VACUUM FULL channel_messages", timeout=VACUUM_TIMEOUT_S)
         return deleted
 
-    async def is_opted_out(self, user_id: int) -> bool:
-        return bool(await self._query("SELECT 1 FROM opt_outs WHERE user_id = $1", (user_id,)))
-
     async def opted_out_names(self) -> list[str]:
         """Names of everyone who opted out: their turns are dropped from exports at training time too."""
         rows = await self._query('SELECT DISTINCT user_name COLLATE "C" FROM opt_outs ORDER BY 1')
         return [r[0] for r in rows]
 
-    async def opted_out_ids(self) -> list[int]:
-        """Account ids of everyone who opted out: exports that carry ids drop them under any name."""
-        return [r[0] for r in await self._query("SELECT DISTINCT user_id FROM opt_outs ORDER BY user_id")]
-
     # -- settings --------------------------------------------------------------------------------------
-    async def get_setting(self, key: str, default: Any = None) -> Any:
-        rows = await self._query("SELECT value FROM settings WHERE key = $1", (key,))
-        return json.loads(rows[0][0]) if rows else default
-
-    async def set_setting(self, key: str, value: Any) -> None:
-        await self._execute("INSERT INTO settings (key, value) VALUES ($1, $2) "
-                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
-
     # -- training runs ---------------------------------------------------------------------------------
     async def start_run(self, *, requested_by: int | None, speaker: str | None, epochs: float | None,
                         out_path: str | None = None, progress_message: tuple[int, int] | None = None) -> int:
@@ -208,16 +175,6 @@ class PostgresStore:
             "progress_channel_id, progress_message_id) VALUES ($1, $2, $3, 'running', $4, $5, $6, $7) RETURNING id",
             (requested_by, speaker, epochs, now(), out_path, channel_id, message_id))
         return int(rows[0][0])
-
-    async def finish_run(self, run_id: int, status: str, *, artifact_path: str | None = None,
-                         metrics: dict | None = None, error: str | None = None) -> None:
-        await self._execute(
-            "UPDATE training_runs SET status = $1, artifact_path = $2, metrics = $3, error = $4, finished_at = $5 "
-            "WHERE id = $6", (status, artifact_path, json.dumps(metrics) if metrics else None, error, now(), run_id))
-
-    async def runs(self, limit: int = 5) -> list[dict[str, Any]]:
-        rows = await self._query("SELECT * FROM training_runs ORDER BY id DESC LIMIT $1", (limit,))
-        return [dict(row) for row in rows]
 
     async def running_runs(self) -> list[dict[str, Any]]:
         """Runs still marked running (at start: left by a process that is gone)."""
@@ -251,21 +208,6 @@ class PostgresStore:
             raise StoreError(f"a schedule named {name!r} exists already") from e
         return int(rows[0][0])
 
-    async def schedules(self, owners: Iterable[int | None] | None = None) -> list[Schedule]:
-        """Schedules, oldest first: every one, or only those owned by one of `owners` (guild ids; None
-        stands for the global ones)."""
-        rows = await self._query("SELECT id, guild_id, name, cron, interval_s, timezone, targets, mode, paused, "
-                                 "last_run, created_at, persona_id FROM schedules ORDER BY id")
-        found = [Schedule(*r[:6], targets_from_json(r[6]), r[7], bool(r[8]), r[9], r[10], r[11]) for r in rows]
-        if owners is None:
-            return found
-        wanted = set(owners)
-        return [s for s in found if s.guild_id in wanted]
-
-    async def schedule(self, schedule_id: int) -> Schedule | None:
-        """The schedule with this id, if it still exists."""
-        return next((s for s in await self.schedules() if s.id == schedule_id), None)
-
     async def remove_schedule(self, schedule_id: int) -> bool:
         return await self._execute("DELETE FROM schedules WHERE id = $1", (schedule_id,)) > 0
 
@@ -292,16 +234,6 @@ class PostgresStore:
         except _Conflict:           # the schedule was removed meanwhile: nothing to claim, as on SQLite
             return None
         return int(rows[0][0]) if rows else None
-
-    async def update_post(self, post_id: int, status: str, *, text: str | None = None,
-                          remote_id: str | None = None, error: str | None = None) -> None:
-        await self._execute("UPDATE posts SET status = $1, text = coalesce($2, text), remote_id = $3, error = $4, "
-                            "updated_at = $5 WHERE id = $6", (status, text, remote_id, error, now(), post_id))
-
-    async def recent_post_texts(self, limit: int = 100) -> list[str]:
-        rows = await self._query("SELECT text FROM posts WHERE text IS NOT NULL AND status IN "
-                                 "('posted', 'pending', 'unknown') ORDER BY id DESC LIMIT $1", (limit,))
-        return [r[0] for r in rows]
 
     async def posts(self, limit: int = 10, owners: Iterable[int | None] | None = None) -> list[dict[str, Any]]:
         """The newest posts: every one, or only those owned by one of `owners` (guild ids; None: global)."""
@@ -360,35 +292,12 @@ class PostgresStore:
             sql += f" LIMIT ${len(params)}"
         return [persona_row(r) for r in await self._query(sql, params)]
 
-    async def count_personas(self, guild_id: int | None) -> int:
-        """How many personas `guild_id` owns (None: global ones)."""
-        rows = await self._query("SELECT count(*) FROM personas WHERE coalesce(guild_id, 0) = $1", (guild_id or 0,))
-        return int(rows[0][0])
-
-    async def artifact_owner(self, path: str | Path) -> int | None:
-        """The server that owns the artifact at `path` (absolute, resolved); None when no server does."""
-        rows = await self._query("SELECT guild_id FROM artifact_owners WHERE path = $1", (str(path),))
-        return int(rows[0][0]) if rows else None
-
-    async def claim_artifact(self, path: str | Path, guild_id: int) -> int:
-        """Make the artifact at `path` `guild_id`'s unless a server owns it already: the owner it has now."""
-        await self._execute("INSERT INTO artifact_owners (path, guild_id, created_at) VALUES ($1, $2, $3) "
-                            "ON CONFLICT (path) DO NOTHING", (str(path), guild_id, now()))
-        owner = await self.artifact_owner(path)
-        assert owner is not None
-        return owner
-
     async def find_persona(self, name: str, guild_id: int | None) -> PersonaEntry | None:
         """The persona called `name` (any case) as seen from `guild_id`: the guild's own first, then a global
         one; from no guild (None), global ones only."""
         rows = await self._query(
             f"SELECT {PERSONA_COLUMNS} FROM personas WHERE lower(name) = lower($1) "
             "AND (guild_id IS NULL OR guild_id = $2) ORDER BY guild_id IS NULL LIMIT 1", (name, guild_id))
-        return persona_row(rows[0]) if rows else None
-
-    async def persona(self, persona_id: int) -> PersonaEntry | None:
-        """The persona with this id, if it still exists."""
-        rows = await self._query(f"SELECT {PERSONA_COLUMNS} FROM personas WHERE id = $1", (persona_id,))
         return persona_row(rows[0]) if rows else None
 
     async def set_persona_artifact(self, persona_id: int, artifact_path: str | Path,

@@ -20,14 +20,13 @@ from typing import Any
 import aiosqlite
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
-from bot.core.store import Assignment, PersonaEntry, Schedule, StoredMessage, StoreError
-from bot.storage.rows import PERSONA_COLUMNS, now
+from bot.core.store import Assignment, PersonaEntry, StoreError
+from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now
 from bot.storage.rows import persona as persona_row
-from bot.storage.rows import targets as targets_from_json
 from bot.storage.schema import migrations
 
 
-class SQLiteStore:
+class SQLiteStore(SharedQueries):
     """Open with `await SQLiteStore.open(path)`; close with `await store.close()` (or `async with`)."""
 
     def __init__(self, path: Path, db: aiosqlite.Connection, version: int) -> None:
@@ -136,23 +135,6 @@ class SQLiteStore:
              author_id))
         return cursor.rowcount > 0
 
-    async def recent_messages(self, channel_id: int, limit: int = 200) -> list[StoredMessage]:
-        """The channel's newest `limit` messages, oldest first."""
-        rows = await self._query(
-            "SELECT channel_id, author_id, author_name, content, is_bot, created_at FROM channel_messages "
-            "WHERE channel_id = ? ORDER BY id DESC LIMIT ?", (channel_id, limit))
-        return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in reversed(rows)]
-
-    async def all_messages(self, *, guild_id: int | None = None) -> list[StoredMessage]:
-        """Every stored message of people who did not opt out, by channel and time (for retraining); with
-        `guild_id`, that server's only."""
-        where = " AND guild_id = ?" if guild_id is not None else ""
-        rows = await self._query(
-            "SELECT channel_id, author_id, author_name, content, is_bot, created_at FROM channel_messages "
-            f"WHERE author_id NOT IN (SELECT user_id FROM opt_outs){where} ORDER BY channel_id, id",
-            (guild_id,) if guild_id is not None else ())
-        return [StoredMessage(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
-
     async def prune_messages(self, older_than_days: float) -> int:
         """Delete messages older than the retention period; returns how many."""
         cutoff = datetime.now(timezone.utc).timestamp() - older_than_days * 86400
@@ -179,26 +161,11 @@ class SQLiteStore:
                 raise StoreError(_operational(self.path, e)) from e
             return cursor.rowcount
 
-    async def is_opted_out(self, user_id: int) -> bool:
-        return bool(await self._query("SELECT 1 FROM opt_outs WHERE user_id = ?", (user_id,)))
-
     async def opted_out_names(self) -> list[str]:
         """Names of everyone who opted out: their turns are dropped from exports at training time too."""
         return [r[0] for r in await self._query("SELECT DISTINCT user_name FROM opt_outs ORDER BY user_name")]
 
-    async def opted_out_ids(self) -> list[int]:
-        """Account ids of everyone who opted out: exports that carry ids drop them under any name."""
-        return [r[0] for r in await self._query("SELECT DISTINCT user_id FROM opt_outs ORDER BY user_id")]
-
     # -- settings --------------------------------------------------------------------------------------
-    async def get_setting(self, key: str, default: Any = None) -> Any:
-        rows = await self._query("SELECT value FROM settings WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
-
-    async def set_setting(self, key: str, value: Any) -> None:
-        await self._execute("INSERT INTO settings (key, value) VALUES (?, ?) "
-                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
-
     # -- training runs ---------------------------------------------------------------------------------
     async def start_run(self, *, requested_by: int | None, speaker: str | None, epochs: float | None,
                         out_path: str | None = None, progress_message: tuple[int, int] | None = None) -> int:
@@ -211,16 +178,6 @@ class SQLiteStore:
             (requested_by, speaker, epochs, now(), out_path, channel_id, message_id))
         return int(cursor.lastrowid)
 
-    async def finish_run(self, run_id: int, status: str, *, artifact_path: str | None = None,
-                         metrics: dict | None = None, error: str | None = None) -> None:
-        await self._execute(
-            "UPDATE training_runs SET status = ?, artifact_path = ?, metrics = ?, error = ?, finished_at = ? "
-            "WHERE id = ?", (status, artifact_path, json.dumps(metrics) if metrics else None, error, now(), run_id))
-
-    async def runs(self, limit: int = 5) -> list[dict[str, Any]]:
-        rows = await self._query("SELECT * FROM training_runs ORDER BY id DESC LIMIT ?", (limit,))
-        return [dict(row) for row in rows]
-
     async def running_runs(self) -> list[dict[str, Any]]:
         """Runs still marked running (at start: left by a process that is gone)."""
         return [dict(r) for r in await self._query("SELECT * FROM training_runs WHERE status = 'running'")]
@@ -230,7 +187,6 @@ class SQLiteStore:
         cursor = await self._execute("UPDATE training_runs SET status = 'failed', error = 'the bot stopped "
                                      "during training', finished_at = ? WHERE status = 'running'", (now(),))
         return cursor.rowcount
-
 
     # -- schedules and posts ---------------------------------------------------------------------------
     async def add_schedule(self, name: str, *, targets: Sequence[PostTarget | str], cron: str | None = None,
@@ -255,21 +211,6 @@ class SQLiteStore:
             raise StoreError(f"a schedule named {name!r} exists already") from e
         return int(cursor.lastrowid)
 
-    async def schedules(self, owners: Iterable[int | None] | None = None) -> list[Schedule]:
-        """Schedules, oldest first: every one, or only those owned by one of `owners` (guild ids; None
-        stands for the global ones)."""
-        rows = await self._query("SELECT id, guild_id, name, cron, interval_s, timezone, targets, mode, paused, "
-                                 "last_run, created_at, persona_id FROM schedules ORDER BY id")
-        found = [Schedule(*r[:6], targets_from_json(r[6]), r[7], bool(r[8]), r[9], r[10], r[11]) for r in rows]
-        if owners is None:
-            return found
-        wanted = set(owners)
-        return [s for s in found if s.guild_id in wanted]
-
-    async def schedule(self, schedule_id: int) -> Schedule | None:
-        """The schedule with this id, if it still exists."""
-        return next((s for s in await self.schedules() if s.id == schedule_id), None)
-
     async def remove_schedule(self, schedule_id: int) -> bool:
         return (await self._execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))).rowcount > 0
 
@@ -293,16 +234,6 @@ class SQLiteStore:
         except sqlite3.IntegrityError:
             return None
         return int(cursor.lastrowid)
-
-    async def update_post(self, post_id: int, status: str, *, text: str | None = None,
-                          remote_id: str | None = None, error: str | None = None) -> None:
-        await self._execute("UPDATE posts SET status = ?, text = coalesce(?, text), remote_id = ?, error = ?, "
-                            "updated_at = ? WHERE id = ?", (status, text, remote_id, error, now(), post_id))
-
-    async def recent_post_texts(self, limit: int = 100) -> list[str]:
-        rows = await self._query("SELECT text FROM posts WHERE text IS NOT NULL AND status IN "
-                                 "('posted', 'pending', 'unknown') ORDER BY id DESC LIMIT ?", (limit,))
-        return [r[0] for r in rows]
 
     async def posts(self, limit: int = 10, owners: Iterable[int | None] | None = None) -> list[dict[str, Any]]:
         """The newest posts: every one, or only those owned by one of `owners` (guild ids; None: global)."""
@@ -364,24 +295,6 @@ class SQLiteStore:
             params.append(limit)
         return [persona_row(r) for r in await self._query(sql, params)]
 
-    async def count_personas(self, guild_id: int | None) -> int:
-        """How many personas `guild_id` owns (None: global ones)."""
-        rows = await self._query("SELECT count(*) FROM personas WHERE coalesce(guild_id, 0) = ?", (guild_id or 0,))
-        return int(rows[0][0])
-
-    async def artifact_owner(self, path: str | Path) -> int | None:
-        """The server that owns the artifact at `path` (absolute, resolved); None when no server does."""
-        rows = await self._query("SELECT guild_id FROM artifact_owners WHERE path = ?", (str(path),))
-        return int(rows[0][0]) if rows else None
-
-    async def claim_artifact(self, path: str | Path, guild_id: int) -> int:
-        """Make the artifact at `path` `guild_id`'s unless a server owns it already: the owner it has now."""
-        await self._execute("INSERT INTO artifact_owners (path, guild_id, created_at) VALUES (?, ?, ?) "
-                            "ON CONFLICT (path) DO NOTHING", (str(path), guild_id, now()))
-        owner = await self.artifact_owner(path)
-        assert owner is not None
-        return owner
-
     async def find_persona(self, name: str, guild_id: int | None) -> PersonaEntry | None:
         """The persona called `name` (any case) as seen from `guild_id`: the guild's own first, then a global
         one; from no guild (None), global ones only."""
@@ -393,11 +306,6 @@ class SQLiteStore:
     async def _persona_by_id(self, persona_id: int) -> PersonaEntry:
         rows = await self._query(f"SELECT {PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
         return persona_row(rows[0])
-
-    async def persona(self, persona_id: int) -> PersonaEntry | None:
-        """The persona with this id, if it still exists."""
-        rows = await self._query(f"SELECT {PERSONA_COLUMNS} FROM personas WHERE id = ?", (persona_id,))
-        return persona_row(rows[0]) if rows else None
 
     async def set_persona_artifact(self, persona_id: int, artifact_path: str | Path,
                                    previous_path: str | Path | None) -> PersonaEntry | None:
