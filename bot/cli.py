@@ -196,6 +196,54 @@ def _add_persona_commands(sub: argparse._SubParsersAction) -> None:
     persona.set_defaults(func=cmd_persona)
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """`personabot db copy`: every row of the bot's database into another one (`bot.storage.copy`)."""
+    import asyncio
+
+    from bot.core.config import ConfigError, load_settings
+    from bot.core.store import StoreError
+
+    try:
+        # Settings name the source only when --from does not: a copy from elsewhere needs none of them.
+        settings = load_settings() if args.source is None else None
+        return asyncio.run(_copy_database(args, settings))
+    except (ConfigError, StoreError) as e:
+        print(f"personabot: error: {shown(str(e))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+async def _copy_database(args: argparse.Namespace, settings: Settings | None) -> int:
+    from bot.storage.copy import copy_database, open_database, open_source
+
+    async with await open_source(settings, args.source) as source, await open_database(args.to) as target:
+        counts = await copy_database(source, target, report=lambda line: print(line, file=sys.stderr))
+        print(f"personabot: copied {sum(counts.values())} rows in {len(counts)} tables from {source.where} "
+              f"to {target.where}", file=sys.stderr)
+    return 0
+
+
+def _add_db_commands(sub: argparse._SubParsersAction) -> None:
+    db = sub.add_parser("db", help="the bot's database: copy it into another one (SQLite <-> PostgreSQL)")
+    actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    copy = actions.add_parser(
+        "copy", help="copy every row into a new or empty database (e.g. SQLite -> PostgreSQL)",
+        description="Copy every row of personabot's tables from the bot's database (DATABASE_URL if set, else "
+                    "DATABASE_PATH; or --from) into TARGET, e.g. from one machine's SQLite file onto the "
+                    "PostgreSQL server of several. Both are migrated to this personabot's schema first. The "
+                    "target must hold no personabot rows (a new or just-migrated database): one that does, or "
+                    "the source itself, is refused and left as it was. The copy is one transaction on the "
+                    "target: all of it or nothing. Ids are kept, and new rows continue after them.",
+        epilog="A database is a PostgreSQL address, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or "
+               "postgres://), or a SQLite file's plain path (sqlite:/// URLs are refused: tools disagree on "
+               "their slashes). Progress goes to stderr, a line per table. Exit status 2 when refused or failed.")
+    copy.add_argument("--to", required=True, metavar="TARGET",
+                      help="the database to fill (a SQLite file is created if absent)")
+    copy.add_argument("--from", dest="source", metavar="SOURCE",
+                      help="the database to copy (default: the bot's own, DATABASE_URL if set, else "
+                           "DATABASE_PATH); a SQLite source must exist")
+    copy.set_defaults(func=cmd_db)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personabot", description="A chat bot that talks like a character.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -219,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the bot (builds the demo persona when there is no model yet)")
     run.set_defaults(func=cmd_run)
     _add_persona_commands(sub)
+    _add_db_commands(sub)
     return parser
 
 

@@ -13,6 +13,11 @@ from bot.core.store import StoreError
 MIGRATIONS = Path(__file__).parent / "migrations"
 DIALECTS = {"sqlite": MIGRATIONS, "postgresql": MIGRATIONS / "postgresql"}
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# personabot's tables (the schema version's bookkeeping aside), in an order their foreign keys allow: each after
+# the tables it references (`bot.storage.copy` fills a database in this order). A migration that adds a table
+# lists it here; tests/test_db_copy.py compares this list with the tables of a migrated database.
+TABLES = ("settings", "opt_outs", "channel_messages", "training_runs", "personas", "assignments", "artifact_owners",
+          "schedules", "posts")
 
 
 @dataclass(frozen=True, slots=True)
