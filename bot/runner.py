@@ -1,6 +1,8 @@
 """`personabot run`: open the store, load the persona into the engine, then serve Discord when a token is set,
-else the terminal chat. Shuts down cleanly on SIGTERM and Ctrl-C: the running retrain is cancelled, the engine
-finishes its batch, the store is closed."""
+else the terminal chat. With RUN_JOBS, the process is a candidate for the jobs leadership (`bot.jobs.leadership`),
+taken at once when no other process holds it. Every process follows what others change in the database
+(`bot.jobs.changes`, `bot.jobs.model_watch`). Shuts down cleanly on SIGTERM and Ctrl-C: the running retrain is
+cancelled, the leadership given up, the engine finishes its batch, the store is closed."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from bot.adapters.console import chat_async
 from bot.adapters.metrics import Metrics, MetricsServerError, start_metrics_server
 from bot.core.config import Settings
 from bot.core.filters import Blocklist
-from bot.core.store import Store
+from bot.core.store import Store, StoreError
 from bot.inference.engine import Engine
 from bot.inference.remote import RemoteConfig
+from bot.jobs.changes import ChangeFollower
+from bot.jobs.leadership import JobsLeadership, take_over_jobs
 from bot.jobs.model_watch import ModelWatch
-from bot.jobs.retrain import CURRENT, close_interrupted_runs
+from bot.jobs.retrain import CURRENT
 from bot.jobs.scheduler import start_posting
 from bot.storage import open_store
 
@@ -42,18 +46,14 @@ async def current_artifact(store: Store, settings: Settings) -> Path:
 async def serve(settings: Settings, *, stdin=None, stdout=None) -> int:
     store = await open_store(settings)
     try:
-        # Only the jobs process owns retrains: another process that starts must not fail the one running there.
-        interrupted = await close_interrupted_runs(store, settings.models_dir) if settings.run_jobs else []
-        if settings.retention_days and settings.run_jobs:
-            removed = await store.prune_messages(settings.retention_days)
-            if removed:
-                log.info("deleted %d stored messages older than %g days", removed, settings.retention_days)
+        # What a dead jobs process left (running retrains, stale messages) is the next leader's to clean up:
+        # a process that starts as a standby must not fail the retrain running in the leader.
         model_dir = await current_artifact(store, settings)
         engine = await asyncio.to_thread(load_engine, settings, model_dir)
         if not settings.discord_token:
             return await _terminal(settings, engine, store, stdin=stdin, stdout=stdout)
         async with engine:
-            return await _discord(settings, engine, store, interrupted)
+            return await _discord(settings, engine, store)
     finally:
         await store.close()
 
@@ -79,7 +79,19 @@ async def _terminal(settings: Settings, engine: Engine, store: Store, *, stdin, 
         server = await start_metrics_server(settings, metrics, engine=engine, store=store)
     except MetricsServerError as e:
         raise StartError(str(e)) from None
-    poster = await start_posting(engine, store, settings, out=stdout, outcome_observers=[metrics.post_made])
+    poster = await start_posting(engine, store, settings, out=stdout, outcome_observers=[metrics.post_made],
+                                 run_schedules=False)
+    leadership = None
+    if settings.run_jobs:
+        async def take_over() -> None:
+            await take_over_jobs(store, settings, poster)
+
+        async def step_down() -> None:
+            poster.stop()
+
+        leadership = JobsLeadership(store, on_lead=take_over, on_lose=step_down)
+        await leadership.check_once()          # a lone process leads before the chat starts
+        leadership.start()
     chat = asyncio.ensure_future(chat_async(engine, user=settings.chat_user_name, stdin=stdin, stdout=stdout))
     _on_signals(chat.cancel)
     try:
@@ -88,6 +100,8 @@ async def _terminal(settings: Settings, engine: Engine, store: Store, *, stdin, 
         log.info("stopped by a signal")
         return 0
     finally:
+        if leadership is not None:
+            await leadership.stop()
         poster.stop()
         if server is not None:
             await server.stop()
@@ -103,30 +117,39 @@ def _on_signals(handler) -> None:
             pass
 
 
-async def _discord(settings: Settings, engine: Engine, store: Store, interrupted: list[dict]) -> int:
+async def _discord(settings: Settings, engine: Engine, store: Store) -> int:
     # Here: discord.py is loaded only for the Discord adapter (the terminal chat runs without it).
     import discord
 
+    from bot.adapters.discord.api import use_api_url
     from bot.adapters.discord.bot import PersonaBot
 
-    bot = PersonaBot(settings, engine, store, interrupted_runs=interrupted)
+    bot = PersonaBot(settings, engine, store)
 
     def stop() -> None:
         log.info("stopping (signal)")
         asyncio.ensure_future(bot.shutdown())
 
     _on_signals(stop)
-    # A process that only replies follows the model the jobs process swaps in (the shared store records it).
-    watch = None if settings.run_jobs else ModelWatch(engine, store).start()
+    # Every process follows the model the jobs leader swaps in (the shared store records it): a standby may
+    # lead later, and a leader's own swaps are no change to it.
+    watch = ModelWatch(engine, store).start()
+    follower = ChangeFollower(store, engine, watch=watch, poster=lambda: bot.poster)
     try:
-        server = await start_metrics_server(settings, bot.metrics, engine=engine, store=store, bot=bot)
-    except MetricsServerError as e:
-        if watch is not None:
-            await watch.stop()
+        if await store.listen(follower):
+            log.info("hearing other processes' changes from the database as they happen")
+        gateway = bot if settings.shard_ids != () else None      # SHARD_IDS=none: no gateway to check
+        server = await start_metrics_server(settings, bot.metrics, engine=engine, store=store, bot=gateway)
+    except (MetricsServerError, StoreError) as e:
+        await watch.stop()
         raise StartError(str(e)) from None
     try:
+        await use_api_url(settings.discord_api_url, settings.discord_token)
         async with bot:
-            await bot.start(settings.discord_token)
+            if settings.shard_ids == ():
+                await bot.serve_without_gateway(settings.discord_token)
+            else:
+                await bot.start(settings.discord_token)
     except discord.LoginFailure:
         raise StartError("Discord refused DISCORD_TOKEN; copy the bot token again from the developer portal "
                          "(Bot > Reset Token)") from None
@@ -139,8 +162,7 @@ async def _discord(settings: Settings, engine: Engine, store: Store, interrupted
                          "portal (Bot > Privileged Gateway Intents), or set MESSAGE_CONTENT=false") from None
     finally:
         await bot.retrainer.shutdown()
-        if watch is not None:
-            await watch.stop()
+        await watch.stop()
         if server is not None:
             await server.stop()
     return 0

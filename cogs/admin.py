@@ -221,7 +221,7 @@ class Admin(commands.Cog):
             f"validation loss {_num(trained.val_loss)} · perplexity {_num(trained.val_perplexity)}",
             f"up {format_duration(time.time() - self.bot.started)} · queue {self.bot.engine.queue_depth}",
             self._personas_line(),
-            self._shard_line(),
+            await self._shard_line(),
             f"training: {training}",
         ]
         # Schedules and posts are private: a server's admins see that server's, the bot's owners the
@@ -238,14 +238,14 @@ class Admin(commands.Cog):
         return (f"registered personas loaded: {len(pool.loaded())} · {pool.memory_bytes / 2**20:.0f} of "
                 f"{self.bot.settings.persona_memory_mb:.0f} MB (PERSONA_MEMORY_MB)")
 
-    def _shard_line(self) -> str:
-        """The shards this process runs, of how many, each with its gateway latency; and whether it runs
+    async def _shard_line(self) -> str:
+        """The shards this process runs, of how many, each with its gateway latency; and which process leads
         the jobs (posts, retrains)."""
         shards = self.bot.shards
         each = [f"shard {shard_id} {_ms(shards[shard_id].latency) if shard_id in shards else 'not connected'}"
                 for shard_id in self.bot.running_shards()]
-        jobs = "runs posts and retrains" if self.bot.settings.run_jobs else "only replies (jobs run elsewhere)"
-        return f"gateway: {', '.join(each)} ({self.bot.shard_count or '?'} in all) · this process {jobs}"
+        return f"gateway: {', '.join(each)} ({self.bot.shard_count or '?'} in all) · jobs led by " \
+               f"{await self.bot.jobs_leader()}"
 
     async def _posting_lines(self, authority: Authority) -> list[str]:
         """Each schedule's next run, Twitter trouble, and the last posts (unknown ones included), of the

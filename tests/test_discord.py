@@ -34,7 +34,10 @@ def settings(tmp_path: Path, data_dir: Path, request):
     env = {"DATABASE_PATH": str(tmp_path / "bot.sqlite3"), "TRAIN_DATA_DIR": str(data_dir),
            "MODELS_DIR": str(tmp_path / "models"), "USER_COOLDOWN": "0", "CHANNEL_COOLDOWN": "0",
            # One shard: the fake gateway has no recommendation to give an AutoShardedBot.
-           "SHARD_COUNT": "1", **(marker.kwargs if marker else {})}
+           "SHARD_COUNT": "1",
+           # simcord's messages are dated by its own clock (January 2026): the jobs leader's prune of old
+           # messages when it takes over would delete them all as months old.
+           "MESSAGE_RETENTION_DAYS": "0", **(marker.kwargs if marker else {})}
     return load_settings(env, dotenv_path=None)
 
 
@@ -55,10 +58,15 @@ async def store(settings):
     await store.close()
 
 
+# simcord settles only when no bot-owned work is left to run: a leadership check every second would keep it
+# busy for ever. A simulated bot checks at connection (when it takes the lead) and then once an hour.
+SIMULATED_LEADER_CHECK_S = 3600.0
+
+
 def make_bot(settings, engine, store, extra_args=FAST) -> PersonaBot:
     retrainer = Retrainer(engine, store, data_dir=settings.train_data_dir, models_dir=settings.models_dir,
                           extra_args=extra_args)
-    return PersonaBot(settings, engine, store, retrainer=retrainer)
+    return PersonaBot(settings, engine, store, retrainer=retrainer, leader_check_s=SIMULATED_LEADER_CHECK_S)
 
 
 @pytest.fixture

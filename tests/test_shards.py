@@ -136,7 +136,8 @@ async def test_only_the_jobs_process_posts_and_runs_retrain_and_rollback(two_pro
         refused = await b_admin.slash(b_general, command)
         answer = refused.response.content
         assert refused.ephemeral and "RUN_JOBS=true" in answer
-        assert "serves shard 0" in answer and "this server is on shard 1" in answer.lower()
+        assert f"{jobs.leadership.holder}, serving shard 0" in answer and "this server is on shard 1" in answer.lower()
+        assert "a process that only replies" in answer
     assert not jobs.retrainer.running and await jobs.store.runs() == []  # nothing started anywhere
     # Non-owners hear that the command is the owners', not where the jobs run.
     not_owner = await b_bob.slash(b_general, "retrain start")
@@ -212,10 +213,10 @@ async def test_a_record_that_does_not_load_keeps_the_old_model_until_the_next_ch
 async def test_status_shows_this_processs_shards_and_the_backend(two_processes):
     env, jobs, replier, (a_general, a_admin, a_bob), (b_general, b_admin, b_bob) = two_processes
     here = (await b_bob.slash(b_general, "status")).response.content
-    assert "gateway: shard 1 " in here and "(2 in all)" in here and "only replies" in here
-    assert "shard 0" not in here
+    assert "gateway: shard 1 " in here and "(2 in all)" in here
+    assert f"jobs led by {jobs.leadership.holder}, serving shard 0" in here
     there = (await a_bob.slash(a_general, "status")).response.content
-    assert "gateway: shard 0 " in there and "runs posts and retrains" in there
+    assert "gateway: shard 0 " in there and f"jobs led by this process ({jobs.leadership.holder})" in there
     assert f"({jobs.engine.persona.backend.name})" in there
     jobs.engine.persona.backend.health = "answering"                 # what a remote backend reports
     assert f"({jobs.engine.persona.backend.name}: answering)" in (

@@ -78,6 +78,7 @@ class Settings:
     inference_model: str | None
     inference_timeout_s: float
     inference_concurrency: int
+    discord_api_url: str | None
     shard_count: int | None
     shard_ids: tuple[int, ...] | None
     run_jobs: bool
@@ -178,6 +179,8 @@ def _post_targets(var: Variable, raw: str, problems: list[str]) -> tuple[PostTar
 
 
 def _shard_ids(var: Variable, raw: str, problems: list[str]) -> tuple[int, ...] | None:
+    if raw.casefold() == "none":      # a jobs process without a gateway connection
+        return ()
     good, bad = _numbers(raw)
     if bad or not good:
         problems.append(f"{var.name}: {', '.join(bad) or repr(raw)} not a shard number (0, 1, ...)")
@@ -185,10 +188,15 @@ def _shard_ids(var: Variable, raw: str, problems: list[str]) -> tuple[int, ...] 
     return tuple(sorted({int(part) for part in good}))
 
 
-def _url(value: str, raw: str) -> list[str]:
-    if value.startswith(("http://", "https://")) and len(value) > 8:
-        return []
-    return [f"INFERENCE_URL={value!r} must be an http:// or https:// address, e.g. http://gpu-box:8000/v1"]
+def _http_url(name: str, example: str) -> Check:
+    """The check of an http(s) address setting `name`, whose problem shows `example`."""
+
+    def check(value: str, raw: str) -> list[str]:
+        if value.startswith(("http://", "https://")) and len(value) > 8:
+            return []
+        return [f"{name}={value!r} must be an http:// or https:// address, e.g. {example}"]
+
+    return check
 
 
 def _not_a_file(value: Path, raw: str) -> list[str]:
@@ -341,7 +349,8 @@ VARIABLES: tuple[Variable, ...] = (
     _twitter("TWITTER_ACCESS_TOKEN_SECRET", 3),
     # --- past one machine ---
     Variable("INFERENCE_URL", "inference_url", _text, None,
-             "BACKEND=openai: the OpenAI-compatible server's base address", check=_url),
+             "BACKEND=openai: the OpenAI-compatible server's base address",
+             check=_http_url("INFERENCE_URL", "http://gpu-box:8000/v1")),
     Variable("INFERENCE_API_KEY", "inference_api_key", _text, None, "its API key, if it wants one (never printed)"),
     Variable("INFERENCE_MODEL", "inference_model", _text, None,
              "the served model to ask for (default: the one the server lists)"),
@@ -350,11 +359,16 @@ VARIABLES: tuple[Variable, ...] = (
              "seconds one request to the inference server may take", minimum=0.1, maximum=3600),
     Variable("INFERENCE_CONCURRENCY", "inference_concurrency", Number(int), 8,
              "requests in flight to the inference server at most", minimum=1),
+    Variable("DISCORD_API_URL", "discord_api_url", _text, None,
+             "an HTTP proxy in front of Discord's API that shards share rate limits through (nirn-proxy, "
+             "twilight-http-proxy), with the API version: http://proxy:8080/api/v10 (default: Discord's own)",
+             check=_http_url("DISCORD_API_URL", "http://nirn-proxy:8080/api/v10")),
     Variable("SHARD_COUNT", "shard_count", Number(int), None,
              "gateway shards in all (default: Discord's recommendation)", minimum=1),
-    Variable("SHARD_IDS", "shard_ids", _shard_ids, None, "the shards this process runs (default: all)"),
+    Variable("SHARD_IDS", "shard_ids", _shard_ids, None,
+             "the shards this process runs (default: all; none: no gateway, a RUN_JOBS standby that only posts)"),
     Variable("RUN_JOBS", "run_jobs", _flag, True,
-             "this process runs scheduled posts and /retrain (false on every process but one)"),
+             "a candidate for the jobs (posts, /retrain): one candidate leads, the others stand by"),
     Variable("METRICS_PORT", "metrics_port", Number(int), None,
              "serve /healthz and /metrics on this port (default: off)", minimum=1, maximum=65535),
     Variable("METRICS_HOST", "metrics_host", _text, "127.0.0.1", "the address /healthz and /metrics listen on"),
@@ -422,9 +436,11 @@ def _cross_problems(values: dict[str, Any]) -> list[str]:
     if values["backend"] == "openai" and not values["inference_url"]:
         problems.append("BACKEND=openai needs INFERENCE_URL (the server's address, e.g. http://gpu-box:8000/v1)")
     shards, count = values["shard_ids"], values["shard_count"]
-    if shards is not None and count is None:
+    if shards and count is None:
         problems.append("SHARD_IDS needs SHARD_COUNT (the number of shards all processes run together)")
-    elif shards is not None and max(shards) >= count:
+    elif shards == () and not values["run_jobs"]:
+        problems.append("SHARD_IDS=none runs no gateway shard, so it only does jobs: it needs RUN_JOBS=true")
+    elif shards and max(shards) >= count:
         problems.append(f"SHARD_IDS: shard {max(shards)} does not exist with SHARD_COUNT={count} "
                         f"(shards are numbered 0 to {count - 1})")
     return problems

@@ -5,7 +5,7 @@ PostgreSQL for several machines); only the entry points name one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,14 @@ def shown_database_url(url: str) -> str:
     user = userinfo.partition(":")[0]
     hosts, _, database = place.partition("/")
     return f"{scheme}://{user + '@' if at and user else ''}{hosts}/{database}"
+
+
+# What a change one process makes is about, as other processes hear of it (`Store.listen`): each topic names
+# what a listener re-reads. 'model': the bot's own persona was swapped (a retrain or rollback); 'personas': one
+# was registered, removed, repointed or assigned; 'schedules': one was added, paused, removed or edited.
+CHANGE_TOPICS = ("model", "personas", "schedules")
+# Called with a topic when another process (or this one) changed what it names.
+ChangeHandler = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,31 @@ class Store(Protocol):
 
     async def __aexit__(self, *exc: object) -> None:
         """Closes the store."""
+        ...
+
+    # -- between processes -------------------------------------------------------------------------------
+    async def listen(self, on_change: ChangeHandler) -> bool:
+        """Call `on_change(topic)` on this event loop whenever a process on this database changes what a topic
+        of `CHANGE_TOPICS` names, within about a second; after a lost connection is back, once per topic (what
+        was missed meanwhile is re-read), with one log line. False when the engine cannot tell other processes
+        (SQLite: they look every 15 s instead). Stops when the store closes."""
+        ...
+
+    async def lead(self, holder: str, lease_s: float) -> bool:
+        """Take the jobs leadership for `holder` (this process, as /status names it) when no live process holds
+        it, or keep it: True while `holder` leads. Every candidate calls it every few seconds, the leader too
+        (its heartbeat). A leader that dies loses it: on PostgreSQL when the server sees its connection close
+        (at once for a killed process; a vanished machine within the connection's keepalive bound), on SQLite
+        when its lease runs out, `lease_s` after its last call. Raises `StoreError` when the database cannot
+        say."""
+        ...
+
+    async def leader(self) -> str | None:
+        """The holder that leads the jobs now; None when no live process does."""
+        ...
+
+    async def resign(self, holder: str) -> None:
+        """Give the leadership up, if `holder` has it (a clean stop: a standby takes over at its next try)."""
         ...
 
     async def add_message(self, *, channel_id: int, author_id: int, author_name: str, content: str,

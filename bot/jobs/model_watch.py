@@ -5,7 +5,8 @@ database (`bot.jobs.retrain.CURRENT`). `ModelWatch` reads that setting every `in
 another artifact than the one this process last took, swaps its own engine to it (`Engine.swap`: loaded in a
 worker thread, switched between batches). A swap that fails is logged once and retried only when the setting
 changes again; the model that served before keeps serving. The database is read through the store, off the
-event loop like every store call."""
+event loop like every store call. On PostgreSQL the process hears of a swap at once (`Store.listen`, topic
+'model') and calls `check_soon`; the interval stays as the safety net, and is all SQLite has."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class ModelWatch:
         self.seen: str | None = str(engine.persona.path)
         self._store_failing = False
         self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -55,6 +57,10 @@ class ModelWatch:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    def check_soon(self) -> None:
+        """Look now rather than at the end of the interval (another process announced a swap)."""
+        self._wake.set()
 
     async def check_once(self) -> bool:
         """Read the record once and swap when it changed; True when this call swapped the engine."""
@@ -81,5 +87,9 @@ class ModelWatch:
 
     async def _watch(self) -> None:
         while True:
+            self._wake.clear()
             await self.check_once()
-            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            except TimeoutError:
+                pass

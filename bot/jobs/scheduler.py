@@ -91,6 +91,12 @@ def misfire_grace_s(grace_s: float) -> int:
     return max(1, math.ceil(grace_s))
 
 
+def slot_of(moment: datetime) -> datetime:
+    """The slot a firing at `moment` claims: its minute, in UTC. One rule for a firing on time and a catch-up
+    after a restart or a change of leader, so that both claim the same slot and never post it twice."""
+    return moment.astimezone(timezone.utc).replace(second=0, microsecond=0)
+
+
 def trigger_for(schedule: Schedule):
     if schedule.cron:
         return CronTrigger.from_crontab(schedule.cron, timezone=schedule.timezone)
@@ -124,6 +130,8 @@ class PostScheduler:
         # Called with every post's outcome (e.g. by bot.adapters.metrics); quick, and never allowed to stop a post.
         self.outcome_observers: list[Callable[[PostOutcome], None]] = []
         self._seen_change: Any = None
+        self._reloading = asyncio.Lock()     # re-arms one at a time (a change heard while one runs waits)
+        self._tasks: set[asyncio.Task] = set()
         # Other bot processes (SHARD_IDS split the guilds) may change the schedules: look every SYNC_INTERVAL_S.
         self.follow_other_processes = follow_other_processes
 
@@ -144,6 +152,19 @@ class PostScheduler:
             self.scheduler.add_job(self.sync, "interval", seconds=SYNC_INTERVAL_S, id=SYNC_JOB, coalesce=True,
                                    max_instances=1)
         self.scheduler.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether this process fires the schedules (it leads the jobs)."""
+        return self.scheduler is not None and self.scheduler.running
+
+    def changed_elsewhere(self) -> None:
+        """Another process changed the schedules (heard from the database): re-arm the jobs soon, if they run
+        here."""
+        if self.running:
+            task = asyncio.get_running_loop().create_task(self.reload(), name="reload-schedules")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def sync(self) -> bool:
         """Re-arm the jobs when another process changed the stored schedules since the last look."""
@@ -169,15 +190,23 @@ class PostScheduler:
 
     async def reload(self) -> None:
         """Jobs for exactly the unpaused schedules in the store."""
-        if self.scheduler is None:
-            return
-        for job in self.scheduler.get_jobs():
-            if job.id != SYNC_JOB:
-                job.remove()
-        for schedule in await self.store.schedules():
-            if schedule.paused:
-                continue
-            self.scheduler.add_job(self._fire_now, trigger_for(schedule), args=[schedule.id],
+        async with self._reloading:
+            try:
+                schedules = await self.store.schedules()
+            except StoreError as e:
+                log.warning("cannot read the schedules to re-arm them (the next change or look tries again): %s", e)
+                return
+            if self.scheduler is None:
+                return
+            for job in self.scheduler.get_jobs():
+                if job.id != SYNC_JOB:
+                    job.remove()
+            for schedule in schedules:
+                if not schedule.paused:
+                    self._arm(schedule)
+
+    def _arm(self, schedule: Schedule) -> None:
+        self.scheduler.add_job(self._fire_now, trigger_for(schedule), args=[schedule.id],
                                    id=f"schedule-{schedule.id}", misfire_grace_time=misfire_grace_s(self.grace_s),
                                    coalesce=True, max_instances=1)
 
@@ -238,8 +267,10 @@ class PostScheduler:
         return [await self._post(adhoc, slot, target) for target in targets]
 
     def stop(self) -> None:
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        """Stop firing (a clean stop, or this process no longer leads the jobs); `start` fires them again."""
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)
 
     def next_runs(self) -> dict[int, datetime | None]:
         if self.scheduler is None:
@@ -262,12 +293,12 @@ class PostScheduler:
             log.info("schedule %s missed %s, beyond the grace period: not posted", schedule.name, missed)
             await self.store.set_last_run(schedule.id, missed.isoformat())
             return False
-        await self.fire(schedule.id, missed)
+        await self.fire(schedule.id, slot_of(missed))
         return True
 
     async def _fire_now(self, schedule_id: int) -> None:
         # APScheduler calls this at the slot: the slot is now, to the minute (what two processes agree on).
-        await self.fire(schedule_id, datetime.now(timezone.utc).replace(second=0, microsecond=0))
+        await self.fire(schedule_id, slot_of(datetime.now(timezone.utc)))
 
     async def fire(self, schedule_id: int, slot: datetime) -> list[PostOutcome]:
         """Post one line per target of the schedule for `slot`; returns what happened per target."""
@@ -275,8 +306,11 @@ class PostScheduler:
         if schedule is None:
             return []
         stamp = slot.astimezone(timezone.utc).isoformat()
+        outcomes = [await self._post(schedule, stamp, target) for target in schedule.targets]
+        # After the claims: a process killed before this line leaves the slot to the next leader's catch-up,
+        # whose claims then find what this one claimed (never sent twice) and post the rest (never lost).
         await self.store.set_last_run(schedule_id, stamp)
-        return [await self._post(schedule, stamp, target) for target in schedule.targets]
+        return outcomes
 
     async def _post(self, schedule: Schedule, slot: str, target: PostTarget) -> PostOutcome:
         outcome = await self._claim_and_send(schedule, slot, target)
@@ -405,6 +439,14 @@ class Senders:
         return await asyncio.to_thread(self.twitter.post, text)
 
 
+async def seed_first_schedule(store: Store, settings: Settings) -> None:
+    """The first schedule, from POST_SCHEDULE, when there is none yet (the jobs process, at its first start)."""
+    if settings.post_schedule and not await store.schedules():
+        await store.add_schedule("default", cron=settings.post_schedule, targets=list(settings.post_targets),
+                                 timezone_name=settings.post_timezone, mode=settings.post_mode)
+        log.info("schedule 'default' created from POST_SCHEDULE: %s", settings.post_schedule)
+
+
 async def start_posting(engine: Engine, store: Store, settings: Settings, *,
                         discord_sender: ChannelSender | None = None, out: IO[str] | None = None,
                         outcome_observers: Sequence[Callable[[PostOutcome], None]] = (),
@@ -415,10 +457,8 @@ async def start_posting(engine: Engine, store: Store, settings: Settings, *,
     `run_schedules` false (a process with RUN_JOBS=false) nothing fires here: the scheduler manages the stored
     schedules and posts now, and the jobs process re-arms what it changes. `channel_persona` (the Discord
     adapter's) says who is assigned at a channel; without it the store is asked (see `PostScheduler`)."""
-    if run_schedules and settings.post_schedule and not await store.schedules():
-        await store.add_schedule("default", cron=settings.post_schedule, targets=list(settings.post_targets),
-                                 timezone_name=settings.post_timezone, mode=settings.post_mode)
-        log.info("schedule 'default' created from POST_SCHEDULE: %s", settings.post_schedule)
+    if run_schedules:
+        await seed_first_schedule(store, settings)
     twitter = TwitterTarget(*settings.twitter_keys) if settings.twitter_keys else None
     senders = Senders(lambda: engine.persona.name, twitter=twitter, out=out)
     if discord_sender is not None:

@@ -28,11 +28,25 @@ are reading the table). What PostgreSQL keeps elsewhere, and for how long:
   operator's retention to state, not the bot's.
 Messages pruned for age (`MESSAGE_RETENTION_DAYS`) are deleted and left to autovacuum, as SQLite leaves them
 to its secure delete.
+
+Between processes, each on a connection of its own beside the pool:
+- changes: the tables announce them (`NOTIFY personabot_changes`, from triggers: migration 0007), and
+  `listen` hears them; a lost connection is retried (backing off to 5 s), and once back every topic counts
+  as changed, since what was announced meanwhile is lost;
+- the jobs leadership is a session advisory lock (`JOBS_LEADER_LOCK`), held by the leader's connection for as
+  long as it lives, which is what makes it safe: the server releases it the moment that connection ends (a
+  killed process's socket closes at once; a vanished machine's within the keepalive bound set on it,
+  `LEADER_KEEPALIVE`). The connection carries the holder as its application name, so `leader` reads who
+  holds the lock from the server itself. A session lock needs a real session: connect directly, or through a
+  pooler in session mode, never a transaction-mode pooler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
@@ -42,10 +56,10 @@ from typing import Any
 import asyncpg
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
-from bot.core.store import Assignment, PersonaEntry, StoreError, shown_database_url
+from bot.core.store import CHANGE_TOPICS, Assignment, ChangeHandler, PersonaEntry, StoreError, shown_database_url
 from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now, numbered
 from bot.storage.rows import persona as persona_row
-from bot.storage.schema import migrations
+from bot.storage.schema import TABLES, migrations
 
 # Connections per process: the bot's writes are short statements, so a few cover a shard's bursts, and
 # many shards stay well within a server's max_connections (100 by default).
@@ -57,9 +71,20 @@ COMMAND_TIMEOUT_S = 60.0
 VACUUM_TIMEOUT_S = 3600.0
 # The advisory lock key under which processes migrate one at a time ("personab" in ASCII).
 MIGRATION_LOCK = 0x706572736F6E6162
-# personabot's tables: one of them in a database without `personabot_schema` means it is not ours to migrate.
-TABLES = ("channel_messages", "opt_outs", "training_runs", "settings", "schedules", "posts", "personas",
-          "assignments", "artifact_owners")
+# The advisory lock the jobs leader holds ("personab" + 1), the channel the tables announce changes on, and
+# how long a listener or a leader waits before it asks its own connection whether it is still alive.
+JOBS_LEADER_LOCK = MIGRATION_LOCK + 1
+CHANGES_CHANNEL = "personabot_changes"
+# How the listening connection is named to the server (pg_stat_activity), for its operator.
+LISTENER_NAME = "personabot changes"
+ALIVE_CHECK_S = 5.0
+# The server closes a connection whose peer stopped answering after 10 s idle + 3 probes 5 s apart: a leader
+# whose machine vanished (no socket closed) loses the lock within about 25 s.
+LEADER_KEEPALIVE = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+# A listener that lost its connection tries again after this long, doubling up to the second figure.
+RECONNECT_S = (0.5, 5.0)
+
+log = logging.getLogger("personabot.store")
 
 
 
@@ -71,6 +96,8 @@ class PostgresStore(SharedQueries):
         self._url = url
         self._pool = pool
         self.version = version
+        self._listener: asyncio.Task | None = None
+        self._leader_db: asyncpg.Connection | None = None   # holds the jobs lock while it lives
 
     @classmethod
     async def open(cls, url: str, *, upto: int | None = None,
@@ -94,6 +121,11 @@ class PostgresStore(SharedQueries):
         return cls(url, pool, version)
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        await self._drop_leader_connection()
         await self._pool.close()
 
     async def __aenter__(self) -> "PostgresStore":
@@ -117,6 +149,111 @@ class PostgresStore(SharedQueries):
         with _driver_errors(self.where, self._url):
             async with self._pool.acquire() as db, db.transaction():
                 yield db
+
+    # -- between processes -------------------------------------------------------------------------------
+    async def listen(self, on_change: ChangeHandler) -> bool:
+        """Hear every change announced on the database (see the module's docstring); returns once listening,
+        True. Raises `StoreError` when the first connection fails."""
+        if self._listener is not None:
+            raise RuntimeError("this store already has a listener")
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._listener = asyncio.get_running_loop().create_task(self._listen(on_change, ready),
+                                                                name="database-changes")
+        await ready
+        return True
+
+    async def _listen(self, on_change: ChangeHandler, ready: asyncio.Future) -> None:
+        def heard(_db, _pid, _channel, topic: str) -> None:
+            if topic in CHANGE_TOPICS:
+                try:
+                    on_change(topic)
+                except Exception:      # a listener's bug must not end the hearing
+                    log.exception("handling a database change (%s) failed", topic)
+
+        lost_at: float | None = None
+        wait_s = RECONNECT_S[0]
+        while True:
+            db = None
+            try:
+                with _driver_errors(self.where, self._url):
+                    db = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_S,
+                                               server_settings={"application_name": LISTENER_NAME})
+                    ended = asyncio.Event()
+                    db.add_termination_listener(lambda _db: ended.set())
+                    await db.add_listener(CHANGES_CHANNEL, heard)
+                if not ready.done():
+                    ready.set_result(True)
+                if lost_at is not None:
+                    log.warning("database events: the connection to %s is back after %.1f s; re-reading the "
+                                "model, personas and schedules, whose changes meanwhile were not heard",
+                                self.where, time.monotonic() - lost_at)
+                    for topic in CHANGE_TOPICS:
+                        on_change(topic)
+                lost_at, wait_s = None, RECONNECT_S[0]
+                while not ended.is_set():
+                    try:
+                        await asyncio.wait_for(ended.wait(), ALIVE_CHECK_S)
+                    except TimeoutError:       # quiet: a network that went away closes no socket, so ask
+                        with _driver_errors(self.where, self._url):
+                            await db.fetchval("SELECT 1", timeout=ALIVE_CHECK_S)
+            except StoreError as e:
+                if not ready.done():
+                    ready.set_exception(e)
+                    return
+                log.debug("database events: %s", e)
+            finally:
+                if db is not None:
+                    db.terminate()
+            if lost_at is None:
+                lost_at = time.monotonic()
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, RECONNECT_S[1])
+
+    async def lead(self, holder: str, lease_s: float) -> bool:
+        """Take the jobs lock on a connection of its own (named `holder`), or check that the connection
+        holding it still lives. A connection found dead answers False once (the leadership may have passed to
+        another process meanwhile: the caller steps down), and the next call tries again. `lease_s` is
+        SQLite's: here the server itself frees the lock of a connection that ended."""
+        db = self._leader_db
+        if db is not None:
+            try:
+                await db.fetchval("SELECT 1", timeout=ALIVE_CHECK_S)
+                return True
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                await self._drop_leader_connection()
+                return False
+        with _driver_errors(self.where, self._url):
+            db = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_S,
+                                       server_settings={"application_name": holder[:63], **LEADER_KEEPALIVE})
+            try:
+                taken = await db.fetchval("SELECT pg_try_advisory_lock($1)", JOBS_LEADER_LOCK)
+            except BaseException:
+                db.terminate()
+                raise
+        if not taken:
+            await db.close()
+            return False
+        self._leader_db = db
+        return True
+
+    async def leader(self) -> str | None:
+        rows = await self._query(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = $1::bigint::oid "
+            "AND l.objid = $2::bigint::oid AND l.database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())", (JOBS_LEADER_LOCK >> 32, JOBS_LEADER_LOCK & 0xFFFFFFFF))
+        return rows[0][0] if rows else None
+
+    async def resign(self, holder: str) -> None:
+        await self._drop_leader_connection()     # its end releases the lock
+
+    async def _drop_leader_connection(self) -> None:
+        db, self._leader_db = self._leader_db, None
+        if db is not None:
+            try:
+                await asyncio.wait_for(db.close(), ALIVE_CHECK_S)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                db.terminate()
 
     # -- channel messages ------------------------------------------------------------------------------
     async def add_message(self, *, channel_id: int, author_id: int, author_name: str, content: str,

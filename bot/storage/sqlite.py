@@ -5,6 +5,10 @@ Schema changes are numbered SQL files in `bot/storage/migrations/` (`bot.storage
 start; the schema version is SQLite's `user_version`. Every write goes through one lock (one writer path), so a
 burst of messages and a /forget-me never interleave half-way. A file that is not a readable database, or that
 was written by a newer personabot, is an error naming the file; it is never replaced or "repaired".
+
+Between processes (all on one machine): SQLite cannot tell another process of a change (`listen` says so;
+they look every 15 s), and the jobs leadership is a lease row in `settings` (`JOBS_LEASE`: its holder and
+when it runs out), renewed by its holder's heartbeat and taken by another candidate once it has run out.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,10 +25,13 @@ from typing import Any
 import aiosqlite
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
-from bot.core.store import Assignment, PersonaEntry, StoreError
+from bot.core.store import Assignment, ChangeHandler, PersonaEntry, StoreError
 from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now
 from bot.storage.rows import persona as persona_row
 from bot.storage.schema import migrations
+
+# The settings row that holds the jobs lease: {"holder": ..., "expires_at": seconds since the epoch}.
+JOBS_LEASE = "jobs_lease"
 
 
 class SQLiteStore(SharedQueries):
@@ -120,6 +128,32 @@ class SQLiteStore(SharedQueries):
             return list(await (await self._db.execute(sql, tuple(params))).fetchall())
         except sqlite3.OperationalError as e:
             raise StoreError(_operational(self.path, e)) from e
+
+    # -- between processes -------------------------------------------------------------------------------
+    async def listen(self, on_change: ChangeHandler) -> bool:
+        """SQLite cannot tell other processes of a change: False (they look every 15 s)."""
+        return False
+
+    async def lead(self, holder: str, lease_s: float) -> bool:
+        """Take or renew the jobs lease for `holder`, unless another holder's lease is still running: one
+        statement, so two candidates never both win."""
+        now_s = time.time()
+        lease = json.dumps({"holder": holder, "expires_at": now_s + lease_s})
+        await self._execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+            "WHERE json_extract(settings.value, '$.holder') = ? OR json_extract(settings.value, '$.expires_at') < ?",
+            (JOBS_LEASE, lease, holder, now_s))
+        return await self.leader() == holder
+
+    async def leader(self) -> str | None:
+        lease = await self.get_setting(JOBS_LEASE)
+        if not isinstance(lease, dict) or not isinstance(lease.get("expires_at"), (int, float)):
+            return None
+        return lease.get("holder") if lease["expires_at"] >= time.time() else None
+
+    async def resign(self, holder: str) -> None:
+        await self._execute("DELETE FROM settings WHERE key = ? AND json_extract(value, '$.holder') = ?",
+                            (JOBS_LEASE, holder))
 
     # -- channel messages ------------------------------------------------------------------------------
     async def add_message(self, *, channel_id: int, author_id: int, author_name: str, content: str,

@@ -3,12 +3,15 @@ and loads one cog per feature in `setup_hook`. Generated text can never ping any
 with `AllowedMentions.none()` (and the filters have already defused mentions in the text).
 
 It is an `AutoShardedBot`: SHARD_COUNT shards in all (default: Discord's recommendation), of which this process
-runs SHARD_IDS (default: all), so that several processes can split the guilds. Exactly one of them has RUN_JOBS
-on: it runs the scheduled posts, /retrain and /rollback; the others serve replies and follow its model swaps
-through the shared database (`bot.jobs.model_watch`)."""
+runs SHARD_IDS (default: all; `none`: a jobs process without a gateway, which only posts through the REST API),
+so that several processes can split the guilds. Of the processes with RUN_JOBS on, exactly one leads at a
+time (`bot.jobs.leadership`): it runs the scheduled posts, /retrain and /rollback; the others are standbys
+that take over when it dies. Every process follows the leader's model swaps through the shared database
+(`bot.jobs.model_watch`), at once on PostgreSQL (`bot.jobs.changes`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -27,6 +30,7 @@ from bot.core.personas import PersonaRef
 from bot.core.store import PersonaEntry, Store, StoreError
 from bot.core.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
 from bot.inference.engine import Engine
+from bot.jobs.leadership import LEADER_CHECK_S, JobsLeadership, take_over_jobs
 from bot.jobs.posting import PostError
 from bot.jobs.retrain import Retrainer
 from bot.jobs.scheduler import start_posting
@@ -34,8 +38,8 @@ from bot.jobs.scheduler import start_posting
 log = logging.getLogger("personabot.discord")
 
 EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin", "cogs.posts", "cogs.personas")
-# The store setting where the jobs process (RUN_JOBS=true) says which shards it runs and on which host: the
-# other processes point there when they refuse a job command.
+# The store setting where the jobs leader says which process it is and which shards it runs: the other
+# processes point there when they refuse a job command.
 JOBS_PROCESS = "jobs_process"
 
 
@@ -63,7 +67,7 @@ class PersonaTree(app_commands.CommandTree):
 class PersonaBot(commands.AutoShardedBot):
     def __init__(self, settings: Settings, engine: Engine, store: Store, *,
                  retrainer: Retrainer | None = None, interrupted_runs: list[dict] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, leader_check_s: float = LEADER_CHECK_S) -> None:
         # No prefix commands: everything is a slash command or a mention.
         super().__init__(command_prefix=lambda bot, message: [], intents=intents_for(settings),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None,
@@ -83,6 +87,11 @@ class PersonaBot(commands.AutoShardedBot):
         self.webhooks = Webhooks()      # the webhook each channel's registered personas speak through
         # Retrains a restart cut short (see bot.jobs.retrain.close_interrupted_runs): said in their messages.
         self.interrupted_runs = list(interrupted_runs or [])
+        # RUN_JOBS: a candidate for the jobs leadership, which it takes once connected (and checks every
+        # `leader_check_s`).
+        self.leadership = JobsLeadership(store, on_lead=self._take_over_jobs, on_lose=self._drop_jobs,
+                                         check_s=leader_check_s) if settings.run_jobs else None
+        self._closed_event = asyncio.Event()
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -91,47 +100,65 @@ class PersonaBot(commands.AutoShardedBot):
 
     async def on_ready(self) -> None:
         # Scheduled posts start once the bot is connected (their Discord targets need the gateway), and fire
-        # only in the jobs process: with several processes, each would post every scheduled line once. The
-        # others manage schedules and post now; the jobs process follows their changes.
-        if self.settings.run_jobs:
-            await self._record_jobs_process()
+        # only in the jobs leader: with several processes, each would post every scheduled line once. The
+        # others manage schedules and post now; the leader follows their changes.
         if self.poster is None:
             self.poster = await start_posting(self.engine, self.store, self.settings,
                                               discord_sender=self.send_post,
                                               outcome_observers=[self.metrics.post_made],
-                                              run_schedules=self.settings.run_jobs,
-                                              channel_persona=self.persona_of_channel)
+                                              run_schedules=False, channel_persona=self.persona_of_channel)
+            if self.leadership is not None:
+                await self.leadership.check_once()     # a lone jobs process leads before it goes on
+                self.leadership.start()
         await self._announce_interrupted_runs()
 
-    async def _record_jobs_process(self) -> None:
-        """Say in the shared database that this process runs the jobs, with its shards and host."""
-
+    async def _take_over_jobs(self) -> None:
+        """This process leads the jobs now: take them over, say so in the database, and tell the retrains a
+        dead leader left running how they ended."""
+        self.interrupted_runs += await take_over_jobs(self.store, self.settings, self.poster)
         try:
-            await self.store.set_setting(JOBS_PROCESS, {"shards": self.running_shards(), "host": socket.gethostname()})
+            await self.store.set_setting(JOBS_PROCESS, {"holder": self.leadership.holder,
+                                                        "shards": self.running_shards(), "host": socket.gethostname()})
         except StoreError as e:
-            log.warning("could not record this process as the jobs process (other processes cannot point "
-                        "to it): %s", e)
+            log.warning("could not record this process as the jobs leader (other processes cannot point to "
+                        "it): %s", e)
+        await self._announce_interrupted_runs()
+
+    async def _drop_jobs(self) -> None:
+        """This process no longer leads: stop firing schedules and end a running retrain (its run is the new
+        leader's to mark failed)."""
+        if self.poster is not None:
+            self.poster.stop()
+        await self.retrainer.cancel()
+
+    async def jobs_leader(self) -> str:
+        """Which process leads the jobs, for people: this one, or another (with its shards), or none."""
+        if self.leadership is not None and self.leadership.leading:
+            return f"this process ({self.leadership.holder})"
+        try:
+            holder = await self.store.leader()
+            jobs = await self.store.get_setting(JOBS_PROCESS) if holder else None
+        except StoreError:
+            return "unknown (the database cannot say)"
+        if holder is None:
+            return "no process (none with RUN_JOBS=true is running)"
+        shards = jobs.get("shards") if isinstance(jobs, dict) and jobs.get("holder") == holder else None
+        if shards is None:
+            return holder
+        if not shards:
+            return f"{holder}, serving no shard"
+        return f"{holder}, serving shard{'' if len(shards) == 1 else 's'} {', '.join(map(str, shards))}"
 
     async def jobs_elsewhere(self, guild_id: int | None) -> str | None:
         """Why a job command (/retrain, /rollback) cannot run in this process, and where it can; None when
-        this is the jobs process (RUN_JOBS=true)."""
-        if self.settings.run_jobs:
+        this process leads the jobs."""
+        if self.leadership is not None and self.leadership.leading:
             return None
-
         here = f"shard {self.shard_of_guild(guild_id)}" if guild_id is not None else "shard 0"
-        try:
-            jobs = await self.store.get_setting(JOBS_PROCESS)
-        except StoreError:
-            jobs = None
-        if isinstance(jobs, dict) and jobs.get("shards"):
-            one = len(jobs["shards"]) == 1
-            shards = ", ".join(map(str, jobs["shards"]))
-            where = (f"it serves shard{'' if one else 's'} {shards} on host {jobs.get('host', '?')}; use the "
-                     f"command in a server on {'that shard' if one else 'one of those shards'}")
-        else:
-            where = "no such process has connected yet"
-        return (f"Retrains and rollbacks run only in the bot process with RUN_JOBS=true ({where}). This server "
-                f"is on {here}, served by a process that only replies.")
+        role = "a standby for the jobs" if self.leadership is not None else "a process that only replies"
+        return (f"Retrains and rollbacks run only in the jobs leader (of the processes with RUN_JOBS=true), which "
+                f"is {await self.jobs_leader()}: use the command in a server on a shard it serves. This server is "
+                f"on {here}, served by {role}.")
 
     def running_shards(self) -> list[int]:
         """The gateway shards this process runs (all of them unless SHARD_IDS names some)."""
@@ -160,11 +187,21 @@ class PersonaBot(commands.AutoShardedBot):
 
     async def shutdown(self) -> None:
         """Stop for good (SIGTERM): end a running retrain first (its child waited for, its message saying
-        why), then close the gateway."""
+        why), give the jobs leadership up for a standby, then close the gateway."""
         await self.retrainer.shutdown()
         await self.close()
 
+    async def serve_without_gateway(self, token: str) -> None:
+        """SHARD_IDS=none: log in to the REST API only (no gateway shard, so no server's events or commands
+        come here), then do the jobs when this process leads (posting through the API), until closed."""
+        await self.login(token)
+        await self.on_ready()
+        await self._closed_event.wait()
+
     async def close(self) -> None:
+        self._closed_event.set()
+        if self.leadership is not None:
+            await self.leadership.stop()
         if self.poster is not None:
             self.poster.stop()
         await super().close()
