@@ -1,4 +1,4 @@
-"""Admin commands: /retrain start|cancel, /rollback (only in the jobs process, RUN_JOBS=true), /status (the
+"""Admin commands: /retrain start|cancel, /rollback (only in the jobs leader, `bot.jobs.leadership`), /status (the
 persona, the backend and its health, this process's shards and their gateway latency).
 
 /retrain start and /rollback act on the bot's configured persona, or with `persona:` on one registered persona

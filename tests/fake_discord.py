@@ -46,6 +46,7 @@ API_PATH = "/api/v10"
 GATEWAY_PATH = "/gateway"
 DISCORD_EPOCH_MS = 1420070400000
 HEARTBEAT_INTERVAL_MS = 41250               # what Discord says in HELLO
+NETWORK_S = 0.05                            # a gateway round trip's one way (the heartbeat's ACK)
 
 # Gateway opcodes and close codes (Discord's developer documentation, "Opcodes and Status Codes").
 DISPATCH, HEARTBEAT, IDENTIFY, RESUME, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 0, 1, 2, 6, 9, 10, 11
@@ -477,6 +478,9 @@ class FakeDiscord:
     async def _receive(self, connection: Connection, payload: dict[str, Any]) -> None:
         op, data = payload.get("op"), payload.get("d")
         if op == HEARTBEAT:
+            # As far away as a network: discord.py records a heartbeat as sent only after its send returned,
+            # and an ACK read before that counts against the previous one ("websocket is 41.3s behind").
+            await asyncio.sleep(NETWORK_S)
             await self._send(connection, {"op": HEARTBEAT_ACK})
         elif op == IDENTIFY:
             await self._identify(connection, data)

@@ -42,8 +42,10 @@ def test_two_shards_and_a_standby_answer_their_own_post_once_and_survive_kill_9_
         ann = fake.add_user("ann")
 
         def env(token: str, shards: str, run_jobs: bool) -> dict[str, str]:
+            # Hot sampling: the tiny persona's greedy lines repeat its training text, which the leak guard refuses.
             return {**shard_process_env(tmp_path, fake, alice_artifact, data_dir, token=token, shard_ids=shards,
-                                        run_jobs=run_jobs), "DATABASE_URL": url, "DATABASE_PATH": ""}
+                                        run_jobs=run_jobs), "DATABASE_URL": url, "DATABASE_PATH": "",
+                    "GEN_TEMPERATURE": "2.0", "GEN_TOP_P": "1.0"}
 
         leader = BotProcess(tmp_path, env("token-a", "0", True), name="shard0-leader")
         replier = standby = None
@@ -53,6 +55,10 @@ def test_two_shards_and_a_standby_answer_their_own_post_once_and_survive_kill_9_
             replier = BotProcess(tmp_path, env("token-b", "1", False), name="shard1")
             standby = BotProcess(tmp_path, env("token-c", "none", True), name="standby")
             standby.wait_for(fake, lambda: "is a standby for the jobs" in standby.log(), START_S, "the standby")
+            replier.wait_for(fake, lambda: "connected to Discord: shard 1, 1 server" in replier.log(), START_S,
+                             "shard 1 connected")
+            assert "connected to Discord: shard 0, 1 server" in leader.log()
+            assert "connected to Discord: shards none (REST only)" in standby.log()
             assert in_store(url, lambda store: store.leader()) == holder
 
             # Each shard process answers its own servers.
@@ -69,6 +75,12 @@ def test_two_shards_and_a_standby_answer_their_own_post_once_and_survive_kill_9_
                                                            targets=[f"discord:{channel.id}"], mode="line"))
             first = leader.wait_for(fake, lambda: _post_in(fake, channel.id), SLOT_S, "the first scheduled post")
             assert first.token == "token-a"
+            # Killed between slots (a leader killed after a send but before recording it leaves that post
+            # `unknown`, never re-sent: tests/test_between_processes.py).
+            deadline = time.monotonic() + 60
+            while in_store(url, lambda store: store.posts(1))[0]["status"] != "posted":
+                assert time.monotonic() < deadline, "the first post was never recorded as posted"
+                time.sleep(0.2)
 
             # kill -9 of the leader: the standby takes the jobs and posts the next slot, once.
             killed = time.monotonic()
@@ -89,6 +101,11 @@ def test_two_shards_and_a_standby_answer_their_own_post_once_and_survive_kill_9_
             assert len(sent) == len(posts)                                       # and nothing unrecorded
             assert "Traceback" not in standby.log() + replier.log()
             assert replier.stop() == 0 and standby.stop() == 0
+        except BaseException:
+            for process in (leader, replier, standby):      # what each said, for whoever reads the failure
+                if process is not None:
+                    print(f"--- {process.log_path.name}:\n{process.log()[-4000:]}")
+            raise
         finally:
             for process in (leader, replier, standby):
                 if process is not None:

@@ -1,4 +1,4 @@
-"""Follow the jobs process's model swaps in a process that only replies (RUN_JOBS=false).
+"""Follow the jobs leader's model swaps in every process (the leader's own are no change to it).
 
 A retrain or rollback swaps the model in the jobs process and records the artifact it now serves in the shared
 database (`bot.jobs.retrain.CURRENT`). `ModelWatch` reads that setting every `interval_s` seconds and, when it names

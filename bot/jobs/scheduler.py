@@ -148,7 +148,7 @@ class PostScheduler:
         self._seen_change = await self._last_change()
         await self.reload()
         if self.follow_other_processes:
-            # Schedules changed by another process (RUN_JOBS=false) reach this one's jobs within an interval.
+            # Schedules changed by another process (a shard, or a standby) reach this one's jobs within an interval.
             self.scheduler.add_job(self.sync, "interval", seconds=SYNC_INTERVAL_S, id=SYNC_JOB, coalesce=True,
                                    max_instances=1)
         self.scheduler.start()
@@ -454,8 +454,8 @@ async def start_posting(engine: Engine, store: Store, settings: Settings, *,
     """Seed the first schedule from POST_SCHEDULE (first start only), then start the scheduler. The Discord
     adapter passes its `discord_sender`; without one, Discord targets go to the terminal. `outcome_observers`
     are told every post's outcome, catch-up posts at start included (e.g. `Metrics.post_made`). With
-    `run_schedules` false (a process with RUN_JOBS=false) nothing fires here: the scheduler manages the stored
-    schedules and posts now, and the jobs process re-arms what it changes. `channel_persona` (the Discord
+    `run_schedules` false (every bot process: the jobs leader calls `start` when it takes the lead, see
+    `bot.jobs.leadership`) nothing fires yet: the scheduler manages the stored schedules and posts now. `channel_persona` (the Discord
     adapter's) says who is assigned at a channel; without it the store is asked (see `PostScheduler`)."""
     if run_schedules:
         await seed_first_schedule(store, settings)

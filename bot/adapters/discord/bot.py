@@ -102,6 +102,8 @@ class PersonaBot(commands.AutoShardedBot):
         # Scheduled posts start once the bot is connected (their Discord targets need the gateway), and fire
         # only in the jobs leader: with several processes, each would post every scheduled line once. The
         # others manage schedules and post now; the leader follows their changes.
+        log.info("connected to Discord: shard%s %s, %d server(s)", "" if len(self.running_shards()) == 1 else "s",
+                 ", ".join(map(str, self.running_shards())) or "none (REST only)", len(self.guilds))
         if self.poster is None:
             self.poster = await start_posting(self.engine, self.store, self.settings,
                                               discord_sender=self.send_post,
