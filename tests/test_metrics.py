@@ -89,6 +89,7 @@ async def test_metrics_and_health_follow_replies_through_the_chat_path(world, en
         assert value(before, "personabot_replies_total", outcome="sent") == 0
         assert value(before, "personabot_queue_depth") == 0
         assert ("personabot_gateway_latency_seconds", (("shard", "0"),)) in before   # read from the bot
+        assert value(before, "personabot_jobs_leader") == 1                          # the lone candidate leads
 
         engine.persona.output_filter = OutputFilter()     # no guard: her training lines go out
         for word in ("pizza", "rain"):
@@ -222,6 +223,29 @@ async def test_the_endpoint_listens_on_loopback_by_default_and_not_at_all_withou
         finally:
             await server.stop()
     assert status == 200
+
+
+async def test_jobs_leader_says_whether_this_candidate_leads_or_stands_by(tmp_path):
+    from bot.jobs.leadership import JobsLeadership
+
+    async def nothing() -> None:
+        pass
+
+    async with await Store.open(tmp_path / "bot.sqlite3") as store:
+        first = JobsLeadership(store, on_lead=nothing, on_lose=nothing, holder="first")
+        second = JobsLeadership(store, on_lead=nothing, on_lose=nothing, holder="second")
+        leading, standing_by = Metrics().watch(leadership=first), Metrics().watch(leadership=second)
+        assert await first.check_once() and not await second.check_once()
+        assert _gauge(leading, "personabot_jobs_leader") == 1 and _gauge(standing_by, "personabot_jobs_leader") == 0
+        await first.stop()
+        assert await second.check_once()
+        assert _gauge(leading, "personabot_jobs_leader") == 0 and _gauge(standing_by, "personabot_jobs_leader") == 1
+    assert "personabot_jobs_leader" not in Metrics().exposition().decode()     # not a candidate: no gauge
+
+
+def _gauge(metrics: Metrics, name: str) -> float:
+    families = text_string_to_metric_families(metrics.exposition().decode())
+    return next(sample.value for family in families for sample in family.samples if sample.name == name)
 
 
 def test_each_rejection_names_the_filter_that_gave_it(alice_artifact):

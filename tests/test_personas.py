@@ -42,7 +42,7 @@ def test_a_version_3_database_gains_the_registry_and_keeps_its_rows(database, al
                     await new.personas(), entry)
 
     version, messages, schedules, before, after, entry = run(main())
-    assert version == len(migrations()) == 6
+    assert version == len(migrations()) > 3          # migrated to the latest
     assert [m.content for m in messages] == ["still here"]
     assert [(s.name, s.guild_id, s.persona_id) for s in schedules] == [("nightly", GUILD_A, None)]
     assert before == [] and after == [entry]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from bot.core.config import Settings
     from bot.core.store import Store
     from bot.inference.engine import Engine, Reply
+    from bot.jobs.leadership import JobsLeadership
     from bot.jobs.retrain import Retrainer
     from bot.jobs.scheduler import PostOutcome
 
@@ -56,6 +57,7 @@ class _ReadWhenScraped(Collector):
     def __init__(self) -> None:
         self.engine: Engine | None = None
         self.gateway: Any = None          # a discord.py client: `latencies` when sharded, else `latency`
+        self.leadership: JobsLeadership | None = None   # RUN_JOBS: whether this candidate leads
 
     def describe(self) -> Iterable[Metric]:
         return []   # nothing to check for clashes: the names are this module's own
@@ -70,6 +72,9 @@ class _ReadWhenScraped(Collector):
             yield GaugeMetricFamily("personabot_persona_memory_bytes",
                                     "Weights of the registered personas loaded now (PERSONA_MEMORY_MB)",
                                     value=pool.memory_bytes)
+        if self.leadership is not None:
+            yield GaugeMetricFamily("personabot_jobs_leader", "1 while this process leads the jobs (posts, "
+                                    "retrains), 0 while it stands by", value=int(self.leadership.leading))
         if self.gateway is not None:
             gauge = GaugeMetricFamily("personabot_gateway_latency_seconds",
                                       "Discord gateway heartbeat latency, per shard", labels=["shard"])
@@ -112,9 +117,10 @@ class Metrics:
 
     # -- what it watches ----------------------------------------------------------------------------
     def watch(self, *, engine: Engine | None = None, retrainer: Retrainer | None = None,
-              gateway: Any = None) -> "Metrics":
+              gateway: Any = None, leadership: JobsLeadership | None = None) -> "Metrics":
         """Count `engine`'s batches and read its queue depth, count `retrainer`'s outcomes, read `gateway`'s
-        (a discord.py client's) latency per shard. Watching the same thing twice counts it once."""
+        (a discord.py client's) latency per shard and whether `leadership`'s process leads the jobs. Watching
+        the same thing twice counts it once."""
         if engine is not None:
             self._live.engine = engine
             if self.batch_done not in engine.batch_observers:
@@ -123,6 +129,8 @@ class Metrics:
             retrainer.outcome_observers.append(self.retrain_finished)
         if gateway is not None:
             self._live.gateway = gateway
+        if leadership is not None:
+            self._live.leadership = leadership
         return self
 
     # -- what it is told ----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class PersonaBot(commands.AutoShardedBot):
                                                 models_dir=settings.models_dir,
                                                 loss_margin=settings.retrain_loss_margin,
                                                 include_logged=settings.log_messages_for_training)
-        self.metrics = (metrics or Metrics()).watch(engine=engine, retrainer=self.retrainer, gateway=self)
+
         self.started = time.time()
         self.poster = None              # the post scheduler, started once connected
         self.webhooks = Webhooks()      # the webhook each channel's registered personas speak through
@@ -91,6 +91,8 @@ class PersonaBot(commands.AutoShardedBot):
         # `leader_check_s`).
         self.leadership = JobsLeadership(store, on_lead=self._take_over_jobs, on_lose=self._drop_jobs,
                                          check_s=leader_check_s) if settings.run_jobs else None
+        self.metrics = (metrics or Metrics()).watch(engine=engine, retrainer=self.retrainer, gateway=self,
+                                                    leadership=self.leadership)
         self._closed_event = asyncio.Event()
 
     async def setup_hook(self) -> None:
