@@ -277,10 +277,15 @@ class Packer:
 
     Windows of a conversation go into the open block one after the other. When a block cannot take the
     next window, its tail is filled with the largest *fillers* that fit (stand-alone responses, text
-    windows) before a new block opens; fillers left at the end go first-fit into any block with room."""
+    windows) before a new block opens; fillers left at the end go first-fit into any block with room.
 
-    def __init__(self, block_size: int) -> None:
+    Every window is placed behind `start` (the tokenizer's `transcript.special_prefix`, no loss on it): each
+    is a text of its own, and starts as one. Sizes and room here count a window's own tokens only."""
+
+    def __init__(self, block_size: int, start: Sequence[int] = ()) -> None:
         self.block_size = block_size
+        self.start = list(start)
+        self.window_size = block_size - len(self.start)   # the most a window itself may hold
         self.blocks: list[list[Window]] = []
         self.rooms: list[int] = []
         self._fillers: list[Window] = []     # kept sorted by length
@@ -288,8 +293,8 @@ class Packer:
 
     @property
     def room(self) -> int:
-        """Tokens still free in the open block."""
-        return self.rooms[-1] if self.rooms else 0
+        """Tokens a window may still hold in the open block (its start aside)."""
+        return max(0, self.rooms[-1] - len(self.start)) if self.rooms else 0
 
     def add_fillers(self, windows: Sequence[Window]) -> None:
         for w in windows:
@@ -313,7 +318,7 @@ class Packer:
         if self.blocks:
             self._fill_tail()
         for w in reversed(self._fillers):  # longest first, into the first block with room
-            b = next((b for b, free in enumerate(self.rooms) if free >= len(w)), None)
+            b = next((b for b, free in enumerate(self.rooms) if free - len(self.start) >= len(w)), None)
             if b is None:
                 self.blocks.append([])
                 self.rooms.append(self.block_size)
@@ -331,6 +336,8 @@ class Packer:
             self._put(len(self.blocks) - 1, self._fillers.pop(k))
 
     def _put(self, b: int, window: Window) -> None:
+        if self.start:
+            window = Window(self.start + window.ids, [NO_LOSS] * len(self.start) + window.kinds)
         self.blocks[b].append(window)
         self.rooms[b] -= len(window)
 
@@ -353,7 +360,7 @@ def place_unit(enc: Encoded, packer: Packer, context_tokens: int, min_context: i
     window takes the newest turns that do fit, if that is at least `min_context` tokens (or all there is);
     otherwise a new block opens. Returns how many responses were truncated (longer than a block) and the
     indices of the turns the windows cover."""
-    block_size = packer.block_size
+    block_size = packer.window_size
     covered: set[int] = set()
     truncated = 0
     start = end = first = None  # the open window covers pieces[start:end]; its first response is at `first`
@@ -450,16 +457,17 @@ def make_blocks(units: Sequence[SplitUnit], tokenizer, persona: str, config: Dat
     With `all_text` (and `context_weighted`), turns outside every response window get windows of their own,
     so that a model learning the language from scratch sees all of the text."""
     encoded, alone = encode_units(units, tokenizer, persona, set(standalone), context_weighted)
-    packer = Packer(config.block_size)
+    packer = Packer(config.block_size, transcript.special_prefix(tokenizer))
+    longest = packer.window_size
     # A stand-alone response longer than a block keeps its beginning (and loses its end marker).
-    packer.add_fillers([Window(w.ids[:config.block_size], w.kinds[:config.block_size]) for w in alone])
-    truncated = sum(len(w) > config.block_size for w in alone)
+    packer.add_fillers([Window(w.ids[:longest], w.kinds[:longest]) for w in alone])
+    truncated = sum(len(w) > longest for w in alone)
     min_context = int(config.context_tokens * config.min_context_share)
     for enc in encoded:
         t, covered = place_unit(enc, packer, config.context_tokens, min_context)
         truncated += t
         if all_text and context_weighted:
-            packer.add_fillers(text_windows(enc, covered, config.block_size))
+            packer.add_fillers(text_windows(enc, covered, longest))
     bins = packer.finish()
     blocks = to_blocks(bins, config.block_size, transcript.end_marker_id(tokenizer))
     info = {"responses": sum(u.responses for u in units), "windows": sum(len(b) for b in bins),

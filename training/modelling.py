@@ -87,6 +87,27 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
+# The layers a LoRA adapter wraps, per architecture (`config.model_type`): written into every adapter's
+# adapter_config.json, which every loader (merged, shared base, an inference server) reads back.
+# GPT-2: its fused query-key-value projection, as peft has always chosen for it (adapters trained before this
+# table stay what they were). Llama, Mistral, Qwen2: all four attention projections rather than peft's
+# default of query and value only; keys and output are cheap beside them (grouped-query attention makes the
+# key projection narrow), learn noticeably more of a speaker's style in the same steps, and are the
+# projections vLLM's LoRA serves for these architectures. Other architectures get peft's own defaults.
+LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    "gpt2": ("c_attn",),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+
+def lora_target_modules(model) -> list[str] | None:
+    """The layers LoRA adapts in `model` (`LORA_TARGET_MODULES`); None leaves the choice to peft."""
+    targets = LORA_TARGET_MODULES.get(getattr(model.config, "model_type", ""))
+    return list(targets) if targets else None
+
+
 def load_base(name_or_dir: str):
     """Model and tokenizer from a hub id (`gpt2`, `microsoft/DialoGPT-small`) or a local directory.
 

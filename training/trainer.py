@@ -32,8 +32,8 @@ from training.errors import DataError, TrainingError, TrainingInterrupted
 from training.formats.base import CONVERSATION_GAP_MINUTES, ImportOptions, conversation_gap_problem
 from training.generation import GenerationSettings, sample_lines
 from training.loader import Corpus, corpus_kind, load_corpus, single_voice_as
-from training.modelling import (PRECISIONS, PRESETS, autocast_dtype, cpu_threads, load_base, max_positions,
-                                new_model, pick_device, scratch_model)
+from training.modelling import (PRECISIONS, PRESETS, autocast_dtype, cpu_threads, load_base, lora_target_modules,
+                                max_positions, new_model, pick_device, scratch_model)
 from training.progress import Progress
 from training.terminal_text import shown
 
@@ -732,7 +732,8 @@ def _open_work_dir(work: Path, key: str, cfg: TrainConfig) -> dict | None:
 def _wrap_lora(model, cfg: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05, task_type="CAUSAL_LM")
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05, task_type="CAUSAL_LM",
+                        target_modules=lora_target_modules(model))
     try:
         return get_peft_model(model, config)
     except ValueError as e:

@@ -6,8 +6,10 @@
 
 Training and inference both build token ids through `encode_context` and `encode_response`, piece by
 piece, so the ids the model learns from are exactly the ids it is prompted with. The end marker is the
-tokenizer's end-of-text token; every turn ends with a newline. Loss falls on the persona's response and its
-end marker only (see `training.dataset`).
+tokenizer's end-of-text token; every turn ends with a newline. A text (a training window, a prompt) starts
+as the base's tokenizer starts one, with `special_prefix`: the beginning-of-text token that Llama and
+Mistral were pretrained with before every text, nothing for GPT-2 or Qwen2. Loss falls on the persona's
+response and its end marker only (see `training.dataset`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def encode_prefix(tokenizer: TokenizerLike, persona: str) -> list[int]:
 
 def encode_line_prompt(tokenizer: TokenizerLike, persona: str, start: str = "") -> list[int]:
     """The prompt for a stand-alone line (no context): the persona's cue, then `start` when it has words."""
-    ids = encode_prefix(tokenizer, persona)
+    ids = special_prefix(tokenizer) + encode_prefix(tokenizer, persona)
     if start.strip():
         ids = ids + tokenizer.encode(" " + start.strip(), add_special_tokens=False)
     return ids
@@ -81,6 +83,18 @@ def encode_persona_turn(tokenizer: TokenizerLike, persona: str, text: str) -> li
     """A finished persona turn inside a context: prefix, response, end marker, turn end."""
     return (encode_prefix(tokenizer, persona) + encode_response(tokenizer, text)
             + tokenizer.encode(TURN_END, add_special_tokens=False))
+
+
+def special_prefix(tokenizer: TokenizerLike) -> list[int]:
+    """The ids a tokenizer puts before a text when it adds its special tokens (Llama's and Mistral's `<s>`;
+    none for GPT-2 or Qwen2): what every training window and every prompt starts with. Turns are encoded
+    without special tokens, piece by piece; only the start of a whole text has them."""
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    with_special = tokenizer.encode("a", add_special_tokens=True)
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start:start + len(plain)] == plain:
+            return with_special[:start]
+    return []
 
 
 def end_marker_id(tokenizer: TokenizerLike) -> int:
@@ -124,9 +138,11 @@ def encode_context(tokenizer: TokenizerLike, messages: Sequence[tuple[str, str]]
 
 def build_prompt(tokenizer: TokenizerLike, messages: Sequence[tuple[str, str]], persona: str,
                  budget: int) -> list[int]:
-    """Context within `budget` tokens, then the persona's cue: what the model continues."""
+    """The text's start (`special_prefix`), context within `budget` tokens in all, then the persona's cue:
+    what the model continues."""
+    start = special_prefix(tokenizer)
     prefix = encode_prefix(tokenizer, persona)
-    return encode_context(tokenizer, messages, persona, max(0, budget - len(prefix))) + prefix
+    return start + encode_context(tokenizer, messages, persona, max(0, budget - len(start) - len(prefix))) + prefix
 
 
 def same_speaker(a: str, b: str) -> bool:

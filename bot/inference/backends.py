@@ -207,7 +207,8 @@ class SharedBase:
         params = {k: v for k, v in self.model.named_parameters() if f".{name}." in k}
         filled = set()
         for key, value in weights.items():
-            # Saved: "...c_attn.lora_A.weight"; loaded under its name: "...c_attn.lora_A.<name>.weight".
+            # Saved: "...<layer>.lora_A.weight" (GPT-2's c_attn, Llama's q_proj...); loaded under its name:
+            # "...<layer>.lora_A.<name>.weight".
             target = key.replace(".lora_A.", f".lora_A.{name}.").replace(".lora_B.", f".lora_B.{name}.")
             param = params.get(target)
             if param is None or param.shape != value.shape:
@@ -418,6 +419,35 @@ def convert_ctranslate2(info: PersonaInfo, model=None) -> Path:
     return target
 
 
+def check_ctranslate2_runs(info: PersonaInfo) -> None:
+    """Refuse, naming the architecture, an artifact whose architecture the installed CTranslate2 cannot convert
+    (it converts GPT-2, Llama, Mistral and Qwen2 among others): before its model is loaded or merged for
+    nothing. An artifact's config.json is its model's (an adapter's, its base's). When CTranslate2 is missing
+    or keeps no list of what it converts, nothing is said here: `CTranslate2Backend` and the conversion do."""
+    try:
+        from ctranslate2 import __version__ as version
+        from ctranslate2.converters import transformers as converters
+    except ImportError:
+        return
+    supported = getattr(converters, "_MODEL_LOADERS", None)   # CTranslate2's registry: config class -> converter
+    if not isinstance(supported, dict):
+        return
+    try:
+        model_type = json.loads((info.path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return   # the model's load says what is wrong with it
+    from transformers import AutoConfig
+
+    try:
+        config_class = type(AutoConfig.for_model(str(model_type))).__name__
+    except ValueError:   # an architecture this transformers does not know: its load says so
+        return
+    if config_class not in supported:
+        raise BackendError(f"the ctranslate2 backend cannot run {info.path}: CTranslate2 {version} does not "
+                           f"convert {model_type} models; use --backend torch-int8 (or torch), or a CTranslate2 "
+                           "release that converts this architecture")
+
+
 def _save_merged(info: PersonaInfo, where: Path, model=None) -> None:
     """An adapter artifact's base with the adapter merged in, saved as a whole model (for the converter)."""
     from transformers import AutoTokenizer
@@ -483,6 +513,8 @@ def load_backend(info: PersonaInfo, name: str = "auto", *, threads: int | None =
         return _load_remote(info, remote)
     if bases is not None and bases.serves(info, name):
         return bases.adapter_backend(info, name)
+    if name == "ctranslate2":
+        check_ctranslate2_runs(info)
     model, tokenizer = load_model(info)
     if name == "torch":
         if torch.cuda.is_available():

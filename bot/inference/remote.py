@@ -33,6 +33,10 @@ Sampling: `temperature`, `top_p`, `max_tokens`, `seed` and `stop` are in every s
 them (`transformers serve` answers 422 to unknown fields) gets them in its own `generation_config` field
 instead, and one that refuses that too gets the plain fields only. Each step down is logged once.
 
+A prompt starts with the tokenizer's `transcript.special_prefix` (Llama's `<s>`): it is sent without it, as
+text, and the server's tokenizer puts it back in front, as every server's completions do with the special
+tokens of the tokenizer it serves.
+
 The start check (`RemoteBackend.connect`) lists the served models (`GET /models`) and checks the served
 tokenizer against the artifact's, on a probe holding the end marker, the texts of the vocabulary's last
 tokens (its last merges, where two vocabularies part first) and a transcript sample:
@@ -586,8 +590,10 @@ class RemoteBackend:
                                    f"marker and the vocabulary's last tokens is {theirs[:12]}... there, "
                                    f"{mine[:12]}... here; serve the artifact's own directory")
             return
-        for what, text, expected in (("the end marker", marker, 1),
-                                     ("a probe of its last tokens", probe, len(mine) - 1)):
+        # A completion's prompt count holds what the server's tokenizer puts first (Llama's <s>), as ours does.
+        start = len(transcript.special_prefix(self.tokenizer))
+        for what, text, expected in (("the end marker", marker, 1 + start),
+                                     ("a probe of its last tokens", probe, len(mine) - 1 + start)):
             counted = self._prompt_tokens(text)
             if counted != expected:
                 raise BackendError(f"{where} has another tokenizer than the artifact: {what} {text[:40]!r} is "
@@ -659,6 +665,10 @@ class RemoteBackend:
     # -- one row (on the connection's loop) ----------------------------------------------------------
     async def _reply_ids(self, row: int, prompt: list[int], settings: GenerationSettings, seed: int | None,
                          cancelled: Callable[[int], bool] | None, deadline: float) -> list[int] | None:
+        # The text's start (Llama's <s>) is the server tokenizer's to put back, as it does for every prompt.
+        start = transcript.special_prefix(self.tokenizer)
+        if start and prompt[:len(start)] == start:
+            prompt = prompt[len(start):]
         prompt_text = self.tokenizer.decode(prompt) if prompt else self.tokenizer.decode(
             [transcript.end_marker_id(self.tokenizer)])
         stops = transcript.stop_strings(self.tokenizer, prompt_text)

@@ -1,0 +1,91 @@
+"""Tiny random bases of the Llama family (Llama, Mistral, Qwen2), built here without a download: a byte-level
+BPE tokenizer trained on the test chats with each family's special tokens (and its habits: Llama and Mistral
+add a beginning-of-text token when asked for special tokens and have no padding token; Qwen2 has no
+beginning-of-text token and pads with its end-of-text token), and a randomly initialised model of the family's
+class, both saved with save_pretrained as a hub model would be."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatgen import chat_conversations
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """How one family's tokenizer and config look (the parts personabot must cope with)."""
+
+    name: str
+    bos: str | None
+    eos: str
+    unk: str | None
+    pad: str | None
+    adds_bos: bool           # the tokenizer puts `bos` first when special tokens are added
+    tie_embeddings: bool
+
+
+FAMILIES = {
+    # Llama 2 / SmolLM2-like: <s> ... </s>, no padding token, untied output layer.
+    "llama": Family("llama", bos="<s>", eos="</s>", unk="<unk>", pad=None, adds_bos=True, tie_embeddings=False),
+    "mistral": Family("mistral", bos="<s>", eos="</s>", unk="<unk>", pad=None, adds_bos=True,
+                      tie_embeddings=False),
+    # Qwen2.5 base models: no <s>, <|endoftext|> ends a text and pads, tied embeddings.
+    "qwen2": Family("qwen2", bos=None, eos="<|endoftext|>", unk=None, pad="<|endoftext|>", adds_bos=False,
+                    tie_embeddings=True),
+}
+
+
+def family_tokenizer(family: Family, texts: list[str], vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on `texts` with `family`'s special tokens."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(dict.fromkeys(t for t in (family.bos, family.eos, family.unk, family.pad) if t))
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+                            show_progress=False)
+    inner = bpe._tokenizer
+    if family.adds_bos:
+        bos_id = inner.token_to_id(family.bos)
+        inner.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B",
+                                          special_tokens=[(family.bos, bos_id)])])
+    named = {f"{kind}_token": token for kind, token in
+             (("bos", family.bos), ("eos", family.eos), ("unk", family.unk), ("pad", family.pad)) if token}
+    return PreTrainedTokenizerFast(tokenizer_object=inner, model_max_length=256, **named)
+
+
+def family_config(family: Family, tokenizer):
+    """A tiny config of the family: 2 layers, 64 wide, 4 heads sharing 2 key-value heads, 256 positions."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+             "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+             "pad_token_id": tokenizer.pad_token_id, "tie_word_embeddings": family.tie_embeddings}
+    if family.name == "llama":
+        return LlamaConfig(**shape)
+    if family.name == "mistral":
+        return MistralConfig(**shape, sliding_window=4096)   # Mistral 7B v0.1's window: wider than a block
+    return Qwen2Config(**shape, use_sliding_window=False)
+
+
+def build_tiny_base(name: str, out: Path, seed: int = 1) -> Path:
+    """The tiny random base of family `name` saved in `out` (model and tokenizer); returns `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from training.modelling import MODEL_BUILD_LOCK
+
+    family = FAMILIES[name]
+    texts = [f"{s}: {t}\n" for conv in chat_conversations(40, seed=1) for s, t in conv]
+    tokenizer = family_tokenizer(family, texts * 3)
+    config = family_config(family, tokenizer)
+    with MODEL_BUILD_LOCK:    # random weights come from functions a load elsewhere may swap (training.modelling)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
