@@ -3,8 +3,8 @@
 DATABASE_PATH), it opens the store as `personabot run` does (`open_store`) and plays one role, printing one
 line per event with the wall-clock time it happened (the test, on the same machine, compares times):
 - `listen`: hears changes (`Store.listen`): `heard TOPIC TIME`; prints `listening` once ready;
-- `lead`: a jobs candidate (`JobsLeadership`, its real take-over and step-down): `leading TIME` when it
-  takes the lead, `standby` when it starts as one; when it leads, it records a retrain as running, as a
+- `lead [LEASE_S]`: a jobs candidate (`JobsLeadership`, its real take-over and step-down; SQLite's lease
+  LEASE_S, default its own): `leading TIME` when it takes the lead, `standby` when it starts as one; when it leads, it records a retrain as running, as a
   leader killed mid-retrain leaves it.
 It runs until killed (the tests kill it with SIGKILL, as a crash would) or its stdin closes."""
 
@@ -46,7 +46,8 @@ async def main(role: str) -> None:
             async def step_down() -> None:
                 say("stepped-down", time.time())
 
-            leadership = JobsLeadership(store, on_lead=take_over, on_lose=step_down)
+            lease_s = float(sys.argv[2]) if len(sys.argv) > 2 else None    # SQLite's; None: the default
+            leadership = JobsLeadership(store, on_lead=take_over, on_lose=step_down, lease_s=lease_s)
             if not await leadership.check_once():
                 say("standby")
             leadership.start()

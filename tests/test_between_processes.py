@@ -24,7 +24,7 @@ from bot.core.personas import PersonaRef
 from bot.core.posts import PostTarget
 from bot.inference.engine import Engine
 from bot.jobs.changes import ChangeFollower
-from bot.jobs.leadership import SQLITE_LEASE_S, JobsLeadership, take_over_jobs
+from bot.jobs.leadership import JobsLeadership, take_over_jobs
 from bot.jobs.retrain import CURRENT
 from bot.jobs.scheduler import PostScheduler, slot_of
 from test_scheduler import Terminal, TerminalOnly
@@ -37,11 +37,11 @@ PROCESS = Path(__file__).parent / "store_process.py"
 class StoreProcess:
     """tests/store_process.py in a role, its stdout lines read by a thread as they come."""
 
-    def __init__(self, role: str, database, tmp_path: Path) -> None:
+    def __init__(self, role: str, database, tmp_path: Path, *args: str) -> None:
         env = {**os.environ, **database.env, "MODELS_DIR": str(tmp_path / "models")}
         env.pop("DATABASE_URL" if database.engine == "sqlite" else "DATABASE_PATH", None)
         self.stderr_path = tmp_path / f"{role}-{time.monotonic_ns()}.log"
-        self.proc = subprocess.Popen([sys.executable, str(PROCESS), role], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, str(PROCESS), role, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"), text=True, env=env)
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -140,7 +140,9 @@ async def test_a_leader_whose_lock_connection_died_steps_down_before_leading_aga
 
 async def test_kill_9_of_the_leader_hands_the_jobs_to_a_standby_that_fails_its_retrain(database, tmp_path,
                                                                                      bob_artifact):
-    leader = StoreProcess("lead", database, tmp_path)
+    # SQLite's lease as short as a check every second allows (the default's 10 s: bench/between_processes.py).
+    lease_s = 2.5
+    leader = StoreProcess("lead", database, tmp_path, str(lease_s))
     store = await database.open()
     settings = load_settings({**database.env, "MODELS_DIR": str(tmp_path / "models")}, dotenv_path=None)
     taken = asyncio.Event()
@@ -157,7 +159,8 @@ async def test_kill_9_of_the_leader_hands_the_jobs_to_a_standby_that_fails_its_r
             async def step_down() -> None:
                 poster.stop()
 
-            standby = JobsLeadership(store, on_lead=take_over, on_lose=step_down, holder="standby")
+            standby = JobsLeadership(store, on_lead=take_over, on_lose=step_down, holder="standby",
+                                     lease_s=lease_s)
             assert not await standby.check_once()                            # a standby while it lives
             assert await store.running_runs() != []                          # ... which fails nothing
             standby.start()
@@ -165,7 +168,7 @@ async def test_kill_9_of_the_leader_hands_the_jobs_to_a_standby_that_fails_its_r
             assert not standby.leading
             killed = time.monotonic()
             leader.kill()
-            bound = 15.0 if database.engine == "postgresql" else SQLITE_LEASE_S + 15.0
+            bound = 15.0 if database.engine == "postgresql" else lease_s + 15.0
             await asyncio.wait_for(taken.wait(), bound)
             took = time.monotonic() - killed
             print(f"failover on {database.engine}: {took:.2f} s after SIGKILL")
