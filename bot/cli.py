@@ -38,7 +38,22 @@ def _engine(args: argparse.Namespace) -> Engine:
     from bot.inference.engine import Engine
 
     return Engine.load(args.dir, backend=args.backend, threads=args.threads,
-                       generation=_generation_overrides(args))
+                       generation=_generation_overrides(args), remote=_remote(args.backend))
+
+
+def _remote(backend: str):
+    """`--backend openai`: the inference server the settings name (INFERENCE_URL, INFERENCE_API_KEY, ...: from
+    the environment and `.env`, as `personabot run` reads them); None for the other backends."""
+    if backend != "openai":
+        return None
+    from bot.core.config import ConfigError, load_settings
+    from bot.inference.backend import BackendError
+    from bot.inference.remote import RemoteConfig
+
+    try:
+        return RemoteConfig.from_settings(load_settings())
+    except ConfigError as e:
+        raise BackendError(f"--backend openai reads the inference server from the settings: {e}") from None
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -82,6 +82,26 @@ def test_a_reply_travels_to_transformers_serve_and_back_through_the_filters(alic
     assert backend.extra_style == "generation_config"
 
 
+def test_chat_and_sample_take_the_inference_server_from_the_settings(alice_server, alice_artifact, tmp_path):
+    from conftest import run_cli
+
+    url, _ = alice_server
+    env = {"INFERENCE_URL": url, "INFERENCE_API_KEY": KEY}
+    chat = run_cli("chat", str(alice_artifact), "--backend", "openai", input="pizza tonight?\n", env=env,
+                   cwd=tmp_path)
+    assert chat.returncode == 0, chat.stderr
+    assert "chatting with Alice" in chat.stdout and chat.stdout.split("Alice> ", 1)[1].strip()
+    sample = run_cli("sample", str(alice_artifact), "--backend", "openai", "-n", "1", "--json", env=env, cwd=tmp_path)
+    assert sample.returncode == 0 and json.loads(sample.stdout)["speaker"] == "Alice", sample.stderr
+    # Without a server in the settings: one line saying what to set, exit status 2.
+    unset = run_cli("chat", str(alice_artifact), "--backend", "openai", input="hi\n", env={"INFERENCE_URL": ""},
+                    cwd=tmp_path)
+    assert unset.returncode == 2 and "INFERENCE_URL" in unset.stderr and "Traceback" not in unset.stderr
+    wrong = run_cli("chat", str(alice_artifact), "--backend", "openai", input="hi\n",
+                    env={"INFERENCE_URL": url, "INFERENCE_TIMEOUT": "-1"}, cwd=tmp_path)
+    assert wrong.returncode == 2 and "INFERENCE_TIMEOUT" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
 def test_a_retrain_or_rollback_is_refused_when_the_inference_server_serves_the_model(alice_server, alice_artifact,
                                                                                       tmp_path, data_dir):
     """Swapping here would change only the bot's tokenizer while the server kept the old weights."""
