@@ -278,7 +278,7 @@ async def test_a_slot_the_dead_leader_claimed_in_part_is_finished_once_by_the_ne
     try:
         async with Engine.load(bob_artifact) as engine:
             schedule_id = await store.add_schedule("hourly", cron="0 * * * *", targets=["terminal", "discord:1"])
-            slot = slot_of(datetime.now(timezone.utc)).replace(minute=0)
+            slot = slot_of(await store.schedule(schedule_id), datetime.now(timezone.utc)).replace(minute=0)
             await store._execute("UPDATE schedules SET created_at = ? WHERE id = ?",
                                  ((slot - timedelta(hours=1, minutes=1)).isoformat(), schedule_id))
             await store.set_last_run(schedule_id, (slot - timedelta(hours=1)).isoformat())

@@ -91,10 +91,16 @@ def misfire_grace_s(grace_s: float) -> int:
     return max(1, math.ceil(grace_s))
 
 
-def slot_of(moment: datetime) -> datetime:
-    """The slot a firing at `moment` claims: its minute, in UTC. One rule for a firing on time and a catch-up
-    after a restart or a change of leader, so that both claim the same slot and never post it twice."""
-    return moment.astimezone(timezone.utc).replace(second=0, microsecond=0)
+def slot_of(schedule: Schedule, moment: datetime) -> datetime:
+    """The slot a firing at `moment` claims, in UTC: the schedule's latest slot at or before it (a crontab
+    line's minute; an interval's start plus a whole number of intervals). One rule for a firing on time and a
+    catch-up after a restart or a change of leader, so that both claim the same slot and never post it twice."""
+    moment = moment.astimezone(timezone.utc)
+    if schedule.cron or not schedule.interval_s:
+        return moment.replace(second=0, microsecond=0)
+    start = datetime.fromisoformat(schedule.created_at).astimezone(timezone.utc)
+    intervals = max(0, math.floor((moment - start).total_seconds() / schedule.interval_s))
+    return start + timedelta(seconds=intervals * schedule.interval_s)
 
 
 def trigger_for(schedule: Schedule):
@@ -293,18 +299,21 @@ class PostScheduler:
             log.info("schedule %s missed %s, beyond the grace period: not posted", schedule.name, missed)
             await self.store.set_last_run(schedule.id, missed.isoformat())
             return False
-        await self.fire(schedule.id, slot_of(missed))
+        await self.fire(schedule.id, slot_of(schedule, missed))
         return True
 
     async def _fire_now(self, schedule_id: int) -> None:
-        # APScheduler calls this at the slot: the slot is now, to the minute (what two processes agree on).
-        await self.fire(schedule_id, slot_of(datetime.now(timezone.utc)))
+        # APScheduler calls this at the slot: the slot is the latest at or before now (what processes agree on).
+        await self.fire(schedule_id, None)
 
-    async def fire(self, schedule_id: int, slot: datetime) -> list[PostOutcome]:
-        """Post one line per target of the schedule for `slot`; returns what happened per target."""
+    async def fire(self, schedule_id: int, slot: datetime | None) -> list[PostOutcome]:
+        """Post one line per target of the schedule for `slot` (None: the one now, `slot_of`); returns what
+        happened per target."""
         schedule = await self.store.schedule(schedule_id)
         if schedule is None:
             return []
+        if slot is None:
+            slot = slot_of(schedule, datetime.now(timezone.utc))
         stamp = slot.astimezone(timezone.utc).isoformat()
         outcomes = [await self._post(schedule, stamp, target) for target in schedule.targets]
         # After the claims: a process killed before this line leaves the slot to the next leader's catch-up,
