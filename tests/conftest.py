@@ -132,12 +132,17 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.stop()
 
 
+@pytest.fixture
+def pg(postgres_server: PostgresServer) -> TestDatabase:
+    """A fresh database of its own on the session's PostgreSQL server."""
+    name = postgres_server.create_database()
+    return TestDatabase("postgresql", postgres_server.url(name), name, postgres_server)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> TestDatabase:
     """The database a store test runs on, once per engine: a SQLite file in the test's folder, or a fresh
     database of its own on the session's PostgreSQL server. `await database.open()` opens the store."""
     if request.param == "sqlite":
         return TestDatabase("sqlite", str(tmp_path / "bot.sqlite3"))
-    server = request.getfixturevalue("postgres_server")
-    name = server.create_database()
-    return TestDatabase("postgresql", server.url(name), name, server)
+    return request.getfixturevalue("pg")

@@ -30,13 +30,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture
-def pg(postgres_server) -> TestDatabase:
-    """A fresh database of its own on the session's PostgreSQL server."""
-    name = postgres_server.create_database()
-    return TestDatabase("postgresql", postgres_server.url(name), name, postgres_server)
-
-
 def with_password(url: str) -> str:
     """The same address with a password in it (the test server trusts loopback and ignores it): messages
     must never show it."""

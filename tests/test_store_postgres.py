@@ -23,13 +23,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture
-def pg(postgres_server) -> TestDatabase:
-    """A fresh database of its own on the session's PostgreSQL server."""
-    name = postgres_server.create_database()
-    return TestDatabase("postgresql", postgres_server.url(name), name, postgres_server)
-
-
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

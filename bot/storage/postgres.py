@@ -57,7 +57,7 @@ import asyncpg
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
 from bot.core.store import CHANGE_TOPICS, Assignment, ChangeHandler, PersonaEntry, StoreError, shown_database_url
-from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now, numbered
+from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now, numbered, stored_targets
 from bot.storage.rows import persona as persona_row
 from bot.storage.schema import TABLES, migrations
 
@@ -330,17 +330,12 @@ class PostgresStore(SharedQueries):
         """Add a schedule owned by `guild_id` (None: a global one, the bot owners'). Names are unique per
         owner. Targets given as text are parsed by `PostTarget.parse`. `persona_id` names the registered persona
         that writes its posts (None: the persona assigned where each post goes)."""
-        if (cron is None) == (interval_s is None):
-            raise ValueError("a schedule has either a cron line or an interval")
-        parsed = [t if isinstance(t, PostTarget) else PostTarget.parse(t) for t in targets]
-        if None in parsed:
-            raise ValueError(f"not post targets: {targets!r}")
+        stored = stored_targets(targets, cron=cron, interval_s=interval_s)
         try:
             rows = await self._query(
                 "INSERT INTO schedules (guild_id, name, cron, interval_s, timezone, targets, mode, created_at, "
                 "persona_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                (guild_id, name, cron, interval_s, timezone_name, json.dumps([str(t) for t in parsed]), mode,
-                 now(), persona_id))
+                (guild_id, name, cron, interval_s, timezone_name, stored, mode, now(), persona_id))
         except _Conflict as e:
             raise StoreError(f"a schedule named {name!r} exists already") from e
         return int(rows[0][0])

@@ -27,6 +27,18 @@ def targets(stored: str) -> tuple[PostTarget, ...]:
     return tuple(target for target in parsed if target is not None)
 
 
+def stored_targets(targets: Sequence[PostTarget | str], *, cron: str | None, interval_s: int | None) -> str:
+    """A new schedule's targets as stored (the JSON list `targets` reads back), after the checks both stores
+    make: a cron line or an interval, not both or neither; targets given as text parsed by `PostTarget.parse`.
+    Raises ValueError."""
+    if (cron is None) == (interval_s is None):
+        raise ValueError("a schedule has either a cron line or an interval")
+    parsed = [t if isinstance(t, PostTarget) else PostTarget.parse(t) for t in targets]
+    if None in parsed:
+        raise ValueError(f"not post targets: {targets!r}")
+    return json.dumps([str(t) for t in parsed])
+
+
 PERSONA_COLUMNS = "id, guild_id, name, artifact_path, generation, created_at, previous_artifact_path, avatar_url"
 
 

@@ -26,7 +26,7 @@ import aiosqlite
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
 from bot.core.store import Assignment, ChangeHandler, PersonaEntry, StoreError
-from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now
+from bot.storage.rows import PERSONA_COLUMNS, SharedQueries, now, stored_targets
 from bot.storage.rows import persona as persona_row
 from bot.storage.schema import migrations
 
@@ -230,17 +230,12 @@ class SQLiteStore(SharedQueries):
         """Add a schedule owned by `guild_id` (None: a global one, the bot owners'). Names are unique per
         owner. Targets given as text are parsed by `PostTarget.parse`. `persona_id` names the registered persona
         that writes its posts (None: the persona assigned where each post goes)."""
-        if (cron is None) == (interval_s is None):
-            raise ValueError("a schedule has either a cron line or an interval")
-        parsed = [t if isinstance(t, PostTarget) else PostTarget.parse(t) for t in targets]
-        if None in parsed:
-            raise ValueError(f"not post targets: {targets!r}")
+        stored = stored_targets(targets, cron=cron, interval_s=interval_s)
         try:
             cursor = await self._execute(
                 "INSERT INTO schedules (guild_id, name, cron, interval_s, timezone, targets, mode, created_at, "
                 "persona_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (guild_id, name, cron, interval_s, timezone_name, json.dumps([str(t) for t in parsed]), mode,
-                 now(), persona_id))
+                (guild_id, name, cron, interval_s, timezone_name, stored, mode, now(), persona_id))
         except sqlite3.IntegrityError as e:
             raise StoreError(f"a schedule named {name!r} exists already") from e
         return int(cursor.lastrowid)

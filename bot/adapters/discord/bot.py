@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 
@@ -122,7 +121,7 @@ class PersonaBot(commands.AutoShardedBot):
         self.interrupted_runs += await take_over_jobs(self.store, self.settings, self.poster)
         try:
             await self.store.set_setting(JOBS_PROCESS, {"holder": self.leadership.holder,
-                                                        "shards": self.running_shards(), "host": socket.gethostname()})
+                                                        "shards": self.running_shards()})
         except StoreError as e:
             log.warning("could not record this process as the jobs leader (other processes cannot point to "
                         "it): %s", e)
