@@ -10,4 +10,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/lint-imports --no-cache
 .venv/bin/python -c "import sys, bot.core.config; loaded = {'torch', 'discord', 'aiosqlite', 'asyncpg'} & set(sys.modules); \
 sys.exit(f'bot.core.config loaded {sorted(loaded)}' if loaded else 0)"
-exec .venv/bin/python -m pytest "$@"
+# Two workers, each taking whole test files (their module fixtures, such as a started server, are built once);
+# PYTEST_WORKERS=0 runs in this process (a debugger, or -x to stop at the first failure at once).
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
