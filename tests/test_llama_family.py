@@ -15,12 +15,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-from tiny_bases import FAMILIES, build_tiny_base
+from tiny_bases import FAMILIES, Families
 
 pytestmark = pytest.mark.slow
 
@@ -28,50 +27,6 @@ FAMILY_NAMES = list(FAMILIES)
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
 TURNS = [("Bob", "pizza tonight?"), ("Carol", "who is coming")]
 GREEDY = {"top_k": 1}
-
-
-@dataclass(frozen=True, slots=True)
-class Trained:
-    """One family's models: the random base, a persona trained whole from it (Alice), and two LoRA adapter
-    personas (Alice, Bob) on that persona, which has learnt the chats already (a random base would teach an
-    adapter nothing in a few steps)."""
-
-    base: Path
-    full: Path
-    alice_lora: Path
-    bob_lora: Path
-
-
-class Families:
-    """Builds and trains each family's models once, when a test first asks for them."""
-
-    def __init__(self, root: Path, chat: Path) -> None:
-        self.root, self.chat = root, chat
-        self._done: dict[str, Trained] = {}
-
-    def __call__(self, family: str) -> Trained:
-        if family not in self._done:
-            self._done[family] = self._train(family)
-        return self._done[family]
-
-    def _train(self, family: str) -> Trained:
-        from training.trainer import TrainConfig, train
-
-        folder = self.root / family
-        base = build_tiny_base(family, folder / "base")
-        full, alice, bob = folder / "alice", folder / "alice-lora", folder / "bob-lora"
-        fast = ["--epochs", "100", "--batch-size", "4", "--threads", "1", "--progress", "none", "--lr", "3e-3"]
-        # Whole, through the command a user types; the random base learns the language from the context too.
-        done = run_cli("--data", str(self.chat), "--speaker", "alice", "--out", str(full), "--base", str(base),
-                       "--max-steps", "60", "--context-loss-weight", "0.5", "--samples", "1", *fast,
-                       module="training")
-        assert done.returncode == 0, done.stderr
-        done = run_cli("--data", str(self.chat), "--speaker", "alice", "--out", str(alice), "--base", str(full),
-                       "--lora", "--max-steps", "25", "--samples", "1", *fast, module="training")
-        assert done.returncode == 0, done.stderr
-        train(TrainConfig(data=[str(self.chat)], speaker="bob", out=bob, base=str(full), lora=True, max_steps=25,
-                          epochs=100, batch_size=4, lr=3e-3, threads=1, samples=0))
-        return Trained(base, full, alice, bob)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 BPE tokenizer trained on the test chats with each family's special tokens (and its habits: Llama and Mistral
 add a beginning-of-text token when asked for special tokens and have no padding token; Qwen2 has no
 beginning-of-text token and pads with its end-of-text token), and a randomly initialised model of the family's
-class, both saved with save_pretrained as a hub model would be."""
+class, both saved with save_pretrained as a hub model would be; and the personas the tests train on them
+(`Families`)."""
 
 from __future__ import annotations
 
@@ -58,11 +59,13 @@ def family_tokenizer(family: Family, texts: list[str], vocab_size: int = 400):
 
 
 def family_config(family: Family, tokenizer):
-    """A tiny config of the family: 2 layers, 64 wide, 4 heads sharing 2 key-value heads, 256 positions."""
+    """A tiny config of the family: 2 layers, 64 wide, 2 heads sharing 1 key-value head, 256 positions. The
+    heads are 32 wide: vLLM's CPU attention takes 32 and up (it stopped at 16: `Unsupported CPU attention
+    configuration: head_dim=16`)."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
              "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
              "pad_token_id": tokenizer.pad_token_id, "tie_word_embeddings": family.tie_embeddings}
     if family.name == "llama":
@@ -89,3 +92,61 @@ def build_tiny_base(name: str, out: Path, seed: int = 1) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Trained:
+    """One family's models: the random base, a persona trained whole from it (Alice), and LoRA adapter personas
+    (Alice, Bob, ...) on that persona, which has learnt the chats already (a random base would teach an adapter
+    nothing in a few steps)."""
+
+    base: Path
+    full: Path
+    adapters: dict[str, Path]     # speaker -> the adapter persona of that speaker
+
+    @property
+    def alice_lora(self) -> Path:
+        return self.adapters["alice"]
+
+    @property
+    def bob_lora(self) -> Path:
+        return self.adapters["bob"]
+
+
+class Families:
+    """Builds and trains each family's models once, when a test first asks for them: adapters of `speakers`
+    (Alice's through the command a user types, the others' through `training.trainer.train`)."""
+
+    def __init__(self, root: Path, chat: Path, speakers: tuple[str, ...] = ("alice", "bob")) -> None:
+        self.root, self.chat, self.speakers = root, chat, speakers
+        self._done: dict[str, Trained] = {}
+
+    def __call__(self, family: str) -> Trained:
+        if family not in self._done:
+            self._done[family] = self._train(family)
+        return self._done[family]
+
+    def _train(self, family: str) -> Trained:
+        from conftest import run_cli
+
+        from training.trainer import TrainConfig, train
+
+        folder = self.root / family
+        base = build_tiny_base(family, folder / "base")
+        full = folder / "alice"
+        adapters = {speaker: folder / f"{speaker}-lora" for speaker in self.speakers}
+        fast = ["--epochs", "100", "--batch-size", "4", "--threads", "1", "--progress", "none", "--lr", "3e-3"]
+        # Whole, through the command a user types; the random base learns the language from the context too.
+        done = run_cli("--data", str(self.chat), "--speaker", "alice", "--out", str(full), "--base", str(base),
+                       "--max-steps", "60", "--context-loss-weight", "0.5", "--samples", "1", *fast,
+                       module="training")
+        assert done.returncode == 0, done.stderr
+        for speaker, out in adapters.items():
+            if speaker == "alice":
+                done = run_cli("--data", str(self.chat), "--speaker", "alice", "--out", str(out), "--base",
+                               str(full), "--lora", "--max-steps", "25", "--samples", "1", *fast, module="training")
+                assert done.returncode == 0, done.stderr
+            else:
+                train(TrainConfig(data=[str(self.chat)], speaker=speaker, out=out, base=str(full), lora=True,
+                                  max_steps=25, epochs=100, batch_size=4, lr=3e-3, threads=1, samples=0))
+        return Trained(base, full, adapters)
