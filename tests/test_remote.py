@@ -542,6 +542,9 @@ def test_a_lora_persona_without_a_module_names_the_lora_modules_argument_to_add(
             load_backend(read_persona(carol), "openai", remote=RemoteConfig(server.url))
         message = str(error.value)
         assert f"--lora-modules carol-lora={carol.resolve()}" in message and "--enable-lora" in message
+        # The server loads no adapter at run time (vLLM without the setting: 404), which the bot tried first.
+        assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true" in message
+        assert server.models_asked("/v1/load_lora_adapter") == ["None"]
         assert f"alice (LoRA module on {tiny_base}, from {alice})" in message and "bob (LoRA module" in message
         assert server.models_asked("/v1/completions") == [] and server.models_asked("/tokenize") == []
         # Two modules from directories named like carol's (two machines' copies) say nothing: none is taken.
@@ -610,3 +613,37 @@ def test_the_engine_serves_a_registered_lora_persona_by_its_module_and_lets_go_w
         assert served._closed and not own_backend.connection.closed
     finally:
         server.close()
+
+
+def test_an_adapter_persona_is_not_retrained_where_the_server_loads_no_adapter_at_run_time(served_adapters, tiny_base,
+                                                                                        tmp_path, data_dir):
+    """vLLM started without VLLM_ALLOW_RUNTIME_LORA_UPDATING=true has no /load_lora_adapter (404): the new
+    adapter could never be served, so nothing is trained, and the refusal says what to start the server with."""
+    from bot.jobs.retrain import Retrainer, RetrainError
+    from bot.storage.sqlite import SQLiteStore
+
+    alice, bob, _ = served_adapters
+    server = FakeVLLM(str(tiny_base), {"alice": str(alice), "bob": str(bob)}, AutoTokenizer.from_pretrained(tiny_base))
+
+    async def main():
+        store = await SQLiteStore.open(tmp_path / "bot.sqlite3")
+        engine = Engine.load(alice, backend="openai", remote=RemoteConfig(server.url))
+        retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models")
+        try:
+            errors = []
+            for attempt in (retrainer.run(force=True), retrainer.rollback()):
+                with pytest.raises(RetrainError) as error:
+                    await attempt
+                errors.append(str(error.value))
+            return errors, await store.runs(), engine.persona.path
+        finally:
+            await store.close()
+            await engine.close()
+
+    try:
+        errors, runs, serving = asyncio.run(main())
+    finally:
+        server.close()
+    assert all("does not load LoRA adapters at run time" in e and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true" in e
+               for e in errors), errors
+    assert runs == [] and not (tmp_path / "models").exists() and serving == alice

@@ -52,8 +52,11 @@ LoRA personas: an adapter artifact (persona.json names its base) is served as on
 start check finds the module in the model list (`served_model`): the entry whose `root` is the artifact's
 directory, else the one entry whose `root` ends with the directory's name (a server on another machine, where
 the path differs), else the entry named like the directory; no such entry is a `BackendError` that shows the
-`--lora-modules` argument to add. The tokenizer check runs against the module (an adapter's tokenizer is its
-base's).
+`--lora-modules` argument to add, unless the server loads adapters at run time (vLLM with
+VLLM_ALLOW_RUNTIME_LORA_UPDATING=true: `POST /load_lora_adapter`): then the bot loads the adapter's directory
+as a module itself (`adapter_module_name`), which is how a retrained or rolled-back adapter persona is served
+without a restart (`bot.jobs.retrain`; `RemoteBackend.retire_adapter` unloads the one set aside). The
+tokenizer check runs against the module (an adapter's tokenizer is its base's).
 
 Several personas on one server share one `RemoteConnection` (thread pool, circuit breaker, HTTP sessions, the
 sampling-field style the server takes): the server is one thing that is up or down, whichever model a request
@@ -64,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -419,20 +423,20 @@ class RemoteConnection:
                             self.shown, style, error.detail[:LOG_DETAIL_CHARS], self.extra_style)
 
     def request(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None,
-                cap: int = MAX_ANSWER_BYTES) -> Any:
+                cap: int = MAX_ANSWER_BYTES, text: bool = False) -> Any:
         """`fetch`, waited for (blocking: never call it on this connection's loop)."""
         if threading.current_thread() is self._io.thread:
             raise RuntimeError("RemoteConnection.request would wait on its own loop; await fetch there")
         try:
-            return self.submit(self.fetch(method, path, body, timeout, base=base, cap=cap)).result()
+            return self.submit(self.fetch(method, path, body, timeout, base=base, cap=cap, text=text)).result()
         except CancelledError:   # the connection closed meanwhile
             raise RemoteError("connection closed", retry=False) from None
 
     async def fetch(self, method: str, path: str, body: dict | None, timeout: float, *, base: str | None = None,
-                    cap: int = MAX_ANSWER_BYTES) -> Any:
-        """JSON from the server within `timeout` seconds (the whole exchange: the name lookup, a free
-        connection, the connect, the answer and all its body), read at most `cap` bytes; or `RemoteError`
-        (retryable or not), its detail logged with the secrets blanked."""
+                    cap: int = MAX_ANSWER_BYTES, text: bool = False) -> Any:
+        """JSON from the server (its text with `text`) within `timeout` seconds (the whole exchange: the name
+        lookup, a free connection, the connect, the answer and all its body), read at most `cap` bytes; or
+        `RemoteError` (retryable or not), its detail logged with the secrets blanked."""
         url = (base or self.config.url) + path
         where = shown_url(url)
         io = self._io
@@ -464,6 +468,8 @@ class RemoteConnection:
             if not whole:
                 raise RemoteError("answer too large", retry=False,
                                   detail=f"{where} answered more than {cap} bytes; read no further")
+            if text:
+                return data.decode("utf-8", "replace")
             try:
                 return json.loads(data)
             except ValueError:
@@ -491,6 +497,34 @@ class RemoteConnection:
             raise BackendError(f"the inference server at {self.shown} lists its models in an unknown "
                                f"form (no data[].id)") from e
         return listed
+
+    def load_adapter(self, name: str, directory: Path) -> None:
+        """Load the LoRA adapter in `directory` as the module `name` (vLLM started with
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING=true: `POST /load_lora_adapter`). `RemoteError` when the server will
+        not: HTTP 404 where it loads none at run time."""
+        answer = self.request("POST", "/load_lora_adapter", {"lora_name": name, "lora_path": str(directory)},
+                              self.config.timeout_s, text=True)
+        log.info("inference server %s: loaded the LoRA module %s from %s (%s)", self.shown, name, directory,
+                 self.redact(answer.strip())[:200])
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload the LoRA module `name` (`POST /unload_lora_adapter`); `RemoteError` when the server will not."""
+        self.request("POST", "/unload_lora_adapter", {"lora_name": name}, self.config.timeout_s, text=True)
+        log.info("inference server %s: unloaded the LoRA module %s", self.shown, name)
+
+    def loads_adapters(self) -> bool:
+        """Whether the server loads LoRA adapters at run time: its `/load_lora_adapter` answers a request
+        without an adapter with a refusal of the request (400, 422) rather than 404 (no such endpoint, as
+        vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING=true). `RemoteError` when the server does not answer."""
+        try:
+            self.request("POST", "/load_lora_adapter", {}, self.config.timeout_s, text=True)
+        except RemoteError as e:
+            if e.status in (400, 422):
+                return True
+            if e.status in (404, 405):
+                return False
+            raise
+        return True
 
 
 async def _read_capped(answer: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
@@ -564,7 +598,10 @@ class RemoteBackend:
         modules on it, the one entry without a parent)."""
         listed = self.connection.list_models()
         if info is not None and info.is_adapter:
-            return adapter_module(listed, info, self.connection.shown)
+            try:
+                return adapter_module(listed, info, self.connection.shown)
+            except BackendError as missing:
+                return self._load_module(listed, info, missing)
         ids = [m.id for m in listed]
         if self.config.model:
             if self.config.model not in ids:
@@ -577,6 +614,58 @@ class RemoteBackend:
             raise BackendError(f"the inference server at {self.connection.shown} lists "
                                f"{', '.join(whole) or 'no models'}; set INFERENCE_MODEL to the persona's")
         return whole[0]
+
+    def _load_module(self, listed: list[ServedModel], info: PersonaInfo, missing: BackendError) -> str:
+        """The module of adapter `info`, loaded now: the server serves none for it (`missing` says so), and a
+        server that loads adapters at run time gets it by its path, which the server's machine must see as
+        this one does (the same MODELS_DIR on every machine). Every bot process that needs the adapter loads
+        it, whichever comes first; the others find it listed."""
+        directory = info.path.resolve()
+        name = adapter_module_name(listed, directory)
+        try:
+            self.connection.load_adapter(name, directory)
+        except RemoteError as e:
+            if e.status == 400 and "already" in e.detail:
+                pass    # another process loaded it meanwhile: it is listed now
+            elif e.status in (404, 405):
+                raise BackendError(f"{missing} Or start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=true, and the "
+                                   "bot loads each adapter persona's module itself") from None
+            else:
+                raise BackendError(f"the inference server at {self.connection.shown} did not load the LoRA "
+                                   f"adapter {directory} as {name}: {e} (its answer is in the log)") from None
+        return adapter_module(self.connection.list_models(), info, self.connection.shown)
+
+    def swap_refusal(self, info: PersonaInfo, what: str) -> str | None:
+        """Why a persona like `info` cannot be swapped to a new artifact while this server serves it (`what`:
+        "retrain", "roll back"), or None when it can: an adapter can where the server loads adapters at run
+        time; a whole model cannot, as the server keeps the weights it was started with."""
+        where = f"the inference server at {self.connection.shown}"
+        if not info.is_adapter:
+            return (f"cannot {what} here: {info.path.name} is a whole model, and {where} serves the weights it was "
+                    "started with. Train with `personabot train --out DIR`, serve DIR there (`vllm serve DIR`), "
+                    "and point the bot at it (PERSONA_MODEL=DIR, or `personabot persona` for a registered "
+                    "persona); LoRA adapter personas (`personabot train --lora`) retrain and roll back while "
+                    "served")
+        try:
+            if self.connection.loads_adapters():
+                return None
+        except RemoteError as e:
+            return f"cannot {what} now: {where} does not answer ({e})"
+        return (f"cannot {what} here: {where} does not load LoRA adapters at run time. Start vLLM with "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true (the bot then loads each new adapter and unloads the old "
+                "one), or train with `personabot train --lora --out DIR`, add --lora-modules NAME=DIR to the "
+                "server and restart it")
+
+    def retire_adapter(self, directory: Path) -> list[str]:
+        """Unload every LoRA module the server serves from `directory` (an adapter persona's earlier artifact,
+        after a retrain or a rollback moved its persona on); the names unloaded. `RemoteError` or
+        `BackendError` when the server will not."""
+        directory = directory.resolve()
+        names = [m.id for m in self.connection.list_models()
+                 if m.is_module and m.root and _resolved(m.root) == directory]
+        for name in names:
+            self.connection.unload_adapter(name)
+        return names
 
     def check_tokenizer(self) -> None:
         """Raise `BackendError` unless the server's tokenizer makes of the probe what the artifact's does."""
@@ -780,6 +869,15 @@ def adapter_module(listed: Sequence[ServedModel], info: PersonaInfo, url: str) -
                        f"lies), beside the other personas' modules")
 
 
+def adapter_module_name(listed: Sequence[ServedModel], directory: Path) -> str:
+    """The name to load the adapter in `directory` under: the directory's name (a retrain's output is named
+    after its persona and time), with a part of its path's hash where another module has that name already."""
+    taken = {m.id for m in listed}
+    if directory.name not in taken:
+        return directory.name
+    return f"{directory.name}-{hashlib.sha1(str(directory).encode()).hexdigest()[:8]}"
+
+
 def _resolved(path: str) -> Path | None:
     """`path` as an absolute path here, or None when it cannot be one (a hub id resolves harmlessly)."""
     try:
@@ -861,5 +959,5 @@ def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadlin
 
 
 __all__ = ["RemoteBackend", "RemoteConfig", "RemoteConnection", "RemoteError", "CircuitBreaker", "ServedModel",
-           "adapter_module", "completion_body", "completion_cap_bytes", "longest_token_chars", "shown_url",
+           "adapter_module", "adapter_module_name", "completion_body", "completion_cap_bytes", "longest_token_chars", "shown_url",
            "tokenizer_probes", "serve_locally"]

@@ -6,7 +6,14 @@ serving and says why. Knows nothing of Discord: the admin cog shows what `progre
 A retrain rebuilds the bot's own persona (PERSONA_MODEL, hot-swapped in the engine) or one registered persona
 (`bot.core.personas`): that one is retrained from its own artifact (as a LoRA adapter on the same base when it is
 one), loaded beside the others (`Engine.load_persona`), and the registry then points at it, keeping the one
-before for its own rollback. Every other persona, the bot's own included, keeps serving untouched."""
+before for its own rollback. Every other persona, the bot's own included, keeps serving untouched.
+
+With the models on an inference server (BACKEND=openai) the training still runs here, where the data is, and
+the swap changes what the server serves: a LoRA adapter persona's new artifact is loaded there as a module
+at run time (vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=true; `bot.inference.remote`), by whichever process
+loads it first, and the set-aside artifact's module is unloaded `adapter_retire_s` later, when every process
+has followed. A whole-model persona, or a server that loads no adapter at run time, is refused before any
+training, saying what to run instead."""
 
 from __future__ import annotations
 
@@ -37,6 +44,10 @@ log = logging.getLogger("personabot.retrain")
 CURRENT, PREVIOUS = "current_artifact", "previous_artifact"
 # How the child is niced: training must never starve the replies.
 CHILD_NICENESS = 10
+# With adapters served by an inference server: how long after a swap the module of the artifact set aside is
+# unloaded there, so that every bot process has followed the swap first (they hear of it within a second on
+# PostgreSQL, and within the 15 s poll of bot.jobs.model_watch otherwise).
+ADAPTER_RETIRE_S = 30.0
 
 
 class RetrainError(Exception):
@@ -84,7 +95,8 @@ def slug(name: str) -> str:
 class Retrainer:
     def __init__(self, engine: Engine, store: Store, *, data_dir: Path, models_dir: Path,
                  loss_margin: float = 0.05, python: str = sys.executable,
-                 extra_args: Sequence[str] = (), include_logged: bool = False) -> None:
+                 extra_args: Sequence[str] = (), include_logged: bool = False,
+                 adapter_retire_s: float = ADAPTER_RETIRE_S) -> None:
         self.engine = engine
         self.store = store
         self.data_dir = Path(data_dir)
@@ -98,6 +110,8 @@ class Retrainer:
         self._cancelled = False
         self._shutting_down = False
         self._lock = asyncio.Lock()
+        self.adapter_retire_s = adapter_retire_s
+        self._retiring: set[asyncio.Task] = set()      # modules of set-aside adapters, unloaded later
         # Called with each started retrain's outcome (one of RETRAIN_OUTCOMES), e.g. by bot.adapters.metrics; quick.
         self.outcome_observers: list[Callable[[str], None]] = []
 
@@ -120,11 +134,11 @@ class Retrainer:
         message id) is recorded with the run, so that a bot restarted mid-run can say there how it ended."""
         if self._lock.locked():
             raise RetrainError("a retrain is already running; wait for it, or cancel it first")
-        self._refuse_remote("retrain")
         async with self._lock:
             self._cancelled = False
             self.progress = ProgressState()
             subject = await self._subject(persona)
+            await self._check_served(subject.info, "retrain")
             speaker = speaker or subject.speaker
             files, logged = await self._training_files(subject)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -233,17 +247,44 @@ class Retrainer:
         path.chmod(0o600)
         return path
 
-    def _refuse_remote(self, what: str) -> None:
-        """A model served by an inference server (BACKEND=openai) is not swapped here: swapping would only
-        change the tokenizer the bot reads, while the server kept answering with the old weights."""
+    async def _check_served(self, info: PersonaInfo, what: str) -> None:
+        """With the models on an inference server (BACKEND=openai) a swap must change what the server serves,
+        not only the tokenizer the bot reads: an adapter persona swaps where the server loads adapters at run
+        time (`RemoteBackend.swap_refusal`); otherwise `RetrainError` says what to run instead, before any
+        training."""
+        backend = self.engine.persona.backend
+        if getattr(backend, "serves_elsewhere", False):
+            refusal = await asyncio.to_thread(backend.swap_refusal, info, what)
+            if refusal is not None:
+                raise RetrainError(refusal)
+
+    def _retire_later(self, old: Path) -> None:
+        """After a swap, with adapters on an inference server: unload the set-aside artifact's module there
+        once every process has followed (`adapter_retire_s`), unless something names that artifact again by
+        then (a rollback)."""
         if getattr(self.engine.persona.backend, "serves_elsewhere", False):
-            raise RetrainError(f"cannot {what} here: the model runs on the inference server (BACKEND=openai). "
-                               "Train with `personabot train`, serve the new directory there (e.g. `vllm serve "
-                               "DIR`), and restart the bot with PERSONA_MODEL=DIR")
+            task = asyncio.get_running_loop().create_task(self._retire(Path(old)))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: Path) -> None:
+        await asyncio.sleep(self.adapter_retire_s)
+        try:
+            if self.engine.persona.path.resolve() == old.resolve() or \
+                    any(p.artifact_path == old for p in await self.store.personas()):
+                return
+            names = await asyncio.to_thread(self.engine.persona.backend.retire_adapter, old)
+        except Exception as e:   # the module stays loaded: it costs the server a little memory, nothing else
+            log.warning("the LoRA module of %s stays loaded on the inference server: %s", old, e)
+            return
+        if names:
+            log.info("unloaded %s (the set-aside %s) from the inference server", ", ".join(names), old.name)
 
     async def shutdown(self, timeout: float = 60.0) -> None:
         """Stop a running retrain and wait until it has ended (the child is reaped, the run recorded): the
         bot is going down."""
+        for task in list(self._retiring):    # a set-aside module stays loaded: harmless
+            task.cancel()
         if not self._lock.locked():
             return
         self._shutting_down = True
@@ -298,6 +339,7 @@ class Retrainer:
         except SwapError as e:
             raise RetrainRejected(f"the new model did not load: {e}") from e
         await self._remember_swap(out, previous.path)
+        self._retire_later(previous.path)
         return previous.path
 
     async def _swap_registered(self, entry: PersonaEntry, out: Path) -> Path:
@@ -329,6 +371,7 @@ class Retrainer:
             raise RetrainError(f"the persona {fresh.name} could not be pointed at the new model (removed "
                                "meanwhile, or the database refused); nothing changed")
         await unload_if_unnamed(self.store, self.engine.forget, old)
+        self._retire_later(old)
         return old
 
     async def _fresh(self, entry: PersonaEntry) -> PersonaEntry:
@@ -423,9 +466,9 @@ class Retrainer:
         returns (now serving, set aside). Nothing changes when that artifact is gone or does not load."""
         if self._lock.locked():
             raise RetrainError("a retrain is running; cancel it or wait before rolling back")
-        self._refuse_remote("roll back")
         if persona is not None:
             return await self._rollback_registered(persona)
+        await self._check_served(self.engine.persona.info, "roll back")
         previous = await self.store.get_setting(PREVIOUS)
         if not previous:
             raise RetrainError("there is no previous model to roll back to")
@@ -436,6 +479,7 @@ class Retrainer:
         except SwapError as e:
             raise RetrainError(f"the previous model did not load: {e}") from e
         await self._remember_swap(Path(previous), replaced.path)
+        self._retire_later(replaced.path)
         return Path(previous), replaced.path
 
     async def _rollback_registered(self, persona: PersonaEntry) -> tuple[Path, Path]:
@@ -446,6 +490,7 @@ class Retrainer:
                 raise RetrainError(f"the persona {fresh.name} has no previous model to roll back to")
             if not previous.is_dir():
                 raise RetrainError(f"the previous model of {fresh.name}, {previous}, is gone; nothing was changed")
+            await self._check_served((await self._subject(fresh)).info, "roll back")
             aside = await self._repoint(fresh, previous)
             return previous, aside
 
