@@ -30,6 +30,12 @@ variants, and towards "idle others" for every other one), or, with `--url`, uses
 artifact by its path (an unpinned `transformers serve` on this machine: the model asked for is the artifact's
 directory; a server serving anything else fails the tokenizer check).
 
+`--server vllm` starts vLLM's CPU build instead (`scripts/vllm.sh`, its own environment), with the --personas
+adapters as its LoRA modules; vLLM serves LoRA on the Llama architecture only, so pair it with `--shape
+smollm2-135m` (SmolLM2-135M's shape, random weights). The openai variants then also include
+`personas:one:openai` and `personas:mixed:openai`: the same requests as `personas:one`/`personas:mixed`, asked of
+the server's modules. The CPU of the server's processes (vLLM's engine core included) counts as theirs.
+
 `--personas N` adds several personas in one bot (issue 13), in the same run: N LoRA adapters (rank 8 on the
 attention input, random weights) on the bench's model as their base, each written as an adapter artifact.
 - Latency: `personas:one` sends the --channels requests all to one adapter persona, `personas:mixed` spreads
@@ -64,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CONTEXT_TOKENS = 200
 GPT2_VOCAB = 50257
+SMOLLM2_VOCAB = 49152
 PEOPLE = ["Hal", "Poins", "Bardolph", "Peto", "Gadshill", "Mistress Quickly"]
 # A variant whose own runs differ by more than this (max - min over median) is not compared with anything.
 MAX_SPREAD = 0.5
@@ -78,10 +85,15 @@ def play_texts() -> list[str]:
     return [m.text for c in corpus.conversations for m in c.messages if getattr(m, "text", None)]
 
 
-def build_artifact(directory: Path, new_tokens: int) -> None:
-    """A GPT-2-small-shaped persona artifact with random weights."""
+# The model's shape (random weights: speed does not depend on them) and the vocabulary it is padded to.
+SHAPES = {"gpt2-small": GPT2_VOCAB, "smollm2-135m": SMOLLM2_VOCAB}
+
+
+def build_artifact(directory: Path, new_tokens: int, shape: str = "gpt2-small") -> None:
+    """A persona artifact with random weights: GPT-2 small's shape, or SmolLM2-135M's (the Llama architecture,
+    which vLLM serves LoRA modules on)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     from training.artifact import Metrics, PersonaInfo, write_training_text
     from training.demo import DEMO_SPEAKER
@@ -90,11 +102,18 @@ def build_artifact(directory: Path, new_tokens: int) -> None:
 
     texts = play_texts()
     tokenizer = train_tokenizer(texts, vocab_size=16000)
-    tokenizer.add_tokens([f"<w{i}>" for i in range(GPT2_VOCAB - len(tokenizer))])
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    tokenizer.add_tokens([f"<w{i}>" for i in range(SHAPES[shape] - len(tokenizer))])
+    eos = tokenizer.eos_token_id
+    if shape == "gpt2-small":
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                            bos_token_id=eos, eos_token_id=eos)
+    else:   # SmolLM2-135M: 30 layers, 576 wide, 9 heads of 64 sharing 3 key-value heads, tied embeddings
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                             rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=eos,
+                             eos_token_id=eos)
     torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(directory)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     settings = GenerationSettings(max_new_tokens=new_tokens, context_tokens=CONTEXT_TOKENS)
     PersonaInfo(directory, DEMO_SPEAKER, settings, Metrics()).write(directory)
@@ -123,14 +142,16 @@ def build_adapters(base: Path, root: Path, n: int) -> list[Path]:
     from transformers import AutoModelForCausalLM
 
     from training.artifact import LoraInfo, PersonaInfo, read_persona
+    from training.modelling import lora_target_modules
 
     info = read_persona(base)
     out = []
     for i in range(n):
         directory = root / f"adapter{i}"
         torch.manual_seed(100 + i)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                               LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", init_lora_weights=False))
+        model = AutoModelForCausalLM.from_pretrained(base)
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", init_lora_weights=False,
+                                                 target_modules=lora_target_modules(model)))
         model.save_pretrained(directory)
         for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "training_text.jsonl.gz"):
             if (base / name).exists():
@@ -221,16 +242,19 @@ def serve_variant(conn, directory: str, kind: str, threads: int, conversations, 
         run = PlainRunner(directory, conversations, new_tokens)
         close = None
     elif kind.startswith("personas:"):
-        from bot.inference.engine import Engine
         from bot.core.personas import PersonaRef
+        from bot.inference.engine import Engine
+        from bot.inference.remote import RemoteConfig
 
         loop = asyncio.new_event_loop()
-        how = kind.split(":", 1)[1]
+        how, _, backend = kind.split(":", 1)[1].partition(":")
+        # "personas:mixed:openai": the adapters as the inference server's LoRA modules.
+        remote = dict(backend="openai", remote=RemoteConfig(url, timeout_s=300)) if backend == "openai" else {}
         if how == "merged":     # one adapter persona as a single-persona bot serves it: merged, the bot's own
             engine = Engine.load(adapters[0], threads=threads).start()
             refs = [None]
         else:
-            engine = Engine.load(directory, threads=threads).start()
+            engine = Engine.load(directory, threads=threads, **remote).start()
             chosen = adapters[:1] if how == "one" else adapters
             refs = [PersonaRef(Path(a), Path(a).name) for a in chosen]
         run = OurRunner(engine, loop, conversations, refs)
@@ -326,6 +350,20 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def with_descendants(pid: int) -> list[int]:
+    """`pid` and every process under it (vLLM computes in its engine core, a child of its API server)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
 def summary(runs: list[float]) -> dict:
     median = statistics.median(runs)
     return {"runs_s": [round(r, 3) for r in runs], "median_s": round(median, 3),
@@ -341,19 +379,33 @@ def ratio(numerator: dict, denominator: dict, names: tuple[str, str]) -> dict:
     return {"ratio": round(numerator["median_s"] / denominator["median_s"], 3)}
 
 
-def start_server(directory: Path, url: str | None):
-    """(server process or None, its URL, the model to ask for) for the openai variants."""
+def start_server(directory: Path, url: str | None, kind: str, adapters: list[Path], dtype: str = "float32"):
+    """(server process or None, its URL, the model to ask for) for the openai variants: `kind` "transformers"
+    (`transformers serve` on the artifact) or "vllm" (vLLM's CPU build on the artifact, `adapters` as its LoRA
+    modules)."""
     if url:
         return None, url.rstrip("/"), str(directory)
-    import socket
+    from bot.inference.vllm_cpu import VLLMServer, free_port, setup_vllm
 
+    if kind == "vllm":
+        setup_vllm()
+        server = VLLMServer(directory, {a.name: a for a in adapters}, directory.parent / "vllm.log",
+                            max_loras=max(4, len(adapters)), max_model_len=1024, dtype=dtype).start()
+        return server, server.url, None
     from bot.inference.remote import serve_locally
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = serve_locally(str(directory), port, deadline_s=300)
     return server, f"http://127.0.0.1:{port}/v1", None
+
+
+def stop_server(server) -> None:
+    """Stop what `start_server` started (a `VLLMServer`, or the `transformers serve` process)."""
+    if hasattr(server, "stop"):
+        server.stop()
+    else:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def main() -> None:
@@ -366,6 +418,14 @@ def main() -> None:
     parser.add_argument("--backend", action="append", default=[], help="one more backend of ours (repeatable)")
     parser.add_argument("--url", help="for openai: a server that loads the artifact by path (default: start "
                                       "transformers serve on loopback)")
+    parser.add_argument("--server", choices=["transformers", "vllm"], default="transformers",
+                        help="the inference server the openai variants start: transformers serve (default) or vLLM's "
+                             "CPU build (scripts/vllm.sh; LoRA modules need --shape smollm2-135m)")
+    parser.add_argument("--vllm-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the weights' type in vLLM (default float32, as the artifact and plain transformers; "
+                             "bfloat16 where the CPU computes it natively: AVX512-BF16 or AMX)")
+    parser.add_argument("--shape", choices=list(SHAPES), default="gpt2-small",
+                        help="the model's shape (default gpt2-small; smollm2-135m: the Llama architecture)")
     parser.add_argument("--personas", type=int, default=0,
                         help="also measure N LoRA personas of one base against one (latency, memory); default 0")
     args = parser.parse_args()
@@ -379,6 +439,8 @@ def main() -> None:
     kinds = ["plain", *dict.fromkeys(f"ours:{b}" for b in [*args.backends.split(","), *args.backend] if b)]
     variants = [(kind, t) for kind in kinds for t in thread_counts]
     persona_kinds = ["personas:one", "personas:mixed", "personas:merged"] if args.personas else []
+    if args.personas and "ours:openai" in kinds:
+        persona_kinds += ["personas:one:openai", "personas:mixed:openai"]
     variants += [(kind, ours_default) for kind in persona_kinds]
     defaults = {"plain": plain_default}
     import torch
@@ -391,13 +453,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "persona"
         directory.mkdir()
-        build_artifact(directory, args.new_tokens)
+        build_artifact(directory, args.new_tokens, args.shape)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(directory)
         conversations = [channel_turns(tokenizer, seed) for seed in range(max(1, args.channels))]
-        server, url, model = start_server(directory, args.url) if "ours:openai" in kinds else (None, None, None)
         adapters = build_adapters(directory, Path(tmp), args.personas) if args.personas else []
+        server, url, model = (start_server(directory, args.url, args.server, adapters, args.vllm_dtype)
+                              if "ours:openai" in kinds else (None, None, None))
         children = {}
         for kind, threads in variants:   # loaded one after another, so that loading never overlaps a run
             parent_end, child_end = spawn.Pipe()
@@ -421,8 +484,8 @@ def main() -> None:
                 for variant in variants:
                     name, _, conn, pid = children[variant]
                     others = [c[3] for v, c in children.items() if v != variant]
-                    if server is not None and variant[0] != "ours:openai":   # the server works for openai
-                        others.append(server.pid)
+                    if server is not None and not variant[0].endswith("openai"):   # it works for openai
+                        others += with_descendants(server.pid)
                     before = [process_cpu_s(p) for p in others]
                     conn.send((measure, 1000 * (repeat + 1)))
                     answer = conn.recv()
@@ -438,8 +501,7 @@ def main() -> None:
             conn.recv()           # the engine is closed and its worker thread joined
             process.join(timeout=60)
         if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
+            stop_server(server)
         results["idle_others_max_cpu_s"] = round(idle_others_s, 3)
         if args.personas:
             fulls = full_copies(directory, Path(tmp), args.personas)
@@ -461,9 +523,13 @@ def main() -> None:
 
     ratios = {}
     if args.personas:
-        one, mixed, merged = ((kind, ours_default) for kind in persona_kinds)
+        one, mixed, merged = ((kind, ours_default) for kind in persona_kinds[:3])
+        pairs = [(mixed, one), (mixed, merged), (one, merged)]
+        if len(persona_kinds) > 3:      # the same requests to the inference server's LoRA modules
+            served_one, served_mixed = ((kind, ours_default) for kind in persona_kinds[3:])
+            pairs += [(served_mixed, served_one), (served_mixed, mixed), (served_one, one)]
         for measure in measures:
-            for a, b in ((mixed, one), (mixed, merged), (one, merged)):
+            for a, b in pairs:
                 key = f"{measure}: {children[a][0]} / {children[b][0]}"
                 ratios[key] = ratio(table[(a, measure)], table[(b, measure)], (children[a][0], children[b][0]))
         memory = results["persona_memory"]

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 from transformers import AutoTokenizer
@@ -102,31 +104,82 @@ def test_chat_and_sample_take_the_inference_server_from_the_settings(alice_serve
     assert wrong.returncode == 2 and "INFERENCE_TIMEOUT" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
-def test_a_retrain_or_rollback_is_refused_when_the_inference_server_serves_the_model(alice_server, alice_artifact,
-                                                                                      tmp_path, data_dir):
-    """Swapping here would change only the bot's tokenizer while the server kept the old weights."""
-    from bot.jobs.retrain import Retrainer, RetrainError
-    from bot.storage.sqlite import SQLiteStore as Store
+FAST_RETRAIN = ["--max-steps", "10", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+
+
+def test_a_whole_model_retrain_on_a_server_pinned_to_its_model_keeps_the_new_model_and_says_how_to_serve_it(
+        alice_server, alice_artifact, tmp_path, data_dir):
+    """`transformers serve DIR` serves DIR alone: swapping would change only the bot's tokenizer while the server
+    kept the old weights. The new model is trained (nothing showed the server pinned before), then refused
+    (HTTP 400 for its path), kept, and the refusal says what to run."""
+    from bot.jobs.retrain import NotServed, Retrainer
+    from bot.storage.sqlite import SQLiteStore
 
     url, _ = alice_server
     engine = Engine.load(alice_artifact, backend="openai", remote=RemoteConfig(url))
 
     async def main():
-        store = await Store.open(tmp_path / "bot.sqlite3")
-        retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models")
-        errors = []
-        for attempt in (retrainer.run(force=True), retrainer.rollback()):
-            with pytest.raises(RetrainError) as error:
-                await attempt
-            errors.append(str(error.value))
-        runs = await store.runs()
-        await store.close()
-        return errors, runs
+        store = await SQLiteStore.open(tmp_path / "bot.sqlite3")
+        retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models",
+                              extra_args=FAST_RETRAIN)
+        try:
+            with pytest.raises(NotServed) as error:
+                await retrainer.run(force=True)
+            return str(error.value), await store.runs()
+        finally:
+            await store.close()
+            await engine.close()
 
-    errors, runs = asyncio.run(main())
-    assert all("inference server" in e and "PERSONA_MODEL" in e for e in errors), errors
-    assert runs == [] and not (tmp_path / "models").exists()      # nothing trained, nothing recorded
+    message, runs = asyncio.run(main())
+    kept = Path(runs[0]["out_path"])
+    assert [r["status"] for r in runs] == ["rejected"] and (kept / "persona.json").is_file()
+    assert f"does not serve {kept}" in message and f"kept at {kept}" in message and "transformers serve" in message
     assert engine.persona.path == alice_artifact
+
+
+def test_a_whole_model_persona_retrains_and_rolls_back_where_the_server_loads_a_model_by_its_path(
+        alice_artifact, tmp_path, data_dir):
+    """`transformers serve` started without a model loads each directory a request names: the bot asks for its
+    persona by its directory, a retrain swaps in the new directory and a rollback the old, with neither the
+    server nor the bot restarted."""
+    from bot.jobs.retrain import Retrainer
+    from bot.storage.sqlite import SQLiteStore
+
+    own = tmp_path / "alice"
+    shutil.copytree(alice_artifact, own)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    server = serve_locally(None, port)
+
+    def loaded() -> list[str]:
+        with urlopen(f"{url}/models", timeout=30) as answer:
+            return [m["id"] for m in json.load(answer)["data"]]
+
+    async def main():
+        store = await SQLiteStore.open(tmp_path / "bot.sqlite3")
+        engine = Engine.load(own, backend="openai", remote=RemoteConfig(url)).start()
+        retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models",
+                              extra_args=FAST_RETRAIN)
+        try:
+            assert engine.persona.backend.model == str(own.resolve())
+            result = await retrainer.run(force=True)
+            new = result.artifact
+            assert engine.persona.path == new and engine.persona.backend.model == str(new.resolve())
+            assert str(new.resolve()) in await asyncio.to_thread(loaded)
+            assert served(await engine.reply(TURNS, seed=1, overrides=FREE, target=DISCORD))
+            now, aside = await retrainer.rollback()
+            assert (now, aside) == (own, new) and engine.persona.backend.model == str(own.resolve())
+            assert served(await engine.reply(TURNS, seed=2, overrides=FREE, target=DISCORD))
+            return [r["status"] for r in await store.runs()]
+        finally:
+            await engine.close()
+            await store.close()
+
+    try:
+        assert asyncio.run(main()) == ["done"]
+        assert server.poll() is None
+    finally:
+        stop(server)
 
 
 def test_a_served_model_with_another_tokenizer_fails_the_start_check(tiny_base, alice_artifact):
@@ -619,7 +672,7 @@ def test_an_adapter_persona_is_not_retrained_where_the_server_loads_no_adapter_a
                                                                                         tmp_path, data_dir):
     """vLLM started without VLLM_ALLOW_RUNTIME_LORA_UPDATING=true has no /load_lora_adapter (404): the new
     adapter could never be served, so nothing is trained, and the refusal says what to start the server with."""
-    from bot.jobs.retrain import Retrainer, RetrainError
+    from bot.jobs.retrain import PREVIOUS, Retrainer, RetrainError
     from bot.storage.sqlite import SQLiteStore
 
     alice, bob, _ = served_adapters
@@ -629,6 +682,7 @@ def test_an_adapter_persona_is_not_retrained_where_the_server_loads_no_adapter_a
         store = await SQLiteStore.open(tmp_path / "bot.sqlite3")
         engine = Engine.load(alice, backend="openai", remote=RemoteConfig(server.url))
         retrainer = Retrainer(engine, store, data_dir=data_dir, models_dir=tmp_path / "models")
+        await store.set_setting(PREVIOUS, str(bob))       # as after a swap: a rollback would go to Bob's adapter
         try:
             errors = []
             for attempt in (retrainer.run(force=True), retrainer.rollback()):

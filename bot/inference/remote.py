@@ -108,6 +108,8 @@ COMPLETION_OVERHEAD_BYTES = 64 * 1024
 ESCAPED_BYTES_PER_BYTE = 6
 # Tokens of text beyond max_tokens kept before tokenising, so that a cut never changes the tokens kept.
 SPARE_TOKENS = 8
+# How long a server that loads a model when asked for it by its path may take to answer the first request.
+MODEL_LOAD_S = 300.0
 # How much of a failed request's detail (the server's answer, secrets already blanked) one log line holds.
 LOG_DETAIL_CHARS = 4000
 
@@ -268,6 +270,7 @@ class ServedModel:
     id: str
     root: str | None = None
     parent: str | None = None
+    owner: str | None = None      # owned_by: "vllm" for vLLM's models
 
     @property
     def is_module(self) -> bool:
@@ -489,8 +492,8 @@ class RemoteConnection:
         try:
             body = self.request("GET", "/models", None, self.config.timeout_s)
             entries = body["data"]
-            listed = [ServedModel(str(m["id"]), _text_or_none(m.get("root")), _text_or_none(m.get("parent")))
-                      for m in entries]
+            listed = [ServedModel(str(m["id"]), _text_or_none(m.get("root")), _text_or_none(m.get("parent")),
+                                  _text_or_none(m.get("owned_by"))) for m in entries]
         except RemoteError as e:
             raise BackendError(f"cannot list the models of the inference server at {self.shown}: {e}") from e
         except (KeyError, TypeError, AttributeError) as e:
@@ -511,6 +514,19 @@ class RemoteConnection:
         """Unload the LoRA module `name` (`POST /unload_lora_adapter`); `RemoteError` when the server will not."""
         self.request("POST", "/unload_lora_adapter", {"lora_name": name}, self.config.timeout_s, text=True)
         log.info("inference server %s: unloaded the LoRA module %s", self.shown, name)
+
+    def answers_for(self, model: str) -> bool:
+        """Whether the server answers a one-token completion for `model`: a model it serves, or one it loads
+        when asked (`transformers serve` started without a model loads a directory by its path; this may take
+        a while: MODEL_LOAD_S). False when it refuses the model (4xx); `RemoteError` when it does not answer."""
+        try:
+            self.request("POST", "/completions", {"model": model, "prompt": " ", "max_tokens": 1},
+                         max(self.config.timeout_s, MODEL_LOAD_S))
+        except RemoteError as e:
+            if e.status is not None and 400 <= e.status < 500:
+                return False
+            raise
+        return True
 
     def loads_adapters(self) -> bool:
         """Whether the server loads LoRA adapters at run time: its `/load_lora_adapter` answers a request
@@ -594,8 +610,10 @@ class RemoteBackend:
     def served_model(self, info: PersonaInfo | None = None) -> str:
         """The model to ask for: for an adapter artifact `info`, its LoRA module (see `adapter_module`;
         INFERENCE_MODEL does not apply, as it names one model for every persona of the bot); otherwise the
-        configured one (INFERENCE_MODEL), or the one model the server lists (when it lists a base and LoRA
-        modules on it, the one entry without a parent)."""
+        configured one (INFERENCE_MODEL); else the listed model that is the artifact's directory; else the
+        directory itself where the server answers for it (one that loads a model by its path when asked:
+        `transformers serve` started without one); else the one model the server lists (when it lists a base
+        and LoRA modules on it, the one entry without a parent)."""
         listed = self.connection.list_models()
         if info is not None and info.is_adapter:
             try:
@@ -608,6 +626,17 @@ class RemoteBackend:
                 log.warning("inference server %s does not list %s (it lists %s); asking for it anyway",
                             self.connection.shown, self.config.model, ", ".join(ids) or "nothing")
             return self.config.model
+        if info is not None:
+            directory = info.path.resolve()
+            for model in listed:    # the server serves this artifact (started with its directory)
+                if not model.is_module and directory in (_resolved(model.id), _resolved(model.root or "")):
+                    return model.id
+            # A server that loads a model by its path when asked (`transformers serve` started without one).
+            try:
+                if self.connection.answers_for(str(directory)):
+                    return str(directory)
+            except RemoteError:
+                pass    # then the one model it lists, below
         # vLLM lists every LoRA module beside its base; a whole model is never one of the modules.
         whole = [m.id for m in listed if not m.is_module]
         if len(whole) != 1:
@@ -640,21 +669,32 @@ class RemoteBackend:
         "retrain", "roll back"), or None when it can: an adapter can where the server loads adapters at run
         time; a whole model cannot, as the server keeps the weights it was started with."""
         where = f"the inference server at {self.connection.shown}"
-        if not info.is_adapter:
-            return (f"cannot {what} here: {info.path.name} is a whole model, and {where} serves the weights it was "
-                    "started with. Train with `personabot train --out DIR`, serve DIR there (`vllm serve DIR`), "
-                    "and point the bot at it (PERSONA_MODEL=DIR, or `personabot persona` for a registered "
-                    "persona); LoRA adapter personas (`personabot train --lora`) retrain and roll back while "
-                    "served")
         try:
+            if not info.is_adapter:
+                return self._whole_model_refusal(info, what, where)
             if self.connection.loads_adapters():
                 return None
-        except RemoteError as e:
+        except (RemoteError, BackendError) as e:
             return f"cannot {what} now: {where} does not answer ({e})"
         return (f"cannot {what} here: {where} does not load LoRA adapters at run time. Start vLLM with "
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true (the bot then loads each new adapter and unloads the old "
                 "one), or train with `personabot train --lora --out DIR`, add --lora-modules NAME=DIR to the "
                 "server and restart it")
+
+    def _whole_model_refusal(self, info: PersonaInfo, what: str, where: str) -> str | None:
+        """A whole model swaps where the server loads a model by its path when asked (`transformers serve`
+        started without one): the swap is the new directory. vLLM keeps the model it was started with."""
+        instead = (f"Train with `personabot train --out DIR`, serve DIR there (`vllm serve DIR`, or `transformers "
+                   "serve`, which loads any directory asked for), and point the bot at it (PERSONA_MODEL=DIR, or "
+                   "`personabot persona` for a registered persona); LoRA adapter personas (`personabot train "
+                   "--lora`) retrain and roll back while vLLM serves them")
+        if any(m.owner == "vllm" for m in self.connection.list_models()):
+            return (f"cannot {what} here: {info.path.name} is a whole model, and {where} (vLLM) serves the weights "
+                    f"it was started with. {instead}")
+        if not self.connection.answers_for(str(info.path.resolve())):
+            return (f"cannot {what} here: {where} does not serve {info.path} when asked for it by its path (it "
+                    f"serves the model it was started with). {instead}")
+        return None
 
     def retire_adapter(self, directory: Path) -> list[str]:
         """Unload every LoRA module the server serves from `directory` (an adapter persona's earlier artifact,
@@ -929,16 +969,18 @@ def tokenizer_probes(tokenizer, tail: int = PROBE_TOKENS) -> tuple[str, str]:
     return marker, "\n".join(highest) + "\n" + sample
 
 
-def serve_locally(directory: str, port: int, *, host: str = "127.0.0.1", deadline_s: float = 120.0,
+def serve_locally(directory: str | None, port: int, *, host: str = "127.0.0.1", deadline_s: float = 120.0,
                   log_path: str | None = None):
     """Start `transformers serve DIRECTORY` (the `serving` extra of transformers) on `host:port` in a
-    subprocess, offline, and wait until it lists its model. For the tests and the benchmark; production runs
-    vLLM or the like on its own. Returns the `subprocess.Popen`; the caller stops it (`terminate`, `wait`)."""
+    subprocess, offline, and wait until it lists its model; with `directory` None, a server that loads any
+    directory a request names. For the tests and the benchmark; production runs vLLM or the like on its own.
+    Returns the `subprocess.Popen`; the caller stops it (`terminate`, `wait`)."""
 
     command = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    server = subprocess.Popen([str(command), "serve", str(directory), "--host", host, "--port", str(port),
+    model = [str(directory)] if directory is not None else []
+    server = subprocess.Popen([str(command), "serve", *model, "--host", host, "--port", str(port),
                                "--device", "cpu", "--log-level", "warning"], env=env, stdout=out,
                               stderr=subprocess.STDOUT)
     url = f"http://{host}:{port}/v1/models"

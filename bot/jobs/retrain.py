@@ -12,8 +12,10 @@ With the models on an inference server (BACKEND=openai) the training still runs 
 the swap changes what the server serves: a LoRA adapter persona's new artifact is loaded there as a module
 at run time (vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=true; `bot.inference.remote`), by whichever process
 loads it first, and the set-aside artifact's module is unloaded `adapter_retire_s` later, when every process
-has followed. A whole-model persona, or a server that loads no adapter at run time, is refused before any
-training, saying what to run instead."""
+has followed. A whole-model persona swaps where the server loads a model by its path when asked
+(`transformers serve` started without one): the new directory is the model asked for. Where the server cannot
+(vLLM's whole model, a server that loads no adapter at run time), the retrain is refused before any training
+when the server shows it, or after, keeping the new artifact, and the refusal says what to run instead."""
 
 from __future__ import annotations
 
@@ -57,6 +59,11 @@ class RetrainError(Exception):
 class RetrainRejected(RetrainError):
     """The training finished but its artifact was not used: unusable, worse than the current model, or it did
     not load."""
+
+
+class NotServed(RetrainRejected):
+    """The training finished, but the inference server would not serve the new artifact: it is kept (the
+    message says where, and what to run to serve it)."""
 
 
 # How a retrain that started ends (its status in the run table, and what `Retrainer.outcome_observers` are
@@ -157,7 +164,8 @@ class Retrainer:
             except RetrainError as e:
                 outcome = "cancelled" if self._cancelled else "rejected" if isinstance(e, RetrainRejected) else "failed"
                 await self._finish(run_id, outcome, error=str(e))
-                remove_run_output(out)
+                if not isinstance(e, NotServed):
+                    remove_run_output(out)
                 self._tell(outcome)
                 raise
             finally:
@@ -178,6 +186,13 @@ class Retrainer:
             raise RetrainError(f"the persona {persona.name}'s artifact cannot be read, so it cannot be retrained "
                                f"from it: {e}") from e
         return _Subject(info, info.speaker, persona)
+
+    async def _read(self, artifact: Path) -> PersonaInfo:
+        """The persona.json of an artifact to swap in (read off the event loop)."""
+        try:
+            return await asyncio.to_thread(read_persona, artifact)
+        except ArtifactError as e:
+            raise RetrainError(f"the model {artifact} cannot be read; nothing was changed: {e}") from e
 
     async def _training_files(self, subject: _Subject) -> tuple[list[Path], Path | None]:
         """The exports to train on, and the folder of stored channel messages among them (to remove after)."""
@@ -247,14 +262,17 @@ class Retrainer:
         path.chmod(0o600)
         return path
 
-    async def _check_served(self, info: PersonaInfo, what: str) -> None:
+    async def _check_served(self, info: PersonaInfo, what: str, *, after_training: bool = False) -> None:
         """With the models on an inference server (BACKEND=openai) a swap must change what the server serves,
-        not only the tokenizer the bot reads: an adapter persona swaps where the server loads adapters at run
-        time (`RemoteBackend.swap_refusal`); otherwise `RetrainError` says what to run instead, before any
-        training."""
+        not only the tokenizer the bot reads (`RemoteBackend.swap_refusal`): an adapter persona swaps where the
+        server loads adapters at run time, a whole model where it loads a model by its path. Otherwise
+        `RetrainError` says what to run instead: before any training where the server shows it (vLLM), else
+        once the new artifact is there (`NotServed`: it is kept)."""
         backend = self.engine.persona.backend
         if getattr(backend, "serves_elsewhere", False):
             refusal = await asyncio.to_thread(backend.swap_refusal, info, what)
+            if refusal is not None and after_training:
+                raise NotServed(f"{refusal}. The new model is kept at {info.path}")
             if refusal is not None:
                 raise RetrainError(refusal)
 
@@ -323,6 +341,7 @@ class Retrainer:
             reason = _last_error(stderr) or f"the training process exited with code {code}"
             raise RetrainError(f"training failed: {reason}")
         info = self._accept(subject.info, out, force)
+        await self._check_served(info, "swap in the new model", after_training=True)
         self.progress.phase = "loading the new model"
         if subject.entry is None:
             previous = await self._swap_own(out)
@@ -468,12 +487,12 @@ class Retrainer:
             raise RetrainError("a retrain is running; cancel it or wait before rolling back")
         if persona is not None:
             return await self._rollback_registered(persona)
-        await self._check_served(self.engine.persona.info, "roll back")
         previous = await self.store.get_setting(PREVIOUS)
         if not previous:
             raise RetrainError("there is no previous model to roll back to")
         if not Path(previous).is_dir():
             raise RetrainError(f"the previous model {previous} is gone; nothing was changed")
+        await self._check_served(await self._read(Path(previous)), "roll back")
         try:
             replaced = await self.engine.swap(previous)
         except SwapError as e:
@@ -490,7 +509,7 @@ class Retrainer:
                 raise RetrainError(f"the persona {fresh.name} has no previous model to roll back to")
             if not previous.is_dir():
                 raise RetrainError(f"the previous model of {fresh.name}, {previous}, is gone; nothing was changed")
-            await self._check_served((await self._subject(fresh)).info, "roll back")
+            await self._check_served(await self._read(previous), "roll back")
             aside = await self._repoint(fresh, previous)
             return previous, aside
 
