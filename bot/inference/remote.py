@@ -528,6 +528,13 @@ class RemoteConnection:
             raise
         return True
 
+    def serves_by_path(self, directory: Path) -> bool:
+        """Whether the server serves the model in `directory` when asked for it by its path: it answers for
+        it, and lists it then (a server that ignores the model asked for, as llama.cpp's does, answers any
+        name but lists only its own). `RemoteError`, `BackendError` when it does not answer."""
+        directory = directory.resolve()
+        return self.answers_for(str(directory)) and listed_as(self.list_models(), directory) is not None
+
     def loads_adapters(self) -> bool:
         """Whether the server loads LoRA adapters at run time: its `/load_lora_adapter` answers a request
         without an adapter with a refusal of the request (400, 422) rather than 404 (no such endpoint, as
@@ -611,9 +618,9 @@ class RemoteBackend:
         """The model to ask for: for an adapter artifact `info`, its LoRA module (see `adapter_module`;
         INFERENCE_MODEL does not apply, as it names one model for every persona of the bot); otherwise the
         configured one (INFERENCE_MODEL); else the listed model that is the artifact's directory; else the
-        directory itself where the server answers for it (one that loads a model by its path when asked:
-        `transformers serve` started without one); else the one model the server lists (when it lists a base
-        and LoRA modules on it, the one entry without a parent)."""
+        one model the server lists (when it lists a base and LoRA modules on it, the one entry without a
+        parent); else, where it lists none or several, the directory itself if the server serves it when asked
+        (`serves_by_path`: `transformers serve` started without a model)."""
         listed = self.connection.list_models()
         if info is not None and info.is_adapter:
             try:
@@ -626,19 +633,18 @@ class RemoteBackend:
                 log.warning("inference server %s does not list %s (it lists %s); asking for it anyway",
                             self.connection.shown, self.config.model, ", ".join(ids) or "nothing")
             return self.config.model
-        if info is not None:
-            directory = info.path.resolve()
-            for model in listed:    # the server serves this artifact (started with its directory)
-                if not model.is_module and directory in (_resolved(model.id), _resolved(model.root or "")):
-                    return model.id
-            # A server that loads a model by its path when asked (`transformers serve` started without one).
-            try:
-                if self.connection.answers_for(str(directory)):
-                    return str(directory)
-            except RemoteError:
-                pass    # then the one model it lists, below
+        own = listed_as(listed, info.path) if info is not None else None
+        if own is not None:     # the server serves this artifact (started with its directory, or loaded it)
+            return own
         # vLLM lists every LoRA module beside its base; a whole model is never one of the modules.
         whole = [m.id for m in listed if not m.is_module]
+        if len(whole) != 1 and info is not None:
+            # A server that loads a model by its path when asked (`transformers serve` started without one).
+            try:
+                if self.connection.serves_by_path(info.path):
+                    return str(info.path.resolve())
+            except (RemoteError, BackendError):
+                pass
         if len(whole) != 1:
             raise BackendError(f"the inference server at {self.connection.shown} lists "
                                f"{', '.join(whole) or 'no models'}; set INFERENCE_MODEL to the persona's")
@@ -691,7 +697,7 @@ class RemoteBackend:
         if any(m.owner == "vllm" for m in self.connection.list_models()):
             return (f"cannot {what} here: {info.path.name} is a whole model, and {where} (vLLM) serves the weights "
                     f"it was started with. {instead}")
-        if not self.connection.answers_for(str(info.path.resolve())):
+        if not self.connection.serves_by_path(info.path):
             return (f"cannot {what} here: {where} does not serve {info.path} when asked for it by its path (it "
                     f"serves the model it was started with). {instead}")
         return None
@@ -907,6 +913,16 @@ def adapter_module(listed: Sequence[ServedModel], info: PersonaInfo, url: str) -
                        f"--enable-lora --lora-modules {directory.name}={directory} (the directory as the "
                        f"server's machine sees it; a module named {directory.name!r} is matched wherever it "
                        f"lies), beside the other personas' modules")
+
+
+def listed_as(listed: Sequence[ServedModel], directory: Path) -> str | None:
+    """The id of the listed whole model that is the artifact in `directory` (its id or root is that
+    directory), or None."""
+    directory = directory.resolve()
+    for model in listed:
+        if not model.is_module and directory in (_resolved(model.id), _resolved(model.root or "")):
+            return model.id
+    return None
 
 
 def adapter_module_name(listed: Sequence[ServedModel], directory: Path) -> str:

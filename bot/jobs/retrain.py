@@ -187,12 +187,15 @@ class Retrainer:
                                f"from it: {e}") from e
         return _Subject(info, info.speaker, persona)
 
-    async def _read(self, artifact: Path) -> PersonaInfo:
-        """The persona.json of an artifact to swap in (read off the event loop)."""
-        try:
-            return await asyncio.to_thread(read_persona, artifact)
-        except ArtifactError as e:
-            raise RetrainError(f"the model {artifact} cannot be read; nothing was changed: {e}") from e
+    async def _check_served_artifact(self, artifact: Path, what: str) -> None:
+        """`_check_served` for the artifact a rollback goes back to (its persona.json read off the event loop;
+        one that cannot be read is the swap's to refuse)."""
+        if getattr(self.engine.persona.backend, "serves_elsewhere", False):
+            try:
+                info = await asyncio.to_thread(read_persona, artifact)
+            except ArtifactError:
+                return
+            await self._check_served(info, what)
 
     async def _training_files(self, subject: _Subject) -> tuple[list[Path], Path | None]:
         """The exports to train on, and the folder of stored channel messages among them (to remove after)."""
@@ -492,7 +495,7 @@ class Retrainer:
             raise RetrainError("there is no previous model to roll back to")
         if not Path(previous).is_dir():
             raise RetrainError(f"the previous model {previous} is gone; nothing was changed")
-        await self._check_served(await self._read(Path(previous)), "roll back")
+        await self._check_served_artifact(Path(previous), "roll back")
         try:
             replaced = await self.engine.swap(previous)
         except SwapError as e:
@@ -509,7 +512,7 @@ class Retrainer:
                 raise RetrainError(f"the persona {fresh.name} has no previous model to roll back to")
             if not previous.is_dir():
                 raise RetrainError(f"the previous model of {fresh.name}, {previous}, is gone; nothing was changed")
-            await self._check_served(await self._read(previous), "roll back")
+            await self._check_served_artifact(previous, "roll back")
             aside = await self._repoint(fresh, previous)
             return previous, aside
 
