@@ -51,6 +51,14 @@ def test_train_from_scratch_writes_a_whole_artifact_that_samples_and_evaluates(m
     assert persona["data"]["train"]["responses"] > 50 and persona["data"]["val"]["responses"] > 5
     assert persona["data"]["files"][0]["format"] == "whatsapp"
     assert len(persona["samples"]) == 2
+    # The fidelity report (training.fidelity) of lines it never trained on, typed when read back.
+    from training.artifact import read_persona
+    from training.fidelity import FIDELITY_LINES
+
+    fidelity = read_persona(out).fidelity
+    assert fidelity is not None and fidelity.lines == FIDELITY_LINES and fidelity.persona == "Alice"
+    assert fidelity.ceiling is not None and fidelity.floor is not None and fidelity.ceiling > fidelity.floor
+    assert "measuring fidelity" in [e.get("phase") for e in log if e["event"] == "phase"]
     with gzip.open(out / "training_text.jsonl.gz", "rt") as f:
         index = [json.loads(line) for line in f]
     assert any(e["response"] and "classic" in e["text"] for e in index)
@@ -66,6 +74,12 @@ def test_train_from_scratch_writes_a_whole_artifact_that_samples_and_evaluates(m
     report = json.loads(ev.stdout)
     assert report["speaker"] == "Alice" and report["responses"] > 60
     assert report["loss"] < base["val_loss"]
+    # eval measures fidelity for any artifact, on the exports' held-out lines of the artifact's own split: on
+    # its training exports, the same figures as at the end of training (one seed, one split, one sample).
+    assert report["fidelity"] == persona["fidelity"]
+    text = cli("eval", str(out), "--data", str(chat), "--fidelity-lines", "10")
+    assert text.returncode == 0 and "fidelity: " in text.stdout and "Alice's own real lines:" in text.stdout
+    assert "10 lines" in text.stdout
 
 
 def test_fine_tune_a_local_base_in_full_and_with_lora(make_chat, tmp_path, tiny_base):

@@ -25,6 +25,7 @@ from typing import Any
 
 from training import transcript
 from training.dataset import DatasetConfig
+from training.fidelity import FidelityReport
 from training.generation import GenerationSettings
 from training.modelling import MODEL_BUILD_LOCK
 from training.terminal_text import shown
@@ -165,6 +166,7 @@ class PersonaInfo:
     training: TrainingSummary = field(default_factory=TrainingSummary)
     history: dict[str, list] = field(default_factory=dict)          # {"train": [[step, loss]], "val": ...}
     samples: list[str] = field(default_factory=list)
+    fidelity: FidelityReport | None = None   # how much its lines sound like the speaker's; None in older files
 
     @property
     def is_adapter(self) -> bool:
@@ -189,7 +191,7 @@ class PersonaInfo:
             "created_at": self.created_at, "data": self.sources.to_json(),
             "dataset": self.dataset.to_json() if self.dataset else None, "training": self.training.to_json(),
             "metrics": self.metrics.to_json(), "history": self.history, "generation": self.generation.to_json(),
-            "samples": list(self.samples),
+            "samples": list(self.samples), "fidelity": self.fidelity.to_json() if self.fidelity else None,
         }
 
     def write(self, directory: Path) -> None:
@@ -213,7 +215,7 @@ class PersonaInfo:
             dataset=DatasetConfig(**_known(DatasetConfig, dataset)) if isinstance(dataset, dict) else None,
             training=TrainingSummary.from_json(data.get("training")),
             history=data.get("history") if isinstance(data.get("history"), dict) else {},
-            samples=list(data.get("samples") or []))
+            samples=list(data.get("samples") or []), fidelity=FidelityReport.from_json(data.get("fidelity")))
 
 
 def read_persona(directory: str | Path) -> PersonaInfo:

@@ -190,6 +190,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--seed", type=int, default=default("seed"), help="seed for the split, shuffling and sampling")
     how.add_argument("--samples", type=int, default=default("samples"),
                      help=f"sample lines stored in persona.json (default {default('samples')})")
+    how.add_argument("--fidelity-lines", type=int, default=default("fidelity_lines"), metavar="N",
+                     help=f"lines sampled for persona.json's fidelity report: whose lines they are taken for, "
+                          f"diversity, length (default {default('fidelity_lines')}; 0: no report)")
 
     run = parser.add_argument_group("running")
     run.add_argument("--threads", type=int, help="CPU threads (default: the cores available)")
@@ -225,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         context_loss_weight=args.context_loss_weight, seed=args.seed,
         bots=[b.strip() for b in args.bots.split(",") if b.strip()], exclude=excluded_people(args),
         columns=parse_column_mapping(args.columns), conversation_gap_minutes=args.conversation_gap,
-        samples=args.samples, threads=args.threads, precision=args.precision, overwrite=args.overwrite,
+        samples=args.samples, fidelity_lines=args.fidelity_lines, threads=args.threads, precision=args.precision, overwrite=args.overwrite,
         restart=args.restart, checkpoint_every_s=args.checkpoint_every)
     progress = Progress(args.progress)
     result = train(cfg, progress)   # stopped by Ctrl-C or SIGTERM: `run_command` says where progress is kept
@@ -244,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_artifact
 
     report = evaluate_artifact(args.dir, args.data, fmt=args.format, options=import_options(args),
-                               speaker=args.speaker, threads=args.threads)
+                               speaker=args.speaker, threads=args.threads, fidelity_lines=args.fidelity_lines)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -258,6 +261,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stored = report.get("artifact_val_loss")
         if stored is not None and math.isfinite(stored):
             print(f"  (its own held-out loss when trained: {stored:.4f})")
+        from training.fidelity import FidelityReport
+
+        fidelity = FidelityReport.from_json(report.get("fidelity"))
+        if fidelity is not None:
+            print(f"  fidelity: {fidelity.summary()}")
     return 0
 
 
@@ -266,7 +274,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="PATH", help="exports to evaluate on")
     parser.add_argument("--speaker", help="whose turns to score (default: the artifact's speaker)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the cores available)")
+    from training.fidelity import FIDELITY_LINES   # light: no torch, no scikit-learn until measured
+
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--fidelity-lines", type=int, default=FIDELITY_LINES, metavar="N",
+                        help=f"lines to sample for the fidelity report (default {FIDELITY_LINES}; 0: no report)")
     add_data_options(parser)
 
 

@@ -1,4 +1,6 @@
-"""`personabot eval`: how well a trained persona predicts a speaker's turns in given exports."""
+"""`personabot eval`: how well a trained persona predicts a speaker's turns in given exports, and how much its
+own lines sound like that speaker's (`training.fidelity`: measured on the exports' held-out split, cut with the
+artifact's own seed and fraction, so on the artifact's training exports these are lines it never saw)."""
 
 from __future__ import annotations
 
@@ -11,18 +13,22 @@ import torch
 from training.artifact import load_model, read_persona
 from training.dataset import DatasetConfig, make_blocks, match_speaker, split_units
 from training.errors import DataError
+from training.fidelity import FIDELITY_LINES, measure_fidelity, split_lines
 from training.formats.base import ImportOptions
 from training.loader import load_corpus, single_voice_as
 from training.modelling import cpu_threads, pick_device, quantize_int8
+from training.generation import sample_lines
 from training.trainer import evaluate, perplexity
 
 
 def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | None = None,
                       options: ImportOptions | None = None, speaker: str | None = None,
-                      threads: int | None = None, batch_size: int = 8, int8: bool = True) -> dict[str, Any]:
+                      threads: int | None = None, batch_size: int = 8, int8: bool = True,
+                      fidelity_lines: int = FIDELITY_LINES) -> dict[str, Any]:
     """Loss and perplexity of the artifact on every turn of its speaker (or `speaker`) in `data`,
     each with its preceding context as the artifact was trained to see it; with `int8`, also through the
-    int8-quantised model that the bot serves on a CPU by default."""
+    int8-quantised model that the bot serves on a CPU by default; with `fidelity_lines`, the fidelity report
+    of that many lines sampled with the persona's own settings (`training.fidelity`; 0: none)."""
     info = read_persona(directory)
     corpus = load_corpus(data, format=fmt, options=options)
     torch.set_num_threads(cpu_threads(threads))
@@ -45,6 +51,12 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
     report = {"artifact": str(info.path), "speaker": info.speaker, "data_speaker": match.name,
               "responses": stats["responses"], "response_tokens": tokens, "loss": loss,
               "perplexity": perplexity(loss), "artifact_val_loss": info.trained_val_loss}
+    if fidelity_lines:
+        # Sampled before the int8 copy replaces nothing: the float32 model, with the persona's own settings.
+        held_out = split_lines(corpus.conversations, query, val_fraction=stored.val_fraction, seed=stored.seed,
+                               unit_responses=config.unit_responses)
+        generated = sample_lines(model, tokenizer, info.speaker, fidelity_lines, info.generation, seed=stored.seed)
+        report["fidelity"] = measure_fidelity(generated, held_out, persona=info.speaker, seed=stored.seed).to_json()
     if int8:
         # The quality cost of the CPU's fast backend: the same responses through the int8 model, in float32
         # arithmetic elsewhere (no autocast), against the float32 model's figures above.

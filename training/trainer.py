@@ -17,7 +17,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from training import artifact
 from training.dataset import (BLOCK_SIZE, CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaDataset, attention_mask,
                               build_dataset, fingerprint)
 from training.errors import DataError, TrainingError, TrainingInterrupted
+from training.fidelity import FIDELITY_LINES, FidelityReport, measure_fidelity, split_lines
 from training.formats.base import CONVERSATION_GAP_MINUTES, ImportOptions, conversation_gap_problem
 from training.generation import GenerationSettings, sample_lines
 from training.loader import Corpus, corpus_kind, load_corpus, single_voice_as
@@ -79,6 +80,7 @@ class TrainConfig:
     columns: dict[str, str] = field(default_factory=dict)   # tables and data sets: column per role
     conversation_gap_minutes: float = CONVERSATION_GAP_MINUTES
     samples: int = 5
+    fidelity_lines: int = FIDELITY_LINES   # lines sampled for persona.json's fidelity report (0: none)
     # Settings that do not change the result:
     precision: str = "auto"
     threads: int | None = None
@@ -132,6 +134,8 @@ class TrainConfig:
             problems.append(gap_problem)
         if self.samples < 0:
             problems.append("--samples must be 0 or more")
+        if self.fidelity_lines < 0:
+            problems.append("--fidelity-lines must be 0 or more")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of: {', '.join(PRECISIONS)}")
         return problems
@@ -599,11 +603,12 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
         # An unmerged LoRA model samples through its core, where the adapter layers sit in place.
         samples = sample_lines(_core(run.model), run.tokenizer, dataset.speaker.name, cfg.samples, generation,
                                seed=cfg.seed) if cfg.samples else []
+        fidelity = _fidelity(run, generation) if cfg.fidelity_lines else None
         _save_model(run, staged)
         index_size = artifact.write_training_text(staged, dataset.responses(), dataset.context_texts())
         artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.state.train_history), run.state.val_history,
                              f"{dataset.speaker.name} ({run.base_label})")
-        persona = _persona_info(run, metrics, generation, samples, index_size)
+        persona = replace(_persona_info(run, metrics, generation, samples, index_size), fidelity=fidelity)
         persona.write(staged)
         artifact.commit(staged, out)
     except BaseException as e:
@@ -616,6 +621,25 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
                                 "room, then run the same command again to finish quickly") from e
         raise
     return persona
+
+
+def _fidelity(run: _Run, generation: GenerationSettings) -> FidelityReport | None:
+    """The trained model's fidelity report (training.fidelity) on this run's own held-out lines, sampled with
+    the persona's settings and the run's seed; None (said) where it cannot be measured: the model is kept."""
+    cfg = run.cfg
+    started = time.monotonic()
+    run.progress.phase("measuring fidelity", f"{cfg.fidelity_lines} sampled lines against held-out ones")
+    try:
+        held_out = split_lines(run.corpus.conversations, cfg.speaker, val_fraction=cfg.val_fraction,
+                               seed=cfg.seed, unit_responses=run.dataset.config.unit_responses)
+        generated = sample_lines(_core(run.model), run.tokenizer, run.dataset.speaker.name, cfg.fidelity_lines,
+                                 generation, seed=cfg.seed)
+        report = measure_fidelity(generated, held_out, persona=run.dataset.speaker.name, seed=cfg.seed)
+    except (DataError, ValueError) as e:
+        run.progress.phase("fidelity not measured", str(e))
+        return None
+    run.progress.phase("fidelity measured", f"{report.summary()} ({time.monotonic() - started:.1f} s)")
+    return report
 
 
 def _save_model(run: _Run, staged: Path) -> None:
