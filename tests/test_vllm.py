@@ -81,6 +81,19 @@ def _distance(served: dict[str, float], local: dict[str, float]) -> float:
     return max(abs(p - local[token]) if token in local else float("inf") for token, p in served.items())
 
 
+def _local_reply(persona: Persona) -> str:
+    """The in-process greedy reply's text as the remote backend ends it: cut at the transcript's stops (the
+    server stops there; in process the engine's turn cut does it later)."""
+    settings = persona.settings.with_overrides(**GREEDY)
+    prompt = persona.prompt(TURNS, settings)
+    text = persona.tokenizer.decode(persona.generate([prompt], [settings], [0])[0])
+    return transcript.cut_at_stops(text, transcript.stop_strings(persona.tokenizer, _prompt_text(persona, prompt)))
+
+
+def _texts(persona: Persona, futures) -> list[str]:
+    return [persona.tokenizer.decode(f.result(timeout=120)) for f in futures]
+
+
 def _greedy(persona: Persona, seeds: list[int]):
     settings = persona.settings.with_overrides(**GREEDY)
     prompt = persona.prompt(TURNS, settings)
@@ -99,10 +112,8 @@ def test_a_whole_model_persona_is_served_as_it_runs_in_process(llama, vllm):
     try:
         assert served.backend.model == str(llama.full)       # the base: the one listed model without a parent
         assert served.backend.health.endswith(": ok")
-        settings = local.settings.with_overrides(**GREEDY)
-        prompt = local.prompt(TURNS, settings)
-        expected = local.generate([prompt], [settings], [0])[0]
-        assert expected and [f.result(timeout=120) for f in _greedy(served, [0, 1])] == [expected, expected]
+        expected = _local_reply(local)
+        assert expected.strip() and _texts(served, _greedy(served, [0, 1])) == [expected, expected]
     finally:
         served.backend.close()
 
@@ -128,9 +139,7 @@ def test_three_lora_personas_asked_together_each_answer_as_their_own_adapter(lla
         # Greedy replies: every row of every persona sent before any answer is read.
         rows = {s: _greedy(p, [0, 1, 2]) for s, p in served.items()}
         for speaker, futures in rows.items():
-            settings = local[speaker].settings.with_overrides(**GREEDY)
-            expected = local[speaker].generate([local[speaker].prompt(TURNS, settings)], [settings], [0])[0]
-            assert [f.result(timeout=120) for f in futures] == [expected] * 3, speaker
+            assert _texts(served[speaker], futures) == [_local_reply(local[speaker])] * 3, speaker
         # Each module is its own adapter: the log-probabilities of the first token after one prompt (Alice's)
         # are that adapter's in process, and not another's.
         ids = _prompt(local["alice"])
