@@ -54,7 +54,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.core.filters.leak_guard import LeakGuard, _words  # noqa: E402
+from training.leak_guard import LeakGuard, _words  # noqa: E402
 from training.conversation import Conversation, Message  # noqa: E402
 from training.demo import DEMO_SPEAKER, demo_plays  # noqa: E402
 from training.errors import DataError  # noqa: E402

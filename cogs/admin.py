@@ -24,6 +24,7 @@ from bot.jobs.retrain import Retrainer, RetrainError, RetrainResult
 from cogs.utils.live_message import LiveMessage
 from cogs.utils.personas import find_or_say, persona_names
 from training.errors import DataError
+from training.fidelity import fidelity_line
 from training.progress import ProgressState, format_duration
 
 log = logging.getLogger("personabot.admin")
@@ -219,6 +220,7 @@ class Admin(commands.Cog):
             f"**{persona.name}** · model `{persona.path.name}` ({persona.backend.name}"
             f"{': ' + health if health else ''})",
             f"validation loss {_num(trained.val_loss)} · perplexity {_num(trained.val_perplexity)}",
+            f"sounds like them: {fidelity_line(persona.info.fidelity)}",
             f"up {format_duration(time.time() - self.bot.started)} · queue {self.bot.engine.queue_depth}",
             self._personas_line(),
             await self._shard_line(),

@@ -109,6 +109,7 @@ class Personas(commands.Cog):
     async def persona_info(self, interaction: discord.Interaction, name: str | None = None) -> None:
         """Who a persona is: its owner, its artifact, how well it learnt, how it samples."""
         from training.artifact import ArtifactError, read_persona
+        from training.fidelity import fidelity_line
 
         if name is None:
             entry, why = await self._speaking_here(interaction)
@@ -133,6 +134,7 @@ class Personas(commands.Cog):
         lines = [f"**{title}** ({owner}){f', speaking here ({why})' if name is None and entry else ''}",
                  f"Artifact: {describe_artifact(info, models_dir)}, trained as {info.speaker}",
                  f"Validation loss: {loss:.3f}" if loss is not None else "Validation loss: not measured",
+                 f"Sounds like them: {fidelity_line(info.fidelity)}",
                  f"Generation: temperature {settings.temperature}, top_k {settings.top_k}, top_p {settings.top_p}, "
                  f"repetition penalty {settings.repetition_penalty}, up to {settings.max_new_tokens} tokens"
                  + (f" (set for this persona: {', '.join(sorted(generation))})" if generation else "")]

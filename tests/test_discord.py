@@ -221,6 +221,8 @@ async def test_an_admin_retrain_shows_progress_swaps_and_can_be_rolled_back(worl
     assert general.last_message.author == env.bot.user                    # served by the new model
     status = await bob.slash(general, "status")
     assert new.name in status.response.content and "no retrain running" in status.response.content
+    # The new model's fidelity report, measured when it was trained, in one line.
+    assert "sounds like them: taken for Alice in " in status.response.content
 
     back = await admin.slash(general, "rollback")
     assert "Rolled back" in back.response.content and env.bot.engine.persona.path == alice_artifact

@@ -216,3 +216,9 @@ def test_the_classifier_learns_from_a_seeded_sample_of_a_large_corpus():
     assert kept == sorted(kept, key=texts.index)                # in their order
     assert _at_most(texts, seed=3, limit=10) == kept and _at_most(texts, seed=4, limit=10) != kept
     assert _at_most(texts, seed=3, limit=50) == texts
+
+
+def test_an_artifact_without_a_report_says_how_to_get_one():
+    from training.fidelity import fidelity_line
+
+    assert "not measured" in fidelity_line(None) and "personabot eval" in fidelity_line(None)

@@ -585,7 +585,7 @@ def test_numbers_not_in_the_training_text_or_said_by_many_are_not_rejected():
 def test_a_check_compares_a_bounded_number_of_lines(monkeypatch):
     import itertools
 
-    import bot.core.filters.leak_guard as filters
+    import training.leak_guard as filters
 
     comparisons = []
     real = filters._within_edits

@@ -237,8 +237,9 @@ async def test_persona_list_and_info_show_who_speaks_where_and_what_they_are(wor
     assert alice.startswith("**Alice** (this server), speaking here (channel assignment)")
     assert "Artifact: whole model, trained as Alice" in alice and "Validation loss: " in alice
     assert "temperature " in alice and "not measured" not in alice
+    assert "Sounds like them: taken for Alice in " in alice and "Alice's own real lines: " in alice
     carol_info = await ok(mallory, b_general, "persona info", name="carol")
-    assert carol_info.startswith("**Carol** (this server)")
+    assert carol_info.startswith("**Carol** (this server)") and "Sounds like them: taken for Carol in " in carol_info
     # Its base (Alice's model, outside MODELS_DIR) is named by its directory's name: no path of the bot's machine.
     assert "Artifact: LoRA adapter on alice, trained as Carol" in carol_info and str(models.parent) not in carol_info
 

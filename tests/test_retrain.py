@@ -192,3 +192,42 @@ def test_progress_events_read_back_what_the_child_wrote():
     child.done(out="x")
     state.read_line(out.getvalue().splitlines()[-1])
     assert state.done
+
+
+def test_a_model_whose_lines_pass_for_the_person_less_often_is_kept_out_unless_forced(alice_artifact, tmp_path,
+                                                                                     data_dir):
+    """The fidelity margin (RETRAIN_FIDELITY_MARGIN), with the loss out of the way: at -1 any new model's
+    attribution counts as too low; forced, it is swapped in anyway; and an artifact older than fidelity
+    reports (none in its persona.json) is not compared."""
+    import shutil
+
+    from training.artifact import read_persona
+
+    assert read_persona(alice_artifact).fidelity is not None
+    older = tmp_path / "older-alice"
+    shutil.copytree(alice_artifact, older)
+    persona = json.loads((older / "persona.json").read_text())
+    persona["fidelity"] = None
+    (older / "persona.json").write_text(json.dumps(persona))
+    (tmp_path / "older").mkdir()
+
+    async def main():
+        store, engine, retrainer = await _setup(alice_artifact, tmp_path, data_dir, loss_margin=100.0,
+                                                fidelity_margin=-1.0)
+        with pytest.raises(RetrainError) as refused:
+            await retrainer.run(epochs=100)
+        kept = engine.persona.path
+        forced = await retrainer.run(epochs=100, force=True)
+        await engine.close()
+        await store.close()
+        store, engine, retrainer = await _setup(older, tmp_path / "older", data_dir, loss_margin=100.0,
+                                                fidelity_margin=-1.0)
+        unmeasured = await retrainer.run(epochs=100)          # nothing to compare with: swapped
+        serving = engine.persona.path
+        await engine.close()
+        await store.close()
+        return str(refused.value), kept, forced.artifact, unmeasured.artifact, serving
+
+    message, kept, forced, unmeasured, serving = run(main())
+    assert "the new model's lines are taken for Alice in " in message and "RETRAIN_FIDELITY_MARGIN" in message
+    assert kept == alice_artifact and forced != alice_artifact and serving == unmeasured != older

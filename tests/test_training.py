@@ -58,6 +58,7 @@ def test_train_from_scratch_writes_a_whole_artifact_that_samples_and_evaluates(m
     fidelity = read_persona(out).fidelity
     assert fidelity is not None and fidelity.lines == FIDELITY_LINES and fidelity.persona == "Alice"
     assert fidelity.ceiling is not None and fidelity.floor is not None and fidelity.ceiling > fidelity.floor
+    assert fidelity.copied is not None and 0 <= fidelity.copied <= 1    # what the bot's leak guard refuses
     assert "measuring fidelity" in [e.get("phase") for e in log if e["event"] == "phase"]
     with gzip.open(out / "training_text.jsonl.gz", "rt") as f:
         index = [json.loads(line) for line in f]
@@ -310,6 +311,7 @@ def _persona_info(path):
     from training.artifact import DataSummary, LoraInfo, LossFigures, Metrics, PersonaInfo, TrainingSummary
     from training.dataset import DatasetConfig
     from training.generation import GenerationSettings
+    from training.fidelity import FidelityReport
 
     return PersonaInfo(
         path=path, speaker="Alice", generation=GenerationSettings(temperature=0.7, context_tokens=128),
@@ -321,7 +323,11 @@ def _persona_info(path):
                             val={"responses": 10}, training_text_entries=110),
         dataset=DatasetConfig(context_tokens=128, block_size=256),
         training=TrainingSummary(steps=40, stopped="completed", lr=5e-5, device="cpu", precision="fp32"),
-        history={"train": [[1, 4.0]], "val": [[40, 3.25]]}, samples=["hi", "pizza?"])
+        history={"train": [[1, 4.0]], "val": [[40, 3.25]]}, samples=["hi", "pizza?"],
+        fidelity=FidelityReport(persona="Alice", lines=40, attribution=0.71, ceiling=0.83, floor=0.09,
+                                compared="Alice against 2 other speakers", distinct1=0.3, distinct2=0.6,
+                                real_distinct1=0.35, real_distinct2=0.7, copied=0.05, median_words=6.0,
+                                real_median_words=7.0, length_distance=1.5, seed=0))
 
 
 def test_persona_info_writes_and_reads_every_field(tmp_path):
@@ -334,8 +340,9 @@ def test_persona_info_writes_and_reads_every_field(tmp_path):
     written = json.loads((out / "persona.json").read_text())
     assert list(written) == ["personabot_artifact", "prompt_format", "speaker", "speaker_names", "speaker_ids",
                              "base", "from_scratch", "base_label", "lora", "corpus_kind", "created_at", "data",
-                             "dataset", "training", "metrics", "history", "generation", "samples"]
+                             "dataset", "training", "metrics", "history", "generation", "samples", "fidelity"]
     assert written["metrics"]["trained"]["val_loss"] == 3.25 and written["lora"]["merged"] is True
+    assert written["fidelity"]["attribution"] == 0.71 and read_persona(out).fidelity.ceiling == 0.83
     assert info.trained_val_loss == 3.25 and info.base_val_loss == 4.5
 
 
@@ -346,14 +353,14 @@ def test_an_older_persona_json_without_some_keys_still_reads(tmp_path):
     _persona_info(out).write(out)
     written = json.loads((out / "persona.json").read_text())
     for key in ("speaker_names", "speaker_ids", "lora", "corpus_kind", "data", "dataset", "training", "history",
-                "samples", "base_label"):
+                "samples", "base_label", "fidelity"):
         del written[key]
     del written["metrics"]["base"]
     (out / "persona.json").write_text(json.dumps(written))
     info = read_persona(out)
     assert info.speaker == "Alice" and info.base == "gpt2" and info.dataset is None and info.lora is None
     assert info.trained_val_loss == 3.25 and info.base_val_loss is None and info.samples == []
-    assert info.generation.context_tokens == 128 and info.training.steps is None
+    assert info.generation.context_tokens == 128 and info.training.steps is None and info.fidelity is None
 
 
 def test_a_persona_json_of_the_wrong_shape_is_a_clear_error(tmp_path):

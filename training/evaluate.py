@@ -18,6 +18,7 @@ from training.formats.base import ImportOptions
 from training.loader import load_corpus, single_voice_as
 from training.modelling import cpu_threads, pick_device, quantize_int8
 from training.generation import sample_lines
+from training.leak_guard import LeakGuard
 from training.trainer import evaluate, perplexity
 
 
@@ -56,7 +57,9 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
         held_out = split_lines(corpus.conversations, query, val_fraction=stored.val_fraction, seed=stored.seed,
                                unit_responses=config.unit_responses)
         generated = sample_lines(model, tokenizer, info.speaker, fidelity_lines, info.generation, seed=stored.seed)
-        report["fidelity"] = measure_fidelity(generated, held_out, persona=info.speaker, seed=stored.seed).to_json()
+        guard = LeakGuard.from_artifact(info.path)      # the bot's own guard for this artifact
+        report["fidelity"] = measure_fidelity(generated, held_out, persona=info.speaker, seed=stored.seed,
+                                              copied=lambda line: guard.check(line) is not None).to_json()
     if int8:
         # The quality cost of the CPU's fast backend: the same responses through the int8 model, in float32
         # arithmetic elsewhere (no autocast), against the float32 model's figures above.

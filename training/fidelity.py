@@ -136,6 +136,15 @@ class FidelityReport:
                 f"others': {floor}; {rest}")
 
 
+def fidelity_line(report: FidelityReport | None) -> str:
+    """How a persona's report reads where the bot shows it (/status, /persona info): its summary, or how an
+    older artifact, trained before reports, gets one."""
+    if report is None:
+        return ("not measured (trained before fidelity reports: `personabot eval DIR --data EXPORTS` measures "
+                "it)")
+    return report.summary()
+
+
 # The JSON type of each report field ("?": may be null), checked by `from_json`.
 _FIELD_KINDS = {
     "persona": "str", "lines": "int", "attribution": "float?", "ceiling": "float?", "floor": "float?",

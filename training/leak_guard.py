@@ -11,6 +11,10 @@ it keeps a line's distinctive words. So "yes", "lol same", "see you soon", "are 
 everybody, are never blocked for being short and common, while "code is swordfish" for "gate code is
 swordfish" is; replies of one or two words are never near-duplicates. The class docstring has the details,
 and `bench/leak_guard.py` measures its memory and speed.
+
+It lives in training/ because both halves apply the one rule: the bot's output filter (`bot.core.filters`)
+refuses such replies, and a new persona's fidelity report (`training.fidelity`) counts how many of its
+sampled lines the bot would refuse.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from bot.core.filters._text import FORMAT_CHARS
+from training.text_forms import FORMAT_CHARS
 
 # A reply sharing this many consecutive words with the training text is a leak (LEAK_NGRAM_WORDS).
 NGRAM_WORDS = 8

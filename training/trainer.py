@@ -29,7 +29,8 @@ from training import artifact
 from training.dataset import (BLOCK_SIZE, CONTEXT, RESPONSE, Blocks, DatasetConfig, PersonaDataset, attention_mask,
                               build_dataset, fingerprint)
 from training.errors import DataError, TrainingError, TrainingInterrupted
-from training.fidelity import FIDELITY_LINES, FidelityReport, measure_fidelity, split_lines
+from training.fidelity import FIDELITY_LINES, FidelityReport, HeldOutLines, measure_fidelity, split_lines
+from training.leak_guard import LeakGuard
 from training.formats.base import CONVERSATION_GAP_MINUTES, ImportOptions, conversation_gap_problem
 from training.generation import GenerationSettings, sample_lines
 from training.loader import Corpus, corpus_kind, load_corpus, single_voice_as
@@ -603,13 +604,16 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
         # An unmerged LoRA model samples through its core, where the adapter layers sit in place.
         samples = sample_lines(_core(run.model), run.tokenizer, dataset.speaker.name, cfg.samples, generation,
                                seed=cfg.seed) if cfg.samples else []
-        fidelity = _fidelity(run, generation) if cfg.fidelity_lines else None
+        measured = _fidelity_lines(run, generation) if cfg.fidelity_lines else None
         _save_model(run, staged)
         index_size = artifact.write_training_text(staged, dataset.responses(), dataset.context_texts())
         artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.state.train_history), run.state.val_history,
                              f"{dataset.speaker.name} ({run.base_label})")
-        persona = replace(_persona_info(run, metrics, generation, samples, index_size), fidelity=fidelity)
+        persona = _persona_info(run, metrics, generation, samples, index_size)
         persona.write(staged)
+        if measured is not None:     # copying is counted by the guard the bot will build from these files
+            persona = replace(persona, fidelity=_fidelity(run, staged, *measured))
+            persona.write(staged)
         artifact.commit(staged, out)
     except BaseException as e:
         shutil.rmtree(staged, ignore_errors=True)
@@ -623,19 +627,31 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
     return persona
 
 
-def _fidelity(run: _Run, generation: GenerationSettings) -> FidelityReport | None:
-    """The trained model's fidelity report (training.fidelity) on this run's own held-out lines, sampled with
-    the persona's settings and the run's seed; None (said) where it cannot be measured: the model is kept."""
+def _fidelity_lines(run: _Run, generation: GenerationSettings) -> tuple[list[str], HeldOutLines] | None:
+    """For the fidelity report (training.fidelity): lines the trained model samples with the persona's settings
+    and the run's seed, and this run's own held-out real lines; None (said) where they cannot be had."""
     cfg = run.cfg
-    started = time.monotonic()
     run.progress.phase("measuring fidelity", f"{cfg.fidelity_lines} sampled lines against held-out ones")
     try:
         held_out = split_lines(run.corpus.conversations, cfg.speaker, val_fraction=cfg.val_fraction,
                                seed=cfg.seed, unit_responses=run.dataset.config.unit_responses)
-        generated = sample_lines(_core(run.model), run.tokenizer, run.dataset.speaker.name, cfg.fidelity_lines,
-                                 generation, seed=cfg.seed)
-        report = measure_fidelity(generated, held_out, persona=run.dataset.speaker.name, seed=cfg.seed)
-    except (DataError, ValueError) as e:
+    except DataError as e:
+        run.progress.phase("fidelity not measured", str(e))
+        return None
+    generated = sample_lines(_core(run.model), run.tokenizer, run.dataset.speaker.name, cfg.fidelity_lines,
+                             generation, seed=cfg.seed)
+    return generated, held_out
+
+
+def _fidelity(run: _Run, staged: Path, generated: list[str], held_out: HeldOutLines) -> FidelityReport | None:
+    """The report of `generated` against `held_out`, copying counted by the leak guard of the artifact being
+    built (`staged`: its training-text index and its bases', as the bot reads them)."""
+    started = time.monotonic()
+    guard = LeakGuard.from_artifact(staged)
+    try:
+        report = measure_fidelity(generated, held_out, persona=run.dataset.speaker.name, seed=run.cfg.seed,
+                                  copied=lambda line: guard.check(line) is not None)
+    except ValueError as e:
         run.progress.phase("fidelity not measured", str(e))
         return None
     run.progress.phase("fidelity measured", f"{report.summary()} ({time.monotonic() - started:.1f} s)")

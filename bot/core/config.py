@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.core.filters import Blocklist
-from bot.core.filters.leak_guard import NGRAM_WORDS
+from training.leak_guard import NGRAM_WORDS
 from bot.core.posts import DEFAULT_MODE, GRACE_MINUTES, MODE_HELP, MODES, POST_TARGET_HELP, PostTarget
 
 # Generation backends (bot.inference.backends); "auto" picks the fastest on this machine. Declared here, not in
@@ -64,6 +64,7 @@ class Settings:
     channel_cooldown_s: float
     retention_days: float
     retrain_loss_margin: float
+    retrain_fidelity_margin: float
     log_messages_for_training: bool
     max_upload_mb: float
     post_schedule: str | None
@@ -329,6 +330,9 @@ VARIABLES: tuple[Variable, ...] = (
              maximum=36500),
     Variable("RETRAIN_LOSS_MARGIN", "retrain_loss_margin", Number(float), 0.05,
              "how much worse a retrained model may validate", minimum=0),
+    Variable("RETRAIN_FIDELITY_MARGIN", "retrain_fidelity_margin", Number(float), 0.10,
+             "how much smaller a share of a retrained model's lines may pass for the person's", minimum=0,
+             maximum=1),
     Variable("LOG_MESSAGES_FOR_TRAINING", "log_messages_for_training", _flag, False,
              "/retrain learns from stored messages"),
     Variable("RETRAIN_MAX_UPLOAD_MB", "max_upload_mb", Number(float), 25.0,

@@ -46,7 +46,7 @@ import torch
 
 from bot.core.config import MAX_BATCH, PERSONA_MEMORY_MB
 from bot.core.filters import Target
-from bot.core.filters.leak_guard import NGRAM_WORDS
+from training.leak_guard import NGRAM_WORDS
 from bot.core.filters.output import EMPTY
 from bot.core.personas import PersonaRef
 from bot.inference.backends import AdapterBackend, SharedBases, expected_bytes, generation_threads

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.core.filters import Blocklist, LeakGuard, OutputFilter
-from bot.core.filters.leak_guard import NGRAM_WORDS
+from training.leak_guard import NGRAM_WORDS
 from bot.inference.backend import Backend
 from bot.inference.backends import SharedBases, load_backend
 from bot.inference.remote import RemoteConfig

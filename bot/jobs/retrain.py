@@ -101,7 +101,7 @@ def slug(name: str) -> str:
 
 class Retrainer:
     def __init__(self, engine: Engine, store: Store, *, data_dir: Path, models_dir: Path,
-                 loss_margin: float = 0.05, python: str = sys.executable,
+                 loss_margin: float = 0.05, fidelity_margin: float = 0.10, python: str = sys.executable,
                  extra_args: Sequence[str] = (), include_logged: bool = False,
                  adapter_retire_s: float = ADAPTER_RETIRE_S) -> None:
         self.engine = engine
@@ -109,6 +109,7 @@ class Retrainer:
         self.data_dir = Path(data_dir)
         self.models_dir = Path(models_dir)
         self.loss_margin = loss_margin
+        self.fidelity_margin = fidelity_margin   # attribution share (training.fidelity) a new model may lose
         self.python = python
         self.extra_args = list(extra_args)   # e.g. ["--time-budget", "600"] from the settings
         self.include_logged = include_logged  # also learn from the channel messages in the store
@@ -455,8 +456,10 @@ class Retrainer:
         return code, (await errors).decode("utf-8", "replace")
 
     def _accept(self, current: PersonaInfo, out: Path, force: bool) -> PersonaInfo:
-        """The new artifact's persona.json, if it may replace the current one: it reads, and its validation
-        loss is not worse than the current one's by more than the margin (unless `force`)."""
+        """The new artifact's persona.json, if it may replace the current one: it reads, its validation loss
+        is not worse than the current one's by more than the loss margin, and the share of its lines taken for
+        the person (its fidelity report's attribution) is not smaller than the current one's by more than the
+        fidelity margin (unless `force`; a model without a report is not compared)."""
         try:
             info = read_persona(out)
         except ArtifactError as e:
@@ -465,6 +468,14 @@ class Retrainer:
         if not force and _finite(new_loss) and _finite(old_loss) and new_loss > old_loss + self.loss_margin:
             raise RetrainRejected(f"the new model's validation loss {new_loss:.3f} is worse than the current "
                                   f"{old_loss:.3f} by more than {self.loss_margin}; kept the current one (use "
+                                  "force to swap anyway)")
+        new_share = info.fidelity.attribution if info.fidelity else None
+        old_share = current.fidelity.attribution if current.fidelity else None
+        if not force and new_share is not None and old_share is not None and \
+                new_share < old_share - self.fidelity_margin:
+            raise RetrainRejected(f"the new model's lines are taken for {info.speaker} in {new_share:.0%} of lines, "
+                                  f"the current one's in {old_share:.0%}: fewer by more than "
+                                  f"{self.fidelity_margin:.0%} (RETRAIN_FIDELITY_MARGIN); kept the current one (use "
                                   "force to swap anyway)")
         return info
 

@@ -79,6 +79,7 @@ class PersonaBot(commands.AutoShardedBot):
         self.retrainer = retrainer or Retrainer(engine, store, data_dir=settings.train_data_dir,
                                                 models_dir=settings.models_dir,
                                                 loss_margin=settings.retrain_loss_margin,
+                                                fidelity_margin=settings.retrain_fidelity_margin,
                                                 include_logged=settings.log_messages_for_training)
 
         self.started = time.time()

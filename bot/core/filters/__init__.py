@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from bot.core.filters.blocklist import Blocklist, FilterConfigError
 from bot.core.filters.cut import cut_to_length
-from bot.core.filters.leak_guard import LeakGuard
+from training.leak_guard import LeakGuard
 from bot.core.filters.mentions import neutralise_mentions
 from bot.core.filters.output import DISCORD, DISCORD_LIMIT, TERMINAL, TWITTER, NameResolver, OutputFilter, Target
 from bot.core.filters.twitter import TWEET_LIMIT, has_link, tweet_length

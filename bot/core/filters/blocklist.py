@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from bot.core.filters._text import FORMAT_CHARS
+from training.text_forms import FORMAT_CHARS
 
 
 class FilterConfigError(ValueError):

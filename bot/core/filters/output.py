@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from bot.core.filters.blocklist import Blocklist
 from bot.core.filters.cut import cut_to_length
-from bot.core.filters.leak_guard import LeakGuard
+from training.leak_guard import LeakGuard
 from bot.core.filters.mentions import neutralise_mentions
 from bot.core.filters.twitter import TWEET_LIMIT, tweet_length
 
