@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.core.config import BACKENDS, Settings
-from training.cli import EXIT_BAD_INPUT, add_commands, run_command
+from bot.core.quiz import MAX_QUIZ_ROUNDS, QUIZ_ROUNDS
+from training.cli import EXIT_BAD_INPUT, add_commands, add_data_options, run_command
 from training.terminal_text import shown
 
 if TYPE_CHECKING:   # imported when used: the engine pulls in torch, which `personabot --help` need not load
@@ -34,11 +35,14 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, help="CPU threads for generation (default: half the cores)")
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def _engine(args: argparse.Namespace, blocklist_file: Path | None = None) -> Engine:
+    """The engine for `args.dir`, with the blocklist of `blocklist_file` when given."""
+    from bot.core.filters.blocklist import Blocklist
     from bot.inference.engine import Engine
 
     return Engine.load(args.dir, backend=args.backend, threads=args.threads,
-                       generation=_generation_overrides(args), remote=_remote(args.backend))
+                       generation=_generation_overrides(args), remote=_remote(args.backend),
+                       blocklist=Blocklist.from_file(blocklist_file) if blocklist_file else None)
 
 
 def _remote(backend: str):
@@ -101,6 +105,81 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from bot.adapters.console import chat
 
     return chat(_engine(args), user=args.name)
+
+
+def cmd_quiz(args: argparse.Namespace) -> int:
+    """`personabot quiz DIR`: the blind quiz (`bot.core.quiz`) in the terminal; the result is added to the
+    artifact's kept results in the bot's database (DATABASE_URL, else DATABASE_PATH), which /persona info shows."""
+    import asyncio
+
+    from bot.core.config import ConfigError, load_settings
+    from bot.core.store import StoreError
+    from bot.jobs.quiz import QuizError
+
+    if not 1 <= args.rounds <= MAX_QUIZ_ROUNDS:
+        print(f"personabot: error: --rounds must be 1 to {MAX_QUIZ_ROUNDS}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        settings = load_settings()
+        real = None
+        if args.data:     # an artifact trained before quizzes: its held-out lines split from its exports again
+            from training.cli import import_options
+            from training.evaluate import held_out_lines
+
+            real = held_out_lines(args.dir, args.data, fmt=args.format, options=import_options(args))
+        # The bot's blocklist (BLOCKLIST_FILE), as for replies: no line it refuses is shown, real or generated.
+        return asyncio.run(_quiz(args, settings, _engine(args, settings.blocklist_file), real))
+    except (ConfigError, StoreError, QuizError) as e:
+        print(f"personabot: error: {shown(str(e))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+async def _quiz(args: argparse.Namespace, settings: Settings, engine: Engine, real: list[str] | None) -> int:
+    import asyncio
+    import random
+
+    from bot.core.filters import TERMINAL
+    from bot.core.quiz import QuizScore
+    from bot.jobs.quiz import prepare_quiz
+    from bot.storage import open_store
+
+    async with await open_store(settings) as store, engine:
+        print(f"personabot: sampling {engine.persona.name}'s lines for the quiz...", file=sys.stderr)
+        quiz = await prepare_quiz(engine, store, None, rounds=args.rounds, target=TERMINAL,
+                                  rng=random.Random(args.seed), real=real)
+        name = shown(quiz.name)
+        print(f"Blind quiz: {len(quiz.rounds)} rounds. Each shows two lines: one is {name}'s own, never trained on; "
+              f"the other {name}'s persona wrote. Pick the real one (1 or 2; q stops).")
+        score = QuizScore()
+        for number, round_ in enumerate(quiz.rounds, 1):
+            print(f"\nRound {number} of {len(quiz.rounds)}")
+            for option, line in enumerate(round_.options, 1):
+                print(f"  {option}) {shown(line, keep_newlines=True)}")
+            picked = await asyncio.to_thread(_ask_pick)
+            if picked is None:
+                break
+            fooled = round_.fooled_by(picked)
+            score += QuizScore(1, int(fooled))
+            print("  The persona's line: you took it for the real one." if fooled else "  Right: that was the real one.")
+        print(f"\nThis quiz: {score.summary(quiz.name)}.")
+        if score.rounds:
+            kept = await store.add_quiz_score(quiz.artifact, score)
+            print(f"All quizzes on this model ({store.where}): {kept.summary(quiz.name)}.")
+    return 0
+
+
+def _ask_pick() -> int | None:
+    """The option picked (0 or 1) from the terminal; None to stop (q, or the end of input)."""
+    while True:
+        try:
+            answer = input("Real one (1/2)? ").strip().casefold()
+        except EOFError:
+            return None
+        if answer in ("1", "2"):
+            return int(answer) - 1
+        if answer in ("q", "quit"):
+            return None
+        print("  1 or 2, please (q stops)")
 
 
 def _build_demo(settings: Settings) -> None:
@@ -278,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--name", default="You", help="your name in the conversation (default You)")
     _add_generation_options(chat)
     chat.set_defaults(func=cmd_chat)
+
+    quiz = sub.add_parser("quiz", help="a blind quiz: tell the persona's lines from the person's real ones",
+                          description="Rounds of two lines of similar length: one real line of the person that "
+                                      "training held out, one the persona writes now. Pick the real one; at the end, "
+                                      "how often the persona's line was taken for the real one (50%% means they "
+                                      "cannot be told apart). The result is added to the model's kept results in the "
+                                      "bot's database (DATABASE_URL, else DATABASE_PATH), which /persona info shows.")
+    quiz.add_argument("dir", type=Path, help="persona artifact directory")
+    quiz.add_argument("--rounds", type=int, default=QUIZ_ROUNDS, help=f"rounds (default {QUIZ_ROUNDS}, at most "
+                                                                       f"{MAX_QUIZ_ROUNDS})")
+    quiz.add_argument("--seed", type=int, help="seed for repeatable rounds")
+    quiz.add_argument("--data", nargs="+", metavar="PATH",
+                      help="its training exports: for a model trained before quizzes, whose artifact keeps no "
+                           "held-out lines (they are split from the exports as its training split them)")
+    add_data_options(quiz)
+    _add_generation_options(quiz)
+    quiz.set_defaults(func=cmd_quiz)
 
     run = sub.add_parser("run", help="start the bot (builds the demo persona when there is no model yet)")
     run.set_defaults(func=cmd_run)

@@ -1,6 +1,7 @@
-"""Several personas: /persona list|info|use|clear|add|remove.
+"""Several personas: /persona list|info|quiz|use|clear|add|remove.
 
-Everyone may see which personas this server has and which one speaks where (`list`, `info`). A server's
+Everyone may see which personas this server has and which one speaks where (`list`, `info`), and take a
+persona's blind quiz (`quiz`, `bot.core.quiz`). A server's
 admins register artifacts from MODELS_DIR for their server, remove them, and choose the persona of a channel or
 of the whole server; global personas and the bot-wide choice are the bot's owners'. The rules are
 `bot.core.personas`'s (this cog only translates Discord to its calls); a refusal is answered privately, saying why.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from pathlib import Path
 
 import discord
@@ -18,10 +20,13 @@ from discord.ext import commands
 
 from bot.adapters.discord.bot import PersonaBot, assignment_place, guild_admins_only
 from bot.core import personas
+from bot.core.filters import DISCORD
 from bot.core.persona_names import skeletons
+from bot.core.quiz import MAX_QUIZ_ROUNDS, QUIZ_ROUNDS, QuizScore, quiz_line
 from bot.core.personas import PersonaError, PersonaRef
 from bot.core.store import PersonaEntry, StoreError
 from bot.inference.engine import SwapError
+from bot.jobs.quiz import Quiz, QuizError, prepare_quiz
 from cogs.utils.personas import find_or_say, persona_names
 
 log = logging.getLogger("personabot.personas")
@@ -138,9 +143,49 @@ class Personas(commands.Cog):
                  f"Generation: temperature {settings.temperature}, top_k {settings.top_k}, top_p {settings.top_p}, "
                  f"repetition penalty {settings.repetition_penalty}, up to {settings.max_new_tokens} tokens"
                  + (f" (set for this persona: {', '.join(sorted(generation))})" if generation else "")]
+        try:
+            score = await self.bot.store.quiz_score(await asyncio.to_thread(info.path.resolve))
+        except StoreError:
+            score = None
+        lines.insert(4, f"Blind quiz: {quiz_line(score, title, '`/persona quiz` takes it')}")
         if entry is not None and entry.avatar_url:
             lines.append(f"Avatar: {entry.avatar_url}")
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @persona.command(name="quiz")
+    @app_commands.describe(name="a persona's name (default: the one speaking here)",
+                           rounds=f"how many rounds (default {QUIZ_ROUNDS})")
+    @app_commands.autocomplete(name=persona_names)
+    @app_commands.checks.cooldown(1, 30.0, key=lambda i: i.user.id)
+    async def persona_quiz(self, interaction: discord.Interaction, name: str | None = None,
+                           rounds: app_commands.Range[int, 1, MAX_QUIZ_ROUNDS] = QUIZ_ROUNDS) -> None:
+        """A blind quiz, just for you: can you tell the persona's lines from the real person's?"""
+        if name is None:
+            entry, _ = await self._speaking_here(interaction)
+        else:
+            entry = await find_or_say(interaction, name)
+            if entry is None:
+                return
+        # Sampling its lines takes longer than Discord waits for an answer.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            quiz = await prepare_quiz(self.bot.engine, self.bot.store, PersonaRef.of(entry) if entry else None,
+                                      rounds=rounds, target=DISCORD, rng=random.Random())
+        except (QuizError, SwapError) as e:
+            await interaction.edit_original_response(content=f"No quiz: {e}.")
+            return
+        view = QuizView(quiz, interaction.user.id)
+        await interaction.edit_original_response(content=view.page(), view=view)
+        await view.wait()
+        text = f"This quiz: {view.score.summary(quiz.name)}."
+        if view.score.rounds:
+            try:
+                kept = await self.bot.store.add_quiz_score(quiz.artifact, view.score)
+                text += f"\nAll quizzes on this model: {kept.summary(quiz.name)}."
+            except StoreError as e:
+                log.error("could not keep a quiz result for %s: %s", quiz.artifact, e)
+                text += "\n(The database is busy: this result was not kept.)"
+        await interaction.edit_original_response(content=text, view=None)
 
     @persona.command(name="use")
     @app_commands.describe(name="the persona's name", scope="where it speaks")
@@ -250,6 +295,55 @@ class Personas(commands.Cog):
             f"Removed **{name}**" + (f" and its {dropped} assignment(s)." if dropped else "."), ephemeral=True)
         if gone is not None:
             await personas.unload_if_unnamed(self.bot.store, self.bot.engine.forget, gone.artifact_path)
+
+
+class QuizView(discord.ui.View):
+    """A quiz's rounds, one page at a time; only the person who asked can answer. Stops at the last round, at
+    Stop, or after five quiet minutes; `score` is what was answered."""
+
+    def __init__(self, quiz: Quiz, user_id: int) -> None:
+        super().__init__(timeout=300)
+        self.quiz = quiz
+        self.user_id = user_id
+        self.score = QuizScore()
+        self.verdict = ""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.user_id
+
+    def page(self) -> str:
+        """The round to answer now, after the last round's verdict."""
+        round_ = self.quiz.rounds[self.score.rounds]
+        name = self.quiz.name
+        return "\n".join([
+            *([self.verdict] if self.verdict else []),
+            f"**Blind quiz on {name}**, round {self.score.rounds + 1} of {len(self.quiz.rounds)}: one line is "
+            f"{name}'s own (never trained on), the other {name}'s persona wrote. Which is real?",
+            *(f"**{number}.** {line}" for number, line in enumerate(round_.options, 1))])
+
+    async def _pick(self, interaction: discord.Interaction, picked: int) -> None:
+        fooled = self.quiz.rounds[self.score.rounds].fooled_by(picked)
+        self.score += QuizScore(1, int(fooled))
+        self.verdict = (f"Round {self.score.rounds}: " + ("that was the persona's line." if fooled
+                                                          else "right, that was the real one."))
+        if self.score.rounds < len(self.quiz.rounds):
+            await interaction.response.edit_message(content=self.page(), view=self)
+            return
+        self.stop()
+        await interaction.response.defer()
+
+    @discord.ui.button(label="1", style=discord.ButtonStyle.primary)
+    async def first(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self._pick(interaction, 0)
+
+    @discord.ui.button(label="2", style=discord.ButtonStyle.primary)
+    async def second(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self._pick(interaction, 1)
+
+    @discord.ui.button(label="Stop", style=discord.ButtonStyle.secondary)
+    async def end(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.defer()
 
 
 def _inside_models_dir(directory: Path, models_dir: Path, is_owner: bool) -> Path:

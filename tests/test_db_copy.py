@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from databases import TestDatabase
 
+from bot.core.quiz import QuizScore
 from bot.storage.postgres import PostgresStore
 from bot.storage.schema import TABLES
 from bot.storage.sqlite import SQLiteStore
@@ -86,6 +87,8 @@ async def fill(store: Any) -> None:
     await store.claim_post(None, "2024-05-02T10:00:00+00:00", "terminal")
     await store.mark_pending_unknown()
     await store.claim_post(interval, "2024-05-02T11:00:00+00:00", "discord:222", guild_id=111)   # pending
+    await store.add_quiz_score("/models/bob-2", QuizScore(10, 4))
+    await store.add_quiz_score("/models/bob-2", QuizScore(3, 2))
 
 
 def normalised(value: Any) -> Any:
@@ -201,7 +204,7 @@ def test_sqlite_to_postgresql_and_back_copies_every_row_and_the_copies_keep_work
     for copied in (postgres_tables(pg.where), sqlite_tables(back)):
         assert {t: len(rows) - len(original[t][1]) for t, (_, rows) in copied.items()} == {
             "channel_messages": 1, "personas": 1, "schedules": 1, "posts": 1, "training_runs": 1, "assignments": 1,
-            "settings": 0, "opt_outs": 0, "artifact_owners": 0}
+            "settings": 0, "opt_outs": 0, "artifact_owners": 0, "quiz_results": 0}
 
 
 async def _views(store: Any) -> dict[str, Any]:
@@ -212,7 +215,8 @@ async def _views(store: Any) -> dict[str, Any]:
             "opted_out_ids": await store.opted_out_ids(), "runs": await store.runs(limit=10),
             "posts": await store.posts(limit=10), "owner": await store.artifact_owner("/models/bob-2"),
             "settings": [await store.get_setting(k) for k in ("channels", "generation", "twitter_enabled")],
-            "bot_reply": (await store.recent_messages(222, 1))[0]}
+            "bot_reply": (await store.recent_messages(222, 1))[0],
+            "quiz": await store.quiz_score("/models/bob-2")}
 
 
 def test_a_target_with_rows_is_refused_named_without_its_password_and_left_as_it_was(cli, tmp_path, pg):

@@ -208,14 +208,14 @@ def test_a_trained_persona_is_attributed_above_another_speakers_model(persona_ch
 
 def test_the_classifier_learns_from_a_seeded_sample_of_a_large_corpus():
     """A corpus of years of chat: at most CLASSIFIER_LINES lines of each side, the same ones for one seed."""
-    from training.fidelity import _at_most
+    from training.fidelity import at_most
 
     texts = [f"line {i}" for i in range(50)]
-    kept = _at_most(texts, seed=3, limit=10)
+    kept = at_most(texts, seed=3, limit=10)
     assert len(kept) == 10 and len(set(kept)) == 10 and set(kept) <= set(texts)
     assert kept == sorted(kept, key=texts.index)                # in their order
-    assert _at_most(texts, seed=3, limit=10) == kept and _at_most(texts, seed=4, limit=10) != kept
-    assert _at_most(texts, seed=3, limit=50) == texts
+    assert at_most(texts, seed=3, limit=10) == kept and at_most(texts, seed=4, limit=10) != kept
+    assert at_most(texts, seed=3, limit=50) == texts
 
 
 def test_an_artifact_without_a_report_says_how_to_get_one():

@@ -39,7 +39,7 @@ def test_a_new_database_gets_every_migration_and_records_its_version(pg):
     assert pg.server.psql("SELECT version FROM personabot_schema", pg.name) == str(version)
     tables = set(pg.server.psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'", pg.name).split())
     assert {"channel_messages", "opt_outs", "training_runs", "settings", "schedules", "posts", "personas",
-            "assignments", "artifact_owners", "personabot_schema"} == tables
+            "assignments", "artifact_owners", "quiz_results", "personabot_schema"} == tables
 
 
 def test_processes_that_start_together_migrate_once(pg):

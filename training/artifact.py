@@ -25,7 +25,7 @@ from typing import Any
 
 from training import transcript
 from training.dataset import DatasetConfig
-from training.fidelity import FidelityReport
+from training.fidelity import FidelityReport, at_most
 from training.generation import GenerationSettings
 from training.modelling import MODEL_BUILD_LOCK
 from training.terminal_text import shown
@@ -33,6 +33,10 @@ from training.terminal_text import shown
 ARTIFACT_VERSION = 1
 PERSONA_FILE = "persona.json"
 TRAINING_TEXT_FILE = "training_text.jsonl.gz"
+HELD_OUT_FILE = "held_out.json"
+# The most held-out real lines an artifact keeps for its blind quiz (a seeded sample beyond it): hundreds of
+# rounds' worth, a few tens of kilobytes.
+HELD_OUT_KEPT = 500
 LOSS_PLOT = "loss.png"
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -372,6 +376,34 @@ def write_training_text(directory: Path, responses: Iterable[str], context: Iter
                 f.write(json.dumps({"text": text, "response": is_response}, ensure_ascii=False) + "\n")
                 count += 1
     return count
+
+
+def write_held_out(directory: Path, lines: Sequence[str], seed: int) -> int:
+    """The persona's real lines that training held out (the validation split's, never trained on), kept for
+    its blind quiz (`personabot quiz`, `/persona quiz`): at most `HELD_OUT_KEPT`, a seeded sample. Whoever
+    shows them applies the privacy rules of the day (who opted out, the blocklist) when showing them, since
+    those change after training. Returns how many were kept."""
+    kept = at_most(list(lines), seed, HELD_OUT_KEPT)
+    (directory / HELD_OUT_FILE).write_text(json.dumps({"lines": kept}, ensure_ascii=False), encoding="utf-8")
+    return len(kept)
+
+
+def read_held_out(directory: str | Path) -> list[str] | None:
+    """The lines `write_held_out` kept; None for an artifact trained before quizzes (no file). Raises
+    `ArtifactError` for a damaged file."""
+    path = Path(directory) / HELD_OUT_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"the quiz lines {path} cannot be read ({e}); train the persona again or restore "
+                            "the artifact from a copy") from e
+    lines = data.get("lines") if isinstance(data, dict) else None
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ArtifactError(f"the quiz lines {path} are not a list of lines; train the persona again or restore "
+                            "the artifact from a copy")
+    return lines
 
 
 def read_training_text(directory: str | Path) -> list[dict[str, Any]]:

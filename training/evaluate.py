@@ -13,7 +13,7 @@ import torch
 from training.artifact import load_model, read_persona
 from training.dataset import DatasetConfig, make_blocks, match_speaker, split_units
 from training.errors import DataError
-from training.fidelity import FIDELITY_LINES, measure_fidelity, split_lines
+from training.fidelity import FIDELITY_LINES, HeldOutLines, measure_fidelity, split_lines
 from training.formats.base import ImportOptions
 from training.loader import load_corpus, single_voice_as
 from training.modelling import cpu_threads, pick_device, quantize_int8
@@ -54,8 +54,7 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
               "perplexity": perplexity(loss), "artifact_val_loss": info.trained_val_loss}
     if fidelity_lines:
         # Sampled before the int8 copy replaces nothing: the float32 model, with the persona's own settings.
-        held_out = split_lines(corpus.conversations, query, val_fraction=stored.val_fraction, seed=stored.seed,
-                               unit_responses=config.unit_responses)
+        held_out = _held_out(corpus.conversations, query, stored)
         generated = sample_lines(model, tokenizer, info.speaker, fidelity_lines, info.generation, seed=stored.seed)
         guard = LeakGuard.from_artifact(info.path)      # the bot's own guard for this artifact
         report["fidelity"] = measure_fidelity(generated, held_out, persona=info.speaker, seed=stored.seed,
@@ -68,3 +67,20 @@ def evaluate_artifact(directory: str | Path, data: Sequence[str], *, fmt: str | 
         report["int8"] = {"loss": loss8, "perplexity": perplexity(loss8),
                           "perplexity_change_pct": 100 * (perplexity(loss8) / perplexity(loss) - 1)}
     return report
+
+
+def held_out_lines(directory: str | Path, data: Sequence[str], *, fmt: str | None = None,
+                   options: ImportOptions | None = None) -> list[str]:
+    """The artifact's speaker's real lines in `data` that its training held out, split as its training split
+    them (its own seed and fraction): on its training exports, lines it never saw. For the blind quiz of an
+    artifact trained before artifacts kept them (`training.artifact.write_held_out`)."""
+    info = read_persona(directory)
+    corpus = single_voice_as(load_corpus(data, format=fmt, options=options), info.speaker)
+    stored = info.dataset or DatasetConfig(context_tokens=info.generation.context_tokens)
+    return _held_out(corpus.conversations, info.speaker, stored).persona_heldout
+
+
+def _held_out(conversations, query: str, stored: DatasetConfig) -> HeldOutLines:
+    """The held-out lines of `query` as training with `stored`'s settings split them."""
+    return split_lines(conversations, query, val_fraction=stored.val_fraction, seed=stored.seed,
+                       unit_responses=stored.unit_responses)

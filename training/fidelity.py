@@ -221,9 +221,9 @@ def measure_fidelity(generated: Sequence[str], lines: HeldOutLines, *, persona: 
         length_distance=float(wasserstein_distance(counts, real_counts)), seed=seed)
 
 
-def _at_most(texts: list[str], seed: int, limit: int = CLASSIFIER_LINES) -> list[str]:
-    """`texts`, or a seeded sample of `limit` of them (in their order): the classifier's time and memory stay
-    bounded on a corpus of years of chat."""
+def at_most(texts: list[str], seed: int, limit: int = CLASSIFIER_LINES) -> list[str]:
+    """`texts`, or a seeded sample of `limit` of them (in their order): the classifier's time and memory, and an
+    artifact's quiz lines, stay bounded on a corpus of years of chat."""
     if len(texts) <= limit:
         return texts
     import random
@@ -252,7 +252,7 @@ def _attribution(generated: list[str], lines: HeldOutLines, persona: str,
         # Balanced: the persona is usually a minority of the lines, and its share must not set the threshold.
         ("linear", LogisticRegression(class_weight="balanced", max_iter=1000, random_state=seed)),
     ])
-    mine, theirs = _at_most(lines.persona_train, seed), _at_most(lines.others_train, seed)
+    mine, theirs = at_most(lines.persona_train, seed), at_most(lines.others_train, seed)
     classifier.fit(mine + theirs, [1] * len(mine) + [0] * len(theirs))
 
     def share(texts: list[str]) -> float | None:

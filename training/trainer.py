@@ -604,15 +604,18 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
         # An unmerged LoRA model samples through its core, where the adapter layers sit in place.
         samples = sample_lines(_core(run.model), run.tokenizer, dataset.speaker.name, cfg.samples, generation,
                                seed=cfg.seed) if cfg.samples else []
-        measured = _fidelity_lines(run, generation) if cfg.fidelity_lines else None
+        held_out = _held_out(run)
+        generated = _fidelity_lines(run, generation) if cfg.fidelity_lines and held_out is not None else None
         _save_model(run, staged)
         index_size = artifact.write_training_text(staged, dataset.responses(), dataset.context_texts())
+        if held_out is not None:     # the blind quiz's real lines
+            artifact.write_held_out(staged, held_out.persona_heldout, cfg.seed)
         artifact.plot_losses(staged / artifact.LOSS_PLOT, _thin(run.state.train_history), run.state.val_history,
                              f"{dataset.speaker.name} ({run.base_label})")
         persona = _persona_info(run, metrics, generation, samples, index_size)
         persona.write(staged)
-        if measured is not None:     # copying is counted by the guard the bot will build from these files
-            persona = replace(persona, fidelity=_fidelity(run, staged, *measured))
+        if generated is not None:     # copying is counted by the guard the bot will build from these files
+            persona = replace(persona, fidelity=_fidelity(run, staged, generated, held_out))
             persona.write(staged)
         artifact.commit(staged, out)
     except BaseException as e:
@@ -627,20 +630,25 @@ def _write_artifact(run: _Run, metrics: artifact.Metrics) -> artifact.PersonaInf
     return persona
 
 
-def _fidelity_lines(run: _Run, generation: GenerationSettings) -> tuple[list[str], HeldOutLines] | None:
+def _held_out(run: _Run) -> HeldOutLines | None:
+    """This run's own held-out real lines (`training.fidelity.split_lines`), for the fidelity report and the
+    blind quiz; None (said) where none can be held out."""
+    cfg = run.cfg
+    try:
+        return split_lines(run.corpus.conversations, cfg.speaker, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                           unit_responses=run.dataset.config.unit_responses)
+    except DataError as e:
+        run.progress.phase("fidelity not measured, no quiz lines", str(e))
+        return None
+
+
+def _fidelity_lines(run: _Run, generation: GenerationSettings) -> list[str]:
     """For the fidelity report (training.fidelity): lines the trained model samples with the persona's settings
-    and the run's seed, and this run's own held-out real lines; None (said) where they cannot be had."""
+    and the run's seed."""
     cfg = run.cfg
     run.progress.phase("measuring fidelity", f"{cfg.fidelity_lines} sampled lines against held-out ones")
-    try:
-        held_out = split_lines(run.corpus.conversations, cfg.speaker, val_fraction=cfg.val_fraction,
-                               seed=cfg.seed, unit_responses=run.dataset.config.unit_responses)
-    except DataError as e:
-        run.progress.phase("fidelity not measured", str(e))
-        return None
-    generated = sample_lines(_core(run.model), run.tokenizer, run.dataset.speaker.name, cfg.fidelity_lines,
-                             generation, seed=cfg.seed)
-    return generated, held_out
+    return sample_lines(_core(run.model), run.tokenizer, run.dataset.speaker.name, cfg.fidelity_lines,
+                        generation, seed=cfg.seed)
 
 
 def _fidelity(run: _Run, staged: Path, generated: list[str], held_out: HeldOutLines) -> FidelityReport | None:

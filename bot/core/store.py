@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.core.posts import DEFAULT_MODE, PostTarget
+from bot.core.quiz import QuizScore
 
 
 class StoreError(Exception):
@@ -271,6 +272,15 @@ class Store(Protocol):
 
     async def claim_artifact(self, path: str | Path, guild_id: int) -> int:
         """Make the artifact at `path` `guild_id`'s unless a server owns it already: the owner it has now."""
+        ...
+
+    async def add_quiz_score(self, artifact: str | Path, score: QuizScore) -> QuizScore:
+        """Add a blind quiz's rounds to the results kept for the artifact at `artifact` (absolute, resolved):
+        its results now, over every quiz taken on it."""
+        ...
+
+    async def quiz_score(self, artifact: str | Path) -> QuizScore | None:
+        """The blind quiz results kept for the artifact at `artifact`; None when no quiz was taken on it."""
         ...
 
     async def find_persona(self, name: str, guild_id: int | None) -> PersonaEntry | None:

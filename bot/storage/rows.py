@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.core.posts import PostTarget
+from bot.core.quiz import QuizScore
 from bot.core.store import PersonaEntry, Schedule, StoredMessage
 
 
@@ -148,6 +149,22 @@ class SharedQueries:
         owner = await self.artifact_owner(path)
         assert owner is not None
         return owner
+
+    async def add_quiz_score(self, artifact: str | Path, score: QuizScore) -> QuizScore:
+        """Add a blind quiz's rounds to the results kept for the artifact at `artifact`: its results now."""
+        # One statement: quizzes finishing at once in two processes both count.
+        await self._execute("INSERT INTO quiz_results (artifact_path, rounds, fooled, updated_at) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (artifact_path) DO UPDATE SET rounds = quiz_results.rounds + excluded.rounds, "
+                            "fooled = quiz_results.fooled + excluded.fooled, updated_at = excluded.updated_at",
+                            (str(artifact), score.rounds, score.fooled, now()))
+        kept = await self.quiz_score(artifact)
+        assert kept is not None
+        return kept
+
+    async def quiz_score(self, artifact: str | Path) -> QuizScore | None:
+        """The blind quiz results kept for the artifact at `artifact`; None when no quiz was taken on it."""
+        rows = await self._query("SELECT rounds, fooled FROM quiz_results WHERE artifact_path = ?", (str(artifact),))
+        return QuizScore(int(rows[0][0]), int(rows[0][1])) if rows else None
 
     async def persona(self, persona_id: int) -> PersonaEntry | None:
         """The persona with this id, if it still exists."""

@@ -17,7 +17,7 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # the tables it references (`bot.storage.copy` fills a database in this order). A migration that adds a table
 # lists it here; tests/test_db_copy.py compares this list with the tables of a migrated database.
 TABLES = ("settings", "opt_outs", "channel_messages", "training_runs", "personas", "assignments", "artifact_owners",
-          "schedules", "posts")
+          "schedules", "posts", "quiz_results")
 
 
 @dataclass(frozen=True, slots=True)
