@@ -24,7 +24,9 @@ from bot.storage.sqlite import SQLiteStore as Store
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+# Retrains in seconds; without the fidelity report (about 3 s a run) except where a test reads it (MEASURED).
+MEASURED = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+FAST = [*MEASURED, "--fidelity-lines", "0"]
 LONG = ["--max-steps", "100000", "--threads", "1", "--samples", "0", "--batch-size", "4"]
 
 
@@ -200,6 +202,7 @@ def progress_message(env, run: dict):
 
 
 @pytest.mark.simcord(settle_timeout=180)
+@pytest.mark.training(MEASURED)
 async def test_an_admin_retrain_shows_progress_swaps_and_can_be_rolled_back(world, alice_artifact, persona_chat):
     env, general, other, admin, bob, carol = world
     upload = (persona_chat.name, persona_chat.read_bytes())

@@ -31,7 +31,7 @@ from training.artifact import read_persona
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+FAST = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4", "--fidelity-lines", "0"]
 GUILD = 1001
 OWNER = personas.operator()
 # Bob's tiny model says varied lines when sampled; Alice's every line opens with @everyone or repeats a training

@@ -23,7 +23,7 @@ from bot.storage.sqlite import SQLiteStore as Store
 from training.formats.base import ImportOptions
 from training.loader import load_corpus
 
-FAST = ["--max-steps", "10", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+FAST = ["--max-steps", "10", "--threads", "1", "--samples", "0", "--batch-size", "4", "--fidelity-lines", "0"]
 
 
 def dce_export(path: Path, messages: list[tuple[str, str, str, str]]) -> Path:

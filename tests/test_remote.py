@@ -104,7 +104,7 @@ def test_chat_and_sample_take_the_inference_server_from_the_settings(alice_serve
     assert wrong.returncode == 2 and "INFERENCE_TIMEOUT" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
-FAST_RETRAIN = ["--max-steps", "10", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+FAST_RETRAIN = ["--max-steps", "10", "--threads", "1", "--samples", "0", "--batch-size", "4", "--fidelity-lines", "0"]
 
 
 def test_a_whole_model_retrain_on_a_server_pinned_to_its_model_keeps_the_new_model_and_says_how_to_serve_it(

@@ -18,7 +18,9 @@ from bot.storage.sqlite import SQLiteStore as Store
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+# Retrains in seconds; without the fidelity report (about 3 s a run) except where a test reads it (MEASURED).
+MEASURED = ["--max-steps", "30", "--threads", "1", "--samples", "0", "--batch-size", "4"]
+FAST = [*MEASURED, "--fidelity-lines", "0"]
 
 
 def run(coro):
@@ -213,7 +215,7 @@ def test_a_model_whose_lines_pass_for_the_person_less_often_is_kept_out_unless_f
 
     async def main():
         store, engine, retrainer = await _setup(alice_artifact, tmp_path, data_dir, loss_margin=100.0,
-                                                fidelity_margin=-1.0)
+                                                fidelity_margin=-1.0, extra_args=MEASURED)
         with pytest.raises(RetrainError) as refused:
             await retrainer.run(epochs=100)
         kept = engine.persona.path
@@ -221,7 +223,7 @@ def test_a_model_whose_lines_pass_for_the_person_less_often_is_kept_out_unless_f
         await engine.close()
         await store.close()
         store, engine, retrainer = await _setup(older, tmp_path / "older", data_dir, loss_margin=100.0,
-                                                fidelity_margin=-1.0)
+                                                fidelity_margin=-1.0, extra_args=MEASURED)
         unmeasured = await retrainer.run(epochs=100)          # nothing to compare with: swapped
         serving = engine.persona.path
         await engine.close()
