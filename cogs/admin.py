@@ -231,7 +231,20 @@ class Admin(commands.Cog):
         authority = await self.bot.authority(interaction)
         if authority.scopes():
             lines += await self._posting_lines(authority)
+        if interaction.guild_id is not None and authority.may_govern_guild:   # this server's admins only
+            lines.append(await self._talk_line(interaction.guild_id, interaction.channel_id))
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    async def _talk_line(self, guild_id: int, channel_id: int) -> str:
+        """When the persona joins in here (`/talk`), what is left of this channel's hourly budget, and how many
+        people are in a cool-down."""
+        talk = self.bot.talk
+        settings = await talk.settings(guild_id, channel_id)
+        state = talk.known_channel(channel_id)
+        now = asyncio.get_running_loop().time()
+        left = state.budget_left(now, settings) if state else settings.turns_per_hour
+        return (f"talk here: {settings.describe()} · {left} of {settings.turns_per_hour} unasked turns left this "
+                f"hour · people in a cool-down: {talk.limits.cooling(time.time())}")
 
     def _personas_line(self) -> str:
         """How many registered personas are loaded and their memory against the budget (no names: which

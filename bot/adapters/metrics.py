@@ -5,7 +5,8 @@ default; nothing starts when METRICS_PORT is unset).
 `Metrics` owns its own `CollectorRegistry`, so several bots (and tests) in one process never share counters.
 What it counts is told to it where it happens: the chat cog reports replies, the post scheduler its post
 outcomes (`PostScheduler.outcome_observers`), the retrainer its outcomes (`Retrainer.outcome_observers`),
-the engine its batch sizes (`Engine.batch_observers`, from the worker thread). The queue depth and the
+the engine its batch sizes (`Engine.batch_observers`, from the worker thread), the Discord adapter's send
+limits (`bot.adapters.discord.send_limits`) the sends they delayed or dropped. The queue depth and the
 gateway latency per shard are read when scraped. The endpoint runs on the bot's event loop (aiohttp, which
 discord.py already uses); its handlers never block it: the database check is a small write with a timeout.
 """
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bot.adapters.discord.send_limits import DROP_REASONS, LIMITS
 from bot.core.filters.output import rejection_filter
 
 if TYPE_CHECKING:
@@ -110,10 +112,26 @@ class Metrics:
         self.posts = Counter("personabot_posts", "Scheduled and immediate posts, by outcome", ["outcome"],
                              registry=registry)
         self.retrains = Counter("personabot_retrains", "Retrains, by outcome", ["outcome"], registry=registry)
+        self.sends_delayed = Counter("personabot_sends_delayed", "Messages held back to keep to Discord's send "
+                                     "limits, by the limit (webhook, channel)", ["limit"], registry=registry)
+        self.sends_dropped = Counter("personabot_sends_dropped", "Held-back messages dropped unsent, by reason "
+                                     "(stale: the conversation moved on; waited_too_long)", ["reason"],
+                                     registry=registry)
+        self.unasked = Counter("personabot_unasked_turns", "Turns a persona took without being addressed, by "
+                               "kind (unasked: a burst it joined; followup: one soon after it spoke; scene: a "
+                               "turn of a scene)", ["kind"], registry=registry)
+        self.cool_downs = Counter("personabot_person_cool_downs", "People put in a cool-down for addressing the "
+                                  "personas past USER_INTERACTIONS", registry=registry)
         self._live = _ReadWhenScraped()
         registry.register(self._live)
         for outcome in REPLY_OUTCOMES:     # present (at 0) before the first reply, so rates start at once
             self.replies.labels(outcome)
+        for limit in LIMITS:
+            self.sends_delayed.labels(limit)
+        for reason in DROP_REASONS:
+            self.sends_dropped.labels(reason)
+        for kind in ("unasked", "followup", "scene"):
+            self.unasked.labels(kind)
 
     # -- what it watches ----------------------------------------------------------------------------
     def watch(self, *, engine: Engine | None = None, retrainer: Retrainer | None = None,
@@ -159,6 +177,25 @@ class Metrics:
     def retrain_finished(self, outcome: str) -> None:
         """A retrain ended: done, failed, cancelled or rejected (see bot.jobs.retrain.RETRAIN_OUTCOMES)."""
         self.retrains.labels(outcome).inc()
+
+    def spoke_unasked(self, kind: str) -> None:
+        """A persona joined the talk unasked ("unasked" or "followup")."""
+        self.unasked.labels(kind).inc()
+
+    def person_cooled_down(self) -> None:
+        self.cool_downs.inc()
+
+    def scene_turn(self) -> None:
+        """A persona took a turn in a scene (cogs.scenes)."""
+        self.unasked.labels("scene").inc()
+
+    def send_delayed(self, limit: str) -> None:
+        """A message waited for a send limit (one of bot.adapters.discord.send_limits.LIMITS) to let it go."""
+        self.sends_delayed.labels(limit).inc()
+
+    def send_dropped(self, reason: str) -> None:
+        """A held-back message was dropped unsent (one of bot.adapters.discord.send_limits.DROP_REASONS)."""
+        self.sends_dropped.labels(reason).inc()
 
     def batch_done(self, size: int) -> None:
         """The engine generated a batch of `size` requests (called from its worker thread)."""

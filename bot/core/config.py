@@ -62,6 +62,13 @@ class Settings:
     reply_in_dms: bool
     user_cooldown_s: float
     channel_cooldown_s: float
+    unasked_chance: float
+    followup_chance: float
+    channel_turns_per_hour: int
+    user_interactions: int
+    user_interaction_window_s: float
+    user_timeout_s: float
+    user_timeout_max_s: float
     retention_days: float
     retrain_loss_margin: float
     retrain_fidelity_margin: float
@@ -324,6 +331,23 @@ VARIABLES: tuple[Variable, ...] = (
              minimum=0),
     Variable("CHANNEL_COOLDOWN", "channel_cooldown_s", Number(float), 3.0,
              "seconds between two replies in one channel", minimum=0),
+    # When a persona joins in unasked (bot.core.joining): the bot's defaults; a server's admins set their server's
+    # and each channel's with /talk.
+    Variable("UNASKED_CHANCE", "unasked_chance", Number(float), 0.0,
+             "chance to answer a burst of messages nobody addressed to the persona", minimum=0, maximum=1),
+    Variable("FOLLOWUP_CHANCE", "followup_chance", Number(float), 0.0,
+             "chance to answer a burst that comes soon after the persona spoke", minimum=0, maximum=1),
+    Variable("CHANNEL_TURNS_PER_HOUR", "channel_turns_per_hour", Number(int), 20,
+             "unasked answers, follow-ups and scene turns per channel per hour", minimum=0, maximum=3600),
+    Variable("USER_INTERACTIONS", "user_interactions", Number(int), 15,
+             "mentions, replies and wake words one person may address in USER_INTERACTION_WINDOW", minimum=1),
+    Variable("USER_INTERACTION_WINDOW", "user_interaction_window_s", Number(float), 60.0,
+             "seconds over which USER_INTERACTIONS counts", minimum=1, maximum=86400),
+    Variable("USER_TIMEOUT", "user_timeout_s", Number(float), 60.0,
+             "seconds a person past the budget is ignored, doubled for each repeat within a day", minimum=1,
+             maximum=86400),
+    Variable("USER_TIMEOUT_MAX", "user_timeout_max_s", Number(float), 1800.0,
+             "the longest such cool-down, in seconds", minimum=1, maximum=86400 * 7),
     # The cut-off date must be a date (year 1 or later): a century is as good as keeping them.
     Variable("MESSAGE_RETENTION_DAYS", "retention_days", Number(float), 30.0,
              "stored channel messages are deleted after this many days (0 keeps them)", minimum=0,

@@ -20,11 +20,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.adapters.discord.send_limits import SendLimits
 from bot.adapters.discord.speaking import Webhooks, speak
 from bot.adapters.metrics import Metrics
 from bot.core import personas
 from bot.core.channel_memory import ChannelMemory
 from bot.core.config import Settings
+from bot.core.joining import JoinSettings, PersonLimits, Talk
 from bot.core.personas import PersonaRef
 from bot.core.store import PersonaEntry, Store, StoreError
 from bot.core.tenancy import GUILD_ADMINS_ONLY, OWNERS_ONLY, Authority
@@ -36,7 +38,7 @@ from bot.jobs.scheduler import start_posting
 
 log = logging.getLogger("personabot.discord")
 
-EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin", "cogs.posts", "cogs.personas")
+EXTENSIONS = ("cogs.chat", "cogs.privacy", "cogs.admin", "cogs.posts", "cogs.personas", "cogs.scenes")
 # The store setting where the jobs leader says which process it is and which shards it runs: the other
 # processes point there when they refuse a job command.
 JOBS_PROCESS = "jobs_process"
@@ -76,6 +78,11 @@ class PersonaBot(commands.AutoShardedBot):
         self.engine = engine
         self.store = store
         self.memory = ChannelMemory(store, engine.persona.settings.context_tokens, engine.count_tokens)
+        # When personas speak unasked, and how much one person may ask of them (bot.core.joining).
+        self.talk = Talk(store, JoinSettings(unasked=settings.unasked_chance, followup=settings.followup_chance,
+                                             turns_per_hour=settings.channel_turns_per_hour),
+                         PersonLimits(settings.user_interactions, settings.user_interaction_window_s,
+                                      settings.user_timeout_s, settings.user_timeout_max_s))
         self.retrainer = retrainer or Retrainer(engine, store, data_dir=settings.train_data_dir,
                                                 models_dir=settings.models_dir,
                                                 loss_margin=settings.retrain_loss_margin,
@@ -93,6 +100,8 @@ class PersonaBot(commands.AutoShardedBot):
                                          check_s=leader_check_s) if settings.run_jobs else None
         self.metrics = (metrics or Metrics()).watch(engine=engine, retrainer=self.retrainer, gateway=self,
                                                     leadership=self.leadership)
+        # Discord's send limits per channel and webhook, which every message `speak` sends waits for.
+        self.send_limits = SendLimits(metrics=self.metrics)
         self._closed_event = asyncio.Event()
 
     async def setup_hook(self) -> None:
@@ -235,7 +244,8 @@ class PersonaBot(commands.AutoShardedBot):
             channel_guild = getattr(getattr(channel, "guild", None), "id", None)
             if guild_id is not None and channel_guild != guild_id:
                 raise PostError(f"channel {channel_id} is not in the schedule's server")
-            message = await speak(channel, text, persona=persona, webhooks=self.webhooks)
+            message = await speak(channel, text, persona=persona, webhooks=self.webhooks,
+                                send_limits=self.send_limits)
         except discord.HTTPException as e:
             raise PostError(f"Discord refused the post in channel {channel_id}: {e}") from e
         return str(message.id)

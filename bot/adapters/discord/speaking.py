@@ -10,6 +10,9 @@ Without Manage Webhooks in the channel (or when the bot's configured persona spe
 replying to the message it answers; a registered persona's text then opens with its name in bold
 (`**Name:** text`), which is also how a reply to it is routed back to it (`persona_of`). Every message pings
 nobody (`AllowedMentions.none()`).
+
+Every message `speak` sends keeps to Discord's send limits (`send_limits.SendLimits`, the bot's): it waits its
+turn in its channel's queue, and one that says how to tell it is no longer worth sending may be dropped there.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 
 import discord
 
+from bot.adapters.discord.send_limits import SendLimits, SendTurn
 from bot.core.personas import PersonaRef
 
 log = logging.getLogger("personabot.speaking")
@@ -147,19 +152,46 @@ async def persona_of(message: discord.Message, bot_user_id: int, webhooks: Webho
     return None
 
 
+def people_wrote_since(client: discord.Client, message: discord.Message) -> bool:
+    """Whether someone other than a bot (the personas are bots) wrote in `message`'s channel after it, as far
+    as the client's message cache knows: the conversation moved on. A `still_useful` check for a reply to
+    `message` (`not people_wrote_since(...)`). Newest first, so it stops at `message`."""
+    for cached in reversed(client.cached_messages):
+        if cached.id <= message.id:
+            return False
+        if cached.channel.id == message.channel.id and not cached.author.bot:
+            return True
+    return False
+
+
 async def speak(channel: discord.abc.Messageable, text: str, *, persona: PersonaRef | None,
-                reply_to: discord.Message | None = None, webhooks: Webhooks | None = None) -> discord.Message:
+                reply_to: discord.Message | None = None, webhooks: Webhooks | None = None,
+                send_limits: SendLimits | None = None,
+                still_useful: Callable[[], bool] | None = None) -> discord.Message | None:
     """Send `text` to `channel` as the registered `persona`, under its name and avatar (None: the bot's
     configured persona, as the bot itself), answering `reply_to` when given; returns the message sent.
     `webhooks` is the bot's cache (without it, the channel's webhook is looked up each time). A deleted webhook
-    is made again once; a webhook that cannot be used otherwise falls back to the bot's own message."""
+    is made again once; a webhook that cannot be used otherwise falls back to the bot's own message.
+
+    The message keeps to `send_limits` (the bot's; without it, to a fresh one that knows of no earlier send),
+    waiting its turn in the channel's queue. With `still_useful` (called when the message was held back there:
+    False when it is no longer worth sending), a held-back message may be dropped, not sent: None is returned
+    then, and the drop is counted. Without `still_useful` a message is never dropped and never None."""
+    send_limits = send_limits if send_limits is not None else SendLimits()
+    async with send_limits.turn(channel.id, still_useful) as turn:
+        return await _speak_in_turn(channel, text, persona, reply_to, webhooks, turn)
+
+
+async def _speak_in_turn(channel: discord.abc.Messageable, text: str, persona: PersonaRef | None,
+                         reply_to: discord.Message | None, webhooks: Webhooks | None,
+                         turn: SendTurn) -> discord.Message | None:
     persona_name = persona.name if persona is not None else None
     avatar_url = persona.avatar_url if persona is not None else None
     if persona_name is not None and _may_use_webhooks(channel):
         webhooks = webhooks if webhooks is not None else Webhooks()
         for attempt in (1, 2):
             try:
-                return await _through_webhook(channel, text, persona_name, avatar_url, webhooks)
+                return await _through_webhook(channel, text, persona_name, avatar_url, webhooks, turn)
             except discord.NotFound:      # deleted in Discord since we cached it: make it again, once
                 webhooks.drop(_webhook_channel(channel).id)
                 if attempt == 2:
@@ -172,15 +204,20 @@ async def speak(channel: discord.abc.Messageable, text: str, *, persona: Persona
     if persona_name is not None:
         text = f"**{persona_name}:** {text}"
     text = text[:MESSAGE_LIMIT]
+    if not await turn.clear():
+        return None
     if reply_to is not None:
         return await reply_to.reply(text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
     return await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
 
 
 async def _through_webhook(channel: discord.abc.Messageable, text: str, name: str, avatar_url: str | None,
-                           webhooks: Webhooks) -> discord.Message:
+                           webhooks: Webhooks, turn: SendTurn) -> discord.Message | None:
+    """The message sent through the channel's webhook once the send limits let it go; None: dropped."""
     parent = _webhook_channel(channel)
     webhook = await webhooks.get(parent)
+    if not await turn.clear(webhook_channel_id=parent.id):
+        return None
     thread = channel if isinstance(channel, discord.Thread) else discord.utils.MISSING
     return await webhook.send(text[:MESSAGE_LIMIT], username=name, avatar_url=avatar_url or discord.utils.MISSING,
                               allowed_mentions=discord.AllowedMentions.none(), wait=True, thread=thread)
