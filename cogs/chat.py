@@ -120,6 +120,9 @@ class Chat(commands.Cog):
                 return
         if not await self._within_limits(message) or self._on_cooldown(message):
             return
+        talk = self.bot.talk.known_channel(message.channel.id)
+        if talk is not None:        # this answer answers the burst before it too
+            talk.drop_burst()
         turns = await memory.context(message.channel.id) or [(message.author.display_name, text or "...")]
         await self._answer(message, turns, speaker)
 

@@ -24,6 +24,9 @@ def test_a_burst_ends_after_quiet_or_at_most_eight_seconds_and_its_chances_repea
     assert due == BURST_MAX_S
     always = JoinSettings(unasked=1.0)
     assert talk.end_burst(due, always, hour=12) == "unasked" and talk.burst_started is None
+    talk.heard(20.0)
+    talk.drop_burst()                                   # a mention answered it: nothing left to join
+    assert talk.end_burst(30.0, always, hour=12) is None
 
     def decisions(seed: int | None, chance: float) -> list[str | None]:
         channel = ChannelTalk.seeded(7, seed)

@@ -177,13 +177,18 @@ class ChannelTalk:
         assert self.burst_started is not None and self.burst_last is not None
         return min(self.burst_last + BURST_QUIET_S, self.burst_started + BURST_MAX_S)
 
+    def drop_burst(self) -> None:
+        """Forget the burst under way: the persona answers a message addressed to it, which answers the talk
+        before it too (else it would speak twice in a row)."""
+        self.burst_started = self.burst_last = None
+        self.burst_messages = 0
+
     def end_burst(self, now: float, settings: JoinSettings, hour: int) -> str | None:
         """Close the burst (when it is due by `now`) and decide: "unasked" or "followup" when the persona
         answers it, else None. `hour` is the UTC hour now (quiet hours)."""
         if self.burst_started is None:
             return None
-        self.burst_started = self.burst_last = None
-        self.burst_messages = 0
+        self.drop_burst()
         if settings.quiet_at(hour) or self.budget_left(now, settings) <= 0:
             return None
         following = self.last_spoke is not None and now - self.last_spoke <= FOLLOWUP_WINDOW_S
