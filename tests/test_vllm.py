@@ -94,6 +94,27 @@ def _texts(persona: Persona, futures) -> list[str]:
     return [persona.tokenizer.decode(f.result(timeout=120)) for f in futures]
 
 
+def _parting_gap(served: list[int], local: Persona) -> float:
+    """0.0 when the served greedy reply `served` (token ids) is the in-process one up to where the server stopped;
+    else, where they part, how much likelier the in-process model finds its own token than the served one. Two
+    tokens that tie within SAME_LOGPROB are both greedy choices: float32 in another order picks either."""
+    import torch
+
+    from training.artifact import load_model
+
+    settings = local.settings.with_overrides(**GREEDY)
+    prompt = local.prompt(TURNS, settings)
+    mine = local.generate([prompt], [settings], [0])[0]
+    parted = next((i for i, (a, b) in enumerate(zip(served, mine)) if a != b), None)
+    if parted is None:
+        return 0.0
+    model, _ = load_model(local.info)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + served[:parted]])).logits[0, -1].float()
+    logprobs = torch.log_softmax(logits, -1)
+    return float(logprobs[mine[parted]] - logprobs[served[parted]])
+
+
 def _greedy(persona: Persona, seeds: list[int]):
     settings = persona.settings.with_overrides(**GREEDY)
     prompt = persona.prompt(TURNS, settings)
@@ -139,7 +160,13 @@ def test_three_lora_personas_asked_together_each_answer_as_their_own_adapter(lla
         # Greedy replies: every row of every persona sent before any answer is read.
         rows = {s: _greedy(p, [0, 1, 2]) for s, p in served.items()}
         for speaker, futures in rows.items():
-            assert _texts(served[speaker], futures) == [_local_reply(local[speaker])] * 3, speaker
+            replies = [f.result(timeout=120) for f in futures]
+            assert replies[0] == replies[1] == replies[2], speaker       # greedy: one reply, whatever the seed
+            # The in-process reply, or a tie where they part (seen once in CI: "keys" then the turn's end in
+            # process, " again? ..." from the server).
+            text, expected = served[speaker].tokenizer.decode(replies[0]), _local_reply(local[speaker])
+            assert text == expected or _parting_gap(replies[0], local[speaker]) < SAME_LOGPROB, \
+                (speaker, text, expected)
         # Each module is its own adapter: the log-probabilities of the first token after one prompt (Alice's)
         # are that adapter's in process, and not another's.
         ids = _prompt(local["alice"])
