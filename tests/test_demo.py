@@ -126,6 +126,24 @@ def _start_demo_build(tmp_path: Path, until: str, demo_base: str = "from-scratch
             return proc, lines
 
 
+def _signal_and_collect(proc, lines, signum: int) -> tuple[int, list[str], float]:
+    """Send `signum` to the demo build `proc`: (its exit status, the stderr lines after, seconds it took to
+    stop). The process is killed if it has not stopped within two minutes."""
+    import time
+
+    try:
+        proc.send_signal(signum)
+        signalled = time.monotonic()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        proc.kill()
+    after = []
+    while (line := lines.get(timeout=30)) is not None:
+        after.append(line)
+    return code, after, took
+
+
 @pytest.mark.parametrize("stop, when, last_line", [
     ("SIGINT", "step ", "personabot: training interrupted at step "),
     ("SIGTERM", "step ", "personabot: training interrupted at step "),
@@ -136,19 +154,9 @@ def test_interrupting_the_demo_build_stops_as_personabot_train_does(tmp_path, st
     (where the progress is saved), exit status 130, no traceback. On the from-scratch demo, whose first steps
     come within seconds: the training loop is the same on both bases (the conversion has its own test below)."""
     import signal
-    import time
 
     proc, lines = _start_demo_build(tmp_path, when)
-    try:
-        proc.send_signal(getattr(signal, stop))
-        signalled = time.monotonic()
-        code = proc.wait(timeout=120)
-        took = time.monotonic() - signalled
-    finally:
-        proc.kill()
-    after = []
-    while (line := lines.get(timeout=30)) is not None:
-        after.append(line)
+    code, after, took = _signal_and_collect(proc, lines, getattr(signal, stop))
     assert code == 130, after
     assert after and after[-1].startswith(last_line), after
     assert sum(line.startswith("personabot:") for line in after) == 1, after
@@ -167,14 +175,7 @@ def test_interrupting_the_conversion_of_the_demo_base_leaves_no_half_base(tmp_pa
 
     _demo_base_gguf()
     proc, lines = _start_demo_build(tmp_path, "converting the base model", demo_base="auto")
-    try:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        proc.kill()
-    after = []
-    while (line := lines.get(timeout=30)) is not None:
-        after.append(line)
+    code, after, _ = _signal_and_collect(proc, lines, signal.SIGTERM)
     assert code == 130, after
     assert after == ["personabot: interrupted"], after
     assert list((tmp_path / "models").iterdir()) == []
